@@ -1,0 +1,72 @@
+//! CID rules of the audit contract (DESIGN §5).
+//!
+//! Every event payload is a DAG-CBOR block; its CID is **CIDv1, codec dag-cbor (0x71), multihash
+//! sha2-256 over the exact payload bytes**. Backup manifests and archive segments are named the
+//! same way (segments with the `raw` codec, since they are not DAG-CBOR), so one rule covers the
+//! whole store. The functions here are the only place a CID is computed from bytes.
+
+pub use ::cid::Cid;
+use sha2::{Digest, Sha256};
+
+/// Multicodec code of DAG-CBOR.
+pub const DAG_CBOR: u64 = 0x71;
+/// Multicodec code of raw bytes.
+pub const RAW: u64 = 0x55;
+/// Multihash code of sha2-256.
+pub const SHA2_256: u64 = 0x12;
+
+/// CIDv1 of a DAG-CBOR block: dag-cbor codec, sha2-256 over `bytes`.
+pub fn dag_cbor_cid(bytes: &[u8]) -> Cid {
+    cid_of(DAG_CBOR, bytes)
+}
+
+/// CIDv1 of opaque bytes: raw codec, sha2-256 over `bytes`.
+pub fn raw_cid(bytes: &[u8]) -> Cid {
+    cid_of(RAW, bytes)
+}
+
+/// CIDv1 with the given codec and a sha2-256 multihash of `bytes`.
+pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
+    let digest = Sha256::digest(bytes);
+    let multihash = ::cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest)
+        .expect("a 32-byte digest always fits a 64-byte multihash");
+    Cid::new_v1(codec, multihash)
+}
+
+/// Whether `cid` is exactly the sha2-256 CID (with its own codec) of `bytes`.
+///
+/// Only sha2-256 is accepted: a CID with any other hash function never verifies here, so a
+/// forged CID cannot slip in by naming a hash we do not check.
+pub fn verifies(cid: &Cid, bytes: &[u8]) -> bool {
+    cid.version() == ::cid::Version::V1
+        && cid.hash().code() == SHA2_256
+        && cid_of(cid.codec(), bytes) == *cid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_dag_cbor_map_has_the_well_known_cid() {
+        // `{}` in DAG-CBOR is the single byte 0xa0; its CID is published in IPLD fixtures.
+        let cid = dag_cbor_cid(&[0xa0]);
+        assert_eq!(
+            cid.to_string(),
+            "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua"
+        );
+    }
+
+    #[test]
+    fn raw_cid_of_hello_is_stable() {
+        let cid = raw_cid(b"hello");
+        assert_eq!(cid.codec(), RAW);
+        assert!(verifies(&cid, b"hello"));
+        assert!(!verifies(&cid, b"hellO"));
+    }
+
+    #[test]
+    fn a_cid_with_another_codec_over_same_bytes_is_a_different_cid() {
+        assert_ne!(raw_cid(b"x"), dag_cbor_cid(b"x"));
+    }
+}

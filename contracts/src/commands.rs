@@ -1,0 +1,208 @@
+//! Request bodies of `cim.backup.cmd.*` and `cim.backup.qry.*` (DESIGN §4).
+//!
+//! Every body rejects unknown fields: a misspelt option must be an error the caller sees, not a
+//! silently ignored flag during an incident. Optional fields have documented defaults.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ids::{BackupId, IdError, JobId};
+use crate::views::{JobKind, JobState};
+
+/// How segments are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    #[default]
+    Zstd,
+    None,
+}
+
+/// `cim.backup.cmd.start`: back up one or more streams to one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBackup {
+    /// Stream names. Every stream must exist. Order is kept; duplicates are rejected.
+    pub streams: Vec<String>,
+    /// A named destination from the service config, or a URL: `file:///abs/dir`,
+    /// `s3://bucket/prefix`, `memory://name`. Defaults to the service's default destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Segment compression; default `zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressionAlgorithm>,
+    /// zstd level 1..=19; default from the service config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_level: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// Which backup a restore or verify refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackupRef {
+    /// The newest completed backup that holds the stream in question.
+    Latest,
+    Id(BackupId),
+}
+
+impl FromStr for BackupRef {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "latest" { Ok(BackupRef::Latest) } else { s.parse().map(BackupRef::Id) }
+    }
+}
+
+impl fmt::Display for BackupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupRef::Latest => f.write_str("latest"),
+            BackupRef::Id(id) => id.fmt(f),
+        }
+    }
+}
+
+impl Serialize for BackupRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `cim.backup.cmd.restore`: restore one stream of a backup into an empty stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBackup {
+    /// Backup id, or `latest` (newest backup holding `stream`).
+    pub backup: BackupRef,
+    /// The stream inside the backup to restore.
+    pub stream: String,
+    /// Restore under this name instead of `stream`.
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub as_stream: Option<String>,
+    /// Where the backup is stored (named destination or URL). Default: the destination the
+    /// catalog recorded for the backup; for `latest`, the service's default destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// `cim.backup.cmd.verify`: re-read, re-hash, decompress and check every record of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBackup {
+    pub backup: BackupRef,
+    /// Needed with `latest`: the stream whose newest backup is meant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// `cim.backup.cmd.check`: walk the CID chains of a live stream (integrity issue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStream {
+    pub stream: String,
+}
+
+/// `cim.backup.cmd.cancel`: stop a running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelJob {
+    pub job_id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `cim.backup.qry.job`: one job view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    pub job_id: JobId,
+}
+
+/// `cim.backup.qry.jobs`: job views, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<JobKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// At most this many views (default 100, max 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `cim.backup.qry.backups`: the catalog, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsQuery {
+    /// Only backups that hold this stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// List what is stored in this destination (named or URL) instead of the catalog view; this
+    /// finds backups written by other services too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// Parses a JSON request body, treating an empty body as `{}` for queries that take no fields.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() { serde_json::from_slice(b"{}") } else { serde_json::from_slice(trimmed) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_start_request_from_the_design_parses() {
+        let cmd: StartBackup =
+            parse_body(br#"{"streams":["EVENTS"],"destination":"file:///srv/backups"}"#).unwrap();
+        assert_eq!(cmd.streams, vec!["EVENTS"]);
+        assert_eq!(cmd.destination.as_deref(), Some("file:///srv/backups"));
+        assert_eq!(cmd.compress, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_in_the_error() {
+        let err = parse_body::<StartBackup>(br#"{"streams":["A"],"destinaton":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("destinaton"), "{err}");
+    }
+
+    #[test]
+    fn restore_accepts_latest_and_as() {
+        let cmd: RestoreBackup =
+            parse_body(br#"{"backup":"latest","stream":"EVENTS","as":"EVENTS_COPY"}"#).unwrap();
+        assert_eq!(cmd.backup, BackupRef::Latest);
+        assert_eq!(cmd.as_stream.as_deref(), Some("EVENTS_COPY"));
+        let bad = parse_body::<RestoreBackup>(br#"{"backup":"nope","stream":"E"}"#).unwrap_err();
+        assert!(bad.to_string().contains("nope"), "{bad}");
+    }
+
+    #[test]
+    fn empty_body_is_an_empty_query() {
+        let q: JobsQuery = parse_body(b"").unwrap();
+        assert_eq!(q, JobsQuery::default());
+        assert!(parse_body::<JobQuery>(b"").is_err());
+    }
+}

@@ -1,0 +1,506 @@
+//! The event envelope and every event payload (DESIGN §5). This is the audit contract: other
+//! agents decode these bytes, and golden vectors in the tests pin them.
+//!
+//! # Wire form
+//! An event message's payload is one DAG-CBOR map (canonical key order):
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `v` | int | envelope schema, [`ENVELOPE_VERSION`] |
+//! | `id` | text | event id (UUID) |
+//! | `type` | text | event type, e.g. `BackupAccepted`; also the last subject token |
+//! | `version` | int | schema version of `data` for this event type |
+//! | `aggregate_type` | text | `backup`, `restore`, `verify` |
+//! | `aggregate_id` | text | the job id |
+//! | `sequence` | int | per-aggregate sequence, 1-based, no gaps |
+//! | `time` | text | RFC 3339 UTC |
+//! | `correlation_id` | text | the workflow the event belongs to |
+//! | `causation_id` | text | the command or event that caused it |
+//! | `prev` | link (tag 42) or null | CID of the aggregate's previous event |
+//! | `data` | map | the payload of `type` |
+//!
+//! The event's CID is `dag_cbor_cid(payload bytes)`. Readers ignore keys they do not know, so
+//! fields can be added; changing the meaning of a field bumps `version`.
+
+use ipld_core::ipld::Ipld;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::cid::{Cid, dag_cbor_cid};
+use crate::commands::CompressionAlgorithm;
+use crate::errors::ErrorCode;
+use crate::ids::{EventCid, JobId};
+use crate::views::JobKind;
+
+/// Current envelope schema.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Why an event payload could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("event payload is not DAG-CBOR: {0}")]
+    Cbor(String),
+    #[error("event envelope version {0} is newer than this reader understands")]
+    EnvelopeVersion(u32),
+    #[error("unknown aggregate type {0:?}")]
+    AggregateType(String),
+    #[error("unknown event type {event_type:?} for aggregate type {aggregate_type}")]
+    EventType { aggregate_type: String, event_type: String },
+    #[error("event {event_type} data does not match its schema: {message}")]
+    Data { event_type: String, message: String },
+    #[error("bad field {field}: {message}")]
+    Field { field: &'static str, message: String },
+}
+
+/// Metadata of one event that the caller decides (the domain has no clock and no randomness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub event_id: String,
+    pub time: OffsetDateTime,
+    pub correlation_id: String,
+    pub causation_id: String,
+}
+
+/// A decoded event with everything the envelope says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventEnvelope {
+    pub aggregate_type: JobKind,
+    pub aggregate_id: JobId,
+    pub sequence: u64,
+    pub prev: Option<EventCid>,
+    pub meta: EventMeta,
+    pub event: JobEvent,
+}
+
+/// One event of any aggregate of this service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    Backup(BackupEvent),
+    Restore(RestoreEvent),
+    Verify(VerifyEvent),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnvelope {
+    v: u32,
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    version: u32,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: u64,
+    time: String,
+    correlation_id: String,
+    causation_id: String,
+    prev: Option<Cid>,
+    data: Ipld,
+}
+
+impl JobEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            JobEvent::Backup(e) => e.event_type(),
+            JobEvent::Restore(e) => e.event_type(),
+            JobEvent::Verify(e) => e.event_type(),
+        }
+    }
+
+    pub fn version(&self) -> u32 {
+        match self {
+            JobEvent::Backup(e) => e.version(),
+            JobEvent::Restore(e) => e.version(),
+            JobEvent::Verify(e) => e.version(),
+        }
+    }
+
+    pub fn aggregate_type(&self) -> JobKind {
+        match self {
+            JobEvent::Backup(_) => JobKind::Backup,
+            JobEvent::Restore(_) => JobKind::Restore,
+            JobEvent::Verify(_) => JobKind::Verify,
+        }
+    }
+
+    fn to_data(&self) -> Ipld {
+        match self {
+            JobEvent::Backup(e) => e.to_data(),
+            JobEvent::Restore(e) => e.to_data(),
+            JobEvent::Verify(e) => e.to_data(),
+        }
+    }
+
+    fn from_data(kind: JobKind, event_type: &str, data: Ipld) -> Result<Self, EventDecodeError> {
+        Ok(match kind {
+            JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, data)?),
+            JobKind::Restore => JobEvent::Restore(RestoreEvent::from_data(event_type, data)?),
+            JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, data)?),
+            JobKind::Check => {
+                return Err(EventDecodeError::EventType {
+                    aggregate_type: kind.as_str().into(),
+                    event_type: event_type.into(),
+                });
+            }
+        })
+    }
+}
+
+impl EventEnvelope {
+    /// The exact payload bytes of this event: canonical DAG-CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = WireEnvelope {
+            v: ENVELOPE_VERSION,
+            id: self.meta.event_id.clone(),
+            event_type: self.event.event_type().to_owned(),
+            version: self.event.version(),
+            aggregate_type: self.aggregate_type.as_str().to_owned(),
+            aggregate_id: self.aggregate_id.to_string(),
+            sequence: self.sequence,
+            time: format_time(self.meta.time),
+            correlation_id: self.meta.correlation_id.clone(),
+            causation_id: self.meta.causation_id.clone(),
+            prev: self.prev.map(|p| p.0),
+            data: self.event.to_data(),
+        };
+        serde_ipld_dagcbor::to_vec(&wire).expect("event envelopes always encode")
+    }
+
+    /// The event and its CID, as published.
+    pub fn encode_with_cid(&self) -> (Vec<u8>, EventCid) {
+        let bytes = self.encode();
+        let cid = EventCid(dag_cbor_cid(&bytes));
+        (bytes, cid)
+    }
+
+    /// Decodes an event payload. Does not check the CID; see [`crate::cid::verifies`].
+    pub fn decode(bytes: &[u8]) -> Result<EventEnvelope, EventDecodeError> {
+        let wire: WireEnvelope = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| EventDecodeError::Cbor(e.to_string()))?;
+        if wire.v > ENVELOPE_VERSION {
+            return Err(EventDecodeError::EnvelopeVersion(wire.v));
+        }
+        let kind: JobKind = wire
+            .aggregate_type
+            .parse()
+            .map_err(|_| EventDecodeError::AggregateType(wire.aggregate_type.clone()))?;
+        let aggregate_id = wire
+            .aggregate_id
+            .parse()
+            .map_err(|e: crate::ids::IdError| field("aggregate_id", e))?;
+        let time = parse_time(&wire.time).map_err(|e| field("time", e))?;
+        Ok(EventEnvelope {
+            aggregate_type: kind,
+            aggregate_id,
+            sequence: wire.sequence,
+            prev: wire.prev.map(EventCid),
+            meta: EventMeta {
+                event_id: wire.id,
+                time,
+                correlation_id: wire.correlation_id,
+                causation_id: wire.causation_id,
+            },
+            event: JobEvent::from_data(kind, &wire.event_type, wire.data)?,
+        })
+    }
+}
+
+fn field(field: &'static str, e: impl std::fmt::Display) -> EventDecodeError {
+    EventDecodeError::Field { field, message: e.to_string() }
+}
+
+/// RFC 3339 in UTC with as many fractional digits as needed: one value, one spelling, so the
+/// bytes (and the CID) of an event are a function of its content.
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC times in range always format")
+}
+
+pub fn parse_time(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+}
+
+/// Declares an aggregate's event enum: variant name = event type name (never renamed), with the
+/// schema version of its data.
+macro_rules! event_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident($data:ty) = $version:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $name {
+            $($variant($data)),+
+        }
+
+        impl $name {
+            /// All event type names of this aggregate, in catalogue order.
+            pub const TYPES: &'static [(&'static str, u32)] = &[$((stringify!($variant), $version)),+];
+
+            pub fn event_type(&self) -> &'static str {
+                match self { $($name::$variant(_) => stringify!($variant)),+ }
+            }
+
+            pub fn version(&self) -> u32 {
+                match self { $($name::$variant(_) => $version),+ }
+            }
+
+            fn to_data(&self) -> Ipld {
+                let result = match self {
+                    $($name::$variant(data) => ipld_core::serde::to_ipld(data)),+
+                };
+                result.expect("event data always converts to IPLD")
+            }
+
+            fn from_data(event_type: &str, data: Ipld) -> Result<Self, EventDecodeError> {
+                let bad = |e: ipld_core::serde::SerdeError| EventDecodeError::Data {
+                    event_type: event_type.to_owned(),
+                    message: e.to_string(),
+                };
+                match event_type {
+                    $(stringify!($variant) => ipld_core::serde::from_ipld(data).map($name::$variant).map_err(bad),)+
+                    other => Err(EventDecodeError::EventType {
+                        aggregate_type: stringify!($name).to_owned(),
+                        event_type: other.to_owned(),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared payloads
+
+/// Why a job failed. `object` and `record` locate the failure inside an archive when known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailed {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+}
+
+/// Someone asked to cancel the job; the job's runner confirms with a `*Cancelled` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The runner stopped the job; nothing it wrote is visible as a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCancelled {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Compression of archive segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: CompressionAlgorithm,
+    /// zstd level; 0 when `algorithm` is `none`.
+    pub level: i32,
+}
+
+/// State of one stream when a job looked at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCut {
+    pub stream: String,
+    /// First and last sequence in the stream; `last_seq < first_seq` means empty.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// One archive segment: a run of records of one stream, stored as one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// CID of the stored object (raw codec, sha2-256 of the stored bytes).
+    pub cid: Cid,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_time: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_time: OffsetDateTime,
+    pub records: u64,
+    /// Bytes of the uncompressed segment (framing included).
+    pub raw_bytes: u64,
+    /// Bytes of the stored object.
+    pub stored_bytes: u64,
+}
+
+/// Totals of one stream inside a finished backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub segments: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup aggregate
+
+event_enum!(
+    /// Events of the `backup` aggregate.
+    BackupEvent {
+        BackupAccepted(BackupAccepted) = 1,
+        BackupStarted(BackupStarted) = 1,
+        SegmentStored(SegmentStored) = 1,
+        BackupCompleted(BackupCompleted) = 1,
+        BackupFailed(JobFailed) = 1,
+        BackupCancelRequested(CancelRequested) = 1,
+        BackupCancelled(JobCancelled) = 1,
+    }
+);
+
+/// Shared by every `*Accepted` event: who runs the job and how the request is recognised again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The service instance that runs the job.
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// sha2-256 (hex) of the normalized request, to tell a retry from a key reused for a
+    /// different request.
+    pub request_digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupAccepted {
+    pub streams: Vec<String>,
+    /// The destination as the caller named it (a configured name or a URL).
+    pub destination: String,
+    /// The URL it resolved to (credentials are never recorded).
+    pub destination_url: String,
+    pub compression: Compression,
+    /// Target size of an uncompressed segment.
+    pub segment_bytes: u64,
+    pub admission: Admission,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStarted {
+    /// What will be backed up: every stream up to its `last_seq` here.
+    pub cut: Vec<StreamCut>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStored {
+    pub stream: String,
+    pub segment: SegmentInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupCompleted {
+    /// CID of the manifest (dag-cbor), which is the backup id.
+    pub manifest: Cid,
+    pub manifest_bytes: u64,
+    pub streams: Vec<StreamSummary>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore aggregate
+
+event_enum!(
+    /// Events of the `restore` aggregate.
+    RestoreEvent {
+        RestoreAccepted(RestoreAccepted) = 1,
+        RestoreStarted(RestoreStarted) = 1,
+        RestoreProgressed(RestoreProgressed) = 1,
+        RestoreCompleted(RestoreCompleted) = 1,
+        RestoreFailed(JobFailed) = 1,
+        RestoreCancelRequested(CancelRequested) = 1,
+        RestoreCancelled(JobCancelled) = 1,
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAccepted {
+    /// Manifest CID of the backup being restored.
+    pub backup: Cid,
+    pub source: String,
+    pub source_url: String,
+    /// Stream inside the backup.
+    pub stream: String,
+    /// Stream written to (equals `stream` unless restored under a new name).
+    pub target: String,
+    pub admission: Admission,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreStarted {
+    pub segments: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Cumulative progress after a segment was fully written to the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreProgressed {
+    pub segments_done: u64,
+    pub messages_done: u64,
+    pub bytes_done: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreCompleted {
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verify aggregate
+
+event_enum!(
+    /// Events of the `verify` aggregate.
+    VerifyEvent {
+        VerifyAccepted(VerifyAccepted) = 1,
+        VerifyStarted(VerifyStarted) = 1,
+        VerifyProgressed(VerifyProgressed) = 1,
+        VerifyCompleted(VerifyCompleted) = 1,
+        VerifyFailed(JobFailed) = 1,
+        VerifyCancelRequested(CancelRequested) = 1,
+        VerifyCancelled(JobCancelled) = 1,
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyAccepted {
+    pub backup: Cid,
+    pub source: String,
+    pub source_url: String,
+    pub admission: Admission,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyStarted {
+    /// Objects to check, the manifest included.
+    pub objects: u64,
+    pub bytes: u64,
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProgressed {
+    pub objects_done: u64,
+    pub bytes_done: u64,
+    pub records_done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyCompleted {
+    pub objects: u64,
+    pub bytes: u64,
+    pub records: u64,
+}

@@ -1,0 +1,162 @@
+//! Read models returned by the queries. The `projections` crate folds events into them; they are
+//! plain JSON on the wire.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::errors::ErrorCode;
+use crate::events::StreamSummary;
+use crate::ids::{BackupId, EventCid, JobId};
+
+/// Kind of job; also the aggregate type in event subjects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Backup,
+    Restore,
+    Verify,
+    Check,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+            JobKind::Verify => "verify",
+            JobKind::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "backup" => Ok(JobKind::Backup),
+            "restore" => Ok(JobKind::Restore),
+            "verify" => Ok(JobKind::Verify),
+            "check" => Ok(JobKind::Check),
+            other => Err(format!("unknown job kind {other:?}")),
+        }
+    }
+}
+
+/// Lifecycle state of a job (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Accepted,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Accepted => "accepted",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counters of a running or finished job. `*_total` is known once the job has started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub messages_done: u64,
+    pub messages_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub objects_done: u64,
+    pub objects_total: u64,
+}
+
+/// Why a job failed, as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+}
+
+/// The status view of one job (`cim.backup.qry.job`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: JobId,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// What the job works on: streams for a backup, `stream → target` for a restore, the backup
+    /// id for a verify.
+    pub subject: String,
+    /// Destination of a backup, source of a restore or verify (URL, no credentials).
+    pub location: String,
+    pub instance: String,
+    pub correlation_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub progress: Progress,
+    /// The backup written (backup jobs) or read (restore, verify jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<BackupId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Per-aggregate sequence of the last event folded into this view.
+    pub version: u64,
+    /// CID of the last event folded into this view: the head of the job's chain.
+    pub head: EventCid,
+}
+
+/// One stored backup (`cim.backup.qry.backups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub backup_id: BackupId,
+    pub job_id: JobId,
+    /// Destination URL the backup is stored in.
+    pub destination: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub streams: Vec<StreamSummary>,
+    pub messages: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// Objects in the backup: segments plus the manifest.
+    pub objects: u64,
+    pub compression: String,
+    pub encrypted: bool,
+}
