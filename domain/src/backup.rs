@@ -1,0 +1,388 @@
+//! The `backup` aggregate: one job that archives one or more streams to one destination.
+//!
+//! Its invariants are what make "completed" trustworthy: segments of a stream are recorded in
+//! sequence order without overlap and inside the cut, and a completion is accepted only if its
+//! per-stream totals equal what the recorded segments add up to — a manifest that claims more
+//! (or less) than was durably stored is rejected.
+
+use std::collections::HashSet;
+
+use cim_backup_contracts::events::{
+    BackupAccepted, BackupCompleted, BackupEvent, BackupStarted, CancelRequested, JobCancelled,
+    JobEvent, JobFailed, SegmentInfo, SegmentStored, StreamSummary,
+};
+use cim_backup_contracts::subjects::is_stream_name;
+use cim_backup_contracts::views::{JobKind, JobState};
+
+use crate::aggregate::Aggregate;
+use crate::error::DomainError;
+use crate::lifecycle::Lifecycle;
+
+/// Highest zstd level we accept (levels above 19 need huge windows; not worth it for events).
+pub const MAX_ZSTD_LEVEL: i32 = 19;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupCommand {
+    Accept(BackupAccepted),
+    Start(BackupStarted),
+    RecordSegment(SegmentStored),
+    Complete(BackupCompleted),
+    Fail(JobFailed),
+    RequestCancel(CancelRequested),
+    ConfirmCancel(JobCancelled),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupJob {
+    pub lifecycle: Lifecycle,
+    pub spec: Option<BackupAccepted>,
+    pub started: Option<BackupStarted>,
+    pub segments: Vec<SegmentStored>,
+    pub completed: Option<BackupCompleted>,
+    pub failure: Option<JobFailed>,
+}
+
+impl BackupJob {
+    /// Segments already stored for `stream`, in order.
+    pub fn segments_of<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a SegmentInfo> {
+        self.segments.iter().filter(move |s| s.stream == stream).map(|s| &s.segment)
+    }
+
+    /// Last sequence already stored for `stream`: a resumed job continues after it.
+    pub fn stored_up_to(&self, stream: &str) -> Option<u64> {
+        self.segments_of(stream).last().map(|s| s.last_seq)
+    }
+
+    /// Per-stream totals of the recorded segments, in cut order. A stream with no segments
+    /// (empty, or nothing left at the cut) has `last_seq < first_seq` as in the cut.
+    pub fn summaries(&self) -> Vec<StreamSummary> {
+        let Some(started) = &self.started else { return Vec::new() };
+        started
+            .cut
+            .iter()
+            .map(|cut| {
+                let segments: Vec<&SegmentInfo> = self.segments_of(&cut.stream).collect();
+                StreamSummary {
+                    stream: cut.stream.clone(),
+                    first_seq: segments.first().map_or(cut.first_seq, |s| s.first_seq),
+                    last_seq: segments.last().map_or(cut.first_seq.saturating_sub(1), |s| s.last_seq),
+                    messages: segments.iter().map(|s| s.records).sum(),
+                    raw_bytes: segments.iter().map(|s| s.raw_bytes).sum(),
+                    stored_bytes: segments.iter().map(|s| s.stored_bytes).sum(),
+                    segments: segments.len() as u64,
+                }
+            })
+            .collect()
+    }
+
+    fn validate_spec(spec: &BackupAccepted) -> Result<(), DomainError> {
+        if spec.streams.is_empty() {
+            return Err(DomainError::invalid("streams: at least one stream is required"));
+        }
+        let mut seen = HashSet::new();
+        for stream in &spec.streams {
+            if !is_stream_name(stream) {
+                return Err(DomainError::invalid(format!("streams: {stream:?} is not a valid stream name")));
+            }
+            if !seen.insert(stream) {
+                return Err(DomainError::invalid(format!("streams: {stream:?} is listed twice")));
+            }
+        }
+        let level = spec.compression.level;
+        if spec.compression.algorithm == cim_backup_contracts::commands::CompressionAlgorithm::Zstd
+            && !(1..=MAX_ZSTD_LEVEL).contains(&level)
+        {
+            return Err(DomainError::invalid(format!(
+                "zstd_level: {level} is outside 1..={MAX_ZSTD_LEVEL}"
+            )));
+        }
+        if spec.segment_bytes == 0 {
+            return Err(DomainError::invalid("segment_bytes: must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_cut(&self, started: &BackupStarted) -> Result<(), DomainError> {
+        let spec = self.spec.as_ref().ok_or(DomainError::NotCreated)?;
+        let names: Vec<&String> = started.cut.iter().map(|c| &c.stream).collect();
+        if names != spec.streams.iter().collect::<Vec<_>>() {
+            return Err(DomainError::invalid(format!(
+                "cut: covers {names:?}, the job backs up {:?}",
+                spec.streams
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_segment(&self, stored: &SegmentStored) -> Result<(), DomainError> {
+        let started = self.started.as_ref().ok_or(DomainError::NotCreated)?;
+        let seg = &stored.segment;
+        let Some(cut) = started.cut.iter().find(|c| c.stream == stored.stream) else {
+            return Err(DomainError::invalid(format!(
+                "segment: stream {:?} is not part of this backup",
+                stored.stream
+            )));
+        };
+        if seg.records == 0 || seg.first_seq > seg.last_seq {
+            return Err(DomainError::invalid("segment: must hold at least one record"));
+        }
+        if seg.records > seg.last_seq - seg.first_seq + 1 {
+            return Err(DomainError::invalid(format!(
+                "segment: {} records cannot fit sequences {}..={}",
+                seg.records, seg.first_seq, seg.last_seq
+            )));
+        }
+        if seg.last_seq > cut.last_seq {
+            return Err(DomainError::invalid(format!(
+                "segment: ends at {} beyond the cut at {} of {}",
+                seg.last_seq, cut.last_seq, stored.stream
+            )));
+        }
+        if let Some(prev) = self.stored_up_to(&stored.stream) {
+            if seg.first_seq <= prev {
+                return Err(DomainError::invalid(format!(
+                    "segment: starts at {} but {} is stored up to {prev}",
+                    seg.first_seq, stored.stream
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_completion(&self, completed: &BackupCompleted) -> Result<(), DomainError> {
+        let expected = self.summaries();
+        if completed.streams != expected {
+            return Err(DomainError::invalid(format!(
+                "completion: manifest totals {:?} differ from the stored segments {:?}",
+                completed.streams, expected
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Aggregate for BackupJob {
+    const KIND: JobKind = JobKind::Backup;
+    type Command = BackupCommand;
+    type Event = BackupEvent;
+
+    fn handle(&self, command: BackupCommand) -> Result<Vec<BackupEvent>, DomainError> {
+        let lc = &self.lifecycle;
+        let event = match command {
+            BackupCommand::Accept(spec) => {
+                lc.require_new()?;
+                Self::validate_spec(&spec)?;
+                BackupEvent::BackupAccepted(spec)
+            }
+            BackupCommand::Start(started) => {
+                lc.require(JobState::Accepted, "start")?;
+                self.validate_cut(&started)?;
+                BackupEvent::BackupStarted(started)
+            }
+            BackupCommand::RecordSegment(stored) => {
+                lc.require(JobState::Running, "record a segment of")?;
+                self.validate_segment(&stored)?;
+                BackupEvent::SegmentStored(stored)
+            }
+            BackupCommand::Complete(completed) => {
+                lc.require(JobState::Running, "complete")?;
+                self.validate_completion(&completed)?;
+                BackupEvent::BackupCompleted(completed)
+            }
+            BackupCommand::Fail(failure) => {
+                lc.require_live("fail")?;
+                BackupEvent::BackupFailed(failure)
+            }
+            BackupCommand::RequestCancel(request) => {
+                if !lc.cancel_request_is_new()? {
+                    return Ok(vec![]);
+                }
+                BackupEvent::BackupCancelRequested(request)
+            }
+            BackupCommand::ConfirmCancel(cancelled) => {
+                lc.require_cancel_pending()?;
+                BackupEvent::BackupCancelled(cancelled)
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn apply(mut self, event: &BackupEvent) -> Self {
+        match event {
+            BackupEvent::BackupAccepted(spec) => {
+                self.lifecycle.accepted();
+                self.spec = Some(spec.clone());
+            }
+            BackupEvent::BackupStarted(started) => {
+                self.lifecycle.started();
+                self.started = Some(started.clone());
+            }
+            BackupEvent::SegmentStored(stored) => self.segments.push(stored.clone()),
+            BackupEvent::BackupCompleted(completed) => {
+                self.lifecycle.finished(JobState::Completed);
+                self.completed = Some(completed.clone());
+            }
+            BackupEvent::BackupFailed(failure) => {
+                self.lifecycle.finished(JobState::Failed);
+                self.failure = Some(failure.clone());
+            }
+            BackupEvent::BackupCancelRequested(_) => self.lifecycle.cancel_requested = true,
+            BackupEvent::BackupCancelled(_) => self.lifecycle.finished(JobState::Cancelled),
+        }
+        self
+    }
+
+    fn wrap(event: BackupEvent) -> JobEvent {
+        JobEvent::Backup(event)
+    }
+
+    fn unwrap(event: &JobEvent) -> Option<&BackupEvent> {
+        match event {
+            JobEvent::Backup(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::given;
+    use crate::test_support::*;
+    use cim_backup_contracts::events::StreamCut;
+
+    fn cut(stream: &str, first: u64, last: u64) -> StreamCut {
+        StreamCut { stream: stream.into(), first_seq: first, last_seq: last, messages: last - first + 1, bytes: 0 }
+    }
+
+    fn stored(stream: &str, first: u64, last: u64) -> SegmentStored {
+        SegmentStored { stream: stream.into(), segment: segment(first, last) }
+    }
+
+    fn running() -> Vec<BackupEvent> {
+        vec![
+            BackupEvent::BackupAccepted(backup_spec(&["A", "B"])),
+            BackupEvent::BackupStarted(BackupStarted { cut: vec![cut("A", 1, 100), cut("B", 5, 9)] }),
+        ]
+    }
+
+    #[test]
+    fn accept_creates_the_job() {
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(backup_spec(&["A"])))
+            .then_expect(vec![BackupEvent::BackupAccepted(backup_spec(&["A"]))]);
+    }
+
+    #[test]
+    fn the_same_job_cannot_be_accepted_twice() {
+        given::<BackupJob>(vec![BackupEvent::BackupAccepted(backup_spec(&["A"]))])
+            .when(BackupCommand::Accept(backup_spec(&["A"])))
+            .then_reject(DomainError::AlreadyExists);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_naming_the_field() {
+        given::<BackupJob>(vec![]).when(BackupCommand::Accept(backup_spec(&[]))).then_reject_containing("streams");
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(backup_spec(&["A", "A"])))
+            .then_reject_containing("listed twice");
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(backup_spec(&["A.B"])))
+            .then_reject_containing("not a valid stream name");
+        let mut spec = backup_spec(&["A"]);
+        spec.compression.level = 40;
+        given::<BackupJob>(vec![]).when(BackupCommand::Accept(spec)).then_reject_containing("zstd_level");
+    }
+
+    #[test]
+    fn start_needs_a_cut_of_exactly_the_requested_streams() {
+        given::<BackupJob>(vec![BackupEvent::BackupAccepted(backup_spec(&["A", "B"]))])
+            .when(BackupCommand::Start(BackupStarted { cut: vec![cut("A", 1, 2)] }))
+            .then_reject_containing("cut");
+    }
+
+    #[test]
+    fn segments_must_advance_and_stay_inside_the_cut() {
+        let mut history = running();
+        history.push(BackupEvent::SegmentStored(stored("A", 1, 50)));
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("A", 40, 60)))
+            .then_reject_containing("stored up to 50");
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("A", 51, 101)))
+            .then_reject_containing("beyond the cut");
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("C", 1, 1)))
+            .then_reject_containing("not part of this backup");
+        given::<BackupJob>(history)
+            .when(BackupCommand::RecordSegment(stored("A", 51, 100)))
+            .then_expect(vec![BackupEvent::SegmentStored(stored("A", 51, 100))]);
+    }
+
+    #[test]
+    fn completion_must_match_the_stored_segments() {
+        let mut history = running();
+        history.push(BackupEvent::SegmentStored(stored("A", 1, 100)));
+        history.push(BackupEvent::SegmentStored(stored("B", 5, 9)));
+        let state = BackupJob::from_history(&history);
+        let honest = BackupCompleted { manifest: manifest_cid(), manifest_bytes: 10, streams: state.summaries() };
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::Complete(honest.clone()))
+            .then_expect(vec![BackupEvent::BackupCompleted(honest.clone())]);
+
+        let mut inflated = honest;
+        inflated.streams[0].messages += 1;
+        given::<BackupJob>(history).when(BackupCommand::Complete(inflated)).then_reject_containing("differ");
+    }
+
+    #[test]
+    fn a_completed_backup_cannot_fail_or_be_cancelled() {
+        let mut history = running();
+        let state = BackupJob::from_history(&history);
+        history.push(BackupEvent::BackupCompleted(BackupCompleted {
+            manifest: manifest_cid(),
+            manifest_bytes: 1,
+            streams: state.summaries(),
+        }));
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
+            .then_reject(DomainError::WrongState { action: "cancel", state: JobState::Completed });
+        given::<BackupJob>(history).when(BackupCommand::Fail(failure())).then_reject_containing("completed");
+    }
+
+    #[test]
+    fn cancel_is_requested_once_then_confirmed() {
+        let mut history = running();
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::ConfirmCancel(JobCancelled { reason: None }))
+            .then_reject_containing("no cancellation was requested");
+        history.push(BackupEvent::BackupCancelRequested(CancelRequested { reason: None }));
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
+            .then_expect(vec![]);
+        given::<BackupJob>(history)
+            .when(BackupCommand::ConfirmCancel(JobCancelled { reason: None }))
+            .then_expect(vec![BackupEvent::BackupCancelled(JobCancelled { reason: None })]);
+    }
+
+    #[test]
+    fn commands_on_a_missing_job_are_rejected() {
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
+            .then_reject(DomainError::NotCreated);
+    }
+
+    #[test]
+    fn resume_point_is_the_last_stored_sequence() {
+        let mut history = running();
+        history.push(BackupEvent::SegmentStored(stored("A", 1, 40)));
+        history.push(BackupEvent::SegmentStored(stored("A", 41, 70)));
+        let state = BackupJob::from_history(&history);
+        assert_eq!(state.stored_up_to("A"), Some(70));
+        assert_eq!(state.stored_up_to("B"), None);
+        let summaries = state.summaries();
+        assert_eq!(summaries[0].messages, 70);
+        assert_eq!(summaries[1].messages, 0);
+        assert!(summaries[1].last_seq < summaries[1].first_seq);
+    }
+}
