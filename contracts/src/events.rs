@@ -402,6 +402,9 @@ pub struct BackupCompleted {
     pub manifest: Cid,
     pub manifest_bytes: u64,
     pub streams: Vec<StreamSummary>,
+    pub compression: Compression,
+    /// Whether segments are encrypted to recipients.
+    pub encrypted: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

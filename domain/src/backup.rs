@@ -259,6 +259,10 @@ mod tests {
         SegmentStored { stream: stream.into(), segment: segment(first, last) }
     }
 
+    fn completed(streams: Vec<StreamSummary>) -> BackupCompleted {
+        BackupCompleted { manifest: manifest_cid(), manifest_bytes: 10, streams, compression: backup_spec(&[]).compression, encrypted: false }
+    }
+
     fn running() -> Vec<BackupEvent> {
         vec![
             BackupEvent::BackupAccepted(backup_spec(&["A", "B"])),
@@ -325,7 +329,7 @@ mod tests {
         history.push(BackupEvent::SegmentStored(stored("A", 1, 100)));
         history.push(BackupEvent::SegmentStored(stored("B", 5, 9)));
         let state = BackupJob::from_history(&history);
-        let honest = BackupCompleted { manifest: manifest_cid(), manifest_bytes: 10, streams: state.summaries() };
+        let honest = completed(state.summaries());
         given::<BackupJob>(history.clone())
             .when(BackupCommand::Complete(honest.clone()))
             .then_expect(vec![BackupEvent::BackupCompleted(honest.clone())]);
@@ -339,11 +343,7 @@ mod tests {
     fn a_completed_backup_cannot_fail_or_be_cancelled() {
         let mut history = running();
         let state = BackupJob::from_history(&history);
-        history.push(BackupEvent::BackupCompleted(BackupCompleted {
-            manifest: manifest_cid(),
-            manifest_bytes: 1,
-            streams: state.summaries(),
-        }));
+        history.push(BackupEvent::BackupCompleted(completed(state.summaries())));
         given::<BackupJob>(history.clone())
             .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
             .then_reject(DomainError::WrongState { action: "cancel", state: JobState::Completed });

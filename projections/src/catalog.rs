@@ -1,0 +1,45 @@
+//! The backup catalog: one entry per completed backup, built from its job's view and its
+//! `BackupCompleted` event.
+
+use cim_backup_contracts::commands::CompressionAlgorithm;
+use cim_backup_contracts::events::{BackupCompleted, BackupEvent, EventEnvelope, JobEvent};
+use cim_backup_contracts::views::{CatalogEntry, JobView};
+use cim_backup_contracts::BackupId;
+
+/// The catalog entry an event creates, if any: only `BackupCompleted` creates one. `job` is the
+/// job's view *after* folding the event.
+pub fn entry_for(job: &JobView, envelope: &EventEnvelope) -> Option<CatalogEntry> {
+    match &envelope.event {
+        JobEvent::Backup(BackupEvent::BackupCompleted(done)) => Some(entry(job, done, envelope)),
+        _ => None,
+    }
+}
+
+fn entry(job: &JobView, done: &BackupCompleted, envelope: &EventEnvelope) -> CatalogEntry {
+    let compression = match done.compression.algorithm {
+        CompressionAlgorithm::Zstd => format!("zstd-{}", done.compression.level),
+        CompressionAlgorithm::None => "none".to_owned(),
+    };
+    CatalogEntry {
+        backup_id: BackupId(done.manifest),
+        job_id: job.job_id.clone(),
+        destination: job.location.clone(),
+        created_at: envelope.meta.time,
+        messages: done.streams.iter().map(|s| s.messages).sum(),
+        raw_bytes: done.streams.iter().map(|s| s.raw_bytes).sum(),
+        stored_bytes: done.streams.iter().map(|s| s.stored_bytes).sum::<u64>() + done.manifest_bytes,
+        objects: done.streams.iter().map(|s| s.segments).sum::<u64>() + 1,
+        streams: done.streams.clone(),
+        compression,
+        encrypted: done.encrypted,
+    }
+}
+
+/// Orders entries newest first and keeps those holding `stream` (if given).
+pub fn select(mut entries: Vec<CatalogEntry>, stream: Option<&str>) -> Vec<CatalogEntry> {
+    if let Some(stream) = stream {
+        entries.retain(|e| e.streams.iter().any(|s| s.stream == stream));
+    }
+    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.backup_id.cmp(&b.backup_id)));
+    entries
+}

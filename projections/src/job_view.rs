@@ -1,0 +1,198 @@
+//! The job-status view: what `cim.backup.qry.job` returns and the CLI draws progress from.
+
+use cim_backup_contracts::events::{
+    BackupEvent, EventEnvelope, JobEvent, JobFailed, RestoreEvent, VerifyEvent,
+};
+use cim_backup_contracts::views::{JobError, JobState, JobView, Progress};
+use cim_backup_contracts::{BackupId, EventCid};
+
+use crate::error::ProjectionError;
+
+/// Result of folding one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fold {
+    /// The view changed; store it.
+    Updated(JobView),
+    /// The view already contains this event (redelivery); nothing to store.
+    AlreadyApplied,
+}
+
+/// Folds `envelope` (whose CID is `cid`) into `view`.
+///
+/// Idempotent: an event at or below the view's version is [`Fold::AlreadyApplied`]. An event
+/// beyond `version + 1` is a [`ProjectionError::Gap`], so a projector that sees events out of
+/// order waits instead of skipping one.
+pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> Result<Fold, ProjectionError> {
+    let job = envelope.aggregate_id.to_string();
+    let version = view.map_or(0, |v| v.version);
+    if envelope.sequence <= version {
+        return Ok(Fold::AlreadyApplied);
+    }
+    if envelope.sequence != version + 1 {
+        return Err(ProjectionError::Gap { job, version, got: envelope.sequence });
+    }
+    let time = envelope.meta.time;
+    let mut next = match view {
+        Some(v) => v.clone(),
+        None => new_view(envelope, cid).ok_or_else(|| ProjectionError::NoAcceptedEvent {
+            job: job.clone(),
+            event_type: envelope.event.event_type().to_owned(),
+        })?,
+    };
+    next.version = envelope.sequence;
+    next.head = cid;
+    next.updated_at = time;
+    let p = &mut next.progress;
+    match &envelope.event {
+        JobEvent::Backup(e) => match e {
+            BackupEvent::BackupAccepted(_) => {}
+            BackupEvent::BackupStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                p.messages_total = s.cut.iter().map(|c| c.messages).sum();
+                p.bytes_total = s.cut.iter().map(|c| c.bytes).sum();
+            }
+            BackupEvent::SegmentStored(s) => {
+                p.messages_done += s.segment.records;
+                p.bytes_done += s.segment.raw_bytes;
+                p.objects_done += 1;
+                p.objects_total = p.objects_done;
+            }
+            BackupEvent::BackupCompleted(c) => {
+                finish(&mut next, JobState::Completed, time);
+                next.backup_id = Some(BackupId(c.manifest));
+                // The manifest is an object too; totals are now exact.
+                next.progress.objects_done += 1;
+                next.progress.objects_total = next.progress.objects_done;
+                next.progress.messages_total = next.progress.messages_done;
+            }
+            BackupEvent::BackupFailed(f) => fail(&mut next, f, time),
+            BackupEvent::BackupCancelRequested(_) => next.cancel_requested = true,
+            BackupEvent::BackupCancelled(_) => finish(&mut next, JobState::Cancelled, time),
+        },
+        JobEvent::Restore(e) => match e {
+            RestoreEvent::RestoreAccepted(_) => {}
+            RestoreEvent::RestoreStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                *p = Progress {
+                    messages_total: s.messages,
+                    bytes_total: s.bytes,
+                    objects_total: s.segments,
+                    ..Progress::default()
+                };
+            }
+            RestoreEvent::RestoreProgressed(s) => {
+                p.messages_done = s.messages_done;
+                p.bytes_done = s.bytes_done;
+                p.objects_done = s.segments_done;
+            }
+            RestoreEvent::RestoreCompleted(c) => {
+                p.messages_done = c.messages;
+                p.bytes_done = c.bytes;
+                p.objects_done = p.objects_total;
+                finish(&mut next, JobState::Completed, time);
+            }
+            RestoreEvent::RestoreFailed(f) => fail(&mut next, f, time),
+            RestoreEvent::RestoreCancelRequested(_) => next.cancel_requested = true,
+            RestoreEvent::RestoreCancelled(_) => finish(&mut next, JobState::Cancelled, time),
+        },
+        JobEvent::Verify(e) => match e {
+            VerifyEvent::VerifyAccepted(_) => {}
+            VerifyEvent::VerifyStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                *p = Progress {
+                    messages_total: s.records,
+                    bytes_total: s.bytes,
+                    objects_total: s.objects,
+                    ..Progress::default()
+                };
+            }
+            VerifyEvent::VerifyProgressed(s) => {
+                p.messages_done = s.records_done;
+                p.bytes_done = s.bytes_done;
+                p.objects_done = s.objects_done;
+            }
+            VerifyEvent::VerifyCompleted(c) => {
+                p.messages_done = c.records;
+                p.bytes_done = c.bytes;
+                p.objects_done = c.objects;
+                finish(&mut next, JobState::Completed, time);
+            }
+            VerifyEvent::VerifyFailed(f) => fail(&mut next, f, time),
+            VerifyEvent::VerifyCancelRequested(_) => next.cancel_requested = true,
+            VerifyEvent::VerifyCancelled(_) => finish(&mut next, JobState::Cancelled, time),
+        },
+    }
+    Ok(Fold::Updated(next))
+}
+
+/// Folds a whole history (for example one job's events read straight from the stream).
+pub fn fold_all<'a>(
+    events: impl IntoIterator<Item = (&'a EventEnvelope, EventCid)>,
+) -> Result<Option<JobView>, ProjectionError> {
+    let mut view: Option<JobView> = None;
+    for (envelope, cid) in events {
+        if let Fold::Updated(next) = fold(view.as_ref(), envelope, cid)? {
+            view = Some(next);
+        }
+    }
+    Ok(view)
+}
+
+fn finish(view: &mut JobView, state: JobState, time: time::OffsetDateTime) {
+    view.state = state;
+    view.finished_at = Some(time);
+}
+
+fn fail(view: &mut JobView, failure: &JobFailed, time: time::OffsetDateTime) {
+    finish(view, JobState::Failed, time);
+    view.error = Some(JobError {
+        code: failure.code,
+        message: failure.message.clone(),
+        object: failure.object.clone(),
+        record: failure.record,
+    });
+}
+
+/// The view created by a job's `*Accepted` event; `None` for any other event.
+fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
+    let (subject, location, instance, backup_id) = match &envelope.event {
+        JobEvent::Backup(BackupEvent::BackupAccepted(a)) => {
+            (a.streams.join(","), a.destination_url.clone(), a.admission.instance.clone(), None)
+        }
+        JobEvent::Restore(RestoreEvent::RestoreAccepted(a)) => (
+            format!("{} -> {}", a.stream, a.target),
+            a.source_url.clone(),
+            a.admission.instance.clone(),
+            Some(BackupId(a.backup)),
+        ),
+        JobEvent::Verify(VerifyEvent::VerifyAccepted(a)) => (
+            a.backup.to_string(),
+            a.source_url.clone(),
+            a.admission.instance.clone(),
+            Some(BackupId(a.backup)),
+        ),
+        _ => return None,
+    };
+    Some(JobView {
+        job_id: envelope.aggregate_id.clone(),
+        kind: envelope.aggregate_type,
+        state: JobState::Accepted,
+        subject,
+        location,
+        instance,
+        correlation_id: envelope.meta.correlation_id.clone(),
+        accepted_at: envelope.meta.time,
+        started_at: None,
+        finished_at: None,
+        updated_at: envelope.meta.time,
+        progress: Progress::default(),
+        backup_id,
+        error: None,
+        cancel_requested: false,
+        version: 0,
+        head: cid,
+    })
+}
