@@ -1,1 +1,5 @@
-
+pub mod archive;
+pub mod config;
+pub mod destination;
+pub mod event_store;
+pub mod jobs;

@@ -1,0 +1,182 @@
+//! The manifest: the one object that says what a backup holds (see `docs/ARCHIVE.md`
+//! § Manifest). It is DAG-CBOR and its CID is the backup id, so the id verifies the manifest and
+//! the manifest's segment links (CBOR tag 42) verify the segments: a backup is a Merkle DAG.
+//!
+//! Written last: a backup whose manifest is not stored does not exist, whatever segments are.
+
+use cim_backup_contracts::cid::{Cid, dag_cbor_cid, verifies};
+use cim_backup_contracts::events::{Compression, SegmentInfo, StreamCut, StreamSummary};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::error::ArchiveError;
+
+/// Format name and version of manifests this code writes and reads.
+pub const MANIFEST_FORMAT: &str = "cim-backup-archive/1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// Writer, e.g. `cim-backup 0.1.0`.
+    pub tool: String,
+    pub job_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub compression: Compression,
+    /// Reserved for encryption to recipients; `null` means the segments are not encrypted. A
+    /// reader that finds a value it does not understand must refuse the backup.
+    pub encryption: Option<ipld_core::ipld::Ipld>,
+    pub streams: Vec<StreamArchive>,
+}
+
+/// One stream inside a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamArchive {
+    pub name: String,
+    /// The stream configuration as the server reported it (JSON text, verbatim, so fields this
+    /// tool does not know survive a round trip).
+    pub config: String,
+    /// The stream's state at the cut: the backup holds everything up to `cut.last_seq`.
+    pub cut: StreamCut,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// Backup this one continues (incremental backups); `null` for a full backup.
+    pub parent: Option<Cid>,
+    /// Durable consumers and their positions (reserved; empty in this version).
+    pub consumers: Vec<ConsumerArchive>,
+    pub segments: Vec<SegmentInfo>,
+}
+
+/// A durable consumer's config and position (reserved for consumer backups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerArchive {
+    pub name: String,
+    pub config: String,
+    pub ack_floor_stream_seq: u64,
+    pub delivered_stream_seq: u64,
+}
+
+impl StreamArchive {
+    pub fn summary(&self) -> StreamSummary {
+        StreamSummary {
+            stream: self.name.clone(),
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            messages: self.messages,
+            raw_bytes: self.raw_bytes,
+            stored_bytes: self.stored_bytes,
+            segments: self.segments.len() as u64,
+        }
+    }
+}
+
+impl Manifest {
+    /// Canonical bytes and CID (= backup id).
+    pub fn encode(&self) -> (Vec<u8>, Cid) {
+        let bytes = serde_ipld_dagcbor::to_vec(self).expect("manifests always encode");
+        let cid = dag_cbor_cid(&bytes);
+        (bytes, cid)
+    }
+
+    /// Decodes manifest bytes that must have CID `expected`.
+    pub fn decode(bytes: &[u8], expected: &Cid) -> Result<Manifest, ArchiveError> {
+        let object = key(expected);
+        if !verifies(expected, bytes) {
+            return Err(ArchiveError::corrupt(&object, "content does not match its CID (tampered or damaged)"));
+        }
+        let manifest: Manifest = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| ArchiveError::corrupt(&object, format!("not a manifest: {e}")))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(ArchiveError::corrupt(&object, format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format)));
+        }
+        if manifest.encryption.is_some() {
+            return Err(ArchiveError::corrupt(&object, "encrypted backups need a newer cim-backup"));
+        }
+        Ok(manifest)
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamArchive> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// Objects of the backup (segments plus this manifest) and their stored bytes.
+    pub fn objects(&self) -> (u64, u64) {
+        let segments: u64 = self.streams.iter().map(|s| s.segments.len() as u64).sum();
+        let bytes: u64 = self.streams.iter().map(|s| s.stored_bytes).sum();
+        (segments + 1, bytes)
+    }
+}
+
+/// Object key of a manifest relative to the destination prefix.
+pub fn key(cid: &Cid) -> String {
+    format!("manifests/{cid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cim_backup_contracts::cid::raw_cid;
+    use cim_backup_contracts::commands::CompressionAlgorithm;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            tool: "cim-backup test".into(),
+            job_id: "j".into(),
+            created: OffsetDateTime::UNIX_EPOCH,
+            compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
+            encryption: None,
+            streams: vec![StreamArchive {
+                name: "EVENTS".into(),
+                config: r#"{"name":"EVENTS","future_field":1}"#.into(),
+                cut: StreamCut { stream: "EVENTS".into(), first_seq: 1, last_seq: 2, messages: 2, bytes: 10 },
+                first_seq: 1,
+                last_seq: 2,
+                messages: 2,
+                raw_bytes: 100,
+                stored_bytes: 50,
+                parent: None,
+                consumers: vec![],
+                segments: vec![SegmentInfo {
+                    cid: raw_cid(b"seg"),
+                    first_seq: 1,
+                    last_seq: 2,
+                    first_time: OffsetDateTime::UNIX_EPOCH,
+                    last_time: OffsetDateTime::UNIX_EPOCH,
+                    records: 2,
+                    raw_bytes: 100,
+                    stored_bytes: 50,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_its_cid_is_the_backup_id() {
+        let (bytes, cid) = manifest().encode();
+        assert_eq!(Manifest::decode(&bytes, &cid).unwrap(), manifest());
+        assert_eq!(manifest().objects(), (2, 50));
+    }
+
+    #[test]
+    fn segment_cids_are_ipld_links() {
+        let (bytes, _) = manifest().encode();
+        let mut link = vec![0xd8, 0x2a];
+        link.push(0x58);
+        link.push(37);
+        link.push(0);
+        link.extend_from_slice(&raw_cid(b"seg").to_bytes());
+        assert!(bytes.windows(link.len()).any(|w| w == link));
+    }
+
+    #[test]
+    fn a_manifest_under_the_wrong_id_is_rejected() {
+        let (bytes, _) = manifest().encode();
+        let wrong = dag_cbor_cid(b"other");
+        let err = Manifest::decode(&bytes, &wrong).unwrap_err();
+        assert!(err.to_string().contains(&format!("manifests/{wrong}")), "{err}");
+    }
+}

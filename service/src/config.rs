@@ -1,0 +1,251 @@
+//! Service configuration: a TOML file, then environment variables, then command-line flags, each
+//! overriding the one before (flags and their `CIM_BACKUP_*` variables are declared in the CLI).
+//!
+//! ```toml
+//! [nats]
+//! url = "nats://127.0.0.1:4222"
+//! creds = "/etc/cim/backup.creds"     # optional; or token / user + password
+//!
+//! [service]
+//! instance = "backup-1"               # names the runner of jobs; default: host name
+//! events_replicas = 3                 # replicas of the event stream and view buckets
+//!
+//! [defaults]
+//! destination = "local"
+//! compress = "zstd"
+//! zstd_level = 3
+//! segment_bytes = 8388608
+//!
+//! [destinations.local]
+//! url = "file:///var/lib/cim-backup/archive"
+//!
+//! [destinations.offsite]
+//! url = "s3://cim-backups/events"
+//! endpoint = "https://s3.eu-central-1.amazonaws.com"   # optional for AWS
+//! region = "eu-central-1"
+//! access_key_id = "..."                                # or AWS_ACCESS_KEY_ID
+//! secret_access_key = "..."
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cim_backup_contracts::commands::CompressionAlgorithm;
+use object_store::aws::AmazonS3Builder;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    pub creds: Option<PathBuf>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig { url: default_nats_url(), creds: None, token: None, user: None, password: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name of this instance; recorded as the runner of the jobs it accepts.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Replicas of the event stream and the view buckets (3 on a cluster).
+    #[serde(default = "one")]
+    pub events_replicas: usize,
+}
+
+fn default_instance() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cim-backup".to_owned())
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { instance: default_instance(), events_replicas: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub destination: Option<String>,
+    #[serde(default)]
+    pub compress: CompressionAlgorithm,
+    #[serde(default = "default_level")]
+    pub zstd_level: i32,
+    /// Target size of an uncompressed segment.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Segments compressed and uploaded at once per job.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+fn default_level() -> i32 {
+    3
+}
+fn default_segment_bytes() -> u64 {
+    8 << 20
+}
+fn default_upload_concurrency() -> usize {
+    4
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            destination: None,
+            compress: CompressionAlgorithm::Zstd,
+            zstd_level: default_level(),
+            segment_bytes: default_segment_bytes(),
+            upload_concurrency: default_upload_concurrency(),
+        }
+    }
+}
+
+/// A named destination and, for S3, how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow plain-HTTP endpoints (local S3 servers).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl DestinationConfig {
+    pub fn url(url: &str) -> Self {
+        DestinationConfig {
+            url: url.to_owned(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+
+    /// Applies this destination's S3 settings to a builder.
+    pub fn apply_s3(&self, mut b: AmazonS3Builder) -> AmazonS3Builder {
+        if let Some(endpoint) = &self.endpoint {
+            // A custom endpoint (MinIO, moto, Ceph) almost always wants path-style requests.
+            b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+        }
+        if let Some(region) = &self.region {
+            b = b.with_region(region);
+        }
+        if let Some(key) = &self.access_key_id {
+            b = b.with_access_key_id(key);
+        }
+        if let Some(secret) = &self.secret_access_key {
+            b = b.with_secret_access_key(secret);
+        }
+        b.with_allow_http(self.allow_http)
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_owned(), message: e.to_string() })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks cross-field rules that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(default) = &self.defaults.destination {
+            if !default.contains("://") && !self.destinations.contains_key(default) {
+                return Err(ConfigError::Invalid(format!(
+                    "defaults.destination {default:?} is not a URL nor one of [destinations.*]"
+                )));
+            }
+        }
+        if self.defaults.segment_bytes < 4096 {
+            return Err(ConfigError::Invalid("defaults.segment_bytes must be at least 4096".into()));
+        }
+        if self.defaults.upload_concurrency == 0 {
+            return Err(ConfigError::Invalid("defaults.upload_concurrency must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::from_toml(&example).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.service.events_replicas, 3);
+        assert_eq!(config.destinations["offsite"].region.as_deref(), Some("eu-central-1"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_defaults_are_errors() {
+        assert!(Config::from_toml("[nats]\nurll = \"x\"").unwrap_err().contains("urll"));
+        let config = Config::from_toml("[defaults]\ndestination = \"nowhere\"").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("nowhere"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The JetStream event store (DESIGN §5).
+//!
+//! Every event of the service is one message on `cim.backup.evt.<type>.<id>.<event-type>` in the
+//! stream [`EVENTS_STREAM`]. Appends are guarded by optimistic concurrency on the aggregate's
+//! *wildcard* (`Nats-Expected-Last-Subject-Sequence` + `…-Subject: cim.backup.evt.<type>.<id>.*`),
+//! so two instances can never fork one job's chain; the loser gets [`EventStoreError::Conflict`]
+//! and reloads. The publish ack is awaited before `append` returns: an event is durable before
+//! anyone is told it happened.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use cim_backup_contracts::events::{EventEnvelope, EventMeta, JobEvent};
+use cim_backup_contracts::headers;
+use cim_backup_contracts::subjects::{EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, aggregate_wildcard, event_subject};
+use cim_backup_contracts::views::JobKind;
+use cim_backup_contracts::{EventCid, JobId};
+use futures::StreamExt;
+
+/// Where an aggregate's chain stands: what the next append must build on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Version {
+    /// Per-aggregate sequence of the last event (0 = no events).
+    pub sequence: u64,
+    /// CID of the last event.
+    pub head: Option<EventCid>,
+    /// Stream sequence of the last event (0 = none); the optimistic-concurrency expectation.
+    pub last_stream_seq: u64,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub envelope: EventEnvelope,
+    pub cid: EventCid,
+    pub stream_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    /// Another writer appended to this aggregate since we loaded it.
+    #[error("{kind} {id} was changed by another writer (expected it at stream sequence {expected})")]
+    Conflict { kind: JobKind, id: JobId, expected: u64 },
+    #[error("event stream unavailable: {0}")]
+    Nats(String),
+    /// A stored event does not decode or does not match its CID: the log is damaged.
+    #[error("event at stream sequence {stream_seq} is damaged: {message}")]
+    Damaged { stream_seq: u64, message: String },
+}
+
+fn nats(e: impl std::fmt::Display) -> EventStoreError {
+    EventStoreError::Nats(e.to_string())
+}
+
+/// How to create the events stream.
+#[derive(Debug, Clone)]
+pub struct EventStreamSettings {
+    pub replicas: usize,
+}
+
+impl Default for EventStreamSettings {
+    fn default() -> Self {
+        EventStreamSettings { replicas: 1 }
+    }
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    js: jetstream::Context,
+}
+
+impl EventStore {
+    /// Opens the store, creating the events stream if it does not exist.
+    ///
+    /// The stream denies deletes and purges: it is the audit log, and its chain is only
+    /// tamper-evident if nobody can quietly drop a link.
+    pub async fn open(js: jetstream::Context, settings: &EventStreamSettings) -> Result<Self, EventStoreError> {
+        js.get_or_create_stream(stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            subjects: vec![EVENTS_STREAM_SUBJECTS.to_owned()],
+            description: Some("cim-backup: CID-chained events of backup, restore and verify jobs".into()),
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            duplicate_window: Duration::from_secs(120),
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+        Ok(EventStore { js })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Appends `events` to the aggregate at `version`, each linked to the one before.
+    /// Returns the new version and the stored events.
+    pub async fn append(
+        &self,
+        kind: JobKind,
+        id: &JobId,
+        version: &Version,
+        events: Vec<(JobEvent, EventMeta)>,
+    ) -> Result<(Version, Vec<StoredEvent>), EventStoreError> {
+        let mut version = version.clone();
+        let mut stored = Vec::with_capacity(events.len());
+        for (event, meta) in events {
+            let envelope = EventEnvelope {
+                aggregate_type: kind,
+                aggregate_id: id.clone(),
+                sequence: version.sequence + 1,
+                prev: version.head,
+                meta,
+                event,
+            };
+            let (payload, cid) = envelope.encode_with_cid();
+            let subject = event_subject(kind.as_str(), id.as_str(), envelope.event.event_type());
+            let headers = event_headers(&envelope, &cid, version.last_stream_seq, kind, id);
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .map_err(nats)?
+                .await
+                .map_err(|e| match e.kind() {
+                    jetstream::context::PublishErrorKind::WrongLastSequence => EventStoreError::Conflict {
+                        kind,
+                        id: id.clone(),
+                        expected: version.last_stream_seq,
+                    },
+                    _ => nats(e),
+                })?;
+            version = Version { sequence: envelope.sequence, head: Some(cid), last_stream_seq: ack.sequence };
+            stored.push(StoredEvent { envelope, cid, stream_seq: ack.sequence });
+        }
+        Ok((version, stored))
+    }
+
+    /// Every event of one aggregate, in order, each checked against its CID.
+    pub async fn load(&self, kind: JobKind, id: &JobId) -> Result<Vec<StoredEvent>, EventStoreError> {
+        self.read(aggregate_wildcard(kind.as_str(), id.as_str()), 1).await
+    }
+
+    /// Every event on `filter` from stream sequence `from` on (used by rebuilds and audits).
+    pub async fn read(&self, filter: String, from: u64) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let stream = self.js.get_stream(EVENTS_STREAM).await.map_err(nats)?;
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: filter,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let pending = consumer.cached_info().num_pending;
+        let mut events = Vec::with_capacity(pending as usize);
+        if pending == 0 {
+            return Ok(events);
+        }
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(nats)?;
+            let info = message.info().map_err(nats)?;
+            let (stream_seq, remaining) = (info.stream_sequence, info.pending);
+            events.push(decode_stored(stream_seq, &message.payload, message.headers.as_ref())?);
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// Decodes one stored event and checks that the payload is what its `Cim-Cid` header claims.
+pub fn decode_stored(stream_seq: u64, payload: &[u8], headers: Option<&HeaderMap>) -> Result<StoredEvent, EventStoreError> {
+    let damaged = |message: String| EventStoreError::Damaged { stream_seq, message };
+    let envelope = EventEnvelope::decode(payload).map_err(|e| damaged(e.to_string()))?;
+    let cid = EventCid(cim_backup_contracts::cid::dag_cbor_cid(payload));
+    if let Some(claimed) = headers.and_then(|h| h.get(headers::CIM_CID)) {
+        if claimed.as_str() != cid.to_string() {
+            return Err(damaged(format!("payload hashes to {cid}, header claims {}", claimed.as_str())));
+        }
+    }
+    Ok(StoredEvent { envelope, cid, stream_seq })
+}
+
+fn event_headers(envelope: &EventEnvelope, cid: &EventCid, expected: u64, kind: JobKind, id: &JobId) -> HeaderMap {
+    let cid = cid.to_string();
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", cid.as_str());
+    h.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
+    h.insert("Nats-Expected-Last-Subject-Sequence-Subject", aggregate_wildcard(kind.as_str(), id.as_str()).as_str());
+    h.insert(headers::CIM_CID, cid.as_str());
+    if let Some(prev) = envelope.prev {
+        h.insert(headers::CIM_PREV_CID, prev.to_string().as_str());
+    }
+    h.insert(headers::CIM_EVENT_TYPE, envelope.event.event_type());
+    h.insert(headers::CIM_CORRELATION_ID, envelope.meta.correlation_id.as_str());
+    h.insert(headers::CIM_CAUSATION_ID, envelope.meta.causation_id.as_str());
+    h.insert(headers::CIM_SEQUENCE, envelope.sequence.to_string().as_str());
+    h
+}
