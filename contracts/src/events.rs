@@ -302,6 +302,16 @@ pub struct Compression {
     pub level: i32,
 }
 
+impl Compression {
+    /// Short label for listings: `zstd-3` or `none`.
+    pub fn label(&self) -> String {
+        match self.algorithm {
+            CompressionAlgorithm::Zstd => format!("zstd-{}", self.level),
+            CompressionAlgorithm::None => "none".to_owned(),
+        }
+    }
+}
+
 /// State of one stream when a job looked at it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamCut {
@@ -386,6 +396,9 @@ pub struct BackupAccepted {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupStarted {
+    /// When the cut was taken: the point in time the backup represents.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
     /// What will be backed up: every stream up to its `last_seq` here.
     pub cut: Vec<StreamCut>,
 }

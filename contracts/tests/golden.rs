@@ -45,7 +45,7 @@ fn hex(bytes: &[u8]) -> String {
 
 const ACCEPTED_HEX: &str = include_str!("golden/backup_accepted.hex");
 const ACCEPTED_CID: &str = "bafyreifplhbfdml2auxv46x2656gu6gbp7yom2smjv7wky6lkkjxjlda4a";
-const STARTED_CID: &str = "bafyreigja23jw4xalrf2mnhuxqczx2z4rnepii6d3ap7l3pfnxcliqs4a4";
+const STARTED_CID: &str = "bafyreiegcwunoihrkdgefl7xruz5ws7yg7cvo7fgi32svmkjmii4jvpnue";
 
 #[test]
 fn backup_accepted_bytes_and_cid_are_pinned() {
@@ -63,6 +63,7 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
         prev: Some(first),
         meta: meta(2),
         event: JobEvent::Backup(BackupEvent::BackupStarted(BackupStarted {
+            taken_at: datetime!(2026-11-25 12:00:01 UTC),
             cut: vec![StreamCut {
                 stream: "EVENTS".into(),
                 first_seq: 1,

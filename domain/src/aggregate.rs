@@ -78,3 +78,33 @@ impl<A: Aggregate> Then<A> {
         }
     }
 }
+
+/// Commands every job aggregate understands, so a runner can end any job the same way.
+pub trait JobLifecycle: Aggregate {
+    fn fail(failure: cim_backup_contracts::events::JobFailed) -> Self::Command;
+    fn request_cancel(request: cim_backup_contracts::events::CancelRequested) -> Self::Command;
+    fn confirm_cancel(cancelled: cim_backup_contracts::events::JobCancelled) -> Self::Command;
+    fn lifecycle(&self) -> &crate::lifecycle::Lifecycle;
+}
+
+/// Implements [`JobLifecycle`] for an aggregate whose command enum has `Fail`,
+/// `RequestCancel` and `ConfirmCancel` variants and whose state has a `lifecycle` field.
+#[macro_export]
+macro_rules! impl_job_lifecycle {
+    ($aggregate:ty, $command:ident) => {
+        impl $crate::aggregate::JobLifecycle for $aggregate {
+            fn fail(failure: cim_backup_contracts::events::JobFailed) -> $command {
+                $command::Fail(failure)
+            }
+            fn request_cancel(request: cim_backup_contracts::events::CancelRequested) -> $command {
+                $command::RequestCancel(request)
+            }
+            fn confirm_cancel(cancelled: cim_backup_contracts::events::JobCancelled) -> $command {
+                $command::ConfirmCancel(cancelled)
+            }
+            fn lifecycle(&self) -> &$crate::lifecycle::Lifecycle {
+                &self.lifecycle
+            }
+        }
+    };
+}

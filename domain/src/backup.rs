@@ -244,6 +244,8 @@ impl Aggregate for BackupJob {
     }
 }
 
+crate::impl_job_lifecycle!(BackupJob, BackupCommand);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +268,7 @@ mod tests {
     fn running() -> Vec<BackupEvent> {
         vec![
             BackupEvent::BackupAccepted(backup_spec(&["A", "B"])),
-            BackupEvent::BackupStarted(BackupStarted { cut: vec![cut("A", 1, 100), cut("B", 5, 9)] }),
+            BackupEvent::BackupStarted(BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut: vec![cut("A", 1, 100), cut("B", 5, 9)] }),
         ]
     }
 
@@ -301,7 +303,7 @@ mod tests {
     #[test]
     fn start_needs_a_cut_of_exactly_the_requested_streams() {
         given::<BackupJob>(vec![BackupEvent::BackupAccepted(backup_spec(&["A", "B"]))])
-            .when(BackupCommand::Start(BackupStarted { cut: vec![cut("A", 1, 2)] }))
+            .when(BackupCommand::Start(BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut: vec![cut("A", 1, 2)] }))
             .then_reject_containing("cut");
     }
 

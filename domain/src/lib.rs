@@ -25,5 +25,5 @@ pub mod verify;
 #[cfg(test)]
 mod test_support;
 
-pub use aggregate::Aggregate;
+pub use aggregate::{Aggregate, JobLifecycle};
 pub use error::DomainError;

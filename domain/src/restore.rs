@@ -158,6 +158,8 @@ impl Aggregate for RestoreJob {
     }
 }
 
+crate::impl_job_lifecycle!(RestoreJob, RestoreCommand);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,8 @@ impl Aggregate for VerifyJob {
     }
 }
 
+crate::impl_job_lifecycle!(VerifyJob, VerifyCommand);
+
 #[cfg(test)]
 mod tests {
     use super::*;

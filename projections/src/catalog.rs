@@ -1,7 +1,6 @@
 //! The backup catalog: one entry per completed backup, built from its job's view and its
 //! `BackupCompleted` event.
 
-use cim_backup_contracts::commands::CompressionAlgorithm;
 use cim_backup_contracts::events::{BackupCompleted, BackupEvent, EventEnvelope, JobEvent};
 use cim_backup_contracts::views::{CatalogEntry, JobView};
 use cim_backup_contracts::BackupId;
@@ -16,10 +15,6 @@ pub fn entry_for(job: &JobView, envelope: &EventEnvelope) -> Option<CatalogEntry
 }
 
 fn entry(job: &JobView, done: &BackupCompleted, envelope: &EventEnvelope) -> CatalogEntry {
-    let compression = match done.compression.algorithm {
-        CompressionAlgorithm::Zstd => format!("zstd-{}", done.compression.level),
-        CompressionAlgorithm::None => "none".to_owned(),
-    };
     CatalogEntry {
         backup_id: BackupId(done.manifest),
         job_id: job.job_id.clone(),
@@ -30,7 +25,7 @@ fn entry(job: &JobView, done: &BackupCompleted, envelope: &EventEnvelope) -> Cat
         stored_bytes: done.streams.iter().map(|s| s.stored_bytes).sum::<u64>() + done.manifest_bytes,
         objects: done.streams.iter().map(|s| s.segments).sum::<u64>() + 1,
         streams: done.streams.clone(),
-        compression,
+        compression: done.compression.label(),
         encrypted: done.encrypted,
     }
 }

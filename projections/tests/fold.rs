@@ -62,6 +62,7 @@ fn history() -> Vec<BackupEvent> {
             admission: Admission { instance: "i1".into(), idempotency_key: None, request_digest: "d".into() },
         }),
         BackupEvent::BackupStarted(BackupStarted {
+            taken_at: OffsetDateTime::UNIX_EPOCH,
             cut: vec![StreamCut { stream: "EVENTS".into(), first_seq: 1, last_seq: 20, messages: 20, bytes: 999 }],
         }),
         BackupEvent::SegmentStored(SegmentStored { stream: "EVENTS".into(), segment: segment(1, 10) }),

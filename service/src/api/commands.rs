@@ -1,0 +1,270 @@
+//! Command handlers (`cim.backup.cmd.*`). Each validates everything it can *before* recording
+//! anything: a rejected command persists nothing. An accepted command's first event is durable
+//! before the reply, and the job then runs in the background.
+
+use async_nats::service::Request;
+use cim_backup_contracts::commands::{CancelJob, RestoreBackup, StartBackup, VerifyBackup, parse_body};
+use cim_backup_contracts::events::{Admission, BackupAccepted, CancelRequested, Compression, RestoreAccepted, VerifyAccepted};
+use cim_backup_contracts::replies::{Accepted, CancelAccepted};
+use cim_backup_contracts::subjects::is_stream_name;
+use cim_backup_contracts::views::{JobKind, JobState};
+use cim_backup_contracts::{ErrorCode, JobId, headers};
+use cim_backup_domain::backup::{BackupCommand, BackupJob};
+use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
+use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
+use cim_backup_domain::{DomainError, JobLifecycle};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::Api;
+use super::reply::ApiError;
+use super::resolve::locate;
+use crate::jobs::{self, ExecuteError, Job, execute};
+
+/// Parses a request body, naming what is wrong with it.
+pub fn parse<T: for<'de> serde::Deserialize<'de>>(request: &Request) -> Result<T, ApiError> {
+    parse_body(&request.message.payload).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+/// What every accepted command records about its request.
+struct Intake {
+    request_id: String,
+    idempotency_key: Option<String>,
+    correlation_id: Option<String>,
+}
+
+impl Intake {
+    fn new(request: &Request, key: Option<String>, correlation: Option<String>) -> Result<Intake, ApiError> {
+        let header = |name| request.message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        let idempotency_key = key.or_else(|| header(headers::IDEMPOTENCY_KEY));
+        if let Some(k) = &idempotency_key {
+            if k.is_empty() || k.len() > 256 {
+                return Err(ApiError::bad_request("idempotency_key must be 1-256 characters"));
+            }
+        }
+        Ok(Intake {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key,
+            correlation_id: correlation.or_else(|| header(headers::REQUEST_CORRELATION_ID)),
+        })
+    }
+
+    /// The job id: derived from the idempotency key (so the same key always names the same job,
+    /// and the event store's concurrency check makes the second attempt a duplicate), else new.
+    fn job_id(&self, kind: JobKind) -> JobId {
+        let id = match &self.idempotency_key {
+            Some(key) => {
+                let digest = Sha256::digest(format!("{kind}\0{key}").as_bytes());
+                format!("k{}", hex(&digest[..20]))
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        id.parse().expect("generated job ids are valid")
+    }
+
+    fn admission(&self, api: &Api, normalized: &impl Serialize) -> Admission {
+        let digest = Sha256::digest(serde_json::to_vec(normalized).expect("requests serialize"));
+        Admission {
+            instance: api.runner.context().instance.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            request_digest: hex(&digest),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records the accept command of a new job; for a repeated idempotency key returns the
+/// existing job instead (or a conflict if the key was used for a different request).
+async fn accept<A>(
+    api: &Api,
+    intake: &Intake,
+    command: A::Command,
+    digest_of: fn(&A) -> Option<&str>,
+    digest: &str,
+) -> Result<(Accepted, Option<Job<A>>), ApiError>
+where
+    A: JobLifecycle,
+    A::Command: Clone,
+{
+    let id = intake.job_id(A::KIND);
+    let correlation = intake.correlation_id.clone().unwrap_or_else(|| id.to_string());
+    let mut job = Job::<A>::new(id.clone(), correlation);
+    match execute(&api.runner.context().events, &mut job, command, Some(&intake.request_id)).await {
+        Ok(_) => Ok((Accepted { job_id: id, kind: A::KIND, state: JobState::Accepted, duplicate: false }, Some(job))),
+        Err(ExecuteError::Rejected(DomainError::AlreadyExists)) => {
+            let existing = jobs::load::<A>(&api.runner.context().events, &id)
+                .await?
+                .ok_or_else(|| ApiError::internal(format!("job {id} exists but has no events")))?;
+            if digest_of(&existing.state) != Some(digest) {
+                return Err(ApiError::conflict(format!(
+                    "idempotency key {:?} was already used for a different request (job {id})",
+                    intake.idempotency_key.as_deref().unwrap_or_default()
+                )));
+            }
+            let state = existing.state.lifecycle().state.unwrap_or(JobState::Accepted);
+            Ok((Accepted { job_id: id, kind: A::KIND, state, duplicate: true }, None))
+        }
+        Err(ExecuteError::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
+        Err(ExecuteError::Store(e)) => Err(e.into()),
+    }
+}
+
+pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+    let cmd: StartBackup = parse(request)?;
+    let ctx = api.runner.context();
+    if cmd.streams.is_empty() {
+        return Err(ApiError::bad_request("streams: at least one stream is required"));
+    }
+    for stream in &cmd.streams {
+        if !is_stream_name(stream) {
+            return Err(ApiError::bad_request(format!("streams: {stream:?} is not a valid stream name")));
+        }
+        if ctx.api.stream_info(stream).await?.is_none() {
+            return Err(ApiError::not_found(format!("stream {stream} does not exist")));
+        }
+    }
+    let destination = ctx.destinations.resolve(cmd.destination.as_deref())?;
+    probe(api, &destination.url).await?;
+    let algorithm = cmd.compress.unwrap_or(ctx.defaults.compress);
+    let level = match algorithm {
+        cim_backup_contracts::commands::CompressionAlgorithm::Zstd => cmd.zstd_level.unwrap_or(ctx.defaults.zstd_level),
+        cim_backup_contracts::commands::CompressionAlgorithm::None => 0,
+    };
+    let compression = Compression { algorithm, level };
+    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
+    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression));
+    let request_digest = admission.request_digest.clone();
+    let spec = BackupAccepted {
+        streams: cmd.streams,
+        destination: destination.given,
+        destination_url: destination.url,
+        compression,
+        segment_bytes: ctx.defaults.segment_bytes,
+        admission,
+    };
+    let (reply, job) = accept::<BackupJob>(api, &intake, BackupCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    if let Some(job) = job {
+        api.runner.spawn_backup(job);
+    }
+    Ok(reply)
+}
+
+fn digest_in(admission: Option<&Admission>) -> Option<&str> {
+    admission.map(|a| a.request_digest.as_str())
+}
+
+/// A destination must answer before a job is accepted for it.
+async fn probe(api: &Api, url: &str) -> Result<(), ApiError> {
+    let store = api.runner.context().destinations.open(url)?;
+    store.probe().await.map_err(|e| ApiError::unavailable(format!("destination {url} is not usable: {e}")))
+}
+
+pub async fn restore(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+    let cmd: RestoreBackup = parse(request)?;
+    let ctx = api.runner.context();
+    let target = cmd.as_stream.clone().unwrap_or_else(|| cmd.stream.clone());
+    for (field, name) in [("stream", &cmd.stream), ("as", &target)] {
+        if !is_stream_name(name) {
+            return Err(ApiError::bad_request(format!("{field}: {name:?} is not a valid stream name")));
+        }
+    }
+    let located = locate(api, cmd.backup, Some(&cmd.stream), cmd.source.as_deref()).await?;
+    let store = ctx.destinations.open(&located.location.url)?;
+    let (manifest, _) = store.get_manifest(&located.backup).await.map_err(|e| match e {
+        crate::archive::ArchiveError::Missing { .. } => {
+            ApiError::not_found(format!("backup {} is not in {}", located.backup, located.location.url))
+        }
+        other => other.into(),
+    })?;
+    crate::engine::restore::stream_entry(&manifest, &cmd.stream).map_err(|e| ApiError::not_found(e.to_string()))?;
+    if let Some(info) = ctx.api.stream_info(&target).await? {
+        return Err(if info.state.messages > 0 {
+            ApiError::conflict(format!(
+                "target stream {target} is not empty ({} messages); restore never overwrites: delete it, or restore under another name with \"as\"",
+                info.state.messages
+            ))
+        } else {
+            ApiError::conflict(format!(
+                "target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first"
+            ))
+        });
+    }
+    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
+    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, &cmd.stream, &target));
+    let request_digest = admission.request_digest.clone();
+    let spec = RestoreAccepted {
+        backup: located.backup,
+        source: located.location.given,
+        source_url: located.location.url,
+        stream: cmd.stream,
+        target,
+        admission,
+    };
+    let (reply, job) = accept::<RestoreJob>(api, &intake, RestoreCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    if let Some(job) = job {
+        api.runner.spawn_restore(job);
+    }
+    Ok(reply)
+}
+
+pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+    let cmd: VerifyBackup = parse(request)?;
+    let located = locate(api, cmd.backup, cmd.stream.as_deref(), cmd.source.as_deref()).await?;
+    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
+    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url));
+    let request_digest = admission.request_digest.clone();
+    let spec = VerifyAccepted { backup: located.backup, source: located.location.given, source_url: located.location.url, admission };
+    let (reply, job) = accept::<VerifyJob>(api, &intake, VerifyCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    if let Some(job) = job {
+        api.runner.spawn_verify(job);
+    }
+    Ok(reply)
+}
+
+pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiError> {
+    let cmd: CancelJob = parse(request)?;
+    let kind = job_kind(api, &cmd.job_id).await?;
+    let reason = CancelRequested { reason: cmd.reason };
+    let requested = match kind {
+        JobKind::Backup => request_cancel::<BackupJob>(api, &cmd.job_id, reason).await?,
+        JobKind::Restore => request_cancel::<RestoreJob>(api, &cmd.job_id, reason).await?,
+        JobKind::Verify => request_cancel::<VerifyJob>(api, &cmd.job_id, reason).await?,
+        JobKind::Check => return Err(ApiError::new(ErrorCode::NotImplemented, "check jobs are not implemented yet")),
+    };
+    api.runner.cancel_local(&cmd.job_id);
+    Ok(CancelAccepted { job_id: cmd.job_id, requested })
+}
+
+/// Which kind of job an id names: from its view, or (not yet projected) from the event log.
+pub async fn job_kind(api: &Api, id: &JobId) -> Result<JobKind, ApiError> {
+    if let Some(view) = api.views.job(id).await? {
+        return Ok(view.kind);
+    }
+    let events = &api.runner.context().events;
+    for kind in [JobKind::Backup, JobKind::Restore, JobKind::Verify] {
+        if !events.load(kind, id).await?.is_empty() {
+            return Ok(kind);
+        }
+    }
+    Err(ApiError::not_found(format!("no job {id}")))
+}
+
+async fn request_cancel<A>(api: &Api, id: &JobId, reason: CancelRequested) -> Result<bool, ApiError>
+where
+    A: JobLifecycle,
+    A::Command: Clone,
+{
+    let events = &api.runner.context().events;
+    let mut job = jobs::load::<A>(events, id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    match execute(events, &mut job, A::request_cancel(reason), None).await {
+        Ok(recorded) => Ok(!recorded.is_empty()),
+        Err(ExecuteError::Rejected(DomainError::WrongState { state, .. })) => {
+            Err(ApiError::conflict(format!("job {id} is already {state}; only an unfinished job can be cancelled")))
+        }
+        Err(ExecuteError::Rejected(e)) => Err(ApiError::conflict(e.to_string())),
+        Err(ExecuteError::Store(e)) => Err(e.into()),
+    }
+}

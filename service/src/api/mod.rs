@@ -1,0 +1,210 @@
+//! The NATS micro-service `cim-backup` (DESIGN §4).
+//!
+//! [`serve`] connects, opens the event store and views, starts the projector and the runner,
+//! resumes this instance's unfinished jobs, and answers commands and queries until `shutdown`
+//! resolves. Several instances may run: endpoints share the micro-service queue group, job
+//! chains are protected by optimistic concurrency, and views by compare-and-set.
+//!
+//! # Layout
+//! - [`commands`] — `cim.backup.cmd.*` handlers.
+//! - [`queries`] — `cim.backup.qry.*` handlers.
+//! - [`resolve`] — locating a backup (`latest`, by id, by location).
+//! - [`reply`] — [`reply::ApiError`] and error replies with headers and JSON body.
+
+pub mod commands;
+pub mod queries;
+pub mod reply;
+pub mod resolve;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::{Request, ServiceExt};
+use cim_backup_contracts::subjects::{COMMAND_PREFIX, QUERY_PREFIX, SERVICE_NAME};
+use cim_backup_contracts::views::JobState;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::destination::Destinations;
+use crate::engine::{Context, Runner};
+use crate::event_store::{EventStore, EventStreamSettings};
+use crate::jsapi::JsApi;
+use crate::projector::{Projector, Views};
+use reply::{ApiError, send};
+
+/// What the handlers share.
+pub struct Api {
+    pub runner: Arc<Runner>,
+    pub views: Views,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("JetStream is not available at {url}: {message} (is the server started with -js?)")]
+    NoJetStream { url: String, message: String },
+    #[error("cannot open the event store: {0}")]
+    Events(#[from] crate::event_store::EventStoreError),
+    #[error("cannot open the views: {0}")]
+    Views(#[from] crate::projector::ViewError),
+    #[error("cannot start the micro-service: {0}")]
+    Service(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Connects to NATS with the configured credentials.
+pub async fn connect(config: &crate::config::NatsConfig, name: &str) -> Result<async_nats::Client, ServeError> {
+    let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| ServeError::Connect { url: config.url.clone(), message: format!("credentials {}: {e}", creds.display()) })?;
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let client = tokio::time::timeout(Duration::from_secs(15), options.connect(config.url.as_str()))
+        .await
+        .map_err(|_| ServeError::Connect { url: config.url.clone(), message: "no connection within 15 s".into() })?
+        .map_err(|e| ServeError::Connect { url: config.url.clone(), message: e.to_string() })?;
+    Ok(client)
+}
+
+/// Runs the service until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    config.validate()?;
+    let client = connect(&config.nats, SERVICE_NAME).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    js.query_account().await.map_err(|e| ServeError::NoJetStream { url: config.nats.url.clone(), message: e.to_string() })?;
+    let replicas = config.service.events_replicas;
+    let events = EventStore::open(js.clone(), &EventStreamSettings { replicas }).await?;
+    let (views, fresh_views) = Views::open(&js, replicas).await?;
+    let stop = CancellationToken::new();
+    let projector = Projector::new(js.clone(), views.clone(), fresh_views).await?;
+    let projector_task = tokio::spawn(projector.run(stop.clone()));
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        js: js.clone(),
+        api: JsApi::new(client.clone()),
+        events,
+        destinations: Destinations::new(config.destinations.clone(), config.defaults.destination.clone()),
+        defaults: config.defaults.clone(),
+        instance: config.service.instance.clone(),
+    });
+    let runner = Runner::new(ctx);
+    runner.clone().watch_cancellations().await.map_err(|e| ServeError::Service(e.to_string()))?;
+    let api = Arc::new(Api { runner: runner.clone(), views: views.clone() });
+
+    // Resume this instance's unfinished jobs once the views have caught up with the log.
+    if !Projector::caught_up(&js, Duration::from_secs(10)).await? {
+        tracing::warn!("views are behind the event log; resuming jobs from what they show");
+    }
+    let mine: Vec<_> = views
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|v| !v.state.is_terminal() && v.instance == config.service.instance)
+        .map(|v| (v.kind, v.job_id))
+        .collect();
+    runner.resume(mine).await;
+
+    let service = client
+        .service_builder()
+        .description("cim-backup: backup, restore, verify and integrity checks of CIM streams")
+        .stats_handler(|endpoint, _stats| {
+            let errors = reply::error_counts().lock().unwrap().get(&endpoint).copied().unwrap_or(0);
+            serde_json::json!({ "error_replies": errors })
+        })
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ServeError::Service(e.to_string()))?;
+    let commands = service.group(COMMAND_PREFIX);
+    let queries = service.group(QUERY_PREFIX);
+    let mut endpoints = Vec::new();
+    for verb in ["start", "restore", "verify", "check", "cancel"] {
+        endpoints.push((format!("{COMMAND_PREFIX}.{verb}"), commands.endpoint(verb).await.map_err(|e| ServeError::Service(e.to_string()))?));
+    }
+    for name in ["job", "jobs", "backups"] {
+        endpoints.push((format!("{QUERY_PREFIX}.{name}"), queries.endpoint(name).await.map_err(|e| ServeError::Service(e.to_string()))?));
+    }
+    let mut loops = Vec::new();
+    for (subject, mut endpoint) in endpoints {
+        let api = Arc::clone(&api);
+        let stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = endpoint.next() => r,
+                };
+                let Some(request) = request else { break };
+                let api = Arc::clone(&api);
+                let subject = subject.clone();
+                tokio::spawn(async move { dispatch(&api, &subject, request).await });
+            }
+        }));
+    }
+    tracing::info!(instance = %config.service.instance, url = %config.nats.url, "cim-backup service ready");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = service.stop().await;
+    runner.shutdown().await;
+    let _ = projector_task.await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn dispatch(api: &Api, subject: &str, request: Request) {
+    let verb = subject.rsplit('.').next().unwrap_or_default();
+    if subject.starts_with(COMMAND_PREFIX) {
+        match verb {
+            "start" => send(&request, subject, commands::start(api, &request).await).await,
+            "restore" => send(&request, subject, commands::restore(api, &request).await).await,
+            "verify" => send(&request, subject, commands::verify(api, &request).await).await,
+            "cancel" => send(&request, subject, commands::cancel(api, &request).await).await,
+            _ => {
+                let error = ApiError::new(
+                    cim_backup_contracts::ErrorCode::NotImplemented,
+                    "cim.backup.cmd.check is not implemented yet (integrity checks arrive in a later release)",
+                );
+                send::<()>(&request, subject, Err(error)).await
+            }
+        }
+    } else {
+        match verb {
+            "job" => send(&request, subject, queries::job(api, &request).await).await,
+            "jobs" => send(&request, subject, queries::jobs(api, &request).await).await,
+            _ => send(&request, subject, queries::backups(api, &request).await).await,
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    let _ = JobState::Running;
+}

@@ -1,0 +1,412 @@
+//! The `cim-backup` command line: `serve` runs the service; every other command is a thin
+//! client of the NATS contract (the same requests `nats req` would send).
+//!
+//! # Layout
+//! - [`client`] — request/reply and the error → exit-code mapping.
+//! - [`output`] — JSON, tables and progress bars.
+
+pub mod client;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use cim_backup_contracts::commands::{
+    BackupRef, BackupsQuery, CancelJob, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup, VerifyBackup,
+};
+use cim_backup_contracts::replies::{Accepted, CancelAccepted};
+use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
+use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
+use cim_backup_contracts::JobId;
+
+use crate::config::{Config, DestinationConfig, NatsConfig};
+use client::{CliError, Client};
+
+const EXIT_CODES: &str = "Exit codes: 0 ok · 1 job failed or was cancelled · 2 usage error · \
+3 request rejected by the service (4xx) · 4 service unavailable or failed (5xx, no responders, timeout)";
+
+/// Backup, restore and verify CIM event streams over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "cim-backup", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(long, global = true, env = "CIM_BACKUP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "CIM_BACKUP_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for a reply.
+    #[arg(long, global = true, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Back up streams (runbook: `backup-event-streams --streams A,B --destination URL`).
+    BackupEventStreams(BackupArgs),
+    /// Show a job (`--watch` follows it to its end with a progress bar).
+    BackupStatus(StatusArgs),
+    /// List jobs, newest first.
+    ListJobs(ListJobsArgs),
+    /// List backups from the catalog, or from a destination.
+    ListBackups(ListBackupsArgs),
+    /// Re-read and check every object and record of a backup.
+    VerifyBackup(VerifyArgs),
+    /// Restore a stream from a backup into a new (or deleted) stream.
+    RestoreEvents(RestoreArgs),
+    /// Cancel a running job.
+    CancelJob(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "CIM_BACKUP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Start a local nats-server (JetStream, store in DATA_DIR/nats) and use DATA_DIR/archive as
+    /// the default destination `local`.
+    #[arg(long)]
+    pub embedded: bool,
+    /// Data directory of the embedded mode.
+    #[arg(long, env = "CIM_BACKUP_DATA_DIR", default_value = ".cim-backup")]
+    pub data_dir: PathBuf,
+    /// Client port of the embedded nats-server.
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+    /// Name of this instance (recorded as the runner of its jobs).
+    #[arg(long, env = "CIM_BACKUP_INSTANCE")]
+    pub instance: Option<String>,
+    /// Default destination (configured name or URL).
+    #[arg(long, env = "CIM_BACKUP_DESTINATION")]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Comma-separated stream names.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub streams: Vec<String>,
+    /// Destination: configured name, file:///dir, s3://bucket/prefix (default: the service's).
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Segment compression.
+    #[arg(long, value_parser = ["zstd", "none"])]
+    pub compress: Option<String>,
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    /// Repeating a request with the same key starts one job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to its end (exit 1 if it fails).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub job_id: JobId,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListJobsArgs {
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListBackupsArgs {
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// List what is stored in this destination instead of the catalog.
+    #[arg(long)]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id, or `latest` (with --stream).
+    #[arg(long, default_value = "latest")]
+    pub backup: String,
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Where the backup is stored (default: as the catalog says).
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Stream inside the backup.
+    #[arg(long)]
+    pub stream: String,
+    /// Restore under this name.
+    #[arg(long = "as")]
+    pub as_stream: Option<String>,
+    /// A backup id, `latest`, or where backups are stored (a directory, URL or configured name;
+    /// then the newest backup of the stream there is used, or --backup).
+    #[arg(long, default_value = "latest")]
+    pub source: String,
+    /// A backup id inside --source.
+    #[arg(long)]
+    pub backup: Option<String>,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[arg(long)]
+    pub job_id: JobId,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Serve(ref args) => return serve(&cli, args).await,
+        _ => client_command(&cli).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            if cli.json {
+                output::json(&serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }));
+            } else {
+                eprintln!("cim-backup: {e}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn nats_config(cli: &Cli) -> NatsConfig {
+    NatsConfig { url: cli.nats_url.clone(), creds: cli.creds.clone(), ..NatsConfig::default() }
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cim-backup: {e}");
+                return 2;
+            }
+        },
+        None => Config::default(),
+    };
+    // Flags and their environment variables override the file; the file overrides defaults.
+    let url_from_flag = std::env::args().any(|a| a.starts_with("--nats-url")) || std::env::var_os("CIM_BACKUP_NATS_URL").is_some();
+    if url_from_flag || args.config.is_none() {
+        config.nats.url = cli.nats_url.clone();
+    }
+    if cli.creds.is_some() {
+        config.nats.creds = cli.creds.clone();
+    }
+    if let Some(instance) = &args.instance {
+        config.service.instance = instance.clone();
+    }
+    if let Some(destination) = &args.destination {
+        config.defaults.destination = Some(destination.clone());
+    }
+    let _embedded = if args.embedded {
+        let data_dir = match std::path::absolute(&args.data_dir) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("cim-backup: data dir {}: {e}", args.data_dir.display());
+                return 2;
+            }
+        };
+        let nats = match crate::embedded::EmbeddedNats::start(&data_dir, args.nats_port).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("cim-backup: {e}");
+                return 4;
+            }
+        };
+        config.nats.url = nats.url.clone();
+        let archive = data_dir.join("archive");
+        let url = format!("file://{}", archive.display());
+        config.destinations.entry("local".into()).or_insert_with(|| DestinationConfig::url(&url));
+        config.defaults.destination.get_or_insert_with(|| "local".into());
+        eprintln!("cim-backup: embedded nats-server at {} (store {}), default destination local = {url}", nats.url, data_dir.join("nats").display());
+        Some(nats)
+    } else {
+        None
+    };
+    eprintln!("cim-backup: serving on {} as instance {:?}; Ctrl-C to stop", config.nats.url, config.service.instance);
+    match crate::api::serve(config, crate::api::shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cim-backup: {e}");
+            4
+        }
+    }
+}
+
+async fn client_command(cli: &Cli) -> Result<(), CliError> {
+    let client = Client::connect(&nats_config(cli), Duration::from_secs(cli.timeout)).await?;
+    match &cli.command {
+        Command::Serve(_) => unreachable!("handled by serve"),
+        Command::BackupEventStreams(a) => {
+            let compress = match a.compress.as_deref() {
+                Some("none") => Some(CompressionAlgorithm::None),
+                Some(_) => Some(CompressionAlgorithm::Zstd),
+                None => None,
+            };
+            let body = StartBackup {
+                streams: a.streams.clone(),
+                destination: a.destination.clone(),
+                compress,
+                zstd_level: a.zstd_level,
+                idempotency_key: a.idempotency_key.clone(),
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_START, &body).await?;
+            after_accept(cli, &client, accepted, a.wait).await
+        }
+        Command::BackupStatus(a) => {
+            if a.watch {
+                let view = watch(cli, &client, &a.job_id).await?;
+                return ended(&view);
+            }
+            let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: a.job_id.clone() }).await?;
+            if cli.json { output::json(&view) } else { output::job(&view) }
+            Ok(())
+        }
+        Command::ListJobs(a) => {
+            let kind = a.kind.as_deref().map(|k| k.parse::<JobKind>()).transpose().map_err(CliError::Usage)?;
+            let state = a
+                .state
+                .as_deref()
+                .map(|s| serde_json::from_value::<JobState>(serde_json::Value::String(s.to_owned())))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--state: {e}")))?;
+            let views: Vec<JobView> = client.request(QRY_JOBS, &JobsQuery { kind, state, limit: a.limit }).await?;
+            if cli.json { output::json(&views) } else { output::jobs(&views) }
+            Ok(())
+        }
+        Command::ListBackups(a) => {
+            let query = BackupsQuery { stream: a.stream.clone(), destination: a.destination.clone() };
+            let entries: Vec<CatalogEntry> = client.request(QRY_BACKUPS, &query).await?;
+            if cli.json { output::json(&entries) } else { output::backups(&entries) }
+            Ok(())
+        }
+        Command::VerifyBackup(a) => {
+            let backup: BackupRef = a.backup.parse().map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
+            let body = VerifyBackup {
+                backup,
+                stream: a.stream.clone(),
+                source: a.source.as_deref().map(location),
+                idempotency_key: None,
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_VERIFY, &body).await?;
+            after_accept(cli, &client, accepted, a.wait).await
+        }
+        Command::RestoreEvents(a) => {
+            let (backup, source) = restore_source(&a.source, a.backup.as_deref())?;
+            let body = RestoreBackup {
+                backup,
+                stream: a.stream.clone(),
+                as_stream: a.as_stream.clone(),
+                source,
+                idempotency_key: None,
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_RESTORE, &body).await?;
+            after_accept(cli, &client, accepted, a.wait).await
+        }
+        Command::CancelJob(a) => {
+            let reply: CancelAccepted = client.request(CMD_CANCEL, &CancelJob { job_id: a.job_id.clone(), reason: a.reason.clone() }).await?;
+            if cli.json {
+                output::json(&reply)
+            } else if reply.requested {
+                println!("cancellation of {} requested", reply.job_id)
+            } else {
+                println!("cancellation of {} was already requested", reply.job_id)
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--source` of `restore-events`: a backup id, `latest`, or a location (directory, URL, name).
+fn restore_source(source: &str, backup: Option<&str>) -> Result<(BackupRef, Option<String>), CliError> {
+    let parse = |s: &str| s.parse::<BackupRef>().map_err(|e| CliError::Usage(format!("--backup: {e}")));
+    if let Ok(r) = source.parse::<BackupRef>() {
+        if backup.is_some() {
+            return Err(CliError::Usage("--backup needs --source to be a location, not a backup id".into()));
+        }
+        return Ok((r, None));
+    }
+    let backup = match backup {
+        Some(b) => parse(b)?,
+        None => BackupRef::Latest,
+    };
+    Ok((backup, Some(location(source))))
+}
+
+/// A bare path means a local directory.
+fn location(source: &str) -> String {
+    if source.starts_with('/') { format!("file://{source}") } else { source.to_owned() }
+}
+
+async fn after_accept(cli: &Cli, client: &Client, accepted: Accepted, wait: bool) -> Result<(), CliError> {
+    if !wait {
+        if cli.json {
+            output::json(&accepted);
+        } else {
+            let note = if accepted.duplicate { " (same idempotency key: existing job)" } else { "" };
+            println!("{} job {} {}{note}", accepted.kind, accepted.job_id, accepted.state);
+        }
+        return Ok(());
+    }
+    let view = watch(cli, client, &accepted.job_id).await?;
+    ended(&view)
+}
+
+/// Polls the job view until the job ends, drawing progress.
+async fn watch(cli: &Cli, client: &Client, job_id: &JobId) -> Result<JobView, CliError> {
+    let mut progress = output::Progress::new(cli.json);
+    loop {
+        let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: job_id.clone() }).await?;
+        progress.update(&view);
+        if view.state.is_terminal() {
+            progress.finish();
+            if cli.json { output::json(&view) } else { output::job(&view) }
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn ended(view: &JobView) -> Result<(), CliError> {
+    match view.state {
+        JobState::Completed => Ok(()),
+        state => Err(CliError::JobDidNotComplete {
+            job_id: view.job_id.to_string(),
+            state: state.to_string(),
+            message: view.error.as_ref().map(|e| e.message.clone()),
+        }),
+    }
+}
+

@@ -1,0 +1,125 @@
+//! How the CLI shows things: JSON for machines (`--json`), tables and progress bars for humans.
+//! Progress is drawn from the job view's counters; on a non-TTY it becomes log lines.
+
+use std::io::IsTerminal;
+
+use cim_backup_contracts::views::{CatalogEntry, JobView};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub fn json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("values serialize"));
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+pub fn job(view: &JobView) {
+    println!("job       {} ({})", view.job_id, view.kind);
+    println!("state     {}", view.state);
+    println!("subject   {}", view.subject);
+    println!("location  {}", view.location);
+    let p = &view.progress;
+    println!(
+        "progress  {}/{} messages, {}/{} objects, {}",
+        p.messages_done,
+        p.messages_total,
+        p.objects_done,
+        p.objects_total,
+        bytes(p.bytes_done)
+    );
+    if let Some(id) = &view.backup_id {
+        println!("backup    {id}");
+    }
+    if let Some(e) = &view.error {
+        let at = e.object.as_deref().map(|o| format!(" at {o}")).unwrap_or_default();
+        let rec = e.record.map(|r| format!(" record {r}")).unwrap_or_default();
+        println!("error     {}{at}{rec}", e.message);
+    }
+    println!("accepted  {}", view.accepted_at);
+    if let Some(t) = view.finished_at {
+        println!("finished  {t}");
+    }
+}
+
+pub fn jobs(views: &[JobView]) {
+    println!("{:<40} {:<8} {:<10} {:>12}  SUBJECT", "JOB", "KIND", "STATE", "MESSAGES");
+    for v in views {
+        println!("{:<40} {:<8} {:<10} {:>12}  {}", v.job_id, v.kind, v.state, v.progress.messages_done, v.subject);
+    }
+}
+
+pub fn backups(entries: &[CatalogEntry]) {
+    if entries.is_empty() {
+        println!("no backups");
+        return;
+    }
+    for e in entries {
+        println!("{}  {}  {}", e.backup_id, e.created_at, e.destination);
+        for s in &e.streams {
+            println!(
+                "    {:<24} {:>10} msgs  seq {}..={}  {} raw -> {} stored  ({} segments)",
+                s.stream,
+                s.messages,
+                s.first_seq,
+                s.last_seq,
+                bytes(s.raw_bytes),
+                bytes(s.stored_bytes),
+                s.segments
+            );
+        }
+        println!("    {}, {}", e.compression, if e.encrypted { "encrypted" } else { "not encrypted" });
+    }
+}
+
+/// Shows a job's progress: a bar on a terminal, a line per change otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    last_line: String,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg:<24} [{bar:40}] {pos}/{len} msgs {per_sec} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress { bar, last_line: String::new() }
+    }
+
+    pub fn update(&mut self, view: &JobView) {
+        let p = &view.progress;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.messages_total.max(p.messages_done));
+                bar.set_position(p.messages_done);
+                bar.set_message(format!("{} {}", view.kind, view.state));
+            }
+            None => {
+                let line = format!("{} {}: {}/{} messages, {} objects", view.job_id, view.state, p.messages_done, p.messages_total, p.objects_done);
+                if line != self.last_line {
+                    eprintln!("{line}");
+                    self.last_line = line;
+                }
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Engine errors. Rules: every error becomes a `*Failed` event with a code and a message a
+//! human can act on; archive errors keep the object (and record) they concern.
+
+use cim_backup_contracts::ErrorCode;
+use cim_backup_contracts::events::JobFailed;
+use cim_backup_domain::DomainError;
+
+use crate::archive::ArchiveError;
+use crate::destination::DestinationError;
+use crate::event_store::EventStoreError;
+use crate::jobs::ExecuteError;
+use crate::jsapi::JsApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The job was cancelled; not a failure.
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    JetStream(#[from] JsApiError),
+    /// The domain refused what the engine tried to record: an engine bug or a lost race.
+    #[error("the job refused the step: {0}")]
+    Rejected(#[from] DomainError),
+    #[error("event store: {0}")]
+    Events(#[from] EventStoreError),
+    /// The situation makes the job impossible (stream gone, target not empty, …).
+    #[error("{message}")]
+    Precondition { code: ErrorCode, message: String },
+}
+
+impl From<ExecuteError> for EngineError {
+    fn from(e: ExecuteError) -> Self {
+        match e {
+            ExecuteError::Rejected(d) => EngineError::Rejected(d),
+            ExecuteError::Store(s) => EngineError::Events(s),
+        }
+    }
+}
+
+impl EngineError {
+    pub fn nats(e: impl std::fmt::Display) -> Self {
+        EngineError::Nats(e.to_string())
+    }
+
+    pub fn precondition(code: ErrorCode, message: impl Into<String>) -> Self {
+        EngineError::Precondition { code, message: message.into() }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::Cancelled => ErrorCode::Conflict,
+            EngineError::Archive(a) => a.code(),
+            EngineError::Destination(_) => ErrorCode::BadRequest,
+            EngineError::Nats(_) | EngineError::JetStream(_) | EngineError::Events(_) => ErrorCode::Unavailable,
+            EngineError::Rejected(_) => ErrorCode::Internal,
+            EngineError::Precondition { code, .. } => *code,
+        }
+    }
+
+    /// The `*Failed` event payload for this error.
+    pub fn to_failure(&self) -> JobFailed {
+        let (object, record) = match self {
+            EngineError::Archive(a) => (Some(a.object().to_owned()), a.record()),
+            _ => (None, None),
+        };
+        JobFailed { code: self.code(), message: self.to_string(), object, record }
+    }
+}

@@ -1,0 +1,78 @@
+//! Reading a range of a stream, in order, as fast as the server sends it.
+//!
+//! An ordered push consumer is the fastest way to read a whole stream here (≈435k msg/s on this
+//! machine, against ≈400k for batched pull and ≈240k for ordered pull; see NOTES), and it
+//! recovers from gaps by itself. Messages arrive with their stream sequence and timestamp in
+//! the reply subject, which is all a backup needs besides subject, headers and payload.
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+
+use super::error::EngineError;
+
+/// One message read from a stream.
+pub struct ReadMessage {
+    pub seq: u64,
+    pub time_ns: i64,
+    pub message: jetstream::Message,
+}
+
+/// Reads `from..=until` of a stream. Messages deleted inside the range are simply absent.
+pub struct RangeReader {
+    messages: Option<consumer::push::Ordered>,
+    until: u64,
+    done: bool,
+}
+
+impl RangeReader {
+    pub async fn open(js: &jetstream::Context, stream: &str, from: u64, until: u64) -> Result<Self, EngineError> {
+        let stream_handle = js.get_stream(stream).await.map_err(|e| {
+            EngineError::precondition(cim_backup_contracts::ErrorCode::NotFound, format!("stream {stream}: {e}"))
+        })?;
+        let consumer = stream_handle
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: js.client().new_inbox(),
+                description: Some("cim-backup: reading a backup range".into()),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(EngineError::nats)?;
+        if consumer.cached_info().num_pending == 0 || from > until {
+            return Ok(RangeReader { messages: None, until, done: true });
+        }
+        let messages = consumer.messages().await.map_err(EngineError::nats)?;
+        Ok(RangeReader { messages: Some(messages), until, done: false })
+    }
+
+    /// The next message of the range, or `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<ReadMessage, EngineError>> {
+        if self.done {
+            return None;
+        }
+        let messages = self.messages.as_mut()?;
+        let message = match messages.next().await? {
+            Ok(m) => m,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(EngineError::nats(e)));
+            }
+        };
+        let (seq, time_ns, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, super::super::archive::segment::nanos_of(info.published), info.pending),
+            Err(e) => {
+                self.done = true;
+                return Some(Err(EngineError::nats(e)));
+            }
+        };
+        if seq > self.until {
+            // Published after the cut: not part of this backup.
+            self.done = true;
+            return None;
+        }
+        if seq == self.until || pending == 0 {
+            self.done = true;
+        }
+        Some(Ok(ReadMessage { seq, time_ns, message }))
+    }
+}

@@ -1,0 +1,179 @@
+//! [`Runner`]: owns the running jobs of this instance.
+//!
+//! - Spawns each accepted job as a task and ends it with exactly one terminal event:
+//!   completed (by the engine), failed (any error), or cancelled (after a cancel request).
+//! - Cancellation is routed through the event log: every instance watches for
+//!   `*CancelRequested` events (core NATS subscription on the event subjects) and stops the job
+//!   if it runs it, so `cancel` works whichever instance received the command.
+//! - Shutdown stops tasks *without* recording anything: the jobs stay running in the log and
+//!   are resumed by [`Runner::resume`] when the instance starts again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cim_backup_contracts::events::JobCancelled;
+use cim_backup_contracts::subjects::{EVENT_PREFIX, parse_event_subject};
+use cim_backup_contracts::views::JobKind;
+use cim_backup_contracts::JobId;
+use cim_backup_domain::backup::BackupJob;
+use cim_backup_domain::restore::RestoreJob;
+use cim_backup_domain::verify::VerifyJob;
+use cim_backup_domain::JobLifecycle;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::context::Context;
+use super::error::EngineError;
+use super::{backup, restore, verify};
+use crate::jobs::{self, Job, execute};
+
+pub struct Runner {
+    ctx: Arc<Context>,
+    running: Mutex<HashMap<JobId, CancellationToken>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The engine function of one job kind.
+type Work<A> = for<'a> fn(&'a Context, &'a mut Job<A>, &'a CancellationToken) -> BoxFuture<'a, Result<(), EngineError>>;
+
+impl Runner {
+    pub fn new(ctx: Arc<Context>) -> Arc<Runner> {
+        Arc::new(Runner { ctx, running: Mutex::new(HashMap::new()), shutdown: CancellationToken::new(), tasks: TaskTracker::new() })
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub fn spawn_backup(self: &Arc<Self>, job: Job<BackupJob>) {
+        self.spawn(job, |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel)));
+    }
+
+    pub fn spawn_restore(self: &Arc<Self>, job: Job<RestoreJob>) {
+        self.spawn(job, |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel)));
+    }
+
+    pub fn spawn_verify(self: &Arc<Self>, job: Job<VerifyJob>) {
+        self.spawn(job, |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)));
+    }
+
+    fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>)
+    where
+        A: JobLifecycle + Send + Sync + 'static,
+        A::Command: Clone + Send,
+        A::Event: Send,
+    {
+        let cancel = CancellationToken::new();
+        if job.state.lifecycle().cancel_requested {
+            cancel.cancel();
+        }
+        {
+            let mut running = self.running.lock().unwrap();
+            if running.contains_key(&job.id) {
+                return; // already running here
+            }
+            running.insert(job.id.clone(), cancel.clone());
+        }
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let ctx = Arc::clone(&this.ctx);
+            let outcome = tokio::select! {
+                outcome = work(&ctx, &mut job, &cancel) => Some(outcome),
+                _ = this.shutdown.cancelled() => None,
+            };
+            if let Some(outcome) = outcome {
+                this.finish(&mut job, outcome).await;
+            }
+            this.running.lock().unwrap().remove(&job.id);
+        });
+    }
+
+    /// Records how a job ended, unless the engine already recorded its completion.
+    async fn finish<A>(&self, job: &mut Job<A>, outcome: Result<(), EngineError>)
+    where
+        A: JobLifecycle,
+        A::Command: Clone,
+    {
+        let command = match outcome {
+            Ok(()) => return,
+            Err(EngineError::Cancelled) => A::confirm_cancel(JobCancelled { reason: None }),
+            Err(e) => {
+                tracing::warn!(job = %job.id, kind = %A::KIND, error = %e, "job failed");
+                A::fail(e.to_failure())
+            }
+        };
+        if let Err(e) = execute(&self.ctx.events, job, command, None).await {
+            // The job stays non-terminal in the log; the next start of this instance retries it.
+            tracing::error!(job = %job.id, error = %e, "could not record the end of the job");
+        }
+    }
+
+    /// Stops the job if it runs here.
+    pub fn cancel_local(&self, id: &JobId) {
+        if let Some(token) = self.running.lock().unwrap().get(id) {
+            token.cancel();
+        }
+    }
+
+    /// Whether the job runs in this instance.
+    pub fn is_running(&self, id: &JobId) -> bool {
+        self.running.lock().unwrap().contains_key(id)
+    }
+
+    /// Watches the event subjects for cancel requests until shutdown.
+    pub async fn watch_cancellations(self: Arc<Self>) -> Result<(), async_nats::SubscribeError> {
+        let mut events = self.ctx.client.subscribe(format!("{EVENT_PREFIX}.*.*.*")).await?;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    message = events.next() => {
+                        let Some(message) = message else { break };
+                        if let Some((_, id, event_type)) = parse_event_subject(message.subject.as_str()) {
+                            if event_type.ends_with("CancelRequested") {
+                                if let Ok(id) = id.parse::<JobId>() {
+                                    self.cancel_local(&id);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Restarts the unfinished jobs this instance owns (`candidates` come from the job views;
+    /// each is reloaded from its events, which are the truth).
+    pub async fn resume(self: &Arc<Self>, candidates: Vec<(JobKind, JobId)>) {
+        for (kind, id) in candidates {
+            let resumed = match kind {
+                JobKind::Backup => self.reload::<BackupJob>(&id).await.map(|j| j.map(|j| self.spawn_backup(j))),
+                JobKind::Restore => self.reload::<RestoreJob>(&id).await.map(|j| j.map(|j| self.spawn_restore(j))),
+                JobKind::Verify => self.reload::<VerifyJob>(&id).await.map(|j| j.map(|j| self.spawn_verify(j))),
+                JobKind::Check => Ok(None),
+            };
+            match resumed {
+                Ok(Some(())) => tracing::info!(job = %id, %kind, "resumed unfinished job"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(job = %id, error = %e, "cannot resume job"),
+            }
+        }
+    }
+
+    async fn reload<A: JobLifecycle>(&self, id: &JobId) -> Result<Option<Job<A>>, crate::event_store::EventStoreError> {
+        let job = jobs::load::<A>(&self.ctx.events, id).await?;
+        Ok(job.filter(|j| j.state.lifecycle().state.is_some_and(|s| !s.is_terminal())))
+    }
+
+    /// Stops every job task without recording anything, and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

@@ -1,0 +1,139 @@
+//! Raw JetStream API calls (`$JS.API.*`) for the few things where the typed client is not
+//! enough: stream configs must be carried **verbatim** (a backup restores fields this tool has
+//! never heard of), and purge-by-filter and stream lookup by subject are needed by restores.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// JetStream error code for "stream not found".
+pub const STREAM_NOT_FOUND: u64 = 10059;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsApiError {
+    #[error("JetStream API {subject}: {message}")]
+    Transport { subject: String, message: String },
+    /// The server answered with an API error.
+    #[error("{description} (JetStream error {err_code})")]
+    Api { code: u64, err_code: u64, description: String },
+}
+
+impl JsApiError {
+    pub fn err_code(&self) -> Option<u64> {
+        match self {
+            JsApiError::Api { err_code, .. } => Some(*err_code),
+            JsApiError::Transport { .. } => None,
+        }
+    }
+}
+
+/// State of a stream as `$JS.API.STREAM.INFO` reports it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamState {
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub first_ts: Option<time::OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_ts: Option<time::OffsetDateTime>,
+    #[serde(default)]
+    pub num_deleted: u64,
+    #[serde(default)]
+    pub consumer_count: u64,
+}
+
+/// A stream's config (verbatim JSON) and state.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub config: Value,
+    pub state: StreamState,
+}
+
+#[derive(Clone)]
+pub struct JsApi {
+    client: Client,
+    timeout: Duration,
+}
+
+impl JsApi {
+    pub fn new(client: Client) -> Self {
+        JsApi { client, timeout: Duration::from_secs(10) }
+    }
+
+    async fn request(&self, subject: String, body: Value) -> Result<Value, JsApiError> {
+        let transport = |message: String| JsApiError::Transport { subject: subject.clone(), message };
+        let payload = serde_json::to_vec(&body).expect("JSON values serialize");
+        let reply = tokio::time::timeout(self.timeout, self.client.request(subject.clone(), payload.into()))
+            .await
+            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| transport(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| transport(format!("bad JSON reply: {e}")))?;
+        if let Some(error) = value.get("error") {
+            return Err(JsApiError::Api {
+                code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
+                err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
+                description: error.get("description").and_then(Value::as_str).unwrap_or("unknown error").to_owned(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// A stream's config and state; `None` if it does not exist.
+    pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, JsApiError> {
+        match self.request(format!("$JS.API.STREAM.INFO.{stream}"), json!({})).await {
+            Ok(mut value) => {
+                let config = value.get_mut("config").map(Value::take).unwrap_or(Value::Null);
+                let state = value
+                    .get_mut("state")
+                    .map(Value::take)
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|e| JsApiError::Transport { subject: format!("$JS.API.STREAM.INFO.{stream}"), message: e.to_string() })?
+                    .unwrap_or_default();
+                Ok(Some(StreamInfo { config, state }))
+            }
+            Err(e) if e.err_code() == Some(STREAM_NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a stream from a verbatim config.
+    pub async fn create_stream(&self, config: &Value) -> Result<(), JsApiError> {
+        let name = config.get("name").and_then(Value::as_str).unwrap_or_default();
+        self.request(format!("$JS.API.STREAM.CREATE.{name}"), config.clone()).await.map(|_| ())
+    }
+
+    /// Replaces a stream's config.
+    pub async fn update_stream(&self, config: &Value) -> Result<(), JsApiError> {
+        let name = config.get("name").and_then(Value::as_str).unwrap_or_default();
+        self.request(format!("$JS.API.STREAM.UPDATE.{name}"), config.clone()).await.map(|_| ())
+    }
+
+    pub async fn delete_stream(&self, stream: &str) -> Result<(), JsApiError> {
+        self.request(format!("$JS.API.STREAM.DELETE.{stream}"), json!({})).await.map(|_| ())
+    }
+
+    /// Purges the messages on `filter` (all messages if `None`); returns how many went.
+    pub async fn purge(&self, stream: &str, filter: Option<&str>) -> Result<u64, JsApiError> {
+        let body = match filter {
+            Some(f) => json!({ "filter": f }),
+            None => json!({}),
+        };
+        let reply = self.request(format!("$JS.API.STREAM.PURGE.{stream}"), body).await?;
+        Ok(reply.get("purged").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Names of the streams whose subjects overlap `subject`.
+    pub async fn streams_for_subject(&self, subject: &str) -> Result<Vec<String>, JsApiError> {
+        let reply = self.request("$JS.API.STREAM.NAMES".to_owned(), json!({ "subject": subject })).await?;
+        Ok(reply
+            .get("streams")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,151 @@
+//! Running the service in-process and talking to it as a foreign client would: plain NATS
+//! requests with JSON bodies on the contract's subjects.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use cim_backup::config::{Config, DestinationConfig};
+use cim_backup_contracts::errors::SERVICE_ERROR_CODE_HEADER;
+use cim_backup_contracts::subjects::QRY_JOB;
+use cim_backup_contracts::views::JobView;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A service config for tests: `local` → `file://<archive_dir>`, small segments so that even
+/// small streams span several segments.
+pub fn test_config(nats_url: &str, archive_dir: &Path, instance: &str) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats_url.to_owned();
+    config.service.instance = instance.to_owned();
+    config
+        .destinations
+        .insert("local".into(), DestinationConfig::url(&format!("file://{}", archive_dir.display())));
+    config.defaults.destination = Some("local".into());
+    config.defaults.segment_bytes = 64 * 1024;
+    config
+}
+
+/// The service running as a task of the test's runtime.
+pub struct TestService {
+    task: Option<JoinHandle<Result<(), cim_backup::api::ServeError>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestService {
+    /// Starts the service and waits until it answers queries.
+    pub async fn start(config: Config) -> TestService {
+        let url = config.nats.url.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cim_backup::api::serve(config, async {
+            let _ = stopped.await;
+        }));
+        let service = TestService { task: Some(task), stop: Some(stop) };
+        let client = async_nats::connect(&url).await.expect("connect");
+        let caller = Caller { client };
+        crate::eventually(Duration::from_secs(20), "the service to answer", || {
+            let caller = &caller;
+            async move { caller.request("cim.backup.qry.jobs", &json!({})).await.ok().filter(|r| r.status.is_none()) }
+        })
+        .await;
+        service
+    }
+
+    /// Graceful stop: jobs are interrupted without recording anything and resume on restart.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(20), task).await.expect("service stops within 20 s");
+            result.expect("service task").expect("service ran without error");
+        }
+    }
+
+    /// Abrupt stop, like `kill -9`: the task is dropped wherever it is.
+    pub async fn crash(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A reply as a foreign client sees it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// `Nats-Service-Error-Code`, if the reply is an error.
+    pub status: Option<u16>,
+    pub headers: Option<HeaderMap>,
+    pub body: Value,
+}
+
+/// Sends raw requests.
+#[derive(Clone)]
+pub struct Caller {
+    pub client: async_nats::Client,
+}
+
+impl Caller {
+    pub async fn connect(url: &str) -> Caller {
+        Caller { client: async_nats::connect(url).await.expect("connect") }
+    }
+
+    pub async fn request(&self, subject: &str, body: &Value) -> Result<Reply, async_nats::RequestError> {
+        self.request_bytes(subject, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn request_bytes(&self, subject: &str, body: Vec<u8>) -> Result<Reply, async_nats::RequestError> {
+        let message = self.client.request(subject.to_owned(), body.into()).await?;
+        let status = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
+            .map(|v| v.as_str().parse().expect("numeric error code"));
+        let body = if message.payload.is_empty() { Value::Null } else { serde_json::from_slice(&message.payload).expect("JSON reply") };
+        Ok(Reply { status, headers: message.headers, body })
+    }
+
+    /// A request that must succeed; returns its body.
+    pub async fn ok(&self, subject: &str, body: Value) -> Value {
+        let reply = self.request(subject, &body).await.expect("request");
+        assert_eq!(reply.status, None, "{subject} {body} failed: {}", reply.body);
+        reply.body
+    }
+
+    /// A request that must fail; returns (code, message).
+    pub async fn err(&self, subject: &str, body: Value) -> (u16, String) {
+        let reply = self.request(subject, &body).await.expect("request");
+        let status = reply.status.unwrap_or_else(|| panic!("{subject} {body} should fail, got {}", reply.body));
+        assert_eq!(reply.body["error"]["code"], json!(status), "body and header codes agree");
+        (status, reply.body["error"]["message"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn job(&self, job_id: &str) -> JobView {
+        serde_json::from_value(self.ok(QRY_JOB, json!({ "job_id": job_id })).await).expect("job view")
+    }
+
+    /// Waits until the job is in a terminal state and returns its view.
+    pub async fn wait_job(&self, job_id: &str, timeout: Duration) -> JobView {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let view = self.job(job_id).await;
+            if view.state.is_terminal() {
+                return view;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("job {job_id} still {} after {timeout:?}: {view:?}", view.state);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
