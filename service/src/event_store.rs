@@ -68,14 +68,32 @@ impl Default for EventStreamSettings {
 #[derive(Clone)]
 pub struct EventStore {
     js: jetstream::Context,
+    /// The stream holding `cim.backup.evt.>`: ours, or one the deployment already has.
+    stream: String,
 }
 
 impl EventStore {
-    /// Opens the store, creating the events stream if it does not exist.
+    /// Opens the store on the stream that captures `cim.backup.evt.>`, creating
+    /// [`EVENTS_STREAM`] if none does.
     ///
-    /// The stream denies deletes and purges: it is the audit log, and its chain is only
+    /// CIM deployments often have one stream on `cim.>`; our events then live there (JetStream
+    /// would refuse a second stream on overlapping subjects), and a warning says that its limits
+    /// now apply to the audit log. Our own stream denies deletes and purges: the chain is only
     /// tamper-evident if nobody can quietly drop a link.
     pub async fn open(js: jetstream::Context, settings: &EventStreamSettings) -> Result<Self, EventStoreError> {
+        let api = crate::jsapi::JsApi::new(js.client());
+        let owners = api.streams_for_subject(EVENTS_STREAM_SUBJECTS).await.map_err(nats)?;
+        match owners.as_slice() {
+            [] => {}
+            [one] if one == EVENTS_STREAM => {}
+            [other] => {
+                tracing::warn!(stream = %other, "stream {other} already captures {EVENTS_STREAM_SUBJECTS}; storing events there (its limits and delete policy now apply to the audit log)");
+                return Ok(EventStore { js, stream: other.clone() });
+            }
+            many => {
+                return Err(EventStoreError::Nats(format!("several streams capture {EVENTS_STREAM_SUBJECTS}: {many:?}; keep one")));
+            }
+        }
         js.get_or_create_stream(stream::Config {
             name: EVENTS_STREAM.to_owned(),
             subjects: vec![EVENTS_STREAM_SUBJECTS.to_owned()],
@@ -90,7 +108,12 @@ impl EventStore {
         })
         .await
         .map_err(nats)?;
-        Ok(EventStore { js })
+        Ok(EventStore { js, stream: EVENTS_STREAM.to_owned() })
+    }
+
+    /// Name of the stream the events are stored in.
+    pub fn stream_name(&self) -> &str {
+        &self.stream
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -147,7 +170,7 @@ impl EventStore {
 
     /// Every event on `filter` from stream sequence `from` on (used by rebuilds and audits).
     pub async fn read(&self, filter: String, from: u64) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let stream = self.js.get_stream(EVENTS_STREAM).await.map_err(nats)?;
+        let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use cim_backup_contracts::subjects::{CATALOG_BUCKET, EVENTS_STREAM, JOBS_BUCKET, PROJECTOR_DURABLE};
+use cim_backup_contracts::subjects::{CATALOG_BUCKET, EVENTS_STREAM_SUBJECTS, JOBS_BUCKET, PROJECTOR_DURABLE};
 use cim_backup_contracts::views::{CatalogEntry, JobView};
 use cim_backup_contracts::JobId;
 use cim_backup_projections::catalog;
@@ -143,28 +143,31 @@ async fn all_values<T: serde::de::DeserializeOwned>(store: &kv::Store) -> Result
 pub struct Projector {
     js: jetstream::Context,
     views: Views,
+    stream: String,
 }
 
 impl Projector {
     /// Prepares the durable consumer. `replay` rewinds it to the first event (after the view
     /// buckets were created fresh).
-    pub async fn new(js: jetstream::Context, views: Views, replay: bool) -> Result<Projector, ViewError> {
+    pub async fn new(js: jetstream::Context, views: Views, stream: &str, replay: bool) -> Result<Projector, ViewError> {
         if replay {
             // Absent consumer is fine: it will be created from the first event.
-            let _ = js.delete_consumer_from_stream(PROJECTOR_DURABLE, EVENTS_STREAM).await;
+            let _ = js.delete_consumer_from_stream(PROJECTOR_DURABLE, stream).await;
         }
-        let projector = Projector { js, views };
+        let projector = Projector { js, views, stream: stream.to_owned() };
         projector.consumer().await?;
         Ok(projector)
     }
 
     async fn consumer(&self) -> Result<consumer::PullConsumer, ViewError> {
-        let stream = self.js.get_stream(EVENTS_STREAM).await.map_err(nats)?;
+        let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
         stream
             .get_or_create_consumer(
                 PROJECTOR_DURABLE,
                 consumer::pull::Config {
                     durable_name: Some(PROJECTOR_DURABLE.to_owned()),
+                    // The stream may be a shared `cim.>` stream: fold only our events.
+                    filter_subject: EVENTS_STREAM_SUBJECTS.to_owned(),
                     description: Some("cim-backup: folds events into job and catalog views".into()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     deliver_policy: consumer::DeliverPolicy::All,
@@ -223,10 +226,10 @@ impl Projector {
     }
 
     /// Waits until every event published so far has been folded (or `timeout` passes).
-    pub async fn caught_up(js: &jetstream::Context, timeout: Duration) -> Result<bool, ViewError> {
+    pub async fn caught_up(js: &jetstream::Context, stream: &str, timeout: Duration) -> Result<bool, ViewError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let stream = js.get_stream(EVENTS_STREAM).await.map_err(nats)?;
+            let stream = js.get_stream(stream).await.map_err(nats)?;
             let mut consumer: consumer::PullConsumer = stream.get_consumer(PROJECTOR_DURABLE).await.map_err(nats)?;
             let info = consumer.info().await.map_err(nats)?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {

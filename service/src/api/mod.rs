@@ -38,6 +38,7 @@ use reply::{ApiError, send};
 pub struct Api {
     pub runner: Arc<Runner>,
     pub views: Views,
+    pub errors: reply::ErrorCounts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +89,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let events = EventStore::open(js.clone(), &EventStreamSettings { replicas }).await?;
     let (views, fresh_views) = Views::open(&js, replicas).await?;
     let stop = CancellationToken::new();
-    let projector = Projector::new(js.clone(), views.clone(), fresh_views).await?;
+    let events_stream = events.stream_name().to_owned();
+    let projector = Projector::new(js.clone(), views.clone(), &events_stream, fresh_views).await?;
     let projector_task = tokio::spawn(projector.run(stop.clone()));
 
     let ctx = Arc::new(Context {
@@ -102,10 +104,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     });
     let runner = Runner::new(ctx);
     runner.clone().watch_cancellations().await.map_err(|e| ServeError::Service(e.to_string()))?;
-    let api = Arc::new(Api { runner: runner.clone(), views: views.clone() });
+    let api = Arc::new(Api { runner: runner.clone(), views: views.clone(), errors: reply::ErrorCounts::default() });
 
     // Resume this instance's unfinished jobs once the views have caught up with the log.
-    if !Projector::caught_up(&js, Duration::from_secs(10)).await? {
+    warn_if_requests_are_captured(&JsApi::new(client.clone())).await;
+    if !Projector::caught_up(&js, &events_stream, Duration::from_secs(10)).await? {
         tracing::warn!("views are behind the event log; resuming jobs from what they show");
     }
     let mine: Vec<_> = views
@@ -120,9 +123,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let service = client
         .service_builder()
         .description("cim-backup: backup, restore, verify and integrity checks of CIM streams")
-        .stats_handler(|endpoint, _stats| {
-            let errors = reply::error_counts().lock().unwrap().get(&endpoint).copied().unwrap_or(0);
-            serde_json::json!({ "error_replies": errors })
+        .stats_handler({
+            let errors = api.errors.clone();
+            move |_name, stats| serde_json::json!({ "error_replies": errors.get(&stats.subject) })
         })
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
@@ -168,27 +171,39 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
+/// A stream that captures our request subjects answers every request with a JetStream ack,
+/// which clients take for our reply. We cannot fix that deployment, but we can say so loudly.
+async fn warn_if_requests_are_captured(api: &JsApi) {
+    for subject in [format!("{COMMAND_PREFIX}.start"), format!("{QUERY_PREFIX}.job")] {
+        if let Ok(streams) = api.streams_for_subject(&subject).await {
+            for stream in streams {
+                tracing::warn!(%stream, "stream {stream} captures {subject}: requests to cim-backup will also get JetStream acks as replies; exclude cim.backup.cmd.> and cim.backup.qry.> from it");
+            }
+        }
+    }
+}
+
 async fn dispatch(api: &Api, subject: &str, request: Request) {
     let verb = subject.rsplit('.').next().unwrap_or_default();
     if subject.starts_with(COMMAND_PREFIX) {
         match verb {
-            "start" => send(&request, subject, commands::start(api, &request).await).await,
-            "restore" => send(&request, subject, commands::restore(api, &request).await).await,
-            "verify" => send(&request, subject, commands::verify(api, &request).await).await,
-            "cancel" => send(&request, subject, commands::cancel(api, &request).await).await,
+            "start" => send(&request, &api.errors, subject, commands::start(api, &request).await).await,
+            "restore" => send(&request, &api.errors, subject, commands::restore(api, &request).await).await,
+            "verify" => send(&request, &api.errors, subject, commands::verify(api, &request).await).await,
+            "cancel" => send(&request, &api.errors, subject, commands::cancel(api, &request).await).await,
             _ => {
                 let error = ApiError::new(
                     cim_backup_contracts::ErrorCode::NotImplemented,
                     "cim.backup.cmd.check is not implemented yet (integrity checks arrive in a later release)",
                 );
-                send::<()>(&request, subject, Err(error)).await
+                send::<()>(&request, &api.errors, subject, Err(error)).await
             }
         }
     } else {
         match verb {
-            "job" => send(&request, subject, queries::job(api, &request).await).await,
-            "jobs" => send(&request, subject, queries::jobs(api, &request).await).await,
-            _ => send(&request, subject, queries::backups(api, &request).await).await,
+            "job" => send(&request, &api.errors, subject, queries::job(api, &request).await).await,
+            "jobs" => send(&request, &api.errors, subject, queries::jobs(api, &request).await).await,
+            _ => send(&request, &api.errors, subject, queries::backups(api, &request).await).await,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! errors sent without a body).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
 use async_nats::service::Request;
@@ -78,14 +78,22 @@ impl From<crate::archive::ArchiveError> for ApiError {
     }
 }
 
-/// Error replies sent per endpoint, for `$SRV.STATS` data.
-pub fn error_counts() -> &'static Mutex<HashMap<String, u64>> {
-    static COUNTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-    COUNTS.get_or_init(Default::default)
+/// Error replies sent per endpoint subject, for `$SRV.STATS` data. One per service instance.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorCounts(Arc<Mutex<HashMap<String, u64>>>);
+
+impl ErrorCounts {
+    pub fn get(&self, subject: &str) -> u64 {
+        self.0.lock().unwrap().get(subject).copied().unwrap_or(0)
+    }
+
+    fn bump(&self, subject: &str) {
+        *self.0.lock().unwrap().entry(subject.to_owned()).or_default() += 1;
+    }
 }
 
-/// Sends `result` as the reply to `request`.
-pub async fn send<T: Serialize>(request: &Request, endpoint: &str, result: Result<T, ApiError>) {
+/// Sends `result` as the reply to `request` on the endpoint `subject`.
+pub async fn send<T: Serialize>(request: &Request, counts: &ErrorCounts, endpoint: &str, result: Result<T, ApiError>) {
     let sent = match result {
         Ok(body) => {
             let bytes = serde_json::to_vec(&body).expect("replies serialize");
@@ -93,7 +101,7 @@ pub async fn send<T: Serialize>(request: &Request, endpoint: &str, result: Resul
         }
         Err(error) => {
             tracing::debug!(endpoint, code = ?error.code, message = %error.message, "request rejected");
-            *error_counts().lock().unwrap().entry(endpoint.to_owned()).or_default() += 1;
+            counts.bump(endpoint);
             let mut headers = HeaderMap::new();
             headers.insert(SERVICE_ERROR_HEADER, first_line(&error.message));
             headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.status().to_string().as_str());
