@@ -171,7 +171,8 @@ impl Projector {
                     description: Some("cim-backup: folds events into job and catalog views".into()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     deliver_policy: consumer::DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    // Short, so that events a crashed instance held come back quickly to another one.
+                    ack_wait: Duration::from_secs(5),
                     max_ack_pending: 1000,
                     ..Default::default()
                 },

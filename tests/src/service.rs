@@ -27,8 +27,10 @@ pub fn test_config(nats_url: &str, archive_dir: &Path, instance: &str) -> Config
     config
 }
 
-/// The service running as a task of the test's runtime.
+/// The service running on its own runtime (own thread), so that [`TestService::crash`] can
+/// drop every task it spawned at once — like `kill -9`, but observable from the test.
 pub struct TestService {
+    runtime: Option<tokio::runtime::Runtime>,
     task: Option<JoinHandle<Result<(), cim_backup::api::ServeError>>>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -38,13 +40,19 @@ impl TestService {
     pub async fn start(config: Config) -> TestService {
         let url = config.nats.url.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cim_backup::api::serve(config, async {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("cim-backup-service")
+            .build()
+            .expect("service runtime");
+        let task = runtime.spawn(cim_backup::api::serve(config, async {
             let _ = stopped.await;
         }));
-        let service = TestService { task: Some(task), stop: Some(stop) };
+        let service = TestService { runtime: Some(runtime), task: Some(task), stop: Some(stop) };
         let client = async_nats::connect(&url).await.expect("connect");
         let caller = Caller { client };
-        crate::eventually(Duration::from_secs(20), "the service to answer", || {
+        crate::eventually(Duration::from_secs(30), "the service to answer", || {
             let caller = &caller;
             async move { caller.request("cim.backup.qry.jobs", &json!({})).await.ok().filter(|r| r.status.is_none()) }
         })
@@ -58,24 +66,29 @@ impl TestService {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(Duration::from_secs(20), task).await.expect("service stops within 20 s");
+            let result = tokio::time::timeout(Duration::from_secs(30), task).await.expect("service stops within 30 s");
             result.expect("service task").expect("service ran without error");
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 
-    /// Abrupt stop, like `kill -9`: the task is dropped wherever it is.
+    /// Abrupt stop, like `kill -9`: every task of the service is dropped wherever it is.
     pub async fn crash(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+        self.task.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
+        // Let the dropped connection reach the server before the test goes on.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 impl Drop for TestService {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -134,18 +147,30 @@ impl Caller {
         serde_json::from_value(self.ok(QRY_JOB, json!({ "job_id": job_id })).await).expect("job view")
     }
 
-    /// Waits until the job is in a terminal state and returns its view.
+    /// Waits until the job is in a terminal state and returns its view. Tolerates a service
+    /// that is (re)connecting: "no responders" is retried until the deadline.
     pub async fn wait_job(&self, job_id: &str, timeout: Duration) -> JobView {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let view = self.job(job_id).await;
-            if view.state.is_terminal() {
-                return view;
+            if let Ok(reply) = self.request(QRY_JOB, &json!({ "job_id": job_id })).await {
+                assert_eq!(reply.status, None, "job query failed: {}", reply.body);
+                let view: JobView = serde_json::from_value(reply.body).expect("job view");
+                if view.state.is_terminal() {
+                    return view;
+                }
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("job {job_id} still {} after {timeout:?}: {view:?}", view.state);
+                panic!("job {job_id} did not end within {timeout:?}: {:?}", self.request(QRY_JOB, &json!({ "job_id": job_id })).await.map(|r| r.body));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A job view read straight from the view bucket (works while no service runs).
+pub async fn stored_view(client: &async_nats::Client, job_id: &str) -> Option<JobView> {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = js.get_key_value(cim_backup_contracts::subjects::JOBS_BUCKET).await.ok()?;
+    let bytes = bucket.get(job_id).await.ok()??;
+    Some(serde_json::from_slice(&bytes).expect("stored job view"))
 }

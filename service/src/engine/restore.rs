@@ -44,6 +44,28 @@ pub const FILLER_SUBJECT: &str = "_CIM_BACKUP.fill";
 const ACK_WINDOW: usize = 4096;
 
 pub async fn run(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
+    let result = restore(ctx, job, cancel).await;
+    if result.is_err() {
+        remove_partial_target(ctx, job).await;
+    }
+    result
+}
+
+/// A failed or cancelled restore deletes the target it created, so no half-restored stream is
+/// left that someone could mistake for the real thing. (A restore interrupted by a crash or
+/// shutdown keeps it and resumes.)
+async fn remove_partial_target(ctx: &Context, job: &Job<RestoreJob>) {
+    let Some(spec) = &job.state.spec else { return };
+    if job.state.lifecycle.state != Some(JobState::Running) {
+        return; // not started: the target, if any, is not ours
+    }
+    match ctx.api.delete_stream(&spec.target).await {
+        Ok(()) => tracing::info!(job = %job.id, target = %spec.target, "removed the partially restored target"),
+        Err(e) => tracing::warn!(job = %job.id, target = %spec.target, error = %e, "could not remove the partially restored target"),
+    }
+}
+
+async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let archive = ctx.destinations.open(&spec.source_url)?;
     let (manifest, _) = archive.get_manifest(&spec.backup).await?;

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cim_backup_contracts::events::JobCancelled;
 use cim_backup_contracts::subjects::{EVENT_PREFIX, parse_event_subject};
@@ -27,7 +28,10 @@ use tokio_util::task::TaskTracker;
 use super::context::Context;
 use super::error::EngineError;
 use super::{backup, restore, verify};
-use crate::jobs::{self, Job, execute};
+use crate::jobs::{self, ExecuteError, Job, execute};
+
+/// How long a runner keeps trying to record how a job ended while NATS is unreachable.
+const RECORD_END_FOR: Duration = Duration::from_secs(120);
 
 pub struct Runner {
     ctx: Arc<Context>,
@@ -99,15 +103,36 @@ impl Runner {
     {
         let command = match outcome {
             Ok(()) => return,
+            // Someone else recorded the cancel request: decide on the job as it is now.
+            Err(EngineError::Cancelled) if !job.state.lifecycle().cancel_requested => {
+                if let Ok(Some(fresh)) = jobs::load::<A>(&self.ctx.events, &job.id).await {
+                    *job = fresh;
+                }
+                A::confirm_cancel(JobCancelled { reason: None })
+            }
             Err(EngineError::Cancelled) => A::confirm_cancel(JobCancelled { reason: None }),
             Err(e) => {
                 tracing::warn!(job = %job.id, kind = %A::KIND, error = %e, "job failed");
                 A::fail(e.to_failure())
             }
         };
-        if let Err(e) = execute(&self.ctx.events, job, command, None).await {
-            // The job stays non-terminal in the log; the next start of this instance retries it.
-            tracing::error!(job = %job.id, error = %e, "could not record the end of the job");
+        // NATS may be what failed: keep trying while the client reconnects. If it never comes
+        // back, the job stays non-terminal in the log and this instance resumes it on restart.
+        let mut delay = Duration::from_millis(200);
+        let deadline = tokio::time::Instant::now() + RECORD_END_FOR;
+        loop {
+            match execute(&self.ctx.events, job, command.clone(), None).await {
+                Ok(_) => return,
+                Err(ExecuteError::Store(e)) if tokio::time::Instant::now() < deadline && !self.shutdown.is_cancelled() => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot record the end of the job yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "could not record the end of the job");
+                    return;
+                }
+            }
         }
     }
 

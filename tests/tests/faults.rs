@@ -1,0 +1,200 @@
+//! Faults end in a clear error or a correct resume, never a false "completed": tampered and
+//! missing objects, cancellation, a crashed service, a killed nats-server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cim_backup_contracts::ErrorCode;
+use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
+use cim_backup_contracts::views::{JobState, JobView};
+use cim_backup_tests::service::{Caller, TestService, stored_view, test_config};
+use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::{NatsServer, eventually, init_tracing};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn backup(caller: &Caller, stream: &str) -> JobView {
+    let job = caller.ok(CMD_START, json!({ "streams": [stream] })).await;
+    let view = caller.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    view
+}
+
+async fn verify(caller: &Caller, backup_id: &str) -> JobView {
+    let job = caller.ok(CMD_VERIFY, json!({ "backup": backup_id })).await;
+    caller.wait_job(job["job_id"].as_str().unwrap(), WAIT).await
+}
+
+fn segment_files(archive: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(archive.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn tampered_missing_and_forged_objects_fail_verify_naming_the_object() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 1_500, 10).await;
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let c = Caller::connect(&nats.url()).await;
+    let view = backup(&c, "EVENTS").await;
+    let backup_id = view.backup_id.unwrap().to_string();
+    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
+
+    // One flipped byte in the middle of a segment.
+    let files = segment_files(archive.path());
+    assert!(files.len() >= 3, "need several segments, got {}", files.len());
+    let victim = &files[1];
+    let original = std::fs::read(victim).unwrap();
+    let mut tampered = original.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    std::fs::write(victim, &tampered).unwrap();
+    let name = format!("segments/{}", victim.file_name().unwrap().to_str().unwrap());
+    let failed = verify(&c, &backup_id).await;
+    assert_eq!(failed.state, JobState::Failed);
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, ErrorCode::Corrupt);
+    assert_eq!(error.object.as_deref(), Some(name.as_str()), "{}", error.message);
+    assert!(error.message.contains("does not match its CID"), "{}", error.message);
+
+    // A restore of the tampered backup fails too, and leaves no half-restored stream.
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_R" })).await;
+    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(restored.state, JobState::Failed);
+    assert_eq!(restored.error.unwrap().object.as_deref(), Some(name.as_str()));
+    let js = async_nats::jetstream::new(client.clone());
+    assert!(js.get_stream("EVENTS_R").await.is_err(), "partial target removed");
+
+    // The object gone altogether.
+    std::fs::remove_file(victim).unwrap();
+    let failed = verify(&c, &backup_id).await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.object.as_deref(), Some(name.as_str()));
+    assert!(error.message.contains("missing"), "{}", error.message);
+    std::fs::write(victim, &original).unwrap();
+    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed, "repaired backup verifies again");
+
+    // A manifest whose bytes changed no longer matches the backup id.
+    let manifest = archive.path().join("manifests").join(&backup_id);
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let failed = verify(&c, &backup_id).await;
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error.unwrap().object, Some(format!("manifests/{backup_id}")));
+    service.stop().await;
+}
+
+/// A stream big enough, with segments small enough, that a backup takes seconds.
+async fn slow_setup() -> (NatsServer, tempfile::TempDir, cim_backup::config::Config) {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "BIG", &["big.>"]).await;
+    publish_events(&client, "big.node", 0, 40_000, 100).await;
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.defaults.segment_bytes = 4096;
+    config.defaults.upload_concurrency = 1;
+    (nats, archive, config)
+}
+
+async fn wait_for_segments(c: &Caller, job_id: &str, n: u64) {
+    eventually(WAIT, "segments to be stored", || async move {
+        let view = c.job(job_id).await;
+        assert!(!view.state.is_terminal(), "job ended before the fault was injected: {view:?}");
+        (view.progress.objects_done >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_backup_and_leaves_no_backup() {
+    let (nats, archive, config) = slow_setup().await;
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["BIG"] })).await;
+    let job_id = job["job_id"].as_str().unwrap();
+    wait_for_segments(&c, job_id, 2).await;
+    let reply = c.ok(CMD_CANCEL, json!({ "job_id": job_id, "reason": "operator" })).await;
+    assert_eq!(reply["requested"], true);
+    let view = c.wait_job(job_id, WAIT).await;
+    assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+    assert!(view.progress.messages_done < 40_000, "stopped early: {view:?}");
+    assert_eq!(view.backup_id, None);
+    assert!(!archive.path().join("manifests").exists(), "no manifest written");
+    assert_eq!(c.ok(QRY_BACKUPS, json!({})).await, json!([]));
+    let (status, _) = c.err(CMD_CANCEL, json!({ "job_id": job_id })).await;
+    assert_eq!(status, 409);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_crashed_service_resumes_its_backup_without_losing_or_repeating_data() {
+    let (nats, archive, config) = slow_setup().await;
+    let client = nats.client().await;
+    let service = TestService::start(config.clone()).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["BIG"] })).await;
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    wait_for_segments(&c, &job_id, 3).await;
+    service.crash().await;
+    let before_restart = stored_view(&client, &job_id).await.expect("view exists");
+    assert_eq!(before_restart.state, JobState::Running);
+
+    let service = TestService::start(config).await;
+    let view = c.wait_job(&job_id, WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_eq!(view.progress.messages_done, 40_000);
+    let backup_id = view.backup_id.unwrap().to_string();
+    // Every stored segment belongs to the manifest: nothing was uploaded twice under new names.
+    let manifest_segments = view.progress.objects_done - 1;
+    assert_eq!(segment_files(archive.path()).len() as u64, manifest_segments);
+    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
+    assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
+    assert_eq!(read_all(&client, "BIG_R").await, read_all(&client, "BIG").await);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_nats_server_never_yields_a_false_completed_backup() {
+    let (mut nats, _archive, config) = slow_setup().await;
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["BIG"] })).await;
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    wait_for_segments(&c, &job_id, 2).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart().await;
+    let c = Caller::connect(&nats.url()).await;
+    let view = c.wait_job(&job_id, WAIT).await;
+    match view.state {
+        JobState::Completed => {
+            // If it carried on, the backup must be whole.
+            assert_eq!(view.progress.messages_done, 40_000);
+            let client = nats.client().await;
+            let backup_id = view.backup_id.unwrap().to_string();
+            assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
+            let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
+            assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
+            assert_eq!(read_all(&client, "BIG_R").await, read_all(&client, "BIG").await);
+        }
+        JobState::Failed => {
+            let error = view.error.expect("a failed job says why");
+            assert!(!error.message.is_empty());
+            assert_eq!(view.backup_id, None);
+            assert_eq!(c.ok(QRY_BACKUPS, json!({})).await, json!([]));
+        }
+        other => panic!("job ended {other}: {view:?}"),
+    }
+    service.stop().await;
+}
