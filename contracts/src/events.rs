@@ -130,11 +130,11 @@ impl JobEvent {
         }
     }
 
-    fn from_data(kind: JobKind, event_type: &str, data: Ipld) -> Result<Self, EventDecodeError> {
+    fn from_data(kind: JobKind, event_type: &str, version: u32, data: Ipld) -> Result<Self, EventDecodeError> {
         Ok(match kind {
-            JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, data)?),
-            JobKind::Restore => JobEvent::Restore(RestoreEvent::from_data(event_type, data)?),
-            JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, data)?),
+            JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, version, data)?),
+            JobKind::Restore => JobEvent::Restore(RestoreEvent::from_data(event_type, version, data)?),
+            JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, version, data)?),
             JobKind::Check => {
                 return Err(EventDecodeError::EventType {
                     aggregate_type: kind.as_str().into(),
@@ -199,7 +199,7 @@ impl EventEnvelope {
                 correlation_id: wire.correlation_id,
                 causation_id: wire.causation_id,
             },
-            event: JobEvent::from_data(kind, &wire.event_type, wire.data)?,
+            event: JobEvent::from_data(kind, &wire.event_type, wire.version, wire.data)?,
         })
     }
 }
@@ -249,13 +249,17 @@ macro_rules! event_enum {
                 result.expect("event data always converts to IPLD")
             }
 
-            fn from_data(event_type: &str, data: Ipld) -> Result<Self, EventDecodeError> {
+            fn from_data(event_type: &str, version: u32, data: Ipld) -> Result<Self, EventDecodeError> {
                 let bad = |e: ipld_core::serde::SerdeError| EventDecodeError::Data {
                     event_type: event_type.to_owned(),
                     message: e.to_string(),
                 };
                 match event_type {
-                    $(stringify!($variant) => ipld_core::serde::from_ipld(data).map($name::$variant).map_err(bad),)+
+                    $(stringify!($variant) if version > $version => Err(EventDecodeError::Data {
+                        event_type: event_type.to_owned(),
+                        message: format!("version {version} is newer than this reader understands ({})", $version),
+                    }),
+                    stringify!($variant) => ipld_core::serde::from_ipld(data).map($name::$variant).map_err(bad),)+
                     other => Err(EventDecodeError::EventType {
                         aggregate_type: stringify!($name).to_owned(),
                         event_type: other.to_owned(),
@@ -401,6 +405,12 @@ pub struct BackupStarted {
     pub taken_at: OffsetDateTime,
     /// What will be backed up: every stream up to its `last_seq` here.
     pub cut: Vec<StreamCut>,
+    /// Each stream's configuration at the cut (JSON text as the server reported it), in cut
+    /// order. With `taken_at` and `tool` this makes the manifest a pure function of the job's
+    /// events: a job resumed after a crash writes the very same manifest bytes.
+    pub configs: Vec<String>,
+    /// The writer, e.g. `cim-backup 0.1.0`.
+    pub tool: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +428,9 @@ pub struct BackupCompleted {
     pub compression: Compression,
     /// Whether segments are encrypted to recipients.
     pub encrypted: bool,
+    /// The manifest's `created` time (the cut time), so catalogs agree with destinations.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ fn hex(bytes: &[u8]) -> String {
 
 const ACCEPTED_HEX: &str = include_str!("golden/backup_accepted.hex");
 const ACCEPTED_CID: &str = "bafyreifplhbfdml2auxv46x2656gu6gbp7yom2smjv7wky6lkkjxjlda4a";
-const STARTED_CID: &str = "bafyreiegcwunoihrkdgefl7xruz5ws7yg7cvo7fgi32svmkjmii4jvpnue";
+const STARTED_CID: &str = "bafyreifw4bqsyty2hupyjaut7l6c6fqno4qzmyzg5vzmd6dgsssk5ae5ou";
 
 #[test]
 fn backup_accepted_bytes_and_cid_are_pinned() {
@@ -71,6 +71,8 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
                 messages: 100,
                 bytes: 52_500,
             }],
+            configs: vec![r#"{"name":"EVENTS","subjects":["cim.>"]}"#.into()],
+            tool: "cim-backup 0.1.0".into(),
         })),
         ..accepted()
     };
@@ -91,6 +93,18 @@ fn decode_of_encode_is_identity_for_every_backup_event_type() {
     let bytes = env.encode();
     assert_eq!(EventEnvelope::decode(&bytes).unwrap(), env);
     assert_eq!(dag_cbor_cid(&bytes), env.encode_with_cid().1.0);
+}
+
+#[test]
+fn a_newer_event_version_is_refused_not_misread() {
+    let mut bytes = accepted().encode();
+    // `version` is encoded as the text key "version" followed by the small integer 0x01.
+    let key = b"gversion";
+    let pos = bytes.windows(key.len()).position(|w| w == key).unwrap();
+    assert_eq!(bytes[pos + key.len()], 0x01);
+    bytes[pos + key.len()] = 0x02;
+    let err = EventEnvelope::decode(&bytes).unwrap_err();
+    assert!(err.to_string().contains("version 2 is newer"), "{err}");
 }
 
 #[test]

@@ -111,6 +111,13 @@ impl BackupJob {
                 spec.streams
             )));
         }
+        if started.configs.len() != started.cut.len() {
+            return Err(DomainError::invalid(format!(
+                "cut: {} stream configs for {} streams",
+                started.configs.len(),
+                started.cut.len()
+            )));
+        }
         Ok(())
     }
 
@@ -257,18 +264,30 @@ mod tests {
         StreamCut { stream: stream.into(), first_seq: first, last_seq: last, messages: last - first + 1, bytes: 0 }
     }
 
+    fn started(cut: Vec<StreamCut>) -> BackupStarted {
+        let configs = cut.iter().map(|c| format!(r#"{{"name":"{}"}}"#, c.stream)).collect();
+        BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut, configs, tool: "test".into() }
+    }
+
     fn stored(stream: &str, first: u64, last: u64) -> SegmentStored {
         SegmentStored { stream: stream.into(), segment: segment(first, last) }
     }
 
     fn completed(streams: Vec<StreamSummary>) -> BackupCompleted {
-        BackupCompleted { manifest: manifest_cid(), manifest_bytes: 10, streams, compression: backup_spec(&[]).compression, encrypted: false }
+        BackupCompleted {
+            manifest: manifest_cid(),
+            manifest_bytes: 10,
+            streams,
+            compression: backup_spec(&[]).compression,
+            encrypted: false,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+        }
     }
 
     fn running() -> Vec<BackupEvent> {
         vec![
             BackupEvent::BackupAccepted(backup_spec(&["A", "B"])),
-            BackupEvent::BackupStarted(BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut: vec![cut("A", 1, 100), cut("B", 5, 9)] }),
+            BackupEvent::BackupStarted(started(vec![cut("A", 1, 100), cut("B", 5, 9)])),
         ]
     }
 
@@ -303,7 +322,7 @@ mod tests {
     #[test]
     fn start_needs_a_cut_of_exactly_the_requested_streams() {
         given::<BackupJob>(vec![BackupEvent::BackupAccepted(backup_spec(&["A", "B"]))])
-            .when(BackupCommand::Start(BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut: vec![cut("A", 1, 2)] }))
+            .when(BackupCommand::Start(started(vec![cut("A", 1, 2)])))
             .then_reject_containing("cut");
     }
 

@@ -9,17 +9,17 @@ use cim_backup_contracts::BackupId;
 /// job's view *after* folding the event.
 pub fn entry_for(job: &JobView, envelope: &EventEnvelope) -> Option<CatalogEntry> {
     match &envelope.event {
-        JobEvent::Backup(BackupEvent::BackupCompleted(done)) => Some(entry(job, done, envelope)),
+        JobEvent::Backup(BackupEvent::BackupCompleted(done)) => Some(entry(job, done)),
         _ => None,
     }
 }
 
-fn entry(job: &JobView, done: &BackupCompleted, envelope: &EventEnvelope) -> CatalogEntry {
+fn entry(job: &JobView, done: &BackupCompleted) -> CatalogEntry {
     CatalogEntry {
         backup_id: BackupId(done.manifest),
         job_id: job.job_id.clone(),
         destination: job.location.clone(),
-        created_at: envelope.meta.time,
+        created_at: done.created,
         messages: done.streams.iter().map(|s| s.messages).sum(),
         raw_bytes: done.streams.iter().map(|s| s.raw_bytes).sum(),
         stored_bytes: done.streams.iter().map(|s| s.stored_bytes).sum::<u64>() + done.manifest_bytes,

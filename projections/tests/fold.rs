@@ -64,6 +64,8 @@ fn history() -> Vec<BackupEvent> {
         BackupEvent::BackupStarted(BackupStarted {
             taken_at: OffsetDateTime::UNIX_EPOCH,
             cut: vec![StreamCut { stream: "EVENTS".into(), first_seq: 1, last_seq: 20, messages: 20, bytes: 999 }],
+            configs: vec![r#"{"name":"EVENTS"}"#.into()],
+            tool: "test".into(),
         }),
         BackupEvent::SegmentStored(SegmentStored { stream: "EVENTS".into(), segment: segment(1, 10) }),
         BackupEvent::SegmentStored(SegmentStored { stream: "EVENTS".into(), segment: segment(11, 20) }),
@@ -81,6 +83,7 @@ fn history() -> Vec<BackupEvent> {
             }],
             compression,
             encrypted: false,
+            created: OffsetDateTime::UNIX_EPOCH + Duration::seconds(1),
         }),
     ]
 }
@@ -149,6 +152,7 @@ fn only_a_completed_backup_enters_the_catalog() {
     assert_eq!(entry.destination, "file:///b");
     assert_eq!((entry.messages, entry.objects, entry.stored_bytes), (20, 3, 110));
     assert_eq!(entry.compression, "zstd-3");
+    assert_eq!(entry.created_at, OffsetDateTime::UNIX_EPOCH + Duration::seconds(1), "the cut time, as in the manifest");
     assert_eq!(catalog::select(entries.clone(), Some("OTHER")).len(), 0);
     assert_eq!(catalog::select(entries, Some("EVENTS")).len(), 1);
 }

@@ -44,18 +44,17 @@ pub struct Views {
 }
 
 impl Views {
-    /// Opens the view buckets, creating them if needed. Returns whether the jobs bucket was new
-    /// (then the projector must replay the whole event log).
+    /// Opens the view buckets, creating them if needed. Returns whether either bucket was new
+    /// (then the projector must replay the whole event log; both views are rebuilt, since a
+    /// catalog entry is only written while folding its job).
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(Views, bool), ViewError> {
-        let (jobs, created) = match js.get_key_value(JOBS_BUCKET).await {
-            Ok(store) => (store, false),
-            Err(_) => (create_bucket(js, JOBS_BUCKET, "cim-backup job views", replicas).await?, true),
-        };
-        let catalog = match js.get_key_value(CATALOG_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => create_bucket(js, CATALOG_BUCKET, "cim-backup backup catalog", replicas).await?,
-        };
-        Ok((Views { jobs, catalog }, created))
+        let (jobs, jobs_new) = open_bucket(js, JOBS_BUCKET, "cim-backup job views", replicas).await?;
+        let (catalog, catalog_new) = open_bucket(js, CATALOG_BUCKET, "cim-backup backup catalog", replicas).await?;
+        if jobs_new != catalog_new {
+            // Replay rebuilds both; start both from empty so the folds see every event once.
+            purge_bucket(js, if jobs_new { CATALOG_BUCKET } else { JOBS_BUCKET }).await?;
+        }
+        Ok((Views { jobs, catalog }, jobs_new || catalog_new))
     }
 
     pub async fn job(&self, id: &JobId) -> Result<Option<JobView>, ViewError> {
@@ -115,8 +114,11 @@ impl Views {
     }
 }
 
-async fn create_bucket(js: &jetstream::Context, bucket: &str, description: &str, replicas: usize) -> Result<kv::Store, ViewError> {
-    js.create_key_value(kv::Config {
+async fn open_bucket(js: &jetstream::Context, bucket: &str, description: &str, replicas: usize) -> Result<(kv::Store, bool), ViewError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok((store, false));
+    }
+    let store = js.create_key_value(kv::Config {
         bucket: bucket.to_owned(),
         description: description.to_owned(),
         history: 1,
@@ -125,7 +127,13 @@ async fn create_bucket(js: &jetstream::Context, bucket: &str, description: &str,
         ..Default::default()
     })
     .await
-    .map_err(nats)
+    .map_err(nats)?;
+    Ok((store, true))
+}
+
+/// Empties a view bucket (its backing stream) before a replay refills it.
+async fn purge_bucket(js: &jetstream::Context, bucket: &str) -> Result<(), ViewError> {
+    crate::jsapi::JsApi::new(js.client()).purge(&format!("KV_{bucket}"), None).await.map(|_| ()).map_err(nats)
 }
 
 async fn all_values<T: serde::de::DeserializeOwned>(store: &kv::Store) -> Result<Vec<T>, ViewError> {
@@ -138,6 +146,9 @@ async fn all_values<T: serde::de::DeserializeOwned>(store: &kv::Store) -> Result
     }
     Ok(values)
 }
+
+/// Deliveries of an out-of-order event before the projector gives up on it (≈ 1 minute).
+const GAP_RETRIES: i64 = 600;
 
 /// The projector loop.
 pub struct Projector {
@@ -204,10 +215,19 @@ impl Projector {
             };
             let Some(message) = message else { return Err(ViewError::Nats("consumer closed".into())) };
             let message = message.map_err(nats)?;
-            let seq = message.info().map_err(nats)?.stream_sequence;
+            let (seq, delivered) = {
+                let info = message.info().map_err(nats)?;
+                (info.stream_sequence, info.delivered)
+            };
             match decode_stored(seq, &message.payload, message.headers.as_ref()) {
                 Ok(stored) => match self.views.apply(&stored).await? {
                     Ok(()) => message.ack().await.map_err(nats)?,
+                    Err(e @ ProjectionError::Gap { .. }) if delivered >= GAP_RETRIES => {
+                        // The missing event never came (it was terminated as undecodable, or
+                        // the log is damaged): give up on this one rather than loop forever.
+                        tracing::error!(seq, error = %e, "event stays out of order after {delivered} deliveries; skipping it");
+                        message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
+                    }
                     Err(ProjectionError::Gap { .. }) => {
                         // An earlier event of this job is still on its way (another projector
                         // holds it): try again shortly.

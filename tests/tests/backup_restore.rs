@@ -75,3 +75,73 @@ async fn backup_verify_and_restore_reproduce_every_message() {
 
     service.stop().await;
 }
+
+#[tokio::test]
+async fn publish_preconditions_do_not_break_a_restore_and_kv_buckets_round_trip() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    // An event store that appends with per-subject optimistic concurrency, as CIM modules do.
+    create_stream(&client, "ORDERS", &["orders.>"]).await;
+    let mut last = 0u64;
+    for i in 0..20u64 {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Expected-Last-Subject-Sequence", last.to_string().as_str());
+        h.insert("Nats-Expected-Stream", "ORDERS");
+        h.insert("Cim-Event-Type", "OrderUpdated");
+        last = js.publish_with_headers("orders.o1", h, format!("v{i}").into()).await.unwrap().await.unwrap().sequence;
+    }
+    // Message 10 is gone; message 11 still says it expected 10 to be the last one.
+    js.get_stream("ORDERS").await.unwrap().delete_message(10).await.unwrap();
+
+    // A KV bucket with overwritten keys (history 1 leaves sequence gaps) and a deleted key.
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config { bucket: "profiles".into(), history: 1, ..Default::default() })
+        .await
+        .unwrap();
+    for round in 0..3 {
+        for key in ["alice", "bob", "carol"] {
+            kv.put(key, format!("{key}-{round}").into()).await.unwrap();
+        }
+    }
+    kv.delete("bob").await.unwrap();
+    let kv_before: Vec<_> = read_all(&client, "KV_profiles").await;
+
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["ORDERS", "KV_profiles"] })).await;
+    let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    let backup_id = view.backup_id.unwrap().to_string();
+
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_R" })).await;
+    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+    let strip = |messages: Vec<cim_backup_tests::streams::StoredMessage>| {
+        messages
+            .into_iter()
+            .map(|mut m| {
+                m.headers.retain(|(name, _)| !name.starts_with("Nats-Expected"));
+                m
+            })
+            .collect::<Vec<_>>()
+    };
+    let restored_orders = read_all(&client, "ORDERS_R").await;
+    assert!(restored_orders.iter().all(|m| m.headers.iter().all(|(n, _)| !n.starts_with("Nats-Expected"))));
+    assert_eq!(restored_orders, strip(read_all(&client, "ORDERS").await), "all else identical");
+
+    js.delete_key_value("profiles").await.unwrap();
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "KV_profiles" })).await;
+    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+    assert_eq!(read_all(&client, "KV_profiles").await, kv_before);
+    let kv = js.get_key_value("profiles").await.unwrap();
+    assert_eq!(kv.get("alice").await.unwrap().unwrap(), "alice-2");
+    assert_eq!(kv.get("bob").await.unwrap(), None, "the delete marker was restored too");
+    let carol = kv.entry("carol").await.unwrap().unwrap();
+    assert_eq!(carol.revision, kv_before.iter().find(|m| m.subject.ends_with(".carol")).unwrap().seq);
+    service.stop().await;
+}

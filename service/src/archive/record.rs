@@ -7,9 +7,10 @@
 //!            headers_len:u32le headers                NATS header block, or empty
 //!            payload_len:u32le payload
 //! ```
-//! Payload and headers are framed as the original bytes, never re-encoded. Header blocks are
-//! written in the NATS wire form (`NATS/1.0\r\nName: value\r\n…\r\n`) with names sorted so that
-//! the same message always gives the same bytes (and the same segment CID).
+//! Payloads are framed as the original bytes, never re-encoded. Headers reach us parsed (the
+//! client does not expose the raw block), so they are written back in the NATS wire form
+//! (`NATS/1.0\r\nName: value\r\n…\r\n`) with names sorted and each name's values in their
+//! original order, so that the same message always gives the same bytes (and segment CID).
 
 use async_nats::HeaderMap;
 
@@ -37,20 +38,22 @@ impl Record<'_> {
 
 /// Appends `record` to `out`.
 ///
-/// Panics if the subject exceeds 65,535 bytes or headers/payload exceed 4 GiB: NATS limits
-/// (max_payload ≤ 64 MiB, subjects far shorter) make those impossible for a real message.
+/// Panics if the subject exceeds 65,535 bytes or the record exceeds 4 GiB: NATS limits
+/// (max_payload ≤ 64 MiB, subjects far shorter) make those impossible for a real message, and a
+/// silent truncation would corrupt the archive.
 pub fn encode(out: &mut Vec<u8>, record: &Record<'_>) {
     let body_len = FIXED + record.subject.len() + record.headers.len() + record.payload.len();
-    out.reserve(body_len + 8);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let body_len = u32::try_from(body_len).expect("a record fits 4 GiB");
+    out.reserve(body_len as usize + 8);
+    out.extend_from_slice(&body_len.to_le_bytes());
     let start = out.len();
     out.extend_from_slice(&record.seq.to_le_bytes());
     out.extend_from_slice(&record.time_ns.to_le_bytes());
     out.extend_from_slice(&u16::try_from(record.subject.len()).expect("subject fits u16").to_le_bytes());
     out.extend_from_slice(record.subject.as_bytes());
-    out.extend_from_slice(&(record.headers.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(record.headers.len() as u32).to_le_bytes()); // < body_len, fits
     out.extend_from_slice(record.headers);
-    out.extend_from_slice(&(record.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(record.payload.len() as u32).to_le_bytes()); // < body_len, fits
     out.extend_from_slice(record.payload);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -148,6 +151,23 @@ pub fn encode_headers(headers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Checks a header block's structure without building a map (for deep verify).
+pub fn validate_headers(block: &[u8]) -> Result<(), String> {
+    if block.is_empty() {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(block).map_err(|_| "header block is not UTF-8".to_owned())?;
+    let body = text.strip_prefix("NATS/1.0").ok_or("header block does not start with NATS/1.0")?;
+    if !body.ends_with("\r\n\r\n") {
+        return Err("header block is not terminated by an empty line".into());
+    }
+    let mut lines = body.split("\r\n").skip(1).filter(|l| !l.is_empty());
+    match lines.find(|line| !line.contains(':')) {
+        Some(line) => Err(format!("header line {line:?} has no colon")),
+        None => Ok(()),
+    }
+}
+
 /// Decodes a header block written by [`encode_headers`]; `None` for an empty block.
 pub fn decode_headers(block: &[u8]) -> Result<Option<HeaderMap>, String> {
     if block.is_empty() {
@@ -229,6 +249,9 @@ mod tests {
         let back = decode_headers(&block).unwrap().unwrap();
         assert_eq!(back.get("Alpha").unwrap().as_str(), "two words");
         assert_eq!(back.get_all("Multi").map(|v| v.as_str().to_owned()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(validate_headers(&block), Ok(()));
+        assert!(validate_headers(b"NATS/1.0\r\nno colon\r\n\r\n").unwrap_err().contains("no colon"));
+        assert!(validate_headers(b"HTTP/1.1\r\n\r\n").is_err());
         encode_headers(None, &mut block);
         assert!(block.is_empty());
         assert!(decode_headers(b"").unwrap().is_none());

@@ -3,8 +3,9 @@
 //!
 //! Plaintext = `CIMSEG\0\x01` magic + records. Stored = the plaintext compressed as one zstd
 //! frame with its content checksum on (or the plaintext itself for `compression: none`). Opening
-//! a segment checks, in order: the CID of the stored bytes, the zstd frame and checksum, the
-//! plaintext length, the magic, then each record's CRC and sequence.
+//! a segment checks, in order: the stored size, the CID of the stored bytes, the zstd frame and
+//! checksum, the plaintext length and the magic; `check_records` then checks each record's CRC,
+//! sequence and header block.
 
 use bytes::Bytes;
 use cim_backup_contracts::cid::{raw_cid, verifies};
@@ -147,6 +148,7 @@ pub fn check_records(plain: &[u8], info: &SegmentInfo) -> Result<u64, ArchiveErr
     let mut prev: Option<u64> = None;
     for rec in records(plain) {
         let rec = rec.map_err(|e| corrupt(e.seq, e.to_string()))?;
+        record::validate_headers(rec.headers).map_err(|m| corrupt(Some(rec.seq), m))?;
         if rec.seq < info.first_seq || rec.seq > info.last_seq {
             return Err(corrupt(Some(rec.seq), format!("seq {} is outside {}..={}", rec.seq, info.first_seq, info.last_seq)));
         }

@@ -7,8 +7,6 @@
 //! backup, and on restart continues after the last recorded segment: what is stored is not
 //! uploaded again (objects are named by content).
 
-use std::collections::HashMap;
-
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::events::{BackupCompleted, BackupStarted, SegmentStored, StreamCut};
 use cim_backup_contracts::views::JobState;
@@ -31,10 +29,8 @@ use crate::jobs::{Job, execute};
 pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let archive = ctx.destinations.open(&spec.destination_url)?;
-    let configs = stream_configs(ctx, &spec.streams).await?;
     if job.state.lifecycle.state == Some(JobState::Accepted) {
-        let cut = take_cut(ctx, &spec.streams).await?;
-        let started = BackupStarted { taken_at: OffsetDateTime::now_utc(), cut };
+        let started = take_cut(ctx, &spec.streams).await?;
         execute(&ctx.events, job, BackupCommand::Start(started), None).await?;
     }
     let cut = job.state.started.clone().expect("a running backup has a cut").cut;
@@ -44,7 +40,7 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-    let manifest = build_manifest(job, &cut, &configs);
+    let manifest = build_manifest(job);
     let (manifest_cid, manifest_bytes) = archive.put_manifest(&manifest).await?;
     let completed = BackupCompleted {
         manifest: manifest_cid,
@@ -52,31 +48,27 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
         streams: job.state.summaries(),
         compression: spec.compression,
         encrypted: false,
+        created: manifest.created,
     };
     execute(&ctx.events, job, BackupCommand::Complete(completed), None).await?;
     tracing::info!(job = %job.id, backup = %manifest_cid, "backup completed");
     Ok(())
 }
 
-/// Each stream's verbatim config, read when the job (re)starts.
-async fn stream_configs(ctx: &Context, streams: &[String]) -> Result<HashMap<String, String>, EngineError> {
-    let mut configs = HashMap::new();
-    for stream in streams {
-        let info = ctx.api.stream_info(stream).await?.ok_or_else(|| gone(stream))?;
-        configs.insert(stream.clone(), info.config.to_string());
-    }
-    Ok(configs)
-}
-
 fn gone(stream: &str) -> EngineError {
     EngineError::precondition(ErrorCode::NotFound, format!("stream {stream} does not exist (any more)"))
 }
 
-/// The last sequence of every stream, read back to back: everything up to it is backed up.
-async fn take_cut(ctx: &Context, streams: &[String]) -> Result<Vec<StreamCut>, EngineError> {
+/// The last sequence (and verbatim config) of every stream, read back to back: everything up
+/// to it is backed up.
+async fn take_cut(ctx: &Context, streams: &[String]) -> Result<BackupStarted, EngineError> {
+    let taken_at = OffsetDateTime::now_utc();
     let mut cut = Vec::with_capacity(streams.len());
+    let mut configs = Vec::with_capacity(streams.len());
     for stream in streams {
-        let state = ctx.api.stream_info(stream).await?.ok_or_else(|| gone(stream))?.state;
+        let info = ctx.api.stream_info(stream).await?.ok_or_else(|| gone(stream))?;
+        configs.push(info.config.to_string());
+        let state = info.state;
         cut.push(StreamCut {
             stream: stream.clone(),
             first_seq: state.first_seq,
@@ -85,7 +77,7 @@ async fn take_cut(ctx: &Context, streams: &[String]) -> Result<Vec<StreamCut>, E
             bytes: state.bytes,
         });
     }
-    Ok(cut)
+    Ok(BackupStarted { taken_at, cut, configs, tool: tool_version() })
 }
 
 /// Archives one stream from after its last recorded segment up to the cut.
@@ -176,14 +168,18 @@ async fn read_segments(
     Ok(())
 }
 
-fn build_manifest(job: &Job<BackupJob>, cut: &[StreamCut], configs: &HashMap<String, String>) -> Manifest {
+/// The manifest, computed from the job's events only (see `BackupStarted::configs`).
+fn build_manifest(job: &Job<BackupJob>) -> Manifest {
     let spec = job.state.spec.as_ref().expect("spec");
-    let streams = cut
+    let started = job.state.started.as_ref().expect("a running backup has a cut");
+    let streams = started
+        .cut
         .iter()
+        .zip(&started.configs)
         .zip(job.state.summaries())
-        .map(|(c, summary)| StreamArchive {
+        .map(|((c, config), summary)| StreamArchive {
             name: c.stream.clone(),
-            config: configs.get(&c.stream).cloned().unwrap_or_default(),
+            config: config.clone(),
             cut: c.clone(),
             first_seq: summary.first_seq,
             last_seq: summary.last_seq,
@@ -197,11 +193,11 @@ fn build_manifest(job: &Job<BackupJob>, cut: &[StreamCut], configs: &HashMap<Str
         .collect();
     Manifest {
         format: MANIFEST_FORMAT.to_owned(),
-        tool: tool_version(),
+        tool: started.tool.clone(),
         job_id: job.id.to_string(),
         // The cut time, not "now": a job that crashes after writing the manifest and resumes
         // writes the same bytes again (same CID), instead of leaving an orphan manifest.
-        created: job.state.started.as_ref().map_or(OffsetDateTime::UNIX_EPOCH, |s| s.taken_at),
+        created: started.taken_at,
         compression: spec.compression,
         encryption: None,
         streams,

@@ -56,8 +56,9 @@ pub async fn run(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
 /// shutdown keeps it and resumes.)
 async fn remove_partial_target(ctx: &Context, job: &Job<RestoreJob>) {
     let Some(spec) = &job.state.spec else { return };
-    if job.state.lifecycle.state != Some(JobState::Running) {
-        return; // not started: the target, if any, is not ours
+    match ctx.api.stream_info(&spec.target).await {
+        Ok(Some(info)) if owned_by(&info.config, &job.id) => {}
+        _ => return, // absent, finished, or not ours
     }
     match ctx.api.delete_stream(&spec.target).await {
         Ok(()) => tracing::info!(job = %job.id, target = %spec.target, "removed the partially restored target"),
@@ -70,7 +71,6 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     let archive = ctx.destinations.open(&spec.source_url)?;
     let (manifest, _) = archive.get_manifest(&spec.backup).await?;
     let entry = stream_entry(&manifest, &spec.stream)?.clone();
-    let renamed = spec.target != spec.stream;
     let original: Value = serde_json::from_str(&entry.config)
         .map_err(|e| EngineError::precondition(ErrorCode::Corrupt, format!("stream config in the manifest is not JSON: {e}")))?;
 
@@ -81,7 +81,6 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
                 format!("target stream {} already exists ({} messages); restore creates it, so it must not exist", spec.target, info.state.messages),
             ));
         }
-        ctx.api.create_stream(&staging_config(&original, &spec.target, &job.id, &entry)).await?;
         let plan = RestoreStarted {
             segments: entry.segments.len() as u64,
             messages: entry.messages,
@@ -91,19 +90,26 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
         };
         execute(&ctx.events, job, RestoreCommand::Start(plan), None).await?;
     }
-
-    let target_state = ctx
-        .api
-        .stream_info(&spec.target)
-        .await?
-        .ok_or_else(|| EngineError::precondition(ErrorCode::Conflict, format!("target stream {} was deleted during the restore", spec.target)))?
-        .state;
+    // Running from here on. The target carries this job's id in its metadata until the end, so
+    // a resumed job recognises its own half-written target and never touches anybody else's.
+    let target_state = match ctx.api.stream_info(&spec.target).await? {
+        None => {
+            ctx.api.create_stream(&staging_config(&original, &spec.target, &job.id, &entry)).await?;
+            ctx.api.stream_info(&spec.target).await?.map(|i| i.state).unwrap_or_default()
+        }
+        Some(info) if owned_by(&info.config, &job.id) => info.state,
+        Some(_) => {
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!("target stream {} was created by someone else during the restore", spec.target),
+            ));
+        }
+    };
     let mut writer = Writer {
         ctx,
         prefix: format!("{RESTORE_PREFIX}.{}", job.id),
         next_seq: target_state.last_seq + 1,
         in_flight: VecDeque::new(),
-        strip_expected_stream: renamed,
     };
     let done = job.state.progress.clone();
     let (mut segments_done, mut messages_done, mut bytes_done) =
@@ -157,13 +163,27 @@ pub fn stream_entry<'m>(manifest: &'m Manifest, stream: &str) -> Result<&'m Stre
     })
 }
 
+/// Stream metadata key that marks a target as being written by a restore job.
+pub const RESTORE_JOB_METADATA: &str = "cim-backup.restore-job";
+
+fn owned_by(config: &Value, job: &JobId) -> bool {
+    config.pointer(&format!("/metadata/{RESTORE_JOB_METADATA}")).and_then(Value::as_str) == Some(job.as_str())
+}
+
+/// Publish preconditions (`Nats-Expected-*`) held when the message was first stored; checking
+/// them again against the restored stream is meaningless and can fail (they may name the
+/// original stream, or a message deleted before the backup). They are not re-sent: this is the
+/// one way a restored message's headers differ from the original's.
+fn is_publish_precondition(name: &str) -> bool {
+    name.len() >= 13 && name[..13].eq_ignore_ascii_case("Nats-Expected")
+}
+
 /// Publishes records and fillers with pipelined acks, checking every assigned sequence.
 struct Writer<'a> {
     ctx: &'a Context,
     prefix: String,
     next_seq: u64,
     in_flight: VecDeque<(u64, PublishAckFuture)>,
-    strip_expected_stream: bool,
 }
 
 impl Writer<'_> {
@@ -175,17 +195,12 @@ impl Writer<'_> {
     }
 
     async fn publish(&mut self, subject: &str, mut headers: Option<async_nats::HeaderMap>, payload: bytes::Bytes) -> Result<(), EngineError> {
-        if self.strip_expected_stream {
-            // The original precondition named the original stream; under a new name it would
-            // reject the message. It held when the message was first published.
-            if let Some(h) = headers.as_mut().filter(|h| h.get("Nats-Expected-Stream").is_some()) {
-                let kept: async_nats::HeaderMap = h
-                    .iter()
-                    .filter(|(name, _)| !AsRef::<str>::as_ref(*name).eq_ignore_ascii_case("Nats-Expected-Stream"))
-                    .flat_map(|(name, values)| values.iter().map(move |v| (name.clone(), v.clone())))
-                    .collect();
-                *h = kept;
-            }
+        if let Some(h) = headers.as_mut().filter(|h| h.iter().any(|(name, _)| is_publish_precondition(name.as_ref()))) {
+            *h = h
+                .iter()
+                .filter(|(name, _)| !is_publish_precondition(name.as_ref()))
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.clone(), v.clone())))
+                .collect();
         }
         self.send(subject, headers, payload).await
     }
@@ -241,7 +256,7 @@ fn staging_config(original: &Value, target: &str, job: &JobId, entry: &StreamArc
     let prefix = format!("{RESTORE_PREFIX}.{job}.>");
     let first_seq = if entry.messages > 0 { entry.first_seq } else { entry.cut.last_seq + 1 };
     if let Some(map) = c.as_object_mut() {
-        for drop in ["mirror", "sources", "created", "first_seq"] {
+        for drop in ["mirror", "sources", "created"] {
             map.remove(drop);
         }
     }
@@ -257,6 +272,7 @@ fn staging_config(original: &Value, target: &str, job: &JobId, entry: &StreamArc
     c["max_age"] = json!(0);
     c["max_msgs_per_subject"] = json!(-1);
     c["duplicate_window"] = json!(100_000_000u64);
+    c["metadata"][RESTORE_JOB_METADATA] = json!(job.as_str());
     c
 }
 
@@ -295,6 +311,8 @@ async fn finish_target(ctx: &Context, original: &Value, target: &str) -> Result<
             current[key] = v.clone();
         }
     }
+    // The original metadata, without our restore-job marker.
+    current["metadata"] = original.get("metadata").cloned().unwrap_or_else(|| json!({}));
     ctx.api.update_stream(&current).await?;
     Ok(())
 }

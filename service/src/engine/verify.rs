@@ -74,9 +74,23 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
     Ok(())
 }
 
-/// Per-stream totals in the manifest must add up from its segments.
+/// Per-stream totals and bounds in the manifest must agree with its segments and its cut.
 fn check_manifest_totals(manifest: &Manifest, backup: &cim_backup_contracts::cid::Cid) -> Result<(), EngineError> {
+    let bad = |message: String| -> EngineError { ArchiveError::corrupt(manifest::key(backup), message).into() };
     for s in &manifest.streams {
+        match (s.segments.first(), s.segments.last()) {
+            (Some(first), Some(last)) if (first.first_seq, last.last_seq) != (s.first_seq, s.last_seq) => {
+                return Err(bad(format!(
+                    "stream {}: says {}..={}, its segments cover {}..={}",
+                    s.name, s.first_seq, s.last_seq, first.first_seq, last.last_seq
+                )));
+            }
+            (None, None) if s.messages != 0 => return Err(bad(format!("stream {}: {} messages but no segments", s.name, s.messages))),
+            _ => {}
+        }
+        if s.messages > 0 && s.last_seq > s.cut.last_seq {
+            return Err(bad(format!("stream {}: ends at {} beyond its cut at {}", s.name, s.last_seq, s.cut.last_seq)));
+        }
         let messages: u64 = s.segments.iter().map(|g| g.records).sum();
         let stored: u64 = s.segments.iter().map(|g| g.stored_bytes).sum();
         let raw: u64 = s.segments.iter().map(|g| g.raw_bytes).sum();
