@@ -1,0 +1,84 @@
+//! The same backup → verify → restore against a real S3 API (moto_server on 127.0.0.1).
+
+use std::time::Duration;
+
+use cim_backup::config::DestinationConfig;
+use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
+use cim_backup_contracts::views::JobState;
+use cim_backup_tests::s3::{ACCESS_KEY, REGION, SECRET_KEY};
+use cim_backup_tests::service::{Caller, TestService, test_config};
+use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::{MotoServer, NatsServer, init_tracing};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn backups_to_s3_verify_restore_and_detect_tampering() {
+    init_tracing();
+    let (nats, moto) = tokio::join!(NatsServer::start(), MotoServer::start());
+    moto.create_bucket("cim-backups").await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 1_200, 9).await;
+
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    let on_moto = |url: &str| DestinationConfig {
+        url: url.into(),
+        endpoint: Some(moto.endpoint()),
+        region: Some(REGION.into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        allow_http: true,
+    };
+    config.destinations.insert("offsite".into(), on_moto("s3://cim-backups/events"));
+    config.destinations.insert("ghost".into(), on_moto("s3://no-such-bucket/x"));
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+
+    let job = c.ok(CMD_START, json!({ "streams": ["EVENTS"], "destination": "offsite" })).await;
+    let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_eq!(view.location, "s3://cim-backups/events");
+    let backup_id = view.backup_id.unwrap().to_string();
+
+    // The objects really are in the bucket, under the prefix, named by CID.
+    let bucket = moto.store("cim-backups");
+    let keys: Vec<String> = bucket.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+    assert!(keys.contains(&format!("events/manifests/{backup_id}")), "{keys:?}");
+    let segments: Vec<&String> = keys.iter().filter(|k| k.starts_with("events/segments/")).collect();
+    assert_eq!(segments.len() as u64, view.progress.objects_done - 1);
+
+    // Listing the destination finds it; the catalog too. Both say the same.
+    let listed = c.ok(QRY_BACKUPS, json!({ "destination": "offsite" })).await;
+    let catalog = c.ok(QRY_BACKUPS, json!({})).await;
+    assert_eq!(listed, catalog);
+
+    let verify = c.ok(CMD_VERIFY, json!({ "backup": backup_id })).await;
+    assert_eq!(c.wait_job(verify["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
+
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS", "as": "EVENTS_S3", "source": "offsite" })).await;
+    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+    assert_eq!(read_all(&client, "EVENTS_S3").await, read_all(&client, "EVENTS").await);
+
+    // Tamper with one object in the bucket: verify names it.
+    let victim = object_store::path::Path::from(segments[0].as_str());
+    let mut bytes = bucket.get(&victim).await.unwrap().bytes().await.unwrap().to_vec();
+    bytes[10] ^= 0xff;
+    bucket.put(&victim, PutPayload::from(bytes)).await.unwrap();
+    let verify = c.ok(CMD_VERIFY, json!({ "backup": backup_id })).await;
+    let failed = c.wait_job(verify["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(failed.state, JobState::Failed);
+    let object = failed.error.unwrap().object.unwrap();
+    assert_eq!(format!("events/{object}"), *segments[0]);
+
+    // A bucket that does not exist is refused up front, naming the destination.
+    let (status, message) = c.err(CMD_START, json!({ "streams": ["EVENTS"], "destination": "ghost" })).await;
+    assert_eq!(status, 503, "{message}");
+    assert!(message.contains("s3://no-such-bucket/x"), "{message}");
+    service.stop().await;
+}
