@@ -34,8 +34,19 @@ pub const EVENTS_STREAM_SUBJECTS: &str = "cim.backup.evt.>";
 pub const JOBS_BUCKET: &str = "CIM_BACKUP_JOBS";
 /// KV bucket holding one catalog entry per backup id.
 pub const CATALOG_BUCKET: &str = "CIM_BACKUP_CATALOG";
-/// Durable consumer name of the projector that maintains the views.
+/// Prefix of the durable consumer of each instance's projector (`<prefix>-<instance>`).
 pub const PROJECTOR_DURABLE: &str = "cim-backup-projector";
+
+/// The projector durable of one service instance: every instance folds every event in stream
+/// order (writes are idempotent and compare-and-set), so no instance ever sees a job's events
+/// out of order, which a shared consumer would cause.
+pub fn projector_durable(instance: &str) -> String {
+    let safe: String = instance
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("{PROJECTOR_DURABLE}-{safe}")
+}
 
 /// The subject an event is published on.
 pub fn event_subject(aggregate_type: &str, aggregate_id: &str, event_type: &str) -> String {

@@ -149,13 +149,17 @@ impl EventStore {
                 .await
                 .map_err(nats)?
                 .await
-                .map_err(|e| match e.kind() {
-                    jetstream::context::PublishErrorKind::WrongLastSequence => EventStoreError::Conflict {
-                        kind,
-                        id: id.clone(),
-                        expected: version.last_stream_seq,
-                    },
-                    _ => nats(e),
+                .map_err(|e| {
+                    // A clustered stream reports the same conflict with error code 10164
+                    // ("wrong last sequence" while other proposals for the subject are in
+                    // flight), which async-nats does not map to `WrongLastSequence`.
+                    let conflict = matches!(e.kind(), jetstream::context::PublishErrorKind::WrongLastSequence)
+                        || e.to_string().contains("wrong last sequence");
+                    if conflict {
+                        EventStoreError::Conflict { kind, id: id.clone(), expected: version.last_stream_seq }
+                    } else {
+                        nats(e)
+                    }
                 })?;
             version = Version { sequence: envelope.sequence, head: Some(cid), last_stream_seq: ack.sequence };
             stored.push(StoredEvent { envelope, cid, stream_seq: ack.sequence });

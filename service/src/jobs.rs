@@ -8,8 +8,9 @@ use time::OffsetDateTime;
 
 use crate::event_store::{EventStore, EventStoreError, StoredEvent, Version};
 
-/// How often a command is retried after losing an optimistic-concurrency race.
-const CONFLICT_RETRIES: usize = 5;
+/// How often a command is retried after losing an optimistic-concurrency race. Retries back off
+/// (10 ms doubling), because in a cluster the reload can briefly lag the write that beat us.
+const CONFLICT_RETRIES: u32 = 8;
 
 /// Either the aggregate rejected the command, or its outcome could not be recorded. Kept apart
 /// (as in esrs) because the first is the caller's problem and the second is ours.
@@ -103,6 +104,7 @@ where
             Err(EventStoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
                 attempt += 1;
                 tracing::debug!(job = %job.id, attempt, "append conflict; reloading");
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt.min(6))).await;
                 match load::<A>(store, &job.id).await? {
                     Some(fresh) => *job = fresh,
                     None => return Err(EventStoreError::Nats(format!("job {} vanished during a conflict", job.id)).into()),

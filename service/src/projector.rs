@@ -1,10 +1,10 @@
 //! The projector and the view store.
 //!
-//! A durable pull consumer (`cim-backup-projector`) on the event stream folds every event into
+//! A durable pull consumer per instance (`cim-backup-projector-<instance>`) folds every event into
 //! two KV buckets: `CIM_BACKUP_JOBS` (job id → [`JobView`]) and `CIM_BACKUP_CATALOG` (backup id →
 //! [`CatalogEntry`]). Writes are compare-and-set on the KV revision and folds are idempotent and
-//! gap-aware (see `cim_backup_projections::job_view::fold`), so several instances may share the
-//! consumer, and a redelivery after a crash changes nothing.
+//! gap-aware (see `cim_backup_projections::job_view::fold`), so several instances may fold the
+//! same events side by side, and a redelivery after a crash changes nothing.
 //!
 //! Views are disposable. If the jobs bucket is missing when the projector starts, it recreates
 //! the buckets and rewinds its consumer to the first event: the rebuilt views equal the old ones
@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use cim_backup_contracts::subjects::{CATALOG_BUCKET, EVENTS_STREAM_SUBJECTS, JOBS_BUCKET, PROJECTOR_DURABLE};
+use cim_backup_contracts::subjects::{CATALOG_BUCKET, EVENTS_STREAM_SUBJECTS, JOBS_BUCKET, projector_durable};
 use cim_backup_contracts::views::{CatalogEntry, JobView};
 use cim_backup_contracts::JobId;
 use cim_backup_projections::catalog;
@@ -83,33 +83,53 @@ impl Views {
         all_values(&self.catalog).await
     }
 
-    /// Folds one stored event into the views. `Err(Gap)` means "not yet": retry later.
-    pub async fn apply(&self, stored: &StoredEvent) -> Result<Result<(), ProjectionError>, ViewError> {
-        let id = &stored.envelope.aggregate_id;
+    /// Folds a job's events (in stream order) into its view and writes the view once, with
+    /// compare-and-set; catalog entries the events create are written too. Returns how many
+    /// leading events were folded: the rest (from the first one that cannot be folded yet, a
+    /// gap) must be retried later, with the error.
+    pub async fn apply_job(&self, id: &JobId, events: &[StoredEvent]) -> Result<(usize, Option<ProjectionError>), ViewError> {
         loop {
             let current = self.job_entry(id).await?;
-            let fold = match job_view::fold(current.as_ref().map(|(v, _)| v), &stored.envelope, stored.cid) {
-                Ok(fold) => fold,
-                Err(e) => return Ok(Err(e)),
-            };
-            let Fold::Updated(next) = fold else { return Ok(Ok(())) };
-            let bytes = serde_json::to_vec(&next).expect("views serialize");
-            let written = match &current {
-                Some((_, revision)) => self.jobs.update(id.as_str(), bytes.into(), *revision).await.map_err(|e| e.to_string()),
-                None => self.jobs.create(id.as_str(), bytes.into()).await.map(|_| 0).map_err(|e| e.to_string()),
-            };
-            match written {
-                Ok(_) => {
-                    if let Some(entry) = catalog::entry_for(&next, &stored.envelope) {
-                        let bytes = serde_json::to_vec(&entry).expect("catalog entries serialize");
-                        self.catalog.put(entry.backup_id.to_string(), bytes.into()).await.map_err(nats)?;
+            let mut view = current.as_ref().map(|(v, _)| v.clone());
+            let mut changed = false;
+            let mut folded = 0;
+            let mut failure = None;
+            let mut entries = Vec::new();
+            for stored in events {
+                match job_view::fold(view.as_ref(), &stored.envelope, stored.cid) {
+                    Ok(Fold::Updated(next)) => {
+                        entries.extend(catalog::entry_for(&next, &stored.envelope));
+                        view = Some(next);
+                        changed = true;
                     }
-                    return Ok(Ok(()));
+                    Ok(Fold::AlreadyApplied) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
-                // Another projector wrote this view meanwhile: read it again and re-fold.
-                Err(e) if e.contains("wrong last sequence") || e.contains("already exists") || e.contains("revision") => continue,
-                Err(e) => return Err(ViewError::Nats(e)),
+                folded += 1;
             }
+            if let (true, Some(view)) = (changed, &view) {
+                let bytes = serde_json::to_vec(view).expect("views serialize");
+                let written = match &current {
+                    Some((_, revision)) => self.jobs.update(id.as_str(), bytes.into(), *revision).await.map(|_| ()).map_err(|e| e.to_string()),
+                    None => self.jobs.create(id.as_str(), bytes.into()).await.map(|_| ()).map_err(|e| e.to_string()),
+                };
+                if let Err(e) = written {
+                    // Another instance's projector wrote this view meanwhile: read it again
+                    // and fold again (folds are idempotent).
+                    if e.contains("wrong last sequence") || e.contains("already exists") || e.contains("revision") {
+                        continue;
+                    }
+                    return Err(ViewError::Nats(e));
+                }
+            }
+            for entry in entries {
+                let bytes = serde_json::to_vec(&entry).expect("catalog entries serialize");
+                self.catalog.put(entry.backup_id.to_string(), bytes.into()).await.map_err(nats)?;
+            }
+            return Ok((folded, failure));
         }
     }
 }
@@ -149,23 +169,27 @@ async fn all_values<T: serde::de::DeserializeOwned>(store: &kv::Store) -> Result
 
 /// Deliveries of an out-of-order event before the projector gives up on it (≈ 1 minute).
 const GAP_RETRIES: i64 = 600;
+/// Most events folded as one batch.
+const BATCH: usize = 512;
 
 /// The projector loop.
 pub struct Projector {
     js: jetstream::Context,
     views: Views,
     stream: String,
+    durable: String,
 }
 
 impl Projector {
     /// Prepares the durable consumer. `replay` rewinds it to the first event (after the view
     /// buckets were created fresh).
-    pub async fn new(js: jetstream::Context, views: Views, stream: &str, replay: bool) -> Result<Projector, ViewError> {
+    pub async fn new(js: jetstream::Context, views: Views, stream: &str, instance: &str, replay: bool) -> Result<Projector, ViewError> {
+        let durable = projector_durable(instance);
         if replay {
             // Absent consumer is fine: it will be created from the first event.
-            let _ = js.delete_consumer_from_stream(PROJECTOR_DURABLE, stream).await;
+            let _ = js.delete_consumer_from_stream(&durable, stream).await;
         }
-        let projector = Projector { js, views, stream: stream.to_owned() };
+        let projector = Projector { js, views, stream: stream.to_owned(), durable };
         projector.consumer().await?;
         Ok(projector)
     }
@@ -174,9 +198,9 @@ impl Projector {
         let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
         stream
             .get_or_create_consumer(
-                PROJECTOR_DURABLE,
+                &self.durable,
                 consumer::pull::Config {
-                    durable_name: Some(PROJECTOR_DURABLE.to_owned()),
+                    durable_name: Some(self.durable.clone()),
                     // The stream may be a shared `cim.>` stream: fold only our events.
                     filter_subject: EVENTS_STREAM_SUBJECTS.to_owned(),
                     description: Some("cim-backup: folds events into job and catalog views".into()),
@@ -184,7 +208,7 @@ impl Projector {
                     deliver_policy: consumer::DeliverPolicy::All,
                     // Short, so that events a crashed instance held come back quickly to another one.
                     ack_wait: Duration::from_secs(5),
-                    max_ack_pending: 1000,
+                    max_ack_pending: 4 * BATCH as i64,
                     ..Default::default()
                 },
             )
@@ -193,7 +217,7 @@ impl Projector {
     }
 
     /// Folds events until `shutdown`. Survives server restarts by re-opening the consumer.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self: std::sync::Arc<Self>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             if let Err(e) = self.run_once(&shutdown).await {
                 tracing::warn!(error = %e, "projector interrupted; retrying");
@@ -207,51 +231,70 @@ impl Projector {
 
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), ViewError> {
         let consumer = self.consumer().await?;
-        let mut messages = consumer.messages().await.map_err(nats)?;
+        // Whatever has arrived is folded as one batch: a job's events in a batch cost one view
+        // read and one write, which keeps up with progress events of fast jobs.
+        let mut batches = consumer.messages().await.map_err(nats)?.ready_chunks(BATCH);
         loop {
-            let message = tokio::select! {
+            let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                m = messages.next() => m,
+                b = batches.next() => b,
             };
-            let Some(message) = message else { return Err(ViewError::Nats("consumer closed".into())) };
-            let message = message.map_err(nats)?;
-            let (seq, delivered) = {
-                let info = message.info().map_err(nats)?;
-                (info.stream_sequence, info.delivered)
-            };
-            match decode_stored(seq, &message.payload, message.headers.as_ref()) {
-                Ok(stored) => match self.views.apply(&stored).await? {
-                    Ok(()) => message.ack().await.map_err(nats)?,
-                    Err(e @ ProjectionError::Gap { .. }) if delivered >= GAP_RETRIES => {
-                        // The missing event never came (it was terminated as undecodable, or
-                        // the log is damaged): give up on this one rather than loop forever.
-                        tracing::error!(seq, error = %e, "event stays out of order after {delivered} deliveries; skipping it");
-                        message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
-                    }
-                    Err(ProjectionError::Gap { .. }) => {
-                        // An earlier event of this job is still on its way (another projector
-                        // holds it): try again shortly.
-                        message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(100)))).await.map_err(nats)?;
+            let Some(batch) = batch else { return Err(ViewError::Nats("consumer closed".into())) };
+            let mut by_job: Vec<(JobId, Vec<(StoredEvent, jetstream::Message, i64)>)> = Vec::new();
+            for message in batch {
+                let message = message.map_err(nats)?;
+                let (seq, delivered) = {
+                    let info = message.info().map_err(nats)?;
+                    (info.stream_sequence, info.delivered)
+                };
+                match decode_stored(seq, &message.payload, message.headers.as_ref()) {
+                    Ok(stored) => {
+                        let id = stored.envelope.aggregate_id.clone();
+                        match by_job.iter_mut().find(|(j, _)| *j == id) {
+                            Some((_, events)) => events.push((stored, message, delivered)),
+                            None => by_job.push((id, vec![(stored, message, delivered)])),
+                        }
                     }
                     Err(e) => {
-                        tracing::error!(seq, error = %e, "event cannot be projected; skipping it");
+                        tracing::error!(seq, error = %e, "damaged event in the log; skipping it");
                         message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
                     }
-                },
-                Err(e) => {
-                    tracing::error!(seq, error = %e, "damaged event in the log; skipping it");
-                    message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
+                }
+            }
+            for (id, items) in by_job {
+                let events: Vec<StoredEvent> = items.iter().map(|(s, _, _)| s.clone()).collect();
+                let (folded, failure) = self.views.apply_job(&id, &events).await?;
+                for (i, (stored, message, delivered)) in items.into_iter().enumerate() {
+                    let seq = stored.stream_seq;
+                    if i < folded {
+                        message.ack().await.map_err(nats)?;
+                        continue;
+                    }
+                    match &failure {
+                        Some(e @ ProjectionError::Gap { .. }) if delivered < GAP_RETRIES => {
+                            // An earlier event of this job has not been folded yet: retry soon.
+                            tracing::debug!(seq, error = %e, "event arrived before its predecessor");
+                            message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(100)))).await.map_err(nats)?;
+                        }
+                        Some(e) => {
+                            // The missing event never came (terminated as damaged), or the
+                            // log contradicts itself: give up on this one, loudly.
+                            tracing::error!(seq, error = %e, "event cannot be projected; skipping it");
+                            message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
+                        }
+                        None => message.ack().await.map_err(nats)?,
+                    }
                 }
             }
         }
     }
 
     /// Waits until every event published so far has been folded (or `timeout` passes).
-    pub async fn caught_up(js: &jetstream::Context, stream: &str, timeout: Duration) -> Result<bool, ViewError> {
+    pub async fn caught_up(&self, timeout: Duration) -> Result<bool, ViewError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let stream = js.get_stream(stream).await.map_err(nats)?;
-            let mut consumer: consumer::PullConsumer = stream.get_consumer(PROJECTOR_DURABLE).await.map_err(nats)?;
+            let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
+            let mut consumer: consumer::PullConsumer = stream.get_consumer(&self.durable).await.map_err(nats)?;
             let info = consumer.info().await.map_err(nats)?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(true);

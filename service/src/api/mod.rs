@@ -90,8 +90,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let (views, fresh_views) = Views::open(&js, replicas).await?;
     let stop = CancellationToken::new();
     let events_stream = events.stream_name().to_owned();
-    let projector = Projector::new(js.clone(), views.clone(), &events_stream, fresh_views).await?;
-    let projector_task = tokio::spawn(projector.run(stop.clone()));
+    let projector = Arc::new(Projector::new(js.clone(), views.clone(), &events_stream, &config.service.instance, fresh_views).await?);
+    let projector_task = tokio::spawn(Arc::clone(&projector).run(stop.clone()));
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -108,7 +108,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     // Resume this instance's unfinished jobs once the views have caught up with the log.
     warn_if_requests_are_captured(&JsApi::new(client.clone())).await;
-    if !Projector::caught_up(&js, &events_stream, Duration::from_secs(10)).await? {
+    if !projector.caught_up(Duration::from_secs(10)).await? {
         tracing::warn!("views are behind the event log; resuming jobs from what they show");
     }
     let mine: Vec<_> = views

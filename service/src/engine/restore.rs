@@ -42,6 +42,8 @@ pub const RESTORE_PREFIX: &str = "_CIM_BACKUP.restore";
 pub const FILLER_SUBJECT: &str = "_CIM_BACKUP.fill";
 /// Publishes awaiting their ack at once.
 const ACK_WINDOW: usize = 4096;
+/// Minimum time between two progress events of one restore job.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub async fn run(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let result = restore(ctx, job, cancel).await;
@@ -114,6 +116,7 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     let done = job.state.progress.clone();
     let (mut segments_done, mut messages_done, mut bytes_done) =
         done.as_ref().map_or((0, 0, 0), |p| (p.segments_done, p.messages_done, p.bytes_done));
+    let mut last_progress = tokio::time::Instant::now();
     for info in entry.segments.iter().skip(segments_done as usize) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -141,8 +144,13 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
         writer.drain().await?;
         segments_done += 1;
         bytes_done += info.raw_bytes;
-        let progress = RestoreProgressed { segments_done, messages_done, bytes_done, last_seq: info.last_seq };
-        execute(&ctx.events, job, RestoreCommand::Progress(progress), None).await?;
+        // Progress is also the resume point, but resuming needs no exact checkpoint (it skips
+        // what the target already holds), so record it at most every PROGRESS_EVERY.
+        if last_progress.elapsed() >= PROGRESS_EVERY || segments_done == entry.segments.len() as u64 {
+            let progress = RestoreProgressed { segments_done, messages_done, bytes_done, last_seq: info.last_seq };
+            execute(&ctx.events, job, RestoreCommand::Progress(progress), None).await?;
+            last_progress = tokio::time::Instant::now();
+        }
     }
     // Reproduce trailing gaps up to the cut, so the next message gets the sequence it would have.
     writer.fill_to(entry.cut.last_seq.max(entry.last_seq) + 1).await?;

@@ -103,14 +103,14 @@ impl Runner {
     {
         let command = match outcome {
             Ok(()) => return,
-            // Someone else recorded the cancel request: decide on the job as it is now.
-            Err(EngineError::Cancelled) if !job.state.lifecycle().cancel_requested => {
-                if let Ok(Some(fresh)) = jobs::load::<A>(&self.ctx.events, &job.id).await {
-                    *job = fresh;
+            Err(EngineError::Cancelled) => {
+                self.await_cancel_request(job).await;
+                if job.state.lifecycle().cancel_requested {
+                    A::confirm_cancel(JobCancelled { reason: None })
+                } else {
+                    A::fail(EngineError::nats("the job was stopped for a cancel request that never became visible in the event log").to_failure())
                 }
-                A::confirm_cancel(JobCancelled { reason: None })
             }
-            Err(EngineError::Cancelled) => A::confirm_cancel(JobCancelled { reason: None }),
             Err(e) => {
                 tracing::warn!(job = %job.id, kind = %A::KIND, error = %e, "job failed");
                 A::fail(e.to_failure())
@@ -132,6 +132,23 @@ impl Runner {
                     tracing::error!(job = %job.id, error = %e, "could not record the end of the job");
                     return;
                 }
+            }
+        }
+    }
+
+    /// The cancel request that stopped a job was seen on the wire, which in a cluster can be
+    /// before the event is readable from the stream (it is stored after the RAFT commit).
+    /// Reload until the request is part of the job's state, for a few seconds at most.
+    async fn await_cancel_request<A: JobLifecycle>(&self, job: &mut Job<A>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !job.state.lifecycle().cancel_requested && tokio::time::Instant::now() < deadline {
+            match jobs::load::<A>(&self.ctx.events, &job.id).await {
+                Ok(Some(fresh)) => *job = fresh,
+                Ok(None) => return,
+                Err(e) => tracing::debug!(job = %job.id, error = %e, "reloading a cancelled job"),
+            }
+            if !job.state.lifecycle().cancel_requested {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
