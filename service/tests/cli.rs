@@ -1,0 +1,138 @@
+//! The `cim-backup` binary as users run it: the runbook's commands, `--json`, exit codes, and
+//! `serve --embedded` (the README's first command) starting and stopping its own nats-server.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cim_backup_tests::service::{TestService, test_config};
+use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::{NatsServer, init_tracing};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cim-backup");
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN).arg("--nats-url").arg(url).args(args).env("RUST_LOG", "warn").output().expect("run cim-backup")
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+#[tokio::test]
+async fn the_runbook_commands_work_end_to_end() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 800, 4).await;
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let url = nats.url();
+    let u = url.clone();
+    let run = move |args: Vec<&'static str>| {
+        let u = u.clone();
+        async move { tokio::task::spawn_blocking(move || cli(&u, &args)).await.unwrap() }
+    };
+
+    let out = run(vec!["--json", "backup-event-streams", "--streams", "EVENTS", "--compress", "zstd", "--wait"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view = json(&out);
+    assert_eq!(view["state"], "completed");
+    assert_eq!(view["progress"]["messages_done"], 800);
+    let backup_id = view["backup_id"].as_str().unwrap().to_owned();
+    let job_id = view["job_id"].as_str().unwrap().to_owned();
+
+    let out = tokio::task::spawn_blocking({
+        let (url, job_id) = (url.clone(), job_id.clone());
+        move || cli(&url, &["backup-status", "--job-id", &job_id])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("completed") && text.contains(&backup_id), "{text}");
+
+    let out = run(vec!["--json", "list-backups", "--stream", "EVENTS"]).await;
+    assert_eq!(json(&out)[0]["backup_id"], backup_id.as_str());
+
+    let out = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), backup_id.clone());
+        move || cli(&url, &["verify-backup", "--backup", &id, "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The runbook's shape: --source is where the backups are (a directory here).
+    let out = tokio::task::spawn_blocking({
+        let (url, dir) = (url.clone(), archive.path().display().to_string());
+        move || cli(&url, &["restore-events", "--stream", "EVENTS", "--as", "EVENTS_CLI", "--source", &dir, "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_all(&client, "EVENTS_CLI").await, read_all(&client, "EVENTS").await);
+
+    // Exit codes: 3 for a rejected request, 2 for bad usage, 1 for a job that did not complete.
+    let out = run(vec!["backup-event-streams", "--streams", "NOPE"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream NOPE does not exist"));
+    let out = run(vec!["backup-event-streams"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(archive.path().join("segments")).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), backup_id.clone());
+        move || cli(&url, &["verify-backup", "--backup", &id, "--wait"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    service.stop().await;
+
+    // 4 when nobody answers.
+    let out = run(vec!["list-jobs"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cim-backup service answers"));
+}
+
+#[tokio::test]
+async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
+    let data = tempfile::tempdir().unwrap();
+    let port = cim_backup_tests::nats::free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--embedded", "--nats-port", &port.to_string(), "--instance", "embedded-test"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cli(&url, &["--json", "list-jobs"]);
+        if out.status.success() {
+            assert_eq!(json(&out), Value::Array(vec![]));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "embedded service not ready: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The default destination is the data directory's archive.
+    let client = async_nats::connect(&url).await.unwrap();
+    create_stream(&client, "DEMO", &["demo.>"]).await;
+    publish_events(&client, "demo.x", 0, 50, 2).await;
+    let out = cli(&url, &["--json", "backup-event-streams", "--streams", "DEMO", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.path().join("archive/manifests").read_dir().unwrap().count() == 1);
+    drop(client);
+
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exits cleanly on SIGTERM: {status:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "embedded nats-server stopped");
+}
