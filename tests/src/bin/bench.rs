@@ -1,0 +1,221 @@
+//! Throughput benchmark: our backup, verify and restore of a stream of CIM-like events, against
+//! the server's own snapshot and restore of the same stream, measured in the same run.
+//!
+//! ```text
+//! cargo build --release -p cim-backup
+//! cargo run --release -p cim-backup-tests --bin bench -- --messages 100000
+//! ```
+//! The service runs as its own process (the release `cim-backup` binary next to this one), so
+//! its peak RSS is its own. Times are taken from the job's events (accepted → completed), not
+//! from polling. Prints a Markdown table for BENCHMARKS.md.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use cim_backup::jsapi::JsApi;
+use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY};
+use cim_backup_tests::service::Caller;
+use cim_backup_tests::streams::{create_stream, publish_events, state};
+use cim_backup_tests::NatsServer;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+struct Row {
+    what: &'static str,
+    seconds: f64,
+    messages: u64,
+    bytes: u64,
+    note: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let messages: u64 = std::env::args()
+        .skip_while(|a| a != "--messages")
+        .nth(1)
+        .map(|n| n.parse().expect("--messages N"))
+        .unwrap_or(100_000);
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let api = JsApi::new(client.clone());
+    create_stream(&client, "BENCH", &["bench.>"]).await;
+    let t = Instant::now();
+    publish_events(&client, "bench.node", 0, messages, 1_000).await;
+    let publish_s = t.elapsed().as_secs_f64();
+    let source = state(&client, "BENCH").await;
+    eprintln!("published {messages} events ({} bytes) in {publish_s:.1} s", source.bytes);
+
+    let archive = tempfile::tempdir()?;
+    let mut service = spawn_service(&nats.url(), archive.path())?;
+    let caller = Caller::connect(&nats.url()).await;
+    wait_ready(&caller).await;
+    let mut rows = Vec::new();
+
+    let (view, seconds) = run_job(&caller, CMD_START, json!({ "streams": ["BENCH"] })).await;
+    let backup_id = view["backup_id"].as_str().expect("backup completed").to_owned();
+    let stored = dir_size(archive.path());
+    rows.push(Row {
+        what: "cim-backup full backup",
+        seconds,
+        messages,
+        bytes: source.bytes,
+        note: format!("{} stored ({:.2}x smaller than the stream)", human(stored), source.bytes as f64 / stored as f64),
+    });
+
+    let (_, seconds) = run_job(&caller, CMD_VERIFY, json!({ "backup": backup_id })).await;
+    rows.push(Row { what: "cim-backup verify (deep)", seconds, messages, bytes: stored, note: "re-hash, decompress, check every record".into() });
+
+    let (_, seconds) = run_job(&caller, CMD_RESTORE, json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R" })).await;
+    rows.push(Row { what: "cim-backup restore (new name)", seconds, messages, bytes: source.bytes, note: "exact sequence numbers".into() });
+    let rss = peak_rss_kib(service.id());
+    service.kill()?;
+    service.wait()?;
+    api.delete_stream("BENCH_R").await?;
+
+    // The anchor: the server's own snapshot and restore of the same stream (what
+    // `nats stream backup/restore` does), through the raw API.
+    let info = api.stream_info("BENCH").await?.expect("stream");
+    let t = Instant::now();
+    let chunks = server_snapshot(&client, "BENCH").await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let snapshot_bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    rows.push(Row { what: "server snapshot ($JS.API.STREAM.SNAPSHOT)", seconds, messages, bytes: source.bytes, note: format!("{} archive", human(snapshot_bytes)) });
+    js.delete_stream("BENCH").await?;
+    let t = Instant::now();
+    server_restore(&client, &info.config, &chunks).await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let restored = state(&client, "BENCH").await;
+    assert_eq!(restored.messages, messages, "server restore is complete");
+    rows.push(Row { what: "server restore ($JS.API.STREAM.RESTORE)", seconds, messages, bytes: source.bytes, note: String::new() });
+
+    println!("{}", machine());
+    println!("{messages} CIM-like events, {} in the stream ({} B per message on average)\n", human(source.bytes), source.bytes / messages.max(1));
+    println!("| operation | seconds | msg/s | MB/s | notes |");
+    println!("|---|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.0} | {:.1} | {} |",
+            r.what,
+            r.seconds,
+            r.messages as f64 / r.seconds,
+            r.bytes as f64 / r.seconds / 1e6,
+            r.note
+        );
+    }
+    let by = |name: &str| rows.iter().find(|r| r.what.starts_with(name)).map(|r| r.seconds).unwrap();
+    println!(
+        "\nratios: backup / server snapshot = {:.2}x the time; restore / server restore = {:.2}x the time; service peak RSS {} MiB",
+        by("cim-backup full") / by("server snapshot"),
+        by("cim-backup restore") / by("server restore"),
+        rss / 1024
+    );
+    Ok(())
+}
+
+fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Child> {
+    let bin = std::env::current_exe()?.with_file_name("cim-backup");
+    anyhow::ensure!(bin.exists(), "{} missing: run `cargo build --release -p cim-backup` first", bin.display());
+    Ok(Command::new(bin)
+        .args(["--nats-url", url, "serve", "--instance", "bench", "--destination"])
+        .arg(format!("file://{}", archive.display()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+async fn wait_ready(caller: &Caller) {
+    for _ in 0..200 {
+        if caller.request("cim.backup.qry.jobs", &json!({})).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("service did not start");
+}
+
+/// Sends a command and times it from the job's first event to its last, as recorded.
+async fn run_job(caller: &Caller, subject: &str, body: Value) -> (Value, f64) {
+    let accepted = caller.ok(subject, body).await;
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let view = loop {
+        let view = caller.ok("cim.backup.qry.job", json!({ "job_id": job_id })).await;
+        if ["completed", "failed", "cancelled"].contains(&view["state"].as_str().unwrap()) {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(view["state"], "completed", "{view}");
+    let t = |k: &str| time::OffsetDateTime::parse(view[k].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let seconds = (t("finished_at") - t("accepted_at")).as_seconds_f64();
+    (view, seconds)
+}
+
+async fn server_snapshot(client: &async_nats::Client, stream: &str) -> anyhow::Result<Vec<Bytes>> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await?;
+    let body = json!({ "deliver_subject": inbox, "no_consumers": true, "chunk_size": 128 * 1024, "jsck": false });
+    let reply = client.request(format!("$JS.API.STREAM.SNAPSHOT.{stream}"), serde_json::to_vec(&body)?.into()).await?;
+    let reply: Value = serde_json::from_slice(&reply.payload)?;
+    anyhow::ensure!(reply.get("error").is_none(), "snapshot refused: {reply}");
+    let mut chunks = Vec::new();
+    while let Some(m) = sub.next().await {
+        if m.payload.is_empty() {
+            break; // end marker (status 204)
+        }
+        if let Some(reply) = m.reply.clone() {
+            client.publish(reply, Bytes::new()).await?;
+        }
+        chunks.push(m.payload);
+    }
+    Ok(chunks)
+}
+
+async fn server_restore(client: &async_nats::Client, config: &Value, chunks: &[Bytes]) -> anyhow::Result<()> {
+    let name = config["name"].as_str().unwrap();
+    let body = json!({ "config": config, "state": {} });
+    let reply = client.request(format!("$JS.API.STREAM.RESTORE.{name}"), serde_json::to_vec(&body)?.into()).await?;
+    let reply: Value = serde_json::from_slice(&reply.payload)?;
+    let deliver = reply["deliver_subject"].as_str().ok_or_else(|| anyhow::anyhow!("restore refused: {reply}"))?.to_owned();
+    for chunk in chunks {
+        client.request(deliver.clone(), chunk.clone()).await?;
+    }
+    let done = tokio::time::timeout(Duration::from_secs(600), client.request(deliver, Bytes::new())).await??;
+    let done: Value = serde_json::from_slice(&done.payload)?;
+    anyhow::ensure!(done.get("error").is_none(), "restore failed: {done}");
+    Ok(())
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { dir_size(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let server = Command::new(cim_backup_tests::nats::nats_server_bin()).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    format!("machine: {cores} cores, {cpu}; {server}")
+}
