@@ -7,7 +7,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::errors::ErrorCode;
 use crate::events::StreamSummary;
 use crate::ids::{BackupId, EventCid, JobId};
 
@@ -96,16 +95,8 @@ pub struct Progress {
     pub objects_total: u64,
 }
 
-/// Why a job failed, as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobError {
-    pub code: ErrorCode,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record: Option<u64>,
-}
+/// Why a job failed, as shown to users: exactly what its `*Failed` event says.
+pub type JobError = crate::events::JobFailed;
 
 /// The status view of one job (`cim.backup.qry.job`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use cim_backup_contracts::events::{
     BackupEvent, EventEnvelope, JobEvent, JobFailed, RestoreEvent, VerifyEvent,
 };
-use cim_backup_contracts::views::{JobError, JobState, JobView, Progress};
+use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
 
 use crate::error::ProjectionError;
@@ -148,12 +148,7 @@ fn finish(view: &mut JobView, state: JobState, time: time::OffsetDateTime) {
 
 fn fail(view: &mut JobView, failure: &JobFailed, time: time::OffsetDateTime) {
     finish(view, JobState::Failed, time);
-    view.error = Some(JobError {
-        code: failure.code,
-        message: failure.message.clone(),
-        object: failure.object.clone(),
-        record: failure.record,
-    });
+    view.error = Some(failure.clone());
 }
 
 /// The view created by a job's `*Accepted` event; `None` for any other event.

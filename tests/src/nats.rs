@@ -85,18 +85,8 @@ impl NatsServer {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("nats-server on {} not ready; log: {}", self.url(), self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        if !jetstream_ready(&self.url(), Duration::from_secs(20)).await {
+            panic!("nats-server on {} not ready; log: {}", self.url(), self.log());
         }
     }
 
@@ -129,6 +119,23 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until a client can connect to `url` and JetStream answers (on a cluster: once a meta
+/// leader is elected). Readiness is checked by connecting, never by sleeping a fixed time.
+async fn jetstream_ready(url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(client) = async_nats::connect(url).await {
+            if async_nats::jetstream::new(client).query_account().await.is_ok() {
+                return true;
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -206,18 +213,8 @@ impl NatsCluster {
     }
 
     async fn wait_meta_leader(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("cluster has no JetStream meta leader after 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !jetstream_ready(&self.url(), Duration::from_secs(30)).await {
+            panic!("cluster has no JetStream meta leader after 30 s");
         }
     }
 }
