@@ -110,6 +110,13 @@ impl Views {
                 }
                 folded += 1;
             }
+            // Catalog entries first: they are idempotent puts, so if the view write below loses
+            // a race or fails, a retry or redelivery writes them again. Written after the view,
+            // a failure here would be lost: the redelivered event is already in the view.
+            for entry in &entries {
+                let bytes = serde_json::to_vec(entry).expect("catalog entries serialize");
+                self.catalog.put(entry.backup_id.to_string(), bytes.into()).await.map_err(nats)?;
+            }
             if let (true, Some(view)) = (changed, &view) {
                 let bytes = serde_json::to_vec(view).expect("views serialize");
                 let written = match &current {
@@ -124,10 +131,6 @@ impl Views {
                     }
                     return Err(ViewError::Nats(e));
                 }
-            }
-            for entry in entries {
-                let bytes = serde_json::to_vec(&entry).expect("catalog entries serialize");
-                self.catalog.put(entry.backup_id.to_string(), bytes.into()).await.map_err(nats)?;
             }
             return Ok((folded, failure));
         }
@@ -208,6 +211,9 @@ impl Projector {
                     deliver_policy: consumer::DeliverPolicy::All,
                     // Short, so that events a crashed instance held come back quickly to another one.
                     ack_wait: Duration::from_secs(5),
+                    // The durable of an instance that is gone (renamed, retired) goes away after
+                    // a day; if it comes back it replays the log, which is idempotent.
+                    inactive_threshold: Duration::from_secs(24 * 3600),
                     max_ack_pending: 4 * BATCH as i64,
                     ..Default::default()
                 },

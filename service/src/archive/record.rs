@@ -161,10 +161,19 @@ pub fn validate_headers(block: &[u8]) -> Result<(), String> {
     if !body.ends_with("\r\n\r\n") {
         return Err("header block is not terminated by an empty line".into());
     }
-    let mut lines = body.split("\r\n").skip(1).filter(|l| !l.is_empty());
-    match lines.find(|line| !line.contains(':')) {
-        Some(line) => Err(format!("header line {line:?} has no colon")),
-        None => Ok(()),
+    for line in body.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+        let (name, _) = line.split_once(':').ok_or_else(|| format!("header line {line:?} has no colon"))?;
+        check_header_name(name)?;
+    }
+    Ok(())
+}
+
+/// Header names are printable ASCII without spaces or colons (what NATS and the client accept).
+fn check_header_name(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        Ok(())
+    } else {
+        Err(format!("header name {name:?} is not valid"))
     }
 }
 
@@ -182,7 +191,9 @@ pub fn decode_headers(block: &[u8]) -> Result<Option<HeaderMap>, String> {
     let mut map = HeaderMap::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':').ok_or_else(|| format!("header line {line:?} has no colon"))?;
-        map.append(name, value.trim_start());
+        check_header_name(name)?;
+        let value: async_nats::HeaderValue = value.trim_start().parse().map_err(|_| format!("header {name} has an invalid value"))?;
+        map.append(name, value);
     }
     Ok(Some(map))
 }
@@ -252,6 +263,9 @@ mod tests {
         assert_eq!(validate_headers(&block), Ok(()));
         assert!(validate_headers(b"NATS/1.0\r\nno colon\r\n\r\n").unwrap_err().contains("no colon"));
         assert!(validate_headers(b"HTTP/1.1\r\n\r\n").is_err());
+        let bad_name = "NATS/1.0\r\nB\u{e4}d: x\r\n\r\n".as_bytes();
+        assert!(validate_headers(bad_name).unwrap_err().contains("not valid"));
+        assert!(decode_headers(bad_name).unwrap_err().contains("not valid"), "no panic, an error");
         encode_headers(None, &mut block);
         assert!(block.is_empty());
         assert!(decode_headers(b"").unwrap().is_none());

@@ -365,9 +365,14 @@ fn restore_source(source: &str, backup: Option<&str>) -> Result<(BackupRef, Opti
     Ok((backup, Some(location(source))))
 }
 
-/// A bare path means a local directory.
+/// A path (absolute, or starting with `./` or `../`) means a local directory; anything else is
+/// a URL or a configured destination name, resolved by the service.
 fn location(source: &str) -> String {
-    if source.starts_with('/') { format!("file://{source}") } else { source.to_owned() }
+    let is_path = source.starts_with('/') || source.starts_with("./") || source.starts_with("../");
+    match is_path.then(|| std::path::absolute(source)) {
+        Some(Ok(path)) => format!("file://{}", path.display()),
+        _ => source.to_owned(),
+    }
 }
 
 async fn after_accept(cli: &Cli, client: &Client, accepted: Accepted, wait: bool) -> Result<(), CliError> {

@@ -156,10 +156,15 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     writer.fill_to(entry.cut.last_seq.max(entry.last_seq) + 1).await?;
     writer.drain().await?;
 
-    finish_target(ctx, &original, &spec.target).await?;
+    // Order matters: the target keeps this job's marker until the completion is recorded, so
+    // a failed check or a crash before it still finds (and can remove or resume) its target.
+    finish_target(ctx, &original, &spec.target, &job.id).await?;
     check_target(ctx, &spec.target, &entry).await?;
     let completed = RestoreCompleted { messages: messages_done, bytes: bytes_done, first_seq: entry.first_seq, last_seq: entry.last_seq };
     execute(&ctx.events, job, RestoreCommand::Complete(completed), None).await?;
+    if let Err(e) = clear_marker(ctx, &original, &spec.target).await {
+        tracing::warn!(target = %spec.target, error = %e, "restore completed; could not remove the {RESTORE_JOB_METADATA} metadata");
+    }
     tracing::info!(job = %job.id, target = %spec.target, messages = messages_done, "restore completed");
     Ok(())
 }
@@ -284,8 +289,9 @@ fn staging_config(original: &Value, target: &str, job: &JobId, entry: &StreamArc
     c
 }
 
-/// Purges fillers and puts the original subjects, transform, limits and protections back.
-async fn finish_target(ctx: &Context, original: &Value, target: &str) -> Result<(), EngineError> {
+/// Purges fillers and puts the original subjects, transform, limits and protections back
+/// (the job's marker stays until the completion is recorded).
+async fn finish_target(ctx: &Context, original: &Value, target: &str, job: &JobId) -> Result<(), EngineError> {
     ctx.api.purge(target, Some(FILLER_SUBJECT)).await?;
     let mut current = ctx
         .api
@@ -319,7 +325,20 @@ async fn finish_target(ctx: &Context, original: &Value, target: &str) -> Result<
             current[key] = v.clone();
         }
     }
-    // The original metadata, without our restore-job marker.
+    current["metadata"] = original.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    current["metadata"][RESTORE_JOB_METADATA] = json!(job.as_str());
+    ctx.api.update_stream(&current).await?;
+    Ok(())
+}
+
+/// Puts the original metadata back, dropping this job's marker.
+async fn clear_marker(ctx: &Context, original: &Value, target: &str) -> Result<(), EngineError> {
+    let mut current = ctx
+        .api
+        .stream_info(target)
+        .await?
+        .ok_or_else(|| EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished")))?
+        .config;
     current["metadata"] = original.get("metadata").cloned().unwrap_or_else(|| json!({}));
     ctx.api.update_stream(&current).await?;
     Ok(())

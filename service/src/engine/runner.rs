@@ -20,7 +20,7 @@ use cim_backup_domain::backup::BackupJob;
 use cim_backup_domain::restore::RestoreJob;
 use cim_backup_domain::verify::VerifyJob;
 use cim_backup_domain::JobLifecycle;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,8 +84,18 @@ impl Runner {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             let ctx = Arc::clone(&this.ctx);
+            // A panic in an engine is a bug, but it must still end the job as failed rather
+            // than leave it running forever.
+            let guarded = std::panic::AssertUnwindSafe(work(&ctx, &mut job, &cancel)).catch_unwind();
             let outcome = tokio::select! {
-                outcome = work(&ctx, &mut job, &cancel) => Some(outcome),
+                outcome = guarded => Some(outcome.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(EngineError::precondition(cim_backup_contracts::ErrorCode::Internal, format!("internal error: {what}")))
+                })),
                 _ = this.shutdown.cancelled() => None,
             };
             if let Some(outcome) = outcome {
