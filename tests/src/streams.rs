@@ -15,18 +15,43 @@ pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[
         .unwrap_or_else(|e| panic!("create stream {name}: {e}"));
 }
 
-/// A CIM-like domain event of about 400 bytes of JSON.
+/// Deterministic pseudo-random numbers (splitmix64), so test events vary like real ones
+/// (real ids are random UUIDs; identical filler would make compression look far too good).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn uuid_v7_like(seed: u64) -> String {
+    let (a, b) = (mix(seed), mix(seed ^ 0xdead_beef));
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A CIM-like domain event of about 400 bytes of JSON, with random-looking ids and values.
 pub fn cim_event(i: u64, aggregate: u64) -> Bytes {
+    let r = mix(i);
     let body = json!({
-        "event_id": format!("0193f1c2-{:04x}-7bbb-8ccc-{:012x}", aggregate % 0xffff, i),
-        "aggregate_id": format!("0193f1c2-aaaa-7bbb-8ccc-{aggregate:012x}"),
+        "event_id": uuid_v7_like(i),
+        "aggregate_id": uuid_v7_like(aggregate << 32),
         "aggregate_type": "Node",
         "event_type": "NodePropertiesUpdated",
         "sequence": i,
-        "correlation_id": format!("correlation:0193f1c2-cccc-7ddd-8eee-{:012x}", i / 10),
-        "causation_id": format!("causation:0193f1c2-dddd-7eee-8fff-{:012x}", i.saturating_sub(1)),
-        "occurred_at": "2026-11-25T12:00:00.000000Z",
-        "payload": { "node": aggregate, "properties": { "label": format!("node-{aggregate}"), "weight": i % 97, "tags": ["graph", "cim", "domain"] } }
+        "correlation_id": format!("correlation:{}", uuid_v7_like(i / 10 + (1 << 40))),
+        "causation_id": format!("causation:{}", uuid_v7_like(i.wrapping_sub(1))),
+        "occurred_at": format!("2026-11-25T12:{:02}:{:02}.{:06}Z", (i / 60_000_000) % 60, (i / 1_000_000) % 60, i % 1_000_000),
+        "payload": {
+            "node": aggregate,
+            "properties": { "label": format!("node-{aggregate}"), "weight": r % 10_000, "score": (r >> 20) % 1_000_000, "tags": ["graph", "cim", "domain"] }
+        }
     });
     Bytes::from(serde_json::to_vec(&body).unwrap())
 }
