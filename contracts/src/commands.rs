@@ -36,6 +36,16 @@ pub struct StartBackup {
     /// zstd level 1..=19; default from the service config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zstd_level: Option<i32>,
+    /// `true` forces a full backup of every stream even where an earlier backup exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    /// Incremental where possible (the default): a stream that already has a backup in the
+    /// destination stores only what came after it. `false` means full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<bool>,
+    /// Encrypt segments to the recipients configured for the service (`[encryption]`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,9 +100,40 @@ pub struct RestoreBackup {
     #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
     pub as_stream: Option<String>,
     /// Where the backup is stored (named destination or URL). Default: the destination the
-    /// catalog recorded for the backup; for `latest`, the service's default destination.
+    /// catalog recorded for the backup; for `latest`, the catalog's newest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Only messages with original timestamp at or after this (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub start: Option<time::OffsetDateTime>,
+    /// Only messages with original timestamp before this (RFC 3339, exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub end: Option<time::OffsetDateTime>,
+    /// Only messages from this stream sequence on (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_seq: Option<u64>,
+    /// Only messages up to this stream sequence (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_seq: Option<u64>,
+    /// Only messages on these subjects (NATS wildcards allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// Replicas of the restored stream (default: as the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Placement of the restored stream (cluster, tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::events::Placement>,
+    /// `auto` (default), `server-archive`, `publish`, or `append` — the only method that
+    /// writes into an existing, non-empty stream (after its last message, new sequences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<crate::events::RestoreMethod>,
+    /// Recreate the durable consumers saved with the backup (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<bool>,
+    /// Report exactly what would be written, and write nothing (no job, no events).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +150,9 @@ pub struct VerifyBackup {
     pub stream: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// `deep` (default) or `structural`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::events::VerifyMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

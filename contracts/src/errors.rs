@@ -31,8 +31,10 @@ pub enum ErrorCode {
     Unavailable,
     /// Our bug or an unexpected state.
     Internal,
-    /// A stored object or record failed verification (tampered, missing, wrong key).
+    /// A stored object or record failed verification (tampered or missing).
     Corrupt,
+    /// The service holds no key that opens an encrypted backup (wrong or missing identity).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -40,6 +42,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::Corrupt => 422,
@@ -53,6 +56,7 @@ impl ErrorCode {
     pub fn from_status(status: u16) -> ErrorCode {
         match status {
             400 => ErrorCode::BadRequest,
+            403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             409 => ErrorCode::Conflict,
             422 => ErrorCode::Corrupt,
@@ -77,6 +81,7 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Internal,
             ErrorCode::Corrupt,
+            ErrorCode::Forbidden,
         ] {
             assert_eq!(ErrorCode::from_status(code.status()), code);
         }

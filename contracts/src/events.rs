@@ -325,7 +325,72 @@ pub struct StreamCut {
     pub last_seq: u64,
     pub messages: u64,
     pub bytes: u64,
+    /// When this stream's state was read. A multi-stream cut reads all streams back to back;
+    /// the spread of these times is the cut's skew.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
+    /// When the stream was created (server time). An incremental backup continues a parent only
+    /// if this is unchanged: a stream deleted and recreated restarts its sequences.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
 }
+
+/// Where an incremental backup of a stream continues from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent backup's id (manifest CID).
+    pub backup: Cid,
+    /// The parent's cut of this stream: this backup holds only messages after it.
+    pub cut_last_seq: u64,
+}
+
+/// A durable consumer as it stood at the cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerPosition {
+    pub name: String,
+    /// The consumer configuration as the server reported it (JSON text, verbatim).
+    pub config: String,
+    pub delivered_consumer_seq: u64,
+    pub delivered_stream_seq: u64,
+    pub ack_floor_consumer_seq: u64,
+    pub ack_floor_stream_seq: u64,
+    /// Messages delivered but not acknowledged at the cut (they will be redelivered).
+    pub num_ack_pending: u64,
+}
+
+/// One stream of a starting backup: what is cut, how it is configured, what it continues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStart {
+    pub cut: StreamCut,
+    /// The stream configuration at the cut (JSON text as the server reported it), so that the
+    /// manifest is a pure function of the job's events: a job resumed after a crash writes the
+    /// very same manifest bytes.
+    pub config: String,
+    /// Set for an incremental backup of this stream.
+    pub parent: Option<ParentLink>,
+    pub consumers: Vec<ConsumerPosition>,
+}
+
+impl StreamStart {
+    /// The first sequence this backup holds for the stream: after the parent's cut, and never
+    /// before the stream's first message.
+    pub fn from_seq(&self) -> u64 {
+        let after_parent = self.parent.as_ref().map_or(0, |p| p.cut_last_seq + 1);
+        self.cut.first_seq.max(after_parent).max(1)
+    }
+}
+
+/// Encryption of archive segments to public-key recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age`: each stored segment is an age file (X25519 recipients) of the compressed segment.
+    pub scheme: String,
+    /// The recipients' public keys (`age1…`); the service never needs the private key to write.
+    pub recipients: Vec<String>,
+}
+
+/// The one encryption scheme this version writes and reads.
+pub const ENCRYPTION_AGE: &str = "age";
 
 /// One archive segment: a run of records of one stream, stored as one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,12 +414,16 @@ pub struct SegmentInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamSummary {
     pub stream: String,
+    /// Sequences held by this backup (not its parents); `last_seq < first_seq` means none.
     pub first_seq: u64,
     pub last_seq: u64,
     pub messages: u64,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub segments: u64,
+    /// The parent backup, for an incremental backup of this stream.
+    #[serde(default)]
+    pub parent: Option<Cid>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,6 +464,10 @@ pub struct BackupAccepted {
     pub compression: Compression,
     /// Target size of an uncompressed segment.
     pub segment_bytes: u64,
+    /// Whether a stream that already has a backup in the destination gets an incremental one.
+    pub incremental: bool,
+    /// Set when segments are encrypted.
+    pub encryption: Option<Encryption>,
     pub admission: Admission,
 }
 
@@ -403,12 +476,9 @@ pub struct BackupStarted {
     /// When the cut was taken: the point in time the backup represents.
     #[serde(with = "time::serde::rfc3339")]
     pub taken_at: OffsetDateTime,
-    /// What will be backed up: every stream up to its `last_seq` here.
-    pub cut: Vec<StreamCut>,
-    /// Each stream's configuration at the cut (JSON text as the server reported it), in cut
-    /// order. With `taken_at` and `tool` this makes the manifest a pure function of the job's
-    /// events: a job resumed after a crash writes the very same manifest bytes.
-    pub configs: Vec<String>,
+    /// What will be backed up, per stream in request order: everything after the parent's cut
+    /// (or from the first message) up to `cut.last_seq`.
+    pub streams: Vec<StreamStart>,
     /// The writer, e.g. `cim-backup 0.1.0`.
     pub tool: String,
 }
@@ -451,7 +521,7 @@ event_enum!(
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreAccepted {
-    /// Manifest CID of the backup being restored.
+    /// Manifest CID of the backup being restored (an incremental one brings its chain).
     pub backup: Cid,
     pub source: String,
     pub source_url: String,
@@ -459,16 +529,96 @@ pub struct RestoreAccepted {
     pub stream: String,
     /// Stream written to (equals `stream` unless restored under a new name).
     pub target: String,
+    /// Which messages to restore.
+    pub selection: Selection,
+    /// How the target is placed and written.
+    pub options: RestoreOptions,
     pub admission: Admission,
+}
+
+/// Which messages of a backup a restore writes. Every bound is inclusive except `end`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_seq: Option<u64>,
+    /// Original timestamp at or after this.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub start: Option<OffsetDateTime>,
+    /// Original timestamp strictly before this.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub end: Option<OffsetDateTime>,
+    /// NATS subject filters (wildcards allowed); a message matching any is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+}
+
+impl Selection {
+    /// Whether nothing is filtered out.
+    pub fn is_everything(&self) -> bool {
+        *self == Selection::default()
+    }
+}
+
+/// How a restore writes its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMethod {
+    /// Pick the best the server supports: `server-archive` on nats-server 2.15+, else `publish`.
+    #[default]
+    Auto,
+    /// Generate a per-message archive (ADR-63) and restore it through `$JS.API.STREAM.RESTORE`:
+    /// original sequences, gaps, timestamps and headers exactly.
+    ServerArchive,
+    /// Publish every message into a new stream reproducing sequences (gaps via fillers);
+    /// original timestamps travel in the `Cim-Original-Time` header.
+    Publish,
+    /// Publish after the last message of an existing stream: new sequence numbers.
+    Append,
+}
+
+/// Placement of the restored stream (JetStream `placement`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Target options of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOptions {
+    pub method: RestoreMethod,
+    /// Replicas of the target (default: the original's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// Recreate the durable consumers saved with the backup.
+    pub consumers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreStarted {
+    /// The method chosen (never `auto`).
+    pub method: RestoreMethod,
+    /// The backups read, oldest (the full one) first.
+    pub chain: Vec<Cid>,
+    /// Segments to read.
     pub segments: u64,
+    /// Messages to write (exact).
     pub messages: u64,
+    /// Uncompressed bytes of the segments to read.
     pub bytes: u64,
+    /// Sequence range of the messages to write (0/0 when none).
     pub first_seq: u64,
     pub last_seq: u64,
+    /// The target's last sequence when done: for a whole-stream restore the original's (gaps at
+    /// the end kept, so the next message gets the sequence it would have had).
+    pub target_last_seq: u64,
 }
 
 /// Cumulative progress after a segment was fully written to the target.
@@ -482,10 +632,31 @@ pub struct RestoreProgressed {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreCompleted {
+    /// Segments read (all of the plan).
+    pub segments: u64,
+    /// Messages written to the target.
     pub messages: u64,
     pub bytes: u64,
+    /// Sequence range of the written messages (0/0 when none).
     pub first_seq: u64,
     pub last_seq: u64,
+    /// The consumers recreated, and which will see redeliveries.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerRestored>,
+    /// What the operator should know about the result (subjects left out, limits relaxed).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A durable consumer recreated by a restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRestored {
+    pub name: String,
+    /// The first stream sequence it will deliver (its ack floor + 1, clamped to what was
+    /// restored).
+    pub start_seq: u64,
+    /// Messages it had delivered without an acknowledgement at the backup: it sees them again.
+    pub redeliveries: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,7 +680,19 @@ pub struct VerifyAccepted {
     pub backup: Cid,
     pub source: String,
     pub source_url: String,
+    pub mode: VerifyMode,
     pub admission: Admission,
+}
+
+/// How deep a verify looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Read, decrypt, decompress and check every record of every object of the chain.
+    #[default]
+    Deep,
+    /// Every manifest of the chain read and checked; every segment present with its size.
+    Structural,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,11 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The placeholder id a dry run computes with (it never records anything).
+    pub fn dry_run() -> JobId {
+        JobId("dry-run".to_owned())
+    }
 }
 
 impl FromStr for JobId {

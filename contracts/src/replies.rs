@@ -29,6 +29,34 @@ pub struct CancelAccepted {
     pub requested: bool,
 }
 
+/// Reply to a restore with `"dry_run": true`: exactly what would be written. Nothing was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    pub dry_run: bool,
+    pub backup: crate::BackupId,
+    /// The backups that would be read, the full one first.
+    pub chain: Vec<crate::BackupId>,
+    pub stream: String,
+    pub target: String,
+    pub method: crate::events::RestoreMethod,
+    /// Segments that would be fetched (only those the selection needs).
+    pub segments: u64,
+    /// Messages that would be written, and their bytes (subject + headers + payload).
+    pub messages: u64,
+    pub bytes: u64,
+    /// Sequence and original-time range of those messages (absent when none).
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub first_time: Option<time::OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_time: Option<time::OffsetDateTime>,
+    /// Consumers that would be recreated.
+    pub consumers: Vec<crate::events::ConsumerRestored>,
+    /// Anything the operator should know (subjects owned elsewhere, max_age expiry, …).
+    pub notes: Vec<String>,
+}
+
 /// The JSON body of every error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

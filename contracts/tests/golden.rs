@@ -30,6 +30,8 @@ fn accepted() -> EventEnvelope {
             destination_url: "file:///srv/backups".into(),
             compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
             segment_bytes: 8 << 20,
+            incremental: true,
+            encryption: None,
             admission: Admission {
                 instance: "node-1".into(),
                 idempotency_key: None,
@@ -44,8 +46,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 const ACCEPTED_HEX: &str = include_str!("golden/backup_accepted.hex");
-const ACCEPTED_CID: &str = "bafyreifplhbfdml2auxv46x2656gu6gbp7yom2smjv7wky6lkkjxjlda4a";
-const STARTED_CID: &str = "bafyreifw4bqsyty2hupyjaut7l6c6fqno4qzmyzg5vzmd6dgsssk5ae5ou";
+const ACCEPTED_CID: &str = "bafyreicltiycu4egz4cjrnk2koome55y4wgcx3rifa4xubowmgy7gil6nq";
+const STARTED_CID: &str = "bafyreif7spiabgpabzua656llpvafaljaa7w2omqs4twkxec5ko22dar4e";
 
 #[test]
 fn backup_accepted_bytes_and_cid_are_pinned() {
@@ -64,14 +66,20 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
         meta: meta(2),
         event: JobEvent::Backup(BackupEvent::BackupStarted(BackupStarted {
             taken_at: datetime!(2026-11-25 12:00:01 UTC),
-            cut: vec![StreamCut {
-                stream: "EVENTS".into(),
-                first_seq: 1,
-                last_seq: 100,
-                messages: 100,
-                bytes: 52_500,
+            streams: vec![StreamStart {
+                cut: StreamCut {
+                    stream: "EVENTS".into(),
+                    first_seq: 1,
+                    last_seq: 100,
+                    messages: 100,
+                    bytes: 52_500,
+                    taken_at: datetime!(2026-11-25 12:00:01 UTC),
+                    created: None,
+                },
+                config: r#"{"name":"EVENTS","subjects":["cim.>"]}"#.into(),
+                parent: None,
+                consumers: vec![],
             }],
-            configs: vec![r#"{"name":"EVENTS","subjects":["cim.>"]}"#.into()],
             tool: "cim-backup 0.1.0".into(),
         })),
         ..accepted()

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupEvent, BackupStarted, CancelRequested, JobCancelled,
-    JobEvent, JobFailed, SegmentInfo, SegmentStored, StreamSummary,
+    BackupAccepted, BackupCompleted, BackupEvent, BackupStarted, CancelRequested, ENCRYPTION_AGE, JobCancelled,
+    JobEvent, JobFailed, SegmentInfo, SegmentStored, StreamStart, StreamSummary,
 };
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
@@ -53,23 +53,38 @@ impl BackupJob {
         self.segments_of(stream).last().map(|s| s.last_seq)
     }
 
+    /// The start of `stream` in this backup (cut, config, parent, consumers).
+    pub fn stream_start(&self, stream: &str) -> Option<&StreamStart> {
+        self.started.as_ref()?.streams.iter().find(|s| s.cut.stream == stream)
+    }
+
+    /// The next sequence to read for `stream`: after the last stored segment, else from the
+    /// start of this backup's range (after the parent's cut for an incremental backup).
+    pub fn resume_from(&self, stream: &str) -> Option<u64> {
+        let start = self.stream_start(stream)?;
+        Some(self.stored_up_to(stream).map_or(start.from_seq(), |s| s + 1))
+    }
+
     /// Per-stream totals of the recorded segments, in cut order. A stream with no segments
-    /// (empty, or nothing left at the cut) has `last_seq < first_seq` as in the cut.
+    /// (empty, or nothing new since its parent) has `last_seq < first_seq`.
     pub fn summaries(&self) -> Vec<StreamSummary> {
         let Some(started) = &self.started else { return Vec::new() };
         started
-            .cut
+            .streams
             .iter()
-            .map(|cut| {
-                let segments: Vec<&SegmentInfo> = self.segments_of(&cut.stream).collect();
+            .map(|start| {
+                let stream = &start.cut.stream;
+                let segments: Vec<&SegmentInfo> = self.segments_of(stream).collect();
+                let from = start.from_seq();
                 StreamSummary {
-                    stream: cut.stream.clone(),
-                    first_seq: segments.first().map_or(cut.first_seq, |s| s.first_seq),
-                    last_seq: segments.last().map_or(cut.first_seq.saturating_sub(1), |s| s.last_seq),
+                    stream: stream.clone(),
+                    first_seq: segments.first().map_or(from, |s| s.first_seq),
+                    last_seq: segments.last().map_or(from - 1, |s| s.last_seq),
                     messages: segments.iter().map(|s| s.records).sum(),
                     raw_bytes: segments.iter().map(|s| s.raw_bytes).sum(),
                     stored_bytes: segments.iter().map(|s| s.stored_bytes).sum(),
                     segments: segments.len() as u64,
+                    parent: start.parent.as_ref().map(|p| p.backup),
                 }
             })
             .collect()
@@ -99,37 +114,49 @@ impl BackupJob {
         if spec.segment_bytes == 0 {
             return Err(DomainError::invalid("segment_bytes: must be positive"));
         }
+        if let Some(encryption) = &spec.encryption {
+            if encryption.scheme != ENCRYPTION_AGE || encryption.recipients.is_empty() {
+                return Err(DomainError::invalid(format!(
+                    "encrypt: needs scheme {ENCRYPTION_AGE:?} and at least one recipient"
+                )));
+            }
+        }
         Ok(())
     }
 
     fn validate_cut(&self, started: &BackupStarted) -> Result<(), DomainError> {
         let spec = self.spec.as_ref().ok_or(DomainError::NotCreated)?;
-        let names: Vec<&String> = started.cut.iter().map(|c| &c.stream).collect();
+        let names: Vec<&String> = started.streams.iter().map(|s| &s.cut.stream).collect();
         if names != spec.streams.iter().collect::<Vec<_>>() {
             return Err(DomainError::invalid(format!(
                 "cut: covers {names:?}, the job backs up {:?}",
                 spec.streams
             )));
         }
-        if started.configs.len() != started.cut.len() {
-            return Err(DomainError::invalid(format!(
-                "cut: {} stream configs for {} streams",
-                started.configs.len(),
-                started.cut.len()
-            )));
+        if !spec.incremental {
+            if let Some(s) = started.streams.iter().find(|s| s.parent.is_some()) {
+                return Err(DomainError::invalid(format!("cut: {} has a parent in a full backup", s.cut.stream)));
+            }
         }
         Ok(())
     }
 
     fn validate_segment(&self, stored: &SegmentStored) -> Result<(), DomainError> {
-        let started = self.started.as_ref().ok_or(DomainError::NotCreated)?;
         let seg = &stored.segment;
-        let Some(cut) = started.cut.iter().find(|c| c.stream == stored.stream) else {
+        let Some(start) = self.stream_start(&stored.stream) else {
             return Err(DomainError::invalid(format!(
                 "segment: stream {:?} is not part of this backup",
                 stored.stream
             )));
         };
+        let cut = &start.cut;
+        if seg.first_seq < start.from_seq() {
+            return Err(DomainError::invalid(format!(
+                "segment: starts at {} before this backup's range, which begins at {}",
+                seg.first_seq,
+                start.from_seq()
+            )));
+        }
         if seg.records == 0 || seg.first_seq > seg.last_seq {
             return Err(DomainError::invalid("segment: must hold at least one record"));
         }
@@ -258,15 +285,32 @@ mod tests {
     use super::*;
     use crate::aggregate::given;
     use crate::test_support::*;
-    use cim_backup_contracts::events::StreamCut;
+    use cim_backup_contracts::events::{ParentLink, StreamCut};
 
     fn cut(stream: &str, first: u64, last: u64) -> StreamCut {
-        StreamCut { stream: stream.into(), first_seq: first, last_seq: last, messages: last - first + 1, bytes: 0 }
+        StreamCut {
+            stream: stream.into(),
+            first_seq: first,
+            last_seq: last,
+            messages: last - first + 1,
+            bytes: 0,
+            taken_at: time::OffsetDateTime::UNIX_EPOCH,
+            created: None,
+        }
+    }
+
+    fn start(cut: StreamCut, parent: Option<u64>) -> StreamStart {
+        StreamStart {
+            config: format!(r#"{{"name":"{}"}}"#, cut.stream),
+            cut,
+            parent: parent.map(|p| ParentLink { backup: manifest_cid(), cut_last_seq: p }),
+            consumers: vec![],
+        }
     }
 
     fn started(cut: Vec<StreamCut>) -> BackupStarted {
-        let configs = cut.iter().map(|c| format!(r#"{{"name":"{}"}}"#, c.stream)).collect();
-        BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, cut, configs, tool: "test".into() }
+        let streams = cut.into_iter().map(|c| start(c, None)).collect();
+        BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, streams, tool: "test".into() }
     }
 
     fn stored(stream: &str, first: u64, last: u64) -> SegmentStored {
@@ -391,6 +435,34 @@ mod tests {
         given::<BackupJob>(vec![])
             .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
             .then_reject(DomainError::NotCreated);
+    }
+
+    #[test]
+    fn an_incremental_backup_stores_only_what_follows_its_parent() {
+        let mut spec = backup_spec(&["A"]);
+        spec.incremental = true;
+        let started = BackupStarted {
+            taken_at: time::OffsetDateTime::UNIX_EPOCH,
+            streams: vec![start(cut("A", 1, 150), Some(100))],
+            tool: "t".into(),
+        };
+        let history = vec![BackupEvent::BackupAccepted(spec.clone()), BackupEvent::BackupStarted(started.clone())];
+        let state = BackupJob::from_history(&history);
+        assert_eq!(state.resume_from("A"), Some(101));
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("A", 90, 120)))
+            .then_reject_containing("before this backup's range, which begins at 101");
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("A", 101, 150)))
+            .then_expect(vec![BackupEvent::SegmentStored(stored("A", 101, 150))]);
+        let summaries = state.summaries();
+        assert_eq!(summaries[0].parent, Some(manifest_cid()));
+        assert!(summaries[0].last_seq < summaries[0].first_seq, "nothing stored yet");
+
+        spec.incremental = false;
+        given::<BackupJob>(vec![BackupEvent::BackupAccepted(spec)])
+            .when(BackupCommand::Start(started))
+            .then_reject_containing("has a parent in a full backup");
     }
 
     #[test]

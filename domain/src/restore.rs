@@ -5,7 +5,7 @@
 
 use cim_backup_contracts::events::{
     CancelRequested, JobCancelled, JobEvent, JobFailed, RestoreAccepted, RestoreCompleted,
-    RestoreEvent, RestoreProgressed, RestoreStarted,
+    RestoreEvent, RestoreMethod, RestoreProgressed, RestoreStarted,
 };
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
@@ -64,12 +64,20 @@ impl RestoreJob {
         Ok(())
     }
 
+    /// A restore completes only after reading every planned segment; when nothing is filtered
+    /// out it must have written every record of them, in the planned range.
     fn validate_completion(&self, done: &RestoreCompleted) -> Result<(), DomainError> {
         let plan = self.plan.as_ref().ok_or(DomainError::NotCreated)?;
-        if done.messages != plan.messages || (plan.messages > 0 && (done.first_seq, done.last_seq) != (plan.first_seq, plan.last_seq)) {
+        let everything = self.spec.as_ref().is_some_and(|s| s.selection.is_everything());
+        let short = if everything {
+            done.messages != plan.messages || (plan.messages > 0 && (done.first_seq, done.last_seq) != (plan.first_seq, plan.last_seq))
+        } else {
+            done.messages > plan.messages
+        };
+        if done.segments != plan.segments || short {
             return Err(DomainError::invalid(format!(
-                "completion: wrote {} messages ({}..={}), the plan was {} ({}..={})",
-                done.messages, done.first_seq, done.last_seq, plan.messages, plan.first_seq, plan.last_seq
+                "completion: read {} segments and wrote {} messages ({}..={}), the plan was {} segments and {} messages ({}..={})",
+                done.segments, done.messages, done.first_seq, done.last_seq, plan.segments, plan.messages, plan.first_seq, plan.last_seq
             )));
         }
         Ok(())
@@ -91,6 +99,9 @@ impl Aggregate for RestoreJob {
             }
             RestoreCommand::Start(plan) => {
                 lc.require(JobState::Accepted, "start")?;
+                if plan.method == RestoreMethod::Auto {
+                    return Err(DomainError::invalid("start: the method must be decided (not auto)"));
+                }
                 RestoreEvent::RestoreStarted(plan)
             }
             RestoreCommand::Progress(progress) => {
@@ -167,7 +178,20 @@ mod tests {
     use crate::test_support::*;
 
     fn plan() -> RestoreStarted {
-        RestoreStarted { segments: 2, messages: 100, bytes: 1000, first_seq: 1, last_seq: 100 }
+        RestoreStarted {
+            method: RestoreMethod::ServerArchive,
+            chain: vec![manifest_cid()],
+            segments: 2,
+            messages: 100,
+            bytes: 1000,
+            first_seq: 1,
+            last_seq: 100,
+            target_last_seq: 100,
+        }
+    }
+
+    fn done(segments: u64, messages: u64, first_seq: u64, last_seq: u64) -> RestoreCompleted {
+        RestoreCompleted { segments, messages, bytes: 1000, first_seq, last_seq, consumers: vec![], notes: vec![] }
     }
 
     fn running() -> Vec<RestoreEvent> {
@@ -202,18 +226,38 @@ mod tests {
 
     #[test]
     fn completion_must_match_the_plan() {
-        let short = RestoreCompleted { messages: 99, bytes: 1000, first_seq: 1, last_seq: 100 };
-        given::<RestoreJob>(running()).when(RestoreCommand::Complete(short)).then_reject_containing("the plan was 100");
-        let full = RestoreCompleted { messages: 100, bytes: 1000, first_seq: 1, last_seq: 100 };
+        given::<RestoreJob>(running()).when(RestoreCommand::Complete(done(2, 99, 1, 100))).then_reject_containing("100 messages");
+        given::<RestoreJob>(running()).when(RestoreCommand::Complete(done(1, 100, 1, 100))).then_reject_containing("read 1 segments");
         given::<RestoreJob>(running())
-            .when(RestoreCommand::Complete(full.clone()))
-            .then_expect(vec![RestoreEvent::RestoreCompleted(full)]);
+            .when(RestoreCommand::Complete(done(2, 100, 1, 100)))
+            .then_expect(vec![RestoreEvent::RestoreCompleted(done(2, 100, 1, 100))]);
+    }
+
+    #[test]
+    fn a_filtered_restore_may_write_fewer_messages_but_must_read_every_planned_segment() {
+        let mut spec = restore_spec("A", "B");
+        spec.selection.subjects = vec!["orders.>".into()];
+        let history = vec![RestoreEvent::RestoreAccepted(spec), RestoreEvent::RestoreStarted(plan())];
+        given::<RestoreJob>(history.clone())
+            .when(RestoreCommand::Complete(done(2, 40, 3, 77)))
+            .then_expect(vec![RestoreEvent::RestoreCompleted(done(2, 40, 3, 77))]);
+        given::<RestoreJob>(history.clone()).when(RestoreCommand::Complete(done(2, 101, 1, 100))).then_reject_containing("plan was");
+        given::<RestoreJob>(history).when(RestoreCommand::Complete(done(1, 40, 3, 77))).then_reject_containing("read 1 segments");
+    }
+
+    #[test]
+    fn the_method_is_decided_at_start() {
+        let mut auto = plan();
+        auto.method = RestoreMethod::Auto;
+        given::<RestoreJob>(vec![RestoreEvent::RestoreAccepted(restore_spec("A", "A"))])
+            .when(RestoreCommand::Start(auto))
+            .then_reject_containing("not auto");
     }
 
     #[test]
     fn a_job_cannot_complete_before_it_starts() {
         given::<RestoreJob>(vec![RestoreEvent::RestoreAccepted(restore_spec("A", "A"))])
-            .when(RestoreCommand::Complete(RestoreCompleted { messages: 0, bytes: 0, first_seq: 0, last_seq: 0 }))
+            .when(RestoreCommand::Complete(done(0, 0, 0, 0)))
             .then_reject(DomainError::WrongState { action: "complete", state: JobState::Accepted });
     }
 

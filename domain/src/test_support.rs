@@ -17,6 +17,8 @@ pub fn backup_spec(streams: &[&str]) -> BackupAccepted {
         destination_url: "memory://mem".into(),
         compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
         segment_bytes: 1 << 20,
+        incremental: true,
+        encryption: None,
         admission: admission(),
     }
 }
@@ -28,12 +30,20 @@ pub fn restore_spec(stream: &str, target: &str) -> RestoreAccepted {
         source_url: "memory://mem".into(),
         stream: stream.into(),
         target: target.into(),
+        selection: Selection::default(),
+        options: RestoreOptions::default(),
         admission: admission(),
     }
 }
 
 pub fn verify_spec() -> VerifyAccepted {
-    VerifyAccepted { backup: manifest_cid(), source: "mem".into(), source_url: "memory://mem".into(), admission: admission() }
+    VerifyAccepted {
+        backup: manifest_cid(),
+        source: "mem".into(),
+        source_url: "memory://mem".into(),
+        mode: VerifyMode::Deep,
+        admission: admission(),
+    }
 }
 
 pub fn segment(first: u64, last: u64) -> SegmentInfo {

@@ -49,8 +49,10 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
             BackupEvent::BackupStarted(s) => {
                 next.state = JobState::Running;
                 next.started_at = Some(time);
-                p.messages_total = s.cut.iter().map(|c| c.messages).sum();
-                p.bytes_total = s.cut.iter().map(|c| c.bytes).sum();
+                // Messages the streams hold at the cut; an incremental backup stores only the
+                // new ones, so its total becomes exact at completion.
+                p.messages_total = s.streams.iter().map(|c| c.cut.messages).sum();
+                p.bytes_total = s.streams.iter().map(|c| c.cut.bytes).sum();
             }
             BackupEvent::SegmentStored(s) => {
                 p.messages_done += s.segment.records;
@@ -89,8 +91,9 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
             }
             RestoreEvent::RestoreCompleted(c) => {
                 p.messages_done = c.messages;
+                p.messages_total = c.messages;
                 p.bytes_done = c.bytes;
-                p.objects_done = p.objects_total;
+                p.objects_done = c.segments;
                 finish(&mut next, JobState::Completed, time);
             }
             RestoreEvent::RestoreFailed(f) => fail(&mut next, f, time),

@@ -25,6 +25,10 @@
 //! region = "eu-central-1"
 //! access_key_id = "..."                                # or AWS_ACCESS_KEY_ID
 //! secret_access_key = "..."
+//!
+//! [encryption]
+//! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
+//! identity_files = ["/etc/cim/backup.agekey"]                                  # to read
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,6 +59,8 @@ pub struct Config {
     pub defaults: Defaults,
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationConfig>,
+    #[serde(default)]
+    pub encryption: crate::keys::EncryptionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -51,6 +51,22 @@ pub struct StreamState {
 pub struct StreamInfo {
     pub config: Value,
     pub state: StreamState,
+    /// When the stream was created (server time).
+    pub created: Option<time::OffsetDateTime>,
+    /// Whether every replica has caught up with the leader (true for a single-replica stream).
+    pub replicas_current: bool,
+}
+
+/// A durable consumer as `$JS.API.CONSUMER.LIST` reports it: config verbatim, positions parsed.
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub config: Value,
+    pub delivered_consumer_seq: u64,
+    pub delivered_stream_seq: u64,
+    pub ack_floor_consumer_seq: u64,
+    pub ack_floor_stream_seq: u64,
+    pub num_ack_pending: u64,
 }
 
 #[derive(Clone)]
@@ -86,6 +102,14 @@ impl JsApi {
     pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, JsApiError> {
         match self.request(format!("$JS.API.STREAM.INFO.{stream}"), json!({})).await {
             Ok(mut value) => {
+                let created = value
+                    .get("created")
+                    .and_then(Value::as_str)
+                    .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+                let replicas_current = value
+                    .pointer("/cluster/replicas")
+                    .and_then(Value::as_array)
+                    .is_none_or(|rs| rs.iter().all(|r| r["current"] == Value::Bool(true) && r.get("lag").and_then(Value::as_u64).unwrap_or(0) == 0));
                 let config = value.get_mut("config").map(Value::take).unwrap_or(Value::Null);
                 let state = value
                     .get_mut("state")
@@ -94,7 +118,7 @@ impl JsApi {
                     .transpose()
                     .map_err(|e| JsApiError::Transport { subject: format!("$JS.API.STREAM.INFO.{stream}"), message: e.to_string() })?
                     .unwrap_or_default();
-                Ok(Some(StreamInfo { config, state }))
+                Ok(Some(StreamInfo { config, state, created, replicas_current }))
             }
             Err(e) if e.err_code() == Some(STREAM_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -125,6 +149,58 @@ impl JsApi {
         };
         let reply = self.request(format!("$JS.API.STREAM.PURGE.{stream}"), body).await?;
         Ok(reply.get("purged").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// The durable consumers of a stream (ephemeral ones are skipped: they belong to a
+    /// running client, not to the stream).
+    pub async fn durable_consumers(&self, stream: &str) -> Result<Vec<ConsumerInfo>, JsApiError> {
+        let mut consumers = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let reply = self.request(format!("$JS.API.CONSUMER.LIST.{stream}"), json!({ "offset": offset })).await?;
+            let page = reply.get("consumers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0);
+            offset += page.len() as u64;
+            for info in page {
+                let config = info.get("config").cloned().unwrap_or(Value::Null);
+                let Some(durable) = config.get("durable_name").and_then(Value::as_str).map(str::to_owned) else { continue };
+                let seq = |path: &str| info.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+                consumers.push(ConsumerInfo {
+                    name: durable,
+                    delivered_consumer_seq: seq("/delivered/consumer_seq"),
+                    delivered_stream_seq: seq("/delivered/stream_seq"),
+                    ack_floor_consumer_seq: seq("/ack_floor/consumer_seq"),
+                    ack_floor_stream_seq: seq("/ack_floor/stream_seq"),
+                    num_ack_pending: seq("/num_ack_pending"),
+                    config,
+                });
+            }
+            if offset >= total || total == 0 {
+                return Ok(consumers);
+            }
+        }
+    }
+
+    /// Creates (or updates to the same config) a durable consumer.
+    pub async fn create_consumer(&self, stream: &str, name: &str, config: &Value) -> Result<(), JsApiError> {
+        let body = json!({ "stream_name": stream, "config": config });
+        self.request(format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"), body).await.map(|_| ())
+    }
+
+    /// The JetStream API level the server implements (0 if it does not say: before 2.11).
+    /// Level 5 (nats-server 2.15) restores per-message archives (ADR-63).
+    pub async fn api_level(&self) -> Result<u64, JsApiError> {
+        let reply = self.request("$JS.API.INFO".to_owned(), json!({})).await?;
+        Ok(reply.pointer("/api/level").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Sends a raw request and returns the JSON reply, API errors included as errors.
+    pub async fn raw(&self, subject: String, body: Value) -> Result<Value, JsApiError> {
+        self.request(subject, body).await
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Names of the streams whose subjects overlap `subject`.

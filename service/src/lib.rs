@@ -6,6 +6,7 @@
 //! - [`archive`] — the portable archive format: records, segments, manifests, the object store view.
 //! - [`event_store`] — the JetStream event store with per-aggregate optimistic concurrency.
 //! - [`jobs`] — load → handle → append for the pure aggregates of `cim-backup-domain`.
+//! - [`keys`] — age recipients and identities for encrypted backups.
 //! - [`jsapi`] — raw JetStream API calls where async-nats has no typed helper (verbatim configs).
 //! - [`engine`] — the work of backup, restore and verify jobs, and the runner that owns them.
 //! - [`projector`] — folds events into the job and catalog KV views; rebuilds them.
@@ -23,4 +24,5 @@ pub mod engine;
 pub mod event_store;
 pub mod jobs;
 pub mod jsapi;
+pub mod keys;
 pub mod projector;

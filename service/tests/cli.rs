@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cim_backup_tests::service::{TestService, test_config};
-use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::Value;
 
@@ -73,7 +73,7 @@ async fn the_runbook_commands_work_end_to_end() {
     .await
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(read_all(&client, "EVENTS_CLI").await, read_all(&client, "EVENTS").await);
+    assert_same_messages(&read_all(&client, "EVENTS_CLI").await, &read_all(&client, "EVENTS").await);
 
     // Exit codes: 3 for a rejected request, 2 for bad usage, 1 for a job that did not complete.
     let out = run(vec!["backup-event-streams", "--streams", "NOPE"]).await;

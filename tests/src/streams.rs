@@ -138,3 +138,13 @@ pub async fn read_all(client: &async_nats::Client, stream: &str) -> Vec<StoredMe
 pub async fn state(client: &async_nats::Client, stream: &str) -> cim_backup::jsapi::StreamState {
     JsApi::new(client.clone()).stream_info(stream).await.expect("stream info").expect("stream exists").state
 }
+
+/// Asserts two streams hold the same messages, naming the first difference (instead of
+/// printing thousands of messages).
+#[track_caller]
+pub fn assert_same_messages(got: &[StoredMessage], expected: &[StoredMessage]) {
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!("message {i} differs:\n  got      {:?}\n  expected {:?}", got[i], expected[i]);
+    }
+    assert_eq!(got.len(), expected.len(), "message counts differ (the common prefix is equal)");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::JobState;
 use cim_backup_tests::service::{Caller, TestService, test_config};
-use cim_backup_tests::streams::{create_stream, publish_events, read_all, state};
+use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all, state};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::json;
 
@@ -59,7 +59,7 @@ async fn backup_verify_and_restore_reproduce_every_message() {
     let restore = caller.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_COPY" })).await;
     let restored = caller.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_eq!(read_all(&client, "EVENTS_COPY").await, original);
+    assert_same_messages(&read_all(&client, "EVENTS_COPY").await, &original);
     let copy_state = state(&client, "EVENTS_COPY").await;
     assert_eq!((copy_state.first_seq, copy_state.last_seq, copy_state.messages), (2, 2_000, 1_994));
 
@@ -69,7 +69,7 @@ async fn backup_verify_and_restore_reproduce_every_message() {
     let restore = caller.ok(CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS" })).await;
     let restored = caller.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_eq!(read_all(&client, "EVENTS").await, original);
+    assert_same_messages(&read_all(&client, "EVENTS").await, &original);
     let ack = js.publish("cim.graph.node.1", "after restore".into()).await.unwrap().await.unwrap();
     assert_eq!((ack.stream.as_str(), ack.sequence), ("EVENTS", 2_001));
 
@@ -117,27 +117,35 @@ async fn publish_preconditions_do_not_break_a_restore_and_kv_buckets_round_trip(
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     let backup_id = view.backup_id.unwrap().to_string();
 
-    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_R" })).await;
+    // The server archive keeps every header byte for byte, preconditions included.
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_A", "method": "server-archive" })).await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    let strip = |messages: Vec<cim_backup_tests::streams::StoredMessage>| {
-        messages
-            .into_iter()
-            .map(|mut m| {
-                m.headers.retain(|(name, _)| !name.starts_with("Nats-Expected"));
-                m
-            })
-            .collect::<Vec<_>>()
-    };
-    let restored_orders = read_all(&client, "ORDERS_R").await;
-    assert!(restored_orders.iter().all(|m| m.headers.iter().all(|(n, _)| !n.starts_with("Nats-Expected"))));
-    assert_eq!(restored_orders, strip(read_all(&client, "ORDERS").await), "all else identical");
+    let orders = read_all(&client, "ORDERS").await;
+    assert_same_messages(&read_all(&client, "ORDERS_A").await, &orders);
+
+    // Publishing cannot re-send preconditions (they would be checked again); everything else is
+    // identical, and the original time travels in a header.
+    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_P", "method": "publish" })).await;
+    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+    let published = read_all(&client, "ORDERS_P").await;
+    assert_eq!(published.len(), orders.len());
+    for (p, o) in published.iter().zip(&orders) {
+        assert_eq!((p.seq, &p.subject, &p.payload), (o.seq, &o.subject, &o.payload));
+        let mut expected = o.headers.clone();
+        expected.retain(|(name, _)| !name.starts_with("Nats-Expected"));
+        let mut got = p.headers.clone();
+        let original_time = got.iter().position(|(n, _)| n == "Cim-Original-Time").expect("original time header");
+        got.remove(original_time);
+        assert_eq!(got, expected);
+    }
 
     js.delete_key_value("profiles").await.unwrap();
     let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "KV_profiles" })).await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_eq!(read_all(&client, "KV_profiles").await, kv_before);
+    assert_same_messages(&read_all(&client, "KV_profiles").await, &kv_before);
     let kv = js.get_key_value("profiles").await.unwrap();
     assert_eq!(kv.get("alice").await.unwrap().unwrap(), "alice-2");
     assert_eq!(kv.get("bob").await.unwrap(), None, "the delete marker was restored too");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, EVENTS_STREAM, QRY_JOBS};
 use cim_backup_contracts::views::JobState;
 use cim_backup_tests::service::{Caller, TestService, test_config};
-use cim_backup_tests::streams::{publish_events, read_all};
+use cim_backup_tests::streams::{assert_same_messages, publish_events, read_all};
 use cim_backup_tests::{NatsCluster, eventually, init_tracing};
 use serde_json::{Value, json};
 
@@ -63,7 +63,7 @@ async fn two_instances_on_a_cluster_share_the_work_safely() {
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     let restore = c.ok(CMD_RESTORE, json!({ "backup": view.backup_id.unwrap().to_string(), "stream": "EVENTS", "as": "EVENTS_R" })).await;
     assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-    assert_eq!(read_all(&client, "EVENTS_R").await, read_all(&client, "EVENTS").await);
+    assert_same_messages(&read_all(&client, "EVENTS_R").await, &read_all(&client, "EVENTS").await);
     let restored = api.stream_info("EVENTS_R").await.unwrap().unwrap();
     assert_eq!(restored.config["num_replicas"], 3);
 

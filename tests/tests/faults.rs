@@ -8,7 +8,7 @@ use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, stored_view, test_config};
-use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all};
 use cim_backup_tests::{NatsServer, eventually, init_tracing};
 use serde_json::json;
 
@@ -160,7 +160,7 @@ async fn a_crashed_service_resumes_its_backup_without_losing_or_repeating_data()
     assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
     let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
     assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-    assert_eq!(read_all(&client, "BIG_R").await, read_all(&client, "BIG").await);
+    assert_same_messages(&read_all(&client, "BIG_R").await, &read_all(&client, "BIG").await);
     service.stop().await;
 }
 
@@ -186,7 +186,7 @@ async fn a_killed_nats_server_never_yields_a_false_completed_backup() {
             assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
             let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
             assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-            assert_eq!(read_all(&client, "BIG_R").await, read_all(&client, "BIG").await);
+            assert_same_messages(&read_all(&client, "BIG_R").await, &read_all(&client, "BIG").await);
         }
         JobState::Failed => {
             let error = view.error.expect("a failed job says why");

@@ -7,7 +7,7 @@ use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BAC
 use cim_backup_contracts::views::JobState;
 use cim_backup_tests::s3::{ACCESS_KEY, REGION, SECRET_KEY};
 use cim_backup_tests::service::{Caller, TestService, test_config};
-use cim_backup_tests::streams::{create_stream, publish_events, read_all};
+use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all};
 use cim_backup_tests::{MotoServer, NatsServer, init_tracing};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -63,7 +63,7 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     let restore = c.ok(CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS", "as": "EVENTS_S3", "source": "offsite" })).await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_eq!(read_all(&client, "EVENTS_S3").await, read_all(&client, "EVENTS").await);
+    assert_same_messages(&read_all(&client, "EVENTS_S3").await, &read_all(&client, "EVENTS").await);
 
     // Tamper with one object in the bucket: verify names it.
     let victim = object_store::path::Path::from(segments[0].as_str());

@@ -4,8 +4,11 @@
 
 use async_nats::service::Request;
 use cim_backup_contracts::commands::{CancelJob, RestoreBackup, StartBackup, VerifyBackup, parse_body};
-use cim_backup_contracts::events::{Admission, BackupAccepted, CancelRequested, Compression, RestoreAccepted, VerifyAccepted};
-use cim_backup_contracts::replies::{Accepted, CancelAccepted};
+use cim_backup_contracts::events::{
+    Admission, BackupAccepted, CancelRequested, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
+    RestoreOptions, Selection, VerifyAccepted,
+};
+use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
 use cim_backup_contracts::{ErrorCode, JobId, headers};
@@ -134,8 +137,19 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         cim_backup_contracts::commands::CompressionAlgorithm::None => 0,
     };
     let compression = Compression { algorithm, level };
+    if cmd.full && cmd.incremental == Some(true) {
+        return Err(ApiError::bad_request("full and incremental: pick one"));
+    }
+    let incremental = !cmd.full && cmd.incremental.unwrap_or(true);
+    let encryption = match cmd.encrypt {
+        true => Some(Encryption {
+            scheme: ENCRYPTION_AGE.to_owned(),
+            recipients: ctx.keys.recipients().map_err(|e| ApiError::bad_request(format!("encrypt: {e}")))?,
+        }),
+        false => None,
+    };
     let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression));
+    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression, incremental, &encryption));
     let request_digest = admission.request_digest.clone();
     let spec = BackupAccepted {
         streams: cmd.streams,
@@ -143,6 +157,8 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         destination_url: destination.url,
         compression,
         segment_bytes: ctx.defaults.segment_bytes,
+        incremental,
+        encryption,
         admission,
     };
     let (reply, job) = accept::<BackupJob>(api, &intake, BackupCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
@@ -162,7 +178,15 @@ async fn probe(api: &Api, url: &str) -> Result<(), ApiError> {
     store.probe().await.map_err(|e| ApiError::unavailable(format!("destination {url} is not usable: {e}")))
 }
 
-pub async fn restore(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+/// A restore request is answered with the job, or with the plan for a dry run.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum RestoreReply {
+    Accepted(Accepted),
+    Plan(RestorePlan),
+}
+
+pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiError> {
     let cmd: RestoreBackup = parse(request)?;
     let ctx = api.runner.context();
     let target = cmd.as_stream.clone().unwrap_or_else(|| cmd.stream.clone());
@@ -170,6 +194,23 @@ pub async fn restore(api: &Api, request: &Request) -> Result<Accepted, ApiError>
         if !is_stream_name(name) {
             return Err(ApiError::bad_request(format!("{field}: {name:?} is not a valid stream name")));
         }
+    }
+    let selection = Selection {
+        start_seq: cmd.start_seq,
+        end_seq: cmd.end_seq,
+        start: cmd.start,
+        end: cmd.end,
+        subjects: cmd.subjects.clone(),
+    };
+    validate_selection(&selection)?;
+    let options = RestoreOptions {
+        method: cmd.method.unwrap_or_default(),
+        replicas: cmd.replicas,
+        placement: cmd.placement.clone(),
+        consumers: cmd.consumers.unwrap_or(true),
+    };
+    if let Some(r) = options.replicas.filter(|r| !(1..=5).contains(r)) {
+        return Err(ApiError::bad_request(format!("replicas: {r} is outside 1..=5")));
     }
     let located = locate(api, cmd.backup, Some(&cmd.stream), cmd.source.as_deref()).await?;
     let store = ctx.destinations.open(&located.location.url)?;
@@ -180,20 +221,35 @@ pub async fn restore(api: &Api, request: &Request) -> Result<Accepted, ApiError>
         other => other.into(),
     })?;
     crate::engine::restore::stream_entry(&manifest, &cmd.stream).map_err(|e| ApiError::not_found(e.to_string()))?;
-    if let Some(info) = ctx.api.stream_info(&target).await? {
-        return Err(if info.state.messages > 0 {
-            ApiError::conflict(format!(
-                "target stream {target} is not empty ({} messages); restore never overwrites: delete it, or restore under another name with \"as\"",
-                info.state.messages
-            ))
-        } else {
-            ApiError::conflict(format!(
-                "target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first"
-            ))
-        });
+    match (ctx.api.stream_info(&target).await?, options.method) {
+        (None, RestoreMethod::Append) => {
+            return Err(ApiError::not_found(format!("append needs an existing stream {target}")));
+        }
+        (Some(info), method) if method != RestoreMethod::Append => {
+            return Err(ApiError::conflict(if info.state.messages > 0 {
+                format!(
+                    "target stream {target} is not empty ({} messages); restore never overwrites: delete it, restore under another name with \"as\", or append with \"method\": \"append\"",
+                    info.state.messages
+                )
+            } else {
+                format!("target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first")
+            }));
+        }
+        _ => {}
+    }
+    if cmd.dry_run {
+        let dry = crate::engine::restore::DryRun {
+            source_url: &located.location.url,
+            backup: located.backup,
+            stream: &cmd.stream,
+            target: &target,
+            selection: &selection,
+            options: &options,
+        };
+        return crate::engine::restore::dry_run(ctx, dry).await.map(RestoreReply::Plan).map_err(engine_error);
     }
     let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, &cmd.stream, &target));
+    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, &cmd.stream, &target, &selection, &options));
     let request_digest = admission.request_digest.clone();
     let spec = RestoreAccepted {
         backup: located.backup,
@@ -201,22 +257,50 @@ pub async fn restore(api: &Api, request: &Request) -> Result<Accepted, ApiError>
         source_url: located.location.url,
         stream: cmd.stream,
         target,
+        selection,
+        options,
         admission,
     };
     let (reply, job) = accept::<RestoreJob>(api, &intake, RestoreCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
     if let Some(job) = job {
         api.runner.spawn_restore(job);
     }
-    Ok(reply)
+    Ok(RestoreReply::Accepted(reply))
+}
+
+fn validate_selection(s: &Selection) -> Result<(), ApiError> {
+    if let (Some(a), Some(b)) = (s.start_seq, s.end_seq) {
+        if a > b {
+            return Err(ApiError::bad_request(format!("start_seq {a} is after end_seq {b}")));
+        }
+    }
+    if let (Some(a), Some(b)) = (s.start, s.end) {
+        if a >= b {
+            return Err(ApiError::bad_request(format!("start {a} is not before end {b}")));
+        }
+    }
+    for subject in &s.subjects {
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let bad_gt = tokens.iter().enumerate().any(|(i, t)| *t == ">" && i + 1 != tokens.len());
+        if subject.is_empty() || bad_gt || tokens.iter().any(|t| t.is_empty() || t.contains(char::is_whitespace)) {
+            return Err(ApiError::bad_request(format!("subjects: {subject:?} is not a valid subject filter")));
+        }
+    }
+    Ok(())
+}
+
+fn engine_error(e: crate::engine::EngineError) -> ApiError {
+    ApiError::new(e.code(), e.to_string())
 }
 
 pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let cmd: VerifyBackup = parse(request)?;
     let located = locate(api, cmd.backup, cmd.stream.as_deref(), cmd.source.as_deref()).await?;
+    let mode = cmd.mode.unwrap_or_default();
     let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url));
+    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, mode));
     let request_digest = admission.request_digest.clone();
-    let spec = VerifyAccepted { backup: located.backup, source: located.location.given, source_url: located.location.url, admission };
+    let spec = VerifyAccepted { backup: located.backup, source: located.location.given, source_url: located.location.url, mode, admission };
     let (reply, job) = accept::<VerifyJob>(api, &intake, VerifyCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
     if let Some(job) = job {
         api.runner.spawn_verify(job);

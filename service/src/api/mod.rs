@@ -101,6 +101,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         destinations: Destinations::new(config.destinations.clone(), config.defaults.destination.clone()),
         defaults: config.defaults.clone(),
         instance: config.service.instance.clone(),
+        keys: crate::keys::Keys::load(&config.encryption).map_err(|e| ServeError::Service(e.to_string()))?,
+        views: views.clone(),
     });
     let runner = Runner::new(ctx);
     runner.clone().watch_cancellations().await.map_err(|e| ServeError::Service(e.to_string()))?;

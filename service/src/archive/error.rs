@@ -12,6 +12,9 @@ pub enum ArchiveError {
     Corrupt { object: String, record: Option<u64>, message: String },
     #[error("object store failed on {object}: {message}")]
     Store { object: String, message: String },
+    /// An encrypted object this service cannot open (no identity, wrong key).
+    #[error("object {object}: {message}")]
+    Key { object: String, message: String },
 }
 
 impl ArchiveError {
@@ -23,13 +26,17 @@ impl ArchiveError {
         match self {
             ArchiveError::Missing { .. } | ArchiveError::Corrupt { .. } => ErrorCode::Corrupt,
             ArchiveError::Store { .. } => ErrorCode::Unavailable,
+            ArchiveError::Key { .. } => ErrorCode::Forbidden,
         }
     }
 
     /// The object key at fault.
     pub fn object(&self) -> &str {
         match self {
-            ArchiveError::Missing { object } | ArchiveError::Corrupt { object, .. } | ArchiveError::Store { object, .. } => object,
+            ArchiveError::Missing { object }
+            | ArchiveError::Corrupt { object, .. }
+            | ArchiveError::Store { object, .. }
+            | ArchiveError::Key { object, .. } => object,
         }
     }
 

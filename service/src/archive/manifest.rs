@@ -5,7 +5,9 @@
 //! Written last: a backup whose manifest is not stored does not exist, whatever segments are.
 
 use cim_backup_contracts::cid::{Cid, dag_cbor_cid, verifies};
-use cim_backup_contracts::events::{Compression, SegmentInfo, StreamCut, StreamSummary};
+use cim_backup_contracts::events::{
+    Compression, ConsumerPosition, ENCRYPTION_AGE, Encryption, SegmentInfo, StreamCut, StreamSummary,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -23,9 +25,9 @@ pub struct Manifest {
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
     pub compression: Compression,
-    /// Reserved for encryption to recipients; `null` means the segments are not encrypted. A
-    /// reader that finds a value it does not understand must refuse the backup.
-    pub encryption: Option<ipld_core::ipld::Ipld>,
+    /// `null`: segments are stored in the clear. Otherwise how they are encrypted (scheme
+    /// `age`, to the listed recipients); a reader refuses a scheme it does not know.
+    pub encryption: Option<Encryption>,
     pub streams: Vec<StreamArchive>,
 }
 
@@ -43,20 +45,12 @@ pub struct StreamArchive {
     pub messages: u64,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
-    /// Backup this one continues (incremental backups); `null` for a full backup.
+    /// Backup this one continues (incremental backups): it holds only messages after the
+    /// parent's `cut.last_seq` of this stream. `null` for a full backup.
     pub parent: Option<Cid>,
-    /// Durable consumers and their positions (reserved; empty in this version).
-    pub consumers: Vec<ConsumerArchive>,
+    /// Durable consumers and their positions at the cut.
+    pub consumers: Vec<ConsumerPosition>,
     pub segments: Vec<SegmentInfo>,
-}
-
-/// A durable consumer's config and position (reserved for consumer backups).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsumerArchive {
-    pub name: String,
-    pub config: String,
-    pub ack_floor_stream_seq: u64,
-    pub delivered_stream_seq: u64,
 }
 
 impl StreamArchive {
@@ -69,6 +63,7 @@ impl StreamArchive {
             raw_bytes: self.raw_bytes,
             stored_bytes: self.stored_bytes,
             segments: self.segments.len() as u64,
+            parent: self.parent,
         }
     }
 }
@@ -92,8 +87,10 @@ impl Manifest {
         if manifest.format != MANIFEST_FORMAT {
             return Err(ArchiveError::corrupt(&object, format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format)));
         }
-        if manifest.encryption.is_some() {
-            return Err(ArchiveError::corrupt(&object, "encrypted backups need a newer cim-backup"));
+        if let Some(e) = &manifest.encryption {
+            if e.scheme != ENCRYPTION_AGE {
+                return Err(ArchiveError::corrupt(&object, format!("encryption scheme {:?} is not supported", e.scheme)));
+            }
         }
         Ok(manifest)
     }
@@ -132,7 +129,15 @@ mod tests {
             streams: vec![StreamArchive {
                 name: "EVENTS".into(),
                 config: r#"{"name":"EVENTS","future_field":1}"#.into(),
-                cut: StreamCut { stream: "EVENTS".into(), first_seq: 1, last_seq: 2, messages: 2, bytes: 10 },
+                cut: StreamCut {
+                    stream: "EVENTS".into(),
+                    first_seq: 1,
+                    last_seq: 2,
+                    messages: 2,
+                    bytes: 10,
+                    taken_at: OffsetDateTime::UNIX_EPOCH,
+                    created: None,
+                },
                 first_seq: 1,
                 last_seq: 2,
                 messages: 2,
@@ -196,7 +201,7 @@ mod golden {
         let none = Compression { algorithm: CompressionAlgorithm::None, level: 0 };
         let mut builder = SegmentBuilder::with_capacity(64);
         builder.push(&Record { seq: 1, time_ns: 0, subject: "a", headers: b"", payload: b"x" });
-        let segment = builder.seal(none).unwrap();
+        let segment = builder.seal(none, None).unwrap();
         assert_eq!(
             hex(&segment.bytes),
             "43494d53454700011c000000010000000000000000000000000000000100610000000001000000786b79fb47"
@@ -212,7 +217,15 @@ mod golden {
             streams: vec![StreamArchive {
                 name: "EVENTS".into(),
                 config: r#"{"name":"EVENTS","subjects":["a"]}"#.into(),
-                cut: StreamCut { stream: "EVENTS".into(), first_seq: 1, last_seq: 1, messages: 1, bytes: 32 },
+                cut: StreamCut {
+                    stream: "EVENTS".into(),
+                    first_seq: 1,
+                    last_seq: 1,
+                    messages: 1,
+                    bytes: 32,
+                    taken_at: datetime!(2026-11-25 12:00:01 UTC),
+                    created: None,
+                },
                 first_seq: 1,
                 last_seq: 1,
                 messages: 1,
@@ -225,7 +238,7 @@ mod golden {
         };
         let (bytes, cid) = manifest.encode();
         assert_eq!(hex(&bytes), include_str!("golden/manifest_v1.hex").trim());
-        assert_eq!(cid.to_string(), "bafyreiasg4v3mbycrzfatcsbccqxlx5t3fdp3iqvfxomfzwfaluibzysbu");
+        assert_eq!(cid.to_string(), "bafyreibtgq5ff3peyv77nipssyvl2774tr6cbrqzunw3v4ctzfqx4z4gdy");
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -60,8 +60,9 @@ impl SegmentBuilder {
         self.records
     }
 
-    /// Compresses and names the segment. CPU-bound: run it off the async executor.
-    pub fn seal(self, compression: Compression) -> Result<SealedSegment, ArchiveError> {
+    /// Compresses, encrypts (if `recipients` is given) and names the segment. CPU-bound: run it
+    /// off the async executor.
+    pub fn seal(self, compression: Compression, recipients: Option<&[String]>) -> Result<SealedSegment, ArchiveError> {
         let (first_seq, first_ns) = self.first.expect("sealing an empty segment is a bug");
         let stored: Vec<u8> = match compression.algorithm {
             CompressionAlgorithm::Zstd => {
@@ -73,6 +74,11 @@ impl SegmentBuilder {
                     .map_err(|e| ArchiveError::corrupt("(new segment)", format!("zstd: {e}")))?
             }
             CompressionAlgorithm::None => self.raw.clone(),
+        };
+        let stored = match recipients {
+            Some(recipients) => crate::keys::Keys::encrypt(recipients, &stored)
+                .map_err(|e| ArchiveError::Key { object: "(new segment)".into(), message: e.to_string() })?,
+            None => stored,
         };
         let info = SegmentInfo {
             cid: raw_cid(&stored),
@@ -103,10 +109,19 @@ pub fn key(info: &SegmentInfo) -> String {
     format!("segments/{}", info.cid)
 }
 
+/// How to read the stored form of a backup's segments.
+#[derive(Clone, Copy)]
+pub struct Codec<'k> {
+    pub compression: CompressionAlgorithm,
+    /// Set for an encrypted backup: the keys to open it with.
+    pub keys: Option<&'k crate::keys::Keys>,
+}
+
 /// Checks the stored bytes of a segment against its manifest entry and returns the plaintext
-/// records area (after the magic).
-pub fn open(stored: &[u8], info: &SegmentInfo, compression: CompressionAlgorithm) -> Result<Vec<u8>, ArchiveError> {
+/// (magic included; see [`records`]).
+pub fn open(stored: &[u8], info: &SegmentInfo, codec: Codec<'_>) -> Result<Vec<u8>, ArchiveError> {
     let object = key(info);
+    let compression = codec.compression;
     if stored.len() as u64 != info.stored_bytes {
         return Err(ArchiveError::corrupt(
             &object,
@@ -116,6 +131,14 @@ pub fn open(stored: &[u8], info: &SegmentInfo, compression: CompressionAlgorithm
     if !verifies(&info.cid, stored) {
         return Err(ArchiveError::corrupt(&object, "content does not match its CID (tampered or damaged)"));
     }
+    let decrypted;
+    let stored = match codec.keys {
+        Some(keys) => {
+            decrypted = keys.decrypt(stored).map_err(|e| ArchiveError::Key { object: object.clone(), message: e.to_string() })?;
+            &decrypted[..]
+        }
+        None => stored,
+    };
     let plain = match compression {
         CompressionAlgorithm::Zstd => zstd::bulk::decompress(stored, info.raw_bytes as usize)
             .map_err(|e| ArchiveError::corrupt(&object, format!("zstd frame does not decompress: {e}")))?,
@@ -175,6 +198,8 @@ pub fn check_records(plain: &[u8], info: &SegmentInfo) -> Result<u64, ArchiveErr
 mod tests {
     use super::*;
 
+    const ZSTD: Codec<'static> = Codec { compression: CompressionAlgorithm::Zstd, keys: None };
+
     fn zstd() -> Compression {
         Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 }
     }
@@ -190,14 +215,14 @@ mod tests {
                 payload: format!("payload-{seq}").as_bytes(),
             });
         }
-        b.seal(zstd()).unwrap()
+        b.seal(zstd(), None).unwrap()
     }
 
     #[test]
     fn a_sealed_segment_opens_and_checks() {
         let seg = build(&[3, 4, 7]);
         assert_eq!((seg.info.first_seq, seg.info.last_seq, seg.info.records), (3, 7, 3));
-        let plain = open(&seg.bytes, &seg.info, CompressionAlgorithm::Zstd).unwrap();
+        let plain = open(&seg.bytes, &seg.info, ZSTD).unwrap();
         assert_eq!(check_records(&plain, &seg.info).unwrap(), 3);
         let seqs: Vec<u64> = records(&plain).map(|r| r.unwrap().seq).collect();
         assert_eq!(seqs, [3, 4, 7]);
@@ -215,7 +240,7 @@ mod tests {
         let mut bytes = seg.bytes.to_vec();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
-        let err = open(&bytes, &seg.info, CompressionAlgorithm::Zstd).unwrap_err();
+        let err = open(&bytes, &seg.info, ZSTD).unwrap_err();
         assert_eq!(err.object(), format!("segments/{}", seg.info.cid));
         assert!(err.to_string().contains("does not match its CID"), "{err}");
     }
@@ -223,7 +248,7 @@ mod tests {
     #[test]
     fn a_manifest_that_lies_about_the_records_is_caught() {
         let seg = build(&[1, 2, 3]);
-        let plain = open(&seg.bytes, &seg.info, CompressionAlgorithm::Zstd).unwrap();
+        let plain = open(&seg.bytes, &seg.info, ZSTD).unwrap();
         let mut info = seg.info.clone();
         info.records = 4;
         assert!(check_records(&plain, &info).unwrap_err().to_string().contains("holds 3 records"));
@@ -236,8 +261,8 @@ mod tests {
     fn uncompressed_segments_work_too() {
         let mut b = SegmentBuilder::with_capacity(64);
         b.push(&Record { seq: 1, time_ns: 5, subject: "a", headers: b"", payload: b"x" });
-        let seg = b.seal(Compression { algorithm: CompressionAlgorithm::None, level: 0 }).unwrap();
-        let plain = open(&seg.bytes, &seg.info, CompressionAlgorithm::None).unwrap();
+        let seg = b.seal(Compression { algorithm: CompressionAlgorithm::None, level: 0 }, None).unwrap();
+        let plain = open(&seg.bytes, &seg.info, Codec { compression: CompressionAlgorithm::None, keys: None }).unwrap();
         assert_eq!(check_records(&plain, &seg.info).unwrap(), 1);
     }
 }

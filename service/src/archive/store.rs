@@ -65,13 +65,18 @@ impl ArchiveStore {
             .map_err(|e| ArchiveError::Store { object: self.url.clone(), message: e.to_string() })
     }
 
-    /// Whether `key` exists with exactly `size` bytes.
-    pub async fn has(&self, key: &str, size: u64) -> Result<bool, ArchiveError> {
+    /// The size of `key`, or `None` if it does not exist (one HEAD request, nothing read).
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, ArchiveError> {
         match self.store.head(&self.path(key)).await {
-            Ok(meta) => Ok(meta.size == size),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_error(key, e)),
         }
+    }
+
+    /// Whether `key` exists with exactly `size` bytes.
+    pub async fn has(&self, key: &str, size: u64) -> Result<bool, ArchiveError> {
+        Ok(self.size(key).await? == Some(size))
     }
 
     /// Stores `bytes` under `key` unless an object of the same size is already there.

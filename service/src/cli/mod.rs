@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use cim_backup_contracts::commands::{
     BackupRef, BackupsQuery, CancelJob, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup, VerifyBackup,
 };
-use cim_backup_contracts::replies::{Accepted, CancelAccepted};
+use cim_backup_contracts::events::{Placement, RestoreMethod, VerifyMode};
+use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
 use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
 use cim_backup_contracts::JobId;
@@ -102,6 +103,12 @@ pub struct BackupArgs {
     pub compress: Option<String>,
     #[arg(long)]
     pub zstd_level: Option<i32>,
+    /// Force a full backup (default: incremental where an earlier backup exists).
+    #[arg(long)]
+    pub full: bool,
+    /// Encrypt segments to the recipients configured for the service.
+    #[arg(long)]
+    pub encrypt: bool,
     /// Repeating a request with the same key starts one job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -148,6 +155,9 @@ pub struct VerifyArgs {
     /// Where the backup is stored (default: as the catalog says).
     #[arg(long)]
     pub source: Option<String>,
+    /// Only check that every object exists with its size (fast; no key needed).
+    #[arg(long)]
+    pub structural: bool,
     #[arg(long)]
     pub wait: bool,
 }
@@ -167,6 +177,39 @@ pub struct RestoreArgs {
     /// A backup id inside --source.
     #[arg(long)]
     pub backup: Option<String>,
+    /// Only messages with original time at or after this (RFC 3339).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Only messages with original time before this (RFC 3339).
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Only messages from this sequence on.
+    #[arg(long)]
+    pub start_seq: Option<u64>,
+    /// Only messages up to this sequence.
+    #[arg(long)]
+    pub end_seq: Option<u64>,
+    /// Only messages on these subjects (comma-separated, wildcards allowed).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Vec<String>,
+    /// Replicas of the restored stream.
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Place the restored stream in this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Placement tags (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// auto, server-archive, publish, or append (into an existing stream).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Do not recreate the saved durable consumers.
+    #[arg(long)]
+    pub no_consumers: bool,
+    /// Show exactly what would be written; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long)]
     pub wait: bool,
 }
@@ -277,6 +320,9 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 destination: a.destination.clone(),
                 compress,
                 zstd_level: a.zstd_level,
+                full: a.full,
+                incremental: None,
+                encrypt: a.encrypt,
                 idempotency_key: a.idempotency_key.clone(),
                 correlation_id: None,
             };
@@ -316,6 +362,7 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 backup,
                 stream: a.stream.clone(),
                 source: a.source.as_deref().map(location),
+                mode: a.structural.then_some(VerifyMode::Structural),
                 idempotency_key: None,
                 correlation_id: None,
             };
@@ -324,14 +371,42 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
         }
         Command::RestoreEvents(a) => {
             let (backup, source) = restore_source(&a.source, a.backup.as_deref())?;
+            let time = |flag: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339))
+                    .transpose()
+                    .map_err(|e| CliError::Usage(format!("{flag}: not an RFC 3339 time: {e}")))
+            };
+            let method = a
+                .method
+                .as_deref()
+                .map(|m| serde_json::from_value::<RestoreMethod>(serde_json::Value::String(m.to_owned())))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--method: {e}")))?;
+            let placement = (a.cluster.is_some() || !a.tags.is_empty()).then(|| Placement { cluster: a.cluster.clone(), tags: a.tags.clone() });
             let body = RestoreBackup {
                 backup,
                 stream: a.stream.clone(),
                 as_stream: a.as_stream.clone(),
                 source,
+                start: time("--start", &a.start)?,
+                end: time("--end", &a.end)?,
+                start_seq: a.start_seq,
+                end_seq: a.end_seq,
+                subjects: a.subjects.clone(),
+                replicas: a.replicas,
+                placement,
+                method,
+                consumers: a.no_consumers.then_some(false),
+                dry_run: a.dry_run,
                 idempotency_key: None,
                 correlation_id: None,
             };
+            if a.dry_run {
+                let plan: RestorePlan = client.request(CMD_RESTORE, &body).await?;
+                if cli.json { output::json(&plan) } else { output::plan(&plan) }
+                return Ok(());
+            }
             let accepted: Accepted = client.request(CMD_RESTORE, &body).await?;
             after_accept(cli, &client, accepted, a.wait).await
         }

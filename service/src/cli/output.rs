@@ -6,6 +6,18 @@ use std::io::IsTerminal;
 use cim_backup_contracts::views::{CatalogEntry, JobView};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// KV buckets and object stores are streams named `KV_<bucket>` and `OBJ_<bucket>`; listings show
+/// them as the buckets users know.
+pub fn bucket_name(stream: &str) -> String {
+    if let Some(bucket) = stream.strip_prefix("KV_") {
+        format!("{stream} (KV bucket {bucket})")
+    } else if let Some(bucket) = stream.strip_prefix("OBJ_") {
+        format!("{stream} (object store {bucket})")
+    } else {
+        stream.to_owned()
+    }
+}
+
 pub fn json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("values serialize"));
 }
@@ -64,9 +76,14 @@ pub fn backups(entries: &[CatalogEntry]) {
     for e in entries {
         println!("{}  {}  {}", e.backup_id, e.created_at, e.destination);
         for s in &e.streams {
+            let kind = match &s.parent {
+                Some(parent) => format!("incremental on {parent}"),
+                None => "full".to_owned(),
+            };
+            let shown = bucket_name(&s.stream);
             println!(
-                "    {:<24} {:>10} msgs  seq {}..={}  {} raw -> {} stored  ({} segments)",
-                s.stream,
+                "    {:<24} {:>10} msgs  seq {}..={}  {} raw -> {} stored  ({} segments, {kind})",
+                shown,
                 s.messages,
                 s.first_seq,
                 s.last_seq,
@@ -76,6 +93,25 @@ pub fn backups(entries: &[CatalogEntry]) {
             );
         }
         println!("    {}, {}", e.compression, if e.encrypted { "encrypted" } else { "not encrypted" });
+    }
+}
+
+pub fn plan(plan: &cim_backup_contracts::replies::RestorePlan) {
+    println!("dry run: nothing was written");
+    println!("restore   {} of backup {} -> {} ({:?})", plan.stream, plan.backup, plan.target, plan.method);
+    println!("chain     {} backup(s), {} segment(s) to fetch", plan.chain.len(), plan.segments);
+    println!("messages  {} ({})", plan.messages, bytes(plan.bytes));
+    if let (Some(a), Some(b)) = (plan.first_seq, plan.last_seq) {
+        println!("sequences {a}..={b}");
+    }
+    if let (Some(a), Some(b)) = (plan.first_time, plan.last_time) {
+        println!("times     {a} .. {b}");
+    }
+    for c in &plan.consumers {
+        println!("consumer  {} starts at seq {} ({} redeliveries)", c.name, c.start_seq, c.redeliveries);
+    }
+    for note in &plan.notes {
+        println!("note      {note}");
     }
 }
 

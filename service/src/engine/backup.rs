@@ -8,7 +8,9 @@
 //! uploaded again (objects are named by content).
 
 use cim_backup_contracts::ErrorCode;
-use cim_backup_contracts::events::{BackupCompleted, BackupStarted, SegmentStored, StreamCut};
+use cim_backup_contracts::events::{
+    BackupAccepted, BackupCompleted, BackupStarted, ConsumerPosition, ParentLink, SegmentStored, StreamCut, StreamStart,
+};
 use cim_backup_contracts::views::JobState;
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
 use futures::StreamExt;
@@ -30,12 +32,12 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let archive = ctx.destinations.open(&spec.destination_url)?;
     if job.state.lifecycle.state == Some(JobState::Accepted) {
-        let started = take_cut(ctx, &spec.streams).await?;
+        let started = take_cut(ctx, &spec, &archive).await?;
         execute(&ctx.events, job, BackupCommand::Start(started), None).await?;
     }
-    let cut = job.state.started.clone().expect("a running backup has a cut").cut;
-    for stream_cut in &cut {
-        archive_stream(ctx, job, &archive, stream_cut, cancel).await?;
+    let streams = job.state.started.clone().expect("a running backup has a cut").streams;
+    for start in &streams {
+        archive_stream(ctx, job, &archive, &start.cut, cancel).await?;
     }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
@@ -47,7 +49,7 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
         manifest_bytes,
         streams: job.state.summaries(),
         compression: spec.compression,
-        encrypted: false,
+        encrypted: spec.encryption.is_some(),
         created: manifest.created,
     };
     execute(&ctx.events, job, BackupCommand::Complete(completed), None).await?;
@@ -59,25 +61,78 @@ fn gone(stream: &str) -> EngineError {
     EngineError::precondition(ErrorCode::NotFound, format!("stream {stream} does not exist (any more)"))
 }
 
-/// The last sequence (and verbatim config) of every stream, read back to back: everything up
-/// to it is backed up.
-async fn take_cut(ctx: &Context, streams: &[String]) -> Result<BackupStarted, EngineError> {
+/// The cut: every stream's state, config and durable consumers, read back to back, and for an
+/// incremental backup each stream's parent. Everything up to `cut.last_seq` is backed up.
+async fn take_cut(ctx: &Context, spec: &BackupAccepted, archive: &ArchiveStore) -> Result<BackupStarted, EngineError> {
     let taken_at = OffsetDateTime::now_utc();
-    let mut cut = Vec::with_capacity(streams.len());
-    let mut configs = Vec::with_capacity(streams.len());
-    for stream in streams {
+    let mut streams = Vec::with_capacity(spec.streams.len());
+    for stream in &spec.streams {
         let info = ctx.api.stream_info(stream).await?.ok_or_else(|| gone(stream))?;
-        configs.push(info.config.to_string());
-        let state = info.state;
-        cut.push(StreamCut {
+        let cut = StreamCut {
             stream: stream.clone(),
-            first_seq: state.first_seq,
-            last_seq: state.last_seq,
-            messages: state.messages,
-            bytes: state.bytes,
-        });
+            first_seq: info.state.first_seq,
+            last_seq: info.state.last_seq,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            taken_at: OffsetDateTime::now_utc(),
+            created: info.created,
+        };
+        streams.push(StreamStart { config: info.config.to_string(), cut, parent: None, consumers: Vec::new() });
     }
-    Ok(BackupStarted { taken_at, cut, configs, tool: tool_version() })
+    // Consumers and parents after all the states, so the states are as close in time as the API
+    // allows (the cut's skew is the spread of the `taken_at`s).
+    for start in &mut streams {
+        let stream = start.cut.stream.clone();
+        start.consumers = ctx
+            .api
+            .durable_consumers(&stream)
+            .await?
+            .into_iter()
+            .map(|c| ConsumerPosition {
+                name: c.name,
+                config: c.config.to_string(),
+                delivered_consumer_seq: c.delivered_consumer_seq,
+                delivered_stream_seq: c.delivered_stream_seq,
+                ack_floor_consumer_seq: c.ack_floor_consumer_seq,
+                ack_floor_stream_seq: c.ack_floor_stream_seq,
+                num_ack_pending: c.num_ack_pending,
+            })
+            .collect();
+        if spec.incremental {
+            start.parent = find_parent(ctx, archive, &spec.destination_url, &start.cut).await;
+        }
+    }
+    Ok(BackupStarted { taken_at, streams, tool: tool_version() })
+}
+
+/// The newest completed backup of the same stream in the same destination, if an incremental
+/// backup can continue it: its manifest must read back, and the stream must be the same one
+/// (same creation time, sequences not gone backwards). Anything else means a full backup.
+async fn find_parent(ctx: &Context, archive: &ArchiveStore, url: &str, cut: &StreamCut) -> Option<ParentLink> {
+    let entries = match ctx.views.catalog().await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(stream = %cut.stream, error = %e, "cannot read the catalog; taking a full backup");
+            return None;
+        }
+    };
+    let newest = cim_backup_projections::catalog::select(entries, Some(&cut.stream)).into_iter().find(|e| e.destination == url)?;
+    let full = |why: String| {
+        tracing::warn!(stream = %cut.stream, parent = %newest.backup_id, "{why}; taking a full backup");
+        None
+    };
+    let manifest = match archive.get_manifest(&newest.backup_id.0).await {
+        Ok((manifest, _)) => manifest,
+        Err(e) => return full(format!("the previous backup cannot be read ({e})")),
+    };
+    let entry = manifest.stream(&cut.stream)?;
+    if entry.cut.created != cut.created {
+        return full("the stream was recreated since the previous backup".into());
+    }
+    if cut.last_seq < entry.cut.last_seq {
+        return full(format!("the stream's last sequence {} is below the previous cut {}", cut.last_seq, entry.cut.last_seq));
+    }
+    Some(ParentLink { backup: newest.backup_id.0, cut_last_seq: entry.cut.last_seq })
 }
 
 /// Archives one stream from after its last recorded segment up to the cut.
@@ -88,7 +143,7 @@ async fn archive_stream(
     cut: &StreamCut,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let from = job.state.stored_up_to(&cut.stream).map_or(cut.first_seq, |s| s + 1);
+    let from = job.state.resume_from(&cut.stream).expect("the stream is part of the cut");
     if cut.messages == 0 || from > cut.last_seq {
         return Ok(());
     }
@@ -99,11 +154,13 @@ async fn archive_stream(
     let reader = read_segments(ctx, &cut.stream, from, cut.last_seq, segment_bytes, tx, cancel.clone());
 
     let compression = spec.compression;
+    let recipients = spec.encryption.as_ref().map(|e| e.recipients.clone());
     let sealed = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
         .map(|builder| {
             let archive = archive.clone();
+            let recipients = recipients.clone();
             async move {
-                let sealed = tokio::task::spawn_blocking(move || builder.seal(compression))
+                let sealed = tokio::task::spawn_blocking(move || builder.seal(compression, recipients.as_deref()))
                     .await
                     .map_err(|e| EngineError::nats(format!("compression task failed: {e}")))??;
                 archive.put_segment(&sealed).await?;
@@ -173,22 +230,21 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
     let spec = job.state.spec.as_ref().expect("spec");
     let started = job.state.started.as_ref().expect("a running backup has a cut");
     let streams = started
-        .cut
+        .streams
         .iter()
-        .zip(&started.configs)
         .zip(job.state.summaries())
-        .map(|((c, config), summary)| StreamArchive {
-            name: c.stream.clone(),
-            config: config.clone(),
-            cut: c.clone(),
+        .map(|(start, summary)| StreamArchive {
+            name: start.cut.stream.clone(),
+            config: start.config.clone(),
+            cut: start.cut.clone(),
             first_seq: summary.first_seq,
             last_seq: summary.last_seq,
             messages: summary.messages,
             raw_bytes: summary.raw_bytes,
             stored_bytes: summary.stored_bytes,
-            parent: None,
-            consumers: Vec::new(),
-            segments: job.state.segments_of(&c.stream).cloned().collect(),
+            parent: start.parent.as_ref().map(|p| p.backup),
+            consumers: start.consumers.clone(),
+            segments: job.state.segments_of(&start.cut.stream).cloned().collect(),
         })
         .collect();
     Manifest {
@@ -199,7 +255,7 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
         // writes the same bytes again (same CID), instead of leaving an orphan manifest.
         created: started.taken_at,
         compression: spec.compression,
-        encryption: None,
+        encryption: spec.encryption.clone(),
         streams,
     }
 }

@@ -7,6 +7,8 @@ use crate::config::Defaults;
 use crate::destination::Destinations;
 use crate::event_store::EventStore;
 use crate::jsapi::JsApi;
+use crate::keys::Keys;
+use crate::projector::Views;
 
 pub struct Context {
     pub client: Client,
@@ -17,6 +19,10 @@ pub struct Context {
     pub defaults: Defaults,
     /// Name of this instance; jobs record it as their runner.
     pub instance: String,
+    /// Encryption recipients and identities.
+    pub keys: Keys,
+    /// The views (an incremental backup finds its parent in the catalog).
+    pub views: Views,
 }
 
 /// `cim-backup <version>`: written into manifests so a reader knows the writer.

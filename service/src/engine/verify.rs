@@ -1,37 +1,90 @@
-//! The verify engine: re-reads every object of a backup and checks it end to end.
+//! The verify engine: checks a backup and every backup its streams build on (the chain of
+//! incremental parents), end to end.
 //!
-//! Manifest: present, hashes to the backup id, decodes. Each segment: present, size as recorded,
-//! hashes to its CID, zstd frame and checksum, plaintext length, magic, every record's CRC,
-//! sequences strictly increasing inside the recorded range, record count and boundary times.
-//! Across segments: sequences ascend without overlap, and per-stream totals match the manifest.
+//! Every mode: each manifest present, hashing to its id, decoding; per-stream totals and bounds
+//! agreeing with the segments and the cut; each link of a chain sound (an incremental holds only
+//! sequences after its parent's cut, of the same stream).
+//! - `structural` then checks that every segment object exists with its recorded size (no
+//!   reading: fast, and needs no key for encrypted backups);
+//! - `deep` reads every segment: size, CID, decryption (authenticated), zstd frame and checksum,
+//!   plaintext length, magic, every record's CRC, header block and sequence, and sequence
+//!   continuity across segments.
+//!
 //! The first failure names the object (and record) and fails the job.
 
-use cim_backup_contracts::ErrorCode;
-use cim_backup_contracts::events::{VerifyCompleted, VerifyProgressed, VerifyStarted};
+use std::collections::{BTreeMap, HashSet};
+
+use cim_backup_contracts::cid::Cid;
+use cim_backup_contracts::events::{VerifyCompleted, VerifyMode, VerifyProgressed, VerifyStarted};
 use cim_backup_contracts::views::JobState;
+use cim_backup_contracts::ErrorCode;
 use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::error::EngineError;
+use super::restore::plan::Chain;
 use crate::archive::manifest::{self, Manifest};
-use crate::archive::{ArchiveError, segment};
+use crate::archive::segment::{self, Codec};
+use crate::archive::{ArchiveError, ArchiveStore};
 use crate::jobs::{Job, execute};
 
 /// Minimum time between two progress events of one verify job.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The manifests a backup reaches through its streams' parents, each once.
+struct Reach {
+    /// Manifests by id, with their stored size.
+    manifests: BTreeMap<Cid, (Manifest, u64)>,
+    /// Read order: the backup itself first.
+    order: Vec<Cid>,
+}
+
+async fn reach(archive: &ArchiveStore, backup: Cid) -> Result<Reach, EngineError> {
+    let mut reach = Reach { manifests: BTreeMap::new(), order: Vec::new() };
+    let mut queue = vec![backup];
+    while let Some(cid) = queue.pop() {
+        if reach.manifests.contains_key(&cid) {
+            continue;
+        }
+        let (manifest, size) = archive.get_manifest(&cid).await?;
+        check_manifest_totals(&manifest, &cid)?;
+        queue.extend(manifest.streams.iter().filter_map(|s| s.parent));
+        reach.order.push(cid);
+        reach.manifests.insert(cid, (manifest, size));
+    }
+    Ok(reach)
+}
+
 pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let archive = ctx.destinations.open(&spec.source_url)?;
-    let (manifest, manifest_bytes) = archive.get_manifest(&spec.backup).await?;
-    check_manifest_totals(&manifest, &spec.backup)?;
-    let (objects, segment_bytes) = manifest.objects();
-    let records: u64 = manifest.streams.iter().map(|s| s.messages).sum();
-    let plan = VerifyStarted { objects, bytes: segment_bytes + manifest_bytes, records };
+    let reach = reach(&archive, spec.backup).await?;
+    // Every stream's chain links are sound.
+    let (root, _) = &reach.manifests[&spec.backup];
+    for stream in &root.streams {
+        Chain::resolve(&archive, spec.backup, &stream.name).await?.check_links()?;
+    }
+    // Segments, each once (identical segments are shared between backups).
+    let mut seen = HashSet::new();
+    let segments: Vec<(&Manifest, &cim_backup_contracts::events::SegmentInfo)> = reach
+        .order
+        .iter()
+        .flat_map(|cid| {
+            let m = &reach.manifests[cid].0;
+            m.streams.iter().flat_map(move |s| s.segments.iter().map(move |g| (m, g)))
+        })
+        .filter(|(_, g)| seen.insert(g.cid))
+        .collect();
+    let manifest_bytes: u64 = reach.manifests.values().map(|(_, size)| size).sum();
+    let plan = VerifyStarted {
+        objects: reach.manifests.len() as u64 + segments.len() as u64,
+        bytes: manifest_bytes + segments.iter().map(|(_, g)| g.stored_bytes).sum::<u64>(),
+        records: segments.iter().map(|(_, g)| g.records).sum(),
+    };
     match job.state.lifecycle.state {
         Some(JobState::Accepted) => {
-            execute(&ctx.events, job, VerifyCommand::Start(plan), None).await?;
+            execute(&ctx.events, job, VerifyCommand::Start(plan.clone()), None).await?;
         }
         // A verify restarted after a crash starts over; its plan must not have changed.
         _ if job.state.plan.as_ref() != Some(&plan) => {
@@ -39,43 +92,57 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
         }
         _ => {}
     }
-    let mut done = (1u64, manifest_bytes, 0u64); // objects, bytes, records — the manifest is checked
+    let mut done = (reach.manifests.len() as u64, manifest_bytes, 0u64); // objects, bytes, records
     let already = job.state.progress.as_ref().map_or(0, |p| p.objects_done);
     let mut last_progress = tokio::time::Instant::now();
-    for stream in &manifest.streams {
-        let mut prev_last: Option<u64> = None;
-        for info in &stream.segments {
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
-            }
-            let key = segment::key(info);
-            if let Some(prev) = prev_last {
-                if info.first_seq <= prev {
-                    return Err(ArchiveError::corrupt(&key, format!("starts at seq {} but the previous segment ends at {prev}", info.first_seq)).into());
+    let mut prev: Option<(&Manifest, &str, u64)> = None;
+    for (manifest, info) in &segments {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let key = segment::key(info);
+        match spec.mode {
+            VerifyMode::Structural => {
+                match archive.size(&key).await? {
+                    None => return Err(ArchiveError::Missing { object: key }.into()),
+                    Some(size) if size != info.stored_bytes => {
+                        return Err(ArchiveError::corrupt(&key, format!("size is {size} bytes, the manifest says {}", info.stored_bytes)).into());
+                    }
+                    Some(_) => {}
                 }
+                done.2 += info.records;
             }
-            prev_last = Some(info.last_seq);
-            let stored = archive.get(&key).await?;
-            let plain = segment::open(&stored, info, manifest.compression.algorithm)?;
-            done.2 += segment::check_records(&plain, info)?;
-            done.0 += 1;
-            done.1 += info.stored_bytes;
-            let finished = done.0 == objects;
-            if done.0 > already && (finished || last_progress.elapsed() >= PROGRESS_EVERY) {
-                let progress = VerifyProgressed { objects_done: done.0, bytes_done: done.1, records_done: done.2 };
-                execute(&ctx.events, job, VerifyCommand::Progress(progress), None).await?;
-                last_progress = tokio::time::Instant::now();
+            VerifyMode::Deep => {
+                let stream = manifest.streams.iter().find(|s| s.segments.iter().any(|g| g.cid == info.cid)).map_or("", |s| s.name.as_str());
+                if let Some((pm, ps, last)) = prev {
+                    if std::ptr::eq(pm, *manifest) && ps == stream && info.first_seq <= last {
+                        return Err(ArchiveError::corrupt(&key, format!("starts at seq {} but the previous segment ends at {last}", info.first_seq)).into());
+                    }
+                }
+                prev = Some((manifest, stream, info.last_seq));
+                let stored = archive.get(&key).await?;
+                let codec = Codec { compression: manifest.compression.algorithm, keys: manifest.encryption.as_ref().map(|_| &ctx.keys) };
+                let plain = segment::open(&stored, info, codec)?;
+                done.2 += segment::check_records(&plain, info)?;
             }
+        }
+        done.0 += 1;
+        done.1 += info.stored_bytes;
+        let finished = done.0 == plan.objects;
+        if done.0 > already && (finished || last_progress.elapsed() >= PROGRESS_EVERY) {
+            let progress = VerifyProgressed { objects_done: done.0, bytes_done: done.1, records_done: done.2 };
+            execute(&ctx.events, job, VerifyCommand::Progress(progress), None).await?;
+            last_progress = tokio::time::Instant::now();
         }
     }
     let completed = VerifyCompleted { objects: done.0, bytes: done.1, records: done.2 };
     execute(&ctx.events, job, VerifyCommand::Complete(completed), None).await?;
-    tracing::info!(job = %job.id, backup = %spec.backup, objects = done.0, records = done.2, "verify completed");
+    tracing::info!(job = %job.id, backup = %spec.backup, mode = ?spec.mode, objects = done.0, records = done.2, "verify completed");
     Ok(())
 }
 
-/// Per-stream totals and bounds in the manifest must agree with its segments and its cut.
-fn check_manifest_totals(manifest: &Manifest, backup: &cim_backup_contracts::cid::Cid) -> Result<(), EngineError> {
+/// Per-stream totals and bounds in a manifest must agree with its segments and its cut.
+fn check_manifest_totals(manifest: &Manifest, backup: &Cid) -> Result<(), EngineError> {
     let bad = |message: String| -> EngineError { ArchiveError::corrupt(manifest::key(backup), message).into() };
     for s in &manifest.streams {
         match (s.segments.first(), s.segments.last()) {
@@ -95,11 +162,10 @@ fn check_manifest_totals(manifest: &Manifest, backup: &cim_backup_contracts::cid
         let stored: u64 = s.segments.iter().map(|g| g.stored_bytes).sum();
         let raw: u64 = s.segments.iter().map(|g| g.raw_bytes).sum();
         if (messages, stored, raw) != (s.messages, s.stored_bytes, s.raw_bytes) {
-            return Err(ArchiveError::corrupt(
-                manifest::key(backup),
-                format!("stream {}: totals {}/{}/{} do not add up from its segments ({messages}/{stored}/{raw})", s.name, s.messages, s.stored_bytes, s.raw_bytes),
-            )
-            .into());
+            return Err(bad(format!(
+                "stream {}: totals {}/{}/{} do not add up from its segments ({messages}/{stored}/{raw})",
+                s.name, s.messages, s.stored_bytes, s.raw_bytes
+            )));
         }
     }
     Ok(())

@@ -1,0 +1,366 @@
+//! The restore engine: one stream of a backup (and of its chain of incremental parents) into a
+//! new stream — or appended to an existing one — with the selection the caller asked for.
+//!
+//! # Methods
+//! - `server-archive` (nats-server 2.15+, chosen by `auto`): the records become a per-message
+//!   archive the server restores itself, keeping original sequences, gaps, timestamps and
+//!   headers exactly, and recreating consumers with their positions ([`server_archive`]).
+//! - `publish` (older servers): every message is published into a new stream that reproduces
+//!   sequences and gaps; the original timestamp travels in a header ([`publish`]).
+//! - `append`: messages are published after the last one of an existing stream, on their
+//!   original subjects; sequences are new.
+//!
+//! # Layout
+//! - [`plan`] — the chain, the segments a selection needs, the record filter, exact tallies.
+//! - [`target`] — the restored stream's configuration and the job marker.
+//! - [`server_archive`], [`publish`] — the two writers.
+//! - [`progress`] — progress events.
+
+pub mod plan;
+pub mod progress;
+pub mod publish;
+pub mod server_archive;
+pub mod target;
+
+use std::time::Duration;
+
+use cim_backup_contracts::cid::Cid;
+use cim_backup_contracts::events::{ConsumerRestored, RestoreCompleted, RestoreMethod, RestoreOptions, RestoreStarted, Selection};
+use cim_backup_contracts::replies::RestorePlan;
+use cim_backup_contracts::views::JobState;
+use cim_backup_contracts::{ErrorCode, JobId};
+use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use self::plan::{Chain, Plan, Tally, codec};
+use self::progress::Progress;
+use super::context::Context;
+use super::error::EngineError;
+use crate::archive::manifest::StreamArchive;
+use crate::archive::{ArchiveError, ArchiveStore, segment};
+use crate::jobs::{Job, execute};
+
+pub use self::plan::stream_entry;
+
+pub async fn run(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
+    let result = restore(ctx, job, cancel).await;
+    if result.is_err() {
+        remove_partial_target(ctx, job).await;
+    }
+    result
+}
+
+/// A failed or cancelled restore deletes the target it created (it carries the job's
+/// marker), so no half-restored stream is left that someone could mistake for the real thing.
+/// A restore interrupted by a crash or shutdown keeps it and resumes.
+async fn remove_partial_target(ctx: &Context, job: &Job<RestoreJob>) {
+    let Some(spec) = &job.state.spec else { return };
+    match ctx.api.stream_info(&spec.target).await {
+        Ok(Some(info)) if target::owned_by(&info.config, &job.id) => {}
+        _ => return, // absent, finished, or not ours
+    }
+    match ctx.api.delete_stream(&spec.target).await {
+        Ok(()) => tracing::info!(job = %job.id, target = %spec.target, "removed the partially restored target"),
+        Err(e) => tracing::warn!(job = %job.id, target = %spec.target, error = %e, "could not remove the partially restored target"),
+    }
+}
+
+/// Everything decided before writing.
+struct Prepared {
+    archive: ArchiveStore,
+    chain: Chain,
+    plan: Plan,
+    latest: StreamArchive,
+    original: Value,
+}
+
+async fn prepare(ctx: &Context, source_url: &str, backup: Cid, stream: &str, selection: &Selection) -> Result<Prepared, EngineError> {
+    let archive = ctx.destinations.open(source_url)?;
+    let chain = Chain::resolve(&archive, backup, stream).await?;
+    chain.check_links()?;
+    let plan = Plan::new(&chain, selection);
+    let latest = chain.latest().clone();
+    let original: Value = serde_json::from_str(&latest.config)
+        .map_err(|e| EngineError::precondition(ErrorCode::Corrupt, format!("stream config in the manifest is not JSON: {e}")))?;
+    Ok(Prepared { archive, chain, plan, latest, original })
+}
+
+/// The method a restore uses, given what was asked and what the server and target are.
+async fn choose_method(ctx: &Context, asked: RestoreMethod, target: &str) -> Result<RestoreMethod, EngineError> {
+    let exists = ctx.api.stream_info(target).await?.map(|i| i.state.messages);
+    let level = ctx.api.api_level().await?;
+    match (asked, exists) {
+        (RestoreMethod::Append, Some(_)) => Ok(RestoreMethod::Append),
+        (RestoreMethod::Append, None) => Err(EngineError::precondition(ErrorCode::NotFound, format!("append needs an existing stream {target}"))),
+        (_, Some(messages)) => Err(EngineError::precondition(
+            ErrorCode::Conflict,
+            format!("target stream {target} already exists ({messages} messages); restore never overwrites: delete it, restore under another name with \"as\", or use \"method\": \"append\""),
+        )),
+        (RestoreMethod::ServerArchive, None) if level < 5 => Err(EngineError::precondition(
+            ErrorCode::BadRequest,
+            format!("method server-archive needs nats-server 2.15+ (JetStream API level 5); this server has level {level}"),
+        )),
+        (RestoreMethod::Auto, None) if level >= 5 => Ok(RestoreMethod::ServerArchive),
+        (RestoreMethod::Auto, None) => Ok(RestoreMethod::Publish),
+        (method, None) => Ok(method),
+    }
+}
+
+/// Exactly what the selection keeps: from the manifests when whole segments are kept, else by
+/// reading the planned segments.
+async fn bounds(ctx: &Context, p: &Prepared) -> Result<Tally, EngineError> {
+    if p.plan.keeps_whole_segments(&p.chain) {
+        let mut tally = Tally { messages: p.plan.records, ..Tally::default() };
+        if let (Some(first), Some(last)) = (p.plan.segments.first(), p.plan.segments.last()) {
+            tally.first = Some((first.info.first_seq, segment::nanos_of(first.info.first_time)));
+            tally.last = Some((last.info.last_seq, segment::nanos_of(last.info.last_time)));
+        }
+        // `bytes` (subject + headers + payload) is only known by reading; the plan reports raw.
+        return Ok(tally);
+    }
+    plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await
+}
+
+/// The target's last sequence: for a whole-stream restore the original's (trailing gaps
+/// kept, so new messages get the sequences they would have had); else the last one written.
+fn target_last_seq(selection: &Selection, latest: &StreamArchive, tally: &Tally) -> u64 {
+    let written = tally.last_seq().unwrap_or(0);
+    if selection.is_everything() { latest.cut.last_seq.max(written) } else { written }
+}
+
+async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
+    let p = prepare(ctx, &spec.source_url, spec.backup, &spec.stream, &spec.selection).await?;
+    if job.state.lifecycle.state == Some(JobState::Accepted) {
+        let method = choose_method(ctx, spec.options.method, &spec.target).await?;
+        let tally = bounds(ctx, &p).await?;
+        let started = RestoreStarted {
+            method,
+            chain: p.chain.ids(),
+            segments: p.plan.segments.len() as u64,
+            messages: tally.messages,
+            bytes: p.plan.raw_bytes,
+            first_seq: tally.first_seq().unwrap_or(0),
+            last_seq: tally.last_seq().unwrap_or(0),
+            target_last_seq: target_last_seq(&spec.selection, &p.latest, &tally),
+        };
+        execute(&ctx.events, job, RestoreCommand::Start(started), None).await?;
+    }
+    let started = job.state.plan.clone().expect("a running restore has a plan");
+    let new_target = started.method != RestoreMethod::Append;
+    let (mut final_config, mut notes) = if new_target {
+        let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, &spec.target).await?;
+        target::final_config(&p.original, &spec.target, &spec.options, &owned, &job.id)
+    } else {
+        (Value::Null, Vec::new())
+    };
+    if started.method == RestoreMethod::ServerArchive {
+        relax_max_age(&mut final_config, &p.plan, &p.chain, &mut notes);
+    }
+    let consumers = if new_target && spec.options.consumers {
+        plan::consumer_starts(&p.latest, started.target_last_seq)
+    } else {
+        Vec::new()
+    };
+    let first_seq = if started.messages > 0 { started.first_seq } else { started.target_last_seq + 1 };
+
+    let mut progress = Progress::new(job, p.plan.segments.len() as u64);
+    let tally = match started.method {
+        RestoreMethod::ServerArchive => {
+            let saved: Vec<_> = p.latest.consumers.iter().zip(&consumers).collect();
+            write_server_archive(ctx, &spec.target, &p, &final_config, first_seq, started.target_last_seq, &saved, &mut progress, cancel).await?
+        }
+        RestoreMethod::Publish => {
+            let into = publish::Into::New { final_config: &final_config, first_seq, last_seq: started.target_last_seq };
+            let job_id = progress.job().id.clone();
+            let tally = publish::write(ctx, &job_id, &spec.target, &p.chain, &p.plan, into, &p.archive, &mut progress, cancel).await?;
+            publish::create_consumers(ctx, &spec.target, &p.latest.consumers, &consumers).await?;
+            tally
+        }
+        RestoreMethod::Append | RestoreMethod::Auto => {
+            let job_id = progress.job().id.clone();
+            publish::write(ctx, &job_id, &spec.target, &p.chain, &p.plan, publish::Into::Existing, &p.archive, &mut progress, cancel).await?
+        }
+    };
+    let segments = progress.segments_done().max(p.plan.segments.len() as u64);
+    drop(progress);
+    if new_target {
+        check_target(ctx, &spec.target, &tally, started.target_last_seq).await?;
+    }
+    let completed = RestoreCompleted {
+        segments,
+        messages: tally.messages,
+        bytes: tally.bytes,
+        first_seq: tally.first_seq().unwrap_or(0),
+        last_seq: tally.last_seq().unwrap_or(0),
+        consumers,
+        notes,
+    };
+    execute(&ctx.events, job, RestoreCommand::Complete(completed), None).await?;
+    if new_target {
+        if let Err(e) = clear_marker(ctx, &spec.target, &p.original).await {
+            tracing::warn!(target = %spec.target, error = %e, "restore completed; could not remove the {} metadata", target::RESTORE_JOB_METADATA);
+        }
+    }
+    tracing::info!(job = %job.id, target = %spec.target, messages = tally.messages, method = ?started.method, "restore completed");
+    Ok(())
+}
+
+/// With original timestamps, the server would expire at once every restored message older
+/// than the stream's `max_age`: an operator restoring old data wants it back, so the restored
+/// stream gets no `max_age` then, and a note says so.
+fn relax_max_age(config: &mut Value, plan: &Plan, chain: &Chain, notes: &mut Vec<String>) {
+    let max_age_ns = config.get("max_age").and_then(Value::as_i64).unwrap_or(0);
+    let Some(oldest) = plan.segments.first().map(|s| s.info.first_time) else { return };
+    if max_age_ns > 0 && oldest < time::OffsetDateTime::now_utc() - time::Duration::nanoseconds(max_age_ns) {
+        config["max_age"] = json!(0);
+        notes.push(format!(
+            "max_age ({}s) not applied: restored messages of {} are older and would expire at once; set it back when done",
+            max_age_ns / 1_000_000_000,
+            chain.stream
+        ));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_server_archive(
+    ctx: &Context,
+    target: &str,
+    p: &Prepared,
+    final_config: &Value,
+    first_seq: u64,
+    last_seq: u64,
+    consumers: &[(&cim_backup_contracts::events::ConsumerPosition, &ConsumerRestored)],
+    progress: &mut Progress<'_>,
+    cancel: &CancellationToken,
+) -> Result<Tally, EngineError> {
+    let job_id = progress.job().id.clone();
+    if let Some(info) = ctx.api.stream_info(target).await? {
+        if target::owned_by(&info.config, &job_id) {
+            // The server finished before a crash: nothing to write, only to count.
+            return plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await;
+        }
+        return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} was created by someone else during the restore")));
+    }
+    let entries = consumers
+        .iter()
+        .map(|(saved, start)| server_archive::consumer_entry(&saved.config, start.start_seq - 1, saved.ack_floor_consumer_seq))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut upload = server_archive::Upload::begin(&ctx.api, final_config, first_seq, last_seq, &entries).await?;
+    let mut tally = Tally::default();
+    for planned in &p.plan.segments {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let object = segment::key(&planned.info);
+        let fetch = p.archive.get(&object);
+        tokio::pin!(fetch);
+        let stored = loop {
+            tokio::select! {
+                stored = &mut fetch => break stored?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => upload.keepalive().await?,
+            }
+        };
+        let plain = segment::open(&stored, &planned.info, codec(&p.chain, planned.manifest, &ctx.keys))?;
+        for record in segment::records(&plain) {
+            let record = record.map_err(|e| ArchiveError::Corrupt { object: object.clone(), record: e.seq, message: e.to_string() })?;
+            if p.plan.keeps(&record) {
+                tally.add(&record);
+                upload.message(&record).await?;
+            }
+        }
+        progress.segment_done(ctx, &tally, planned.info.raw_bytes, planned.info.last_seq).await?;
+    }
+    upload.finish().await?;
+    Ok(tally)
+}
+
+/// The restored stream must hold exactly what was written, on every replica: "completed"
+/// means a reader anywhere in the cluster sees the whole restore.
+async fn check_target(ctx: &Context, target: &str, tally: &Tally, last_seq: u64) -> Result<(), EngineError> {
+    let vanished = || EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut info = ctx.api.stream_info(target).await?.ok_or_else(vanished)?;
+    while !info.replicas_current {
+        if tokio::time::Instant::now() > deadline {
+            return Err(EngineError::precondition(ErrorCode::Unavailable, format!("replicas of {target} did not catch up within 2 minutes")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = ctx.api.stream_info(target).await?.ok_or_else(vanished)?;
+    }
+    let state = info.state;
+    let first_ok = tally.messages == 0 || Some(state.first_seq) == tally.first_seq();
+    if state.messages != tally.messages || state.last_seq != last_seq || !first_ok {
+        return Err(EngineError::precondition(
+            ErrorCode::Internal,
+            format!(
+                "restored stream {target} holds {} messages {}..={}, the restore wrote {} messages {:?}..={:?} (last sequence {last_seq})",
+                state.messages,
+                state.first_seq,
+                state.last_seq,
+                tally.messages,
+                tally.first_seq(),
+                tally.last_seq()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Puts the original metadata back, dropping the job's marker.
+async fn clear_marker(ctx: &Context, target: &str, original: &Value) -> Result<(), EngineError> {
+    let current = ctx
+        .api
+        .stream_info(target)
+        .await?
+        .ok_or_else(|| EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished")))?
+        .config;
+    ctx.api.update_stream(&target::without_marker(&current, original)).await?;
+    Ok(())
+}
+
+/// What a restore request would do, computed exactly (reading the needed segments) and
+/// without writing anything.
+pub struct DryRun<'a> {
+    pub source_url: &'a str,
+    pub backup: Cid,
+    pub stream: &'a str,
+    pub target: &'a str,
+    pub selection: &'a Selection,
+    pub options: &'a RestoreOptions,
+}
+
+pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, EngineError> {
+    let p = prepare(ctx, r.source_url, r.backup, r.stream, r.selection).await?;
+    let method = choose_method(ctx, r.options.method, r.target).await?;
+    let tally = plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?;
+    let last_seq = target_last_seq(r.selection, &p.latest, &tally);
+    let mut notes = Vec::new();
+    if method != RestoreMethod::Append {
+        let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, r.target).await?;
+        let (mut config, more) = target::final_config(&p.original, r.target, r.options, &owned, &JobId::dry_run());
+        notes.extend(more);
+        if method == RestoreMethod::ServerArchive {
+            relax_max_age(&mut config, &p.plan, &p.chain, &mut notes);
+        }
+    }
+    let consumers = if method != RestoreMethod::Append && r.options.consumers { plan::consumer_starts(&p.latest, last_seq) } else { Vec::new() };
+    Ok(RestorePlan {
+        dry_run: true,
+        backup: r.backup.into(),
+        chain: p.chain.ids().into_iter().map(Into::into).collect(),
+        stream: r.stream.to_owned(),
+        target: r.target.to_owned(),
+        method,
+        segments: p.plan.segments.len() as u64,
+        messages: tally.messages,
+        bytes: tally.bytes,
+        first_seq: tally.first_seq(),
+        last_seq: tally.last_seq(),
+        first_time: tally.first_time(),
+        last_time: tally.last_time(),
+        consumers,
+        notes,
+    })
+}
