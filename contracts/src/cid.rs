@@ -70,3 +70,66 @@ mod tests {
         assert_ne!(raw_cid(b"x"), dag_cbor_cid(b"x"));
     }
 }
+
+/// Serde for CID fields that appear both in DAG-CBOR (events, manifests) and in JSON (views):
+/// a tag-42 link in binary formats, the CID string in human-readable ones.
+pub mod link {
+    use super::Cid;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(cid: &Cid, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.collect_str(cid) } else { cid.serialize(s) }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Cid::try_from(text.as_str()).map_err(serde::de::Error::custom)
+        } else {
+            Cid::deserialize(d)
+        }
+    }
+
+    /// The same for `Option<Cid>` (null when absent).
+    pub mod option {
+        use super::Cid;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(cid: &Option<Cid>, s: S) -> Result<S::Ok, S::Error> {
+            match cid {
+                Some(cid) => super::serialize(cid, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrapper(#[serde(with = "super")] Cid);
+            Ok(Option::<Wrapper>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Doc {
+        #[serde(with = "link::option")]
+        parent: Option<Cid>,
+    }
+
+    #[test]
+    fn links_are_strings_in_json_and_tag_42_in_dag_cbor() {
+        let doc = Doc { parent: Some(dag_cbor_cid(&[0xa0])) };
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(json, r#"{"parent":"bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua"}"#);
+        assert_eq!(serde_json::from_str::<Doc>(&json).unwrap(), doc);
+        let cbor = serde_ipld_dagcbor::to_vec(&doc).unwrap();
+        assert!(cbor.windows(2).any(|w| w == [0xd8, 0x2a]), "tag 42");
+        assert_eq!(serde_ipld_dagcbor::from_slice::<Doc>(&cbor).unwrap(), doc);
+        let none = Doc { parent: None };
+        assert_eq!(serde_json::from_str::<Doc>(&serde_json::to_string(&none).unwrap()).unwrap(), none);
+    }
+}

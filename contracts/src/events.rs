@@ -422,7 +422,7 @@ pub struct StreamSummary {
     pub stored_bytes: u64,
     pub segments: u64,
     /// The parent backup, for an incremental backup of this stream.
-    #[serde(default)]
+    #[serde(default, with = "crate::cid::link::option")]
     pub parent: Option<Cid>,
 }
 

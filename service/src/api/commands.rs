@@ -232,7 +232,7 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
                     info.state.messages
                 )
             } else {
-                format!("target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first")
+                format!("target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first, or append with \"method\": \"append\" (new sequence numbers)")
             }));
         }
         _ => {}

@@ -184,6 +184,7 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
         }
     };
     let segments = progress.segments_done().max(p.plan.segments.len() as u64);
+    notes.extend(progress.take_notes());
     drop(progress);
     if new_target {
         check_target(ctx, &spec.target, &tally, started.target_last_seq).await?;

@@ -19,11 +19,21 @@ pub struct Progress<'j> {
     segments_done: u64,
     bytes_done: u64,
     last: Instant,
+    notes: Vec<String>,
 }
 
 impl<'j> Progress<'j> {
     pub fn new(job: &'j mut Job<RestoreJob>, segments_total: u64) -> Self {
-        Progress { job, segments_total, segments_done: 0, bytes_done: 0, last: Instant::now() }
+        Progress { job, segments_total, segments_done: 0, bytes_done: 0, last: Instant::now(), notes: Vec::new() }
+    }
+
+    /// Something the operator should read in the completion.
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     pub fn job(&mut self) -> &mut Job<RestoreJob> {

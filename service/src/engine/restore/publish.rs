@@ -121,7 +121,10 @@ pub async fn write(
         ctx.api.update_stream(final_config).await?;
     }
     if writer.duplicates > 0 {
-        tracing::info!(target, duplicates = writer.duplicates, "messages already in the target (same Nats-Msg-Id) were skipped");
+        progress.note(format!(
+            "{} messages were already in {target} (same Nats-Msg-Id within its duplicate window) and were not appended again",
+            writer.duplicates
+        ));
     }
     Ok(writer.tally)
 }
