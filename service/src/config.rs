@@ -163,6 +163,10 @@ pub struct DestinationConfig {
     /// Allow plain-HTTP endpoints (local S3 servers).
     #[serde(default)]
     pub allow_http: bool,
+    /// How long one object request may keep retrying before the job fails with the store's
+    /// error (default 60 s): an unreachable store ends a job clearly, not never.
+    #[serde(default)]
+    pub retry_timeout_secs: Option<u64>,
 }
 
 impl DestinationConfig {
@@ -174,6 +178,7 @@ impl DestinationConfig {
             access_key_id: None,
             secret_access_key: None,
             allow_http: false,
+            retry_timeout_secs: None,
         }
     }
 
@@ -192,7 +197,16 @@ impl DestinationConfig {
         if let Some(secret) = &self.secret_access_key {
             b = b.with_secret_access_key(secret);
         }
-        b.with_allow_http(self.allow_http)
+        b.with_allow_http(self.allow_http).with_retry(retry_config(self.retry_timeout_secs))
+    }
+}
+
+/// Retries of object requests: a few, with backoff, within `timeout_secs` (default 60 s).
+pub fn retry_config(timeout_secs: Option<u64>) -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(timeout_secs.unwrap_or(60)),
+        ..Default::default()
     }
 }
 

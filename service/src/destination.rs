@@ -109,7 +109,14 @@ impl Destinations {
             "s3" => {
                 let bucket = parsed.host_str().ok_or_else(|| invalid("no bucket".into()))?;
                 let config = self.named.values().find(|c| c.url.trim_end_matches('/') == url);
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(crate::config::retry_config(None))
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_connect_timeout(std::time::Duration::from_secs(5))
+                            .with_timeout(std::time::Duration::from_secs(60)),
+                    );
                 if let Some(c) = config {
                     builder = c.apply_s3(builder);
                 }

@@ -33,6 +33,7 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
         access_key_id: Some(ACCESS_KEY.into()),
         secret_access_key: Some(SECRET_KEY.into()),
         allow_http: true,
+        retry_timeout_secs: Some(5),
     };
     config.destinations.insert("offsite".into(), on_moto("s3://cim-backups/events"));
     config.destinations.insert("ghost".into(), on_moto("s3://no-such-bucket/x"));
@@ -80,5 +81,49 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     let (status, message) = c.err(CMD_START, json!({ "streams": ["EVENTS"], "destination": "ghost" })).await;
     assert_eq!(status, 503, "{message}");
     assert!(message.contains("s3://no-such-bucket/x"), "{message}");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn an_object_store_that_goes_down_fails_the_backup_clearly() {
+    init_tracing();
+    let (nats, moto) = tokio::join!(NatsServer::start(), MotoServer::start());
+    moto.create_bucket("cim-backups").await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "BIG", &["big.>"]).await;
+    publish_events(&client, "big.node", 0, 20_000, 50).await;
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.defaults.segment_bytes = 4096;
+    config.defaults.upload_concurrency = 1;
+    config.destinations.insert(
+        "offsite".into(),
+        DestinationConfig {
+            url: "s3://cim-backups/big".into(),
+            endpoint: Some(moto.endpoint()),
+            region: Some(REGION.into()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            allow_http: true,
+            retry_timeout_secs: Some(3),
+        },
+    );
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["BIG"], "destination": "offsite" })).await;
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    cim_backup_tests::eventually(WAIT, "segments to be stored", || async {
+        let v = c.job(&job_id).await;
+        assert!(!v.state.is_terminal(), "ended too early: {v:?}");
+        (v.progress.objects_done >= 2).then_some(())
+    })
+    .await;
+    drop(moto); // the S3 server is gone
+    let view = c.wait_job(&job_id, Duration::from_secs(120)).await;
+    assert_eq!(view.state, JobState::Failed, "{view:?}");
+    let error = view.error.unwrap();
+    assert_eq!(error.code, cim_backup_contracts::ErrorCode::Unavailable);
+    assert!(error.message.contains("object store failed"), "{}", error.message);
+    assert_eq!(c.ok(QRY_BACKUPS, json!({})).await, json!([]), "no backup in the catalog");
     service.stop().await;
 }
