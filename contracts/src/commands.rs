@@ -46,6 +46,11 @@ pub struct StartBackup {
     /// Encrypt segments to the recipients configured for the service (`[encryption]`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypt: bool,
+    /// `messages` (default): the portable per-message archive. `snapshot`: the server's own
+    /// snapshot (`$JS.API.STREAM.SNAPSHOT`), stored content-addressed — a full-fidelity image
+    /// restored through the server's restore API (always full, no selections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::events::BackupMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

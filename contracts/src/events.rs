@@ -439,8 +439,48 @@ event_enum!(
         BackupFailed(JobFailed) = 1,
         BackupCancelRequested(CancelRequested) = 1,
         BackupCancelled(JobCancelled) = 1,
+        SnapshotTaken(SnapshotTaken) = 1,
+        SnapshotPartStored(SnapshotPartStored) = 1,
     }
 );
+
+/// What a backup stores of each stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// The portable per-message archive (segments of records).
+    #[default]
+    Messages,
+    /// The server's own snapshot, split into content-addressed parts.
+    Snapshot,
+}
+
+/// The server took a snapshot of a stream (snapshot mode): its state is what the parts hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTaken {
+    pub stream: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// One stored part of a server snapshot (snapshot mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPartStored {
+    pub stream: String,
+    pub part: PartInfo,
+}
+
+/// A stored run of a server snapshot's bytes: object `parts/<cid>` (raw codec, sha2-256 of the
+/// stored bytes), in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub cid: Cid,
+    /// Bytes of the snapshot in this part (before encryption).
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
 
 /// Shared by every `*Accepted` event: who runs the job and how the request is recognised again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +506,7 @@ pub struct BackupAccepted {
     pub segment_bytes: u64,
     /// Whether a stream that already has a backup in the destination gets an incremental one.
     pub incremental: bool,
+    pub mode: BackupMode,
     /// Set when segments are encrypted.
     pub encryption: Option<Encryption>,
     pub admission: Admission,

@@ -31,6 +31,7 @@ fn accepted() -> EventEnvelope {
             compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
             segment_bytes: 8 << 20,
             incremental: true,
+            mode: BackupMode::Messages,
             encryption: None,
             admission: Admission {
                 instance: "node-1".into(),
@@ -46,8 +47,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 const ACCEPTED_HEX: &str = include_str!("golden/backup_accepted.hex");
-const ACCEPTED_CID: &str = "bafyreicltiycu4egz4cjrnk2koome55y4wgcx3rifa4xubowmgy7gil6nq";
-const STARTED_CID: &str = "bafyreif7spiabgpabzua656llpvafaljaa7w2omqs4twkxec5ko22dar4e";
+const ACCEPTED_CID: &str = "bafyreifdbyi6nopwdnvfbkmuh6ltxwmra55gtbqwwwqfvyjp5k33tuvgey";
+const STARTED_CID: &str = "bafyreig4t5j6pzgy3rbftfwqzqjkqkni4on3fuusupnxa5lvctz2p6wmxe";
 
 #[test]
 fn backup_accepted_bytes_and_cid_are_pinned() {
@@ -137,7 +138,9 @@ fn event_type_catalogue_is_stable() {
             "BackupCompleted",
             "BackupFailed",
             "BackupCancelRequested",
-            "BackupCancelled"
+            "BackupCancelled",
+            "SnapshotTaken",
+            "SnapshotPartStored"
         ]
     );
 }

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupEvent, BackupStarted, CancelRequested, ENCRYPTION_AGE, JobCancelled,
-    JobEvent, JobFailed, SegmentInfo, SegmentStored, StreamStart, StreamSummary,
+    BackupAccepted, BackupCompleted, BackupEvent, BackupMode, BackupStarted, CancelRequested, ENCRYPTION_AGE, JobCancelled,
+    JobEvent, JobFailed, PartInfo, SegmentInfo, SegmentStored, SnapshotPartStored, SnapshotTaken, StreamStart, StreamSummary,
 };
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
@@ -26,6 +26,8 @@ pub enum BackupCommand {
     Accept(BackupAccepted),
     Start(BackupStarted),
     RecordSegment(SegmentStored),
+    RecordSnapshot(SnapshotTaken),
+    RecordPart(SnapshotPartStored),
     Complete(BackupCompleted),
     Fail(JobFailed),
     RequestCancel(CancelRequested),
@@ -38,6 +40,9 @@ pub struct BackupJob {
     pub spec: Option<BackupAccepted>,
     pub started: Option<BackupStarted>,
     pub segments: Vec<SegmentStored>,
+    /// Snapshot mode: the snapshots taken and their stored parts.
+    pub snapshots: Vec<SnapshotTaken>,
+    pub parts: Vec<SnapshotPartStored>,
     pub completed: Option<BackupCompleted>,
     pub failure: Option<JobFailed>,
 }
@@ -65,10 +70,46 @@ impl BackupJob {
         Some(self.stored_up_to(stream).map_or(start.from_seq(), |s| s + 1))
     }
 
-    /// Per-stream totals of the recorded segments, in cut order. A stream with no segments
-    /// (empty, or nothing new since its parent) has `last_seq < first_seq`.
+    fn mode(&self) -> BackupMode {
+        self.spec.as_ref().map(|s| s.mode).unwrap_or_default()
+    }
+
+    /// The snapshot taken of `stream` (snapshot mode).
+    pub fn snapshot_of(&self, stream: &str) -> Option<&SnapshotTaken> {
+        self.snapshots.iter().find(|s| s.stream == stream)
+    }
+
+    /// The stored parts of `stream`'s snapshot, in order (snapshot mode).
+    pub fn parts_of<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a PartInfo> {
+        self.parts.iter().filter(move |p| p.stream == stream).map(|p| &p.part)
+    }
+
+    /// Per-stream totals of what is stored, in cut order. A stream with no segments (empty,
+    /// or nothing new since its parent) has `last_seq < first_seq`. In snapshot mode the
+    /// totals are the snapshot's and the "segments" its parts.
     pub fn summaries(&self) -> Vec<StreamSummary> {
         let Some(started) = &self.started else { return Vec::new() };
+        if self.mode() == BackupMode::Snapshot {
+            return started
+                .streams
+                .iter()
+                .map(|start| {
+                    let stream = &start.cut.stream;
+                    let taken = self.snapshot_of(stream);
+                    let parts: Vec<&PartInfo> = self.parts_of(stream).collect();
+                    StreamSummary {
+                        stream: stream.clone(),
+                        first_seq: taken.map_or(start.cut.first_seq, |t| t.first_seq),
+                        last_seq: taken.map_or(start.cut.last_seq, |t| t.last_seq),
+                        messages: taken.map_or(0, |t| t.messages),
+                        raw_bytes: parts.iter().map(|p| p.raw_bytes).sum(),
+                        stored_bytes: parts.iter().map(|p| p.stored_bytes).sum(),
+                        segments: parts.len() as u64,
+                        parent: None,
+                    }
+                })
+                .collect();
+        }
         started
             .streams
             .iter()
@@ -133,7 +174,7 @@ impl BackupJob {
                 spec.streams
             )));
         }
-        if !spec.incremental {
+        if !spec.incremental || spec.mode == BackupMode::Snapshot {
             if let Some(s) = started.streams.iter().find(|s| s.parent.is_some()) {
                 return Err(DomainError::invalid(format!("cut: {} has a parent in a full backup", s.cut.stream)));
             }
@@ -141,7 +182,33 @@ impl BackupJob {
         Ok(())
     }
 
+    fn validate_snapshot(&self, taken: &SnapshotTaken) -> Result<(), DomainError> {
+        if self.mode() != BackupMode::Snapshot {
+            return Err(DomainError::invalid("snapshot: this backup stores messages, not snapshots"));
+        }
+        if self.stream_start(&taken.stream).is_none() {
+            return Err(DomainError::invalid(format!("snapshot: stream {:?} is not part of this backup", taken.stream)));
+        }
+        if self.snapshot_of(&taken.stream).is_some() {
+            return Err(DomainError::invalid(format!("snapshot: {} was already taken", taken.stream)));
+        }
+        Ok(())
+    }
+
+    fn validate_part(&self, stored: &SnapshotPartStored) -> Result<(), DomainError> {
+        if self.snapshot_of(&stored.stream).is_none() {
+            return Err(DomainError::invalid(format!("part: no snapshot of {:?} was taken", stored.stream)));
+        }
+        if stored.part.raw_bytes == 0 {
+            return Err(DomainError::invalid("part: must hold bytes"));
+        }
+        Ok(())
+    }
+
     fn validate_segment(&self, stored: &SegmentStored) -> Result<(), DomainError> {
+        if self.mode() != BackupMode::Messages {
+            return Err(DomainError::invalid("segment: a snapshot backup stores parts, not segments"));
+        }
         let seg = &stored.segment;
         let Some(start) = self.stream_start(&stored.stream) else {
             return Err(DomainError::invalid(format!(
@@ -184,6 +251,11 @@ impl BackupJob {
     }
 
     fn validate_completion(&self, completed: &BackupCompleted) -> Result<(), DomainError> {
+        if self.mode() == BackupMode::Snapshot {
+            if let Some(start) = self.started.iter().flat_map(|s| &s.streams).find(|s| self.snapshot_of(&s.cut.stream).is_none()) {
+                return Err(DomainError::invalid(format!("completion: no snapshot of {} was taken", start.cut.stream)));
+            }
+        }
         let expected = self.summaries();
         if completed.streams != expected {
             return Err(DomainError::invalid(format!(
@@ -217,6 +289,16 @@ impl Aggregate for BackupJob {
                 lc.require(JobState::Running, "record a segment of")?;
                 self.validate_segment(&stored)?;
                 BackupEvent::SegmentStored(stored)
+            }
+            BackupCommand::RecordSnapshot(taken) => {
+                lc.require(JobState::Running, "record a snapshot of")?;
+                self.validate_snapshot(&taken)?;
+                BackupEvent::SnapshotTaken(taken)
+            }
+            BackupCommand::RecordPart(stored) => {
+                lc.require(JobState::Running, "record a snapshot part of")?;
+                self.validate_part(&stored)?;
+                BackupEvent::SnapshotPartStored(stored)
             }
             BackupCommand::Complete(completed) => {
                 lc.require(JobState::Running, "complete")?;
@@ -252,6 +334,8 @@ impl Aggregate for BackupJob {
                 self.started = Some(started.clone());
             }
             BackupEvent::SegmentStored(stored) => self.segments.push(stored.clone()),
+            BackupEvent::SnapshotTaken(taken) => self.snapshots.push(taken.clone()),
+            BackupEvent::SnapshotPartStored(part) => self.parts.push(part.clone()),
             BackupEvent::BackupCompleted(completed) => {
                 self.lifecycle.finished(JobState::Completed);
                 self.completed = Some(completed.clone());
@@ -285,7 +369,7 @@ mod tests {
     use super::*;
     use crate::aggregate::given;
     use crate::test_support::*;
-    use cim_backup_contracts::events::{ParentLink, StreamCut};
+    use cim_backup_contracts::events::{ParentLink, PartInfo, SnapshotPartStored, SnapshotTaken, StreamCut};
 
     fn cut(stream: &str, first: u64, last: u64) -> StreamCut {
         StreamCut {
@@ -463,6 +547,33 @@ mod tests {
         given::<BackupJob>(vec![BackupEvent::BackupAccepted(spec)])
             .when(BackupCommand::Start(started))
             .then_reject_containing("has a parent in a full backup");
+    }
+
+    #[test]
+    fn a_snapshot_backup_records_parts_not_segments_and_completes_only_with_every_snapshot() {
+        let mut spec = backup_spec(&["A", "B"]);
+        spec.mode = BackupMode::Snapshot;
+        let mut history = vec![BackupEvent::BackupAccepted(spec), BackupEvent::BackupStarted(started(vec![cut("A", 1, 10), cut("B", 1, 5)]))];
+        given::<BackupJob>(history.clone()).when(BackupCommand::RecordSegment(stored("A", 1, 10))).then_reject_containing("parts, not segments");
+        let part = |stream: &str| SnapshotPartStored {
+            stream: stream.into(),
+            part: PartInfo { cid: manifest_cid(), raw_bytes: 100, stored_bytes: 100 },
+        };
+        given::<BackupJob>(history.clone()).when(BackupCommand::RecordPart(part("A"))).then_reject_containing("no snapshot");
+        let taken = |stream: &str, last: u64| SnapshotTaken { stream: stream.into(), first_seq: 1, last_seq: last, messages: last, bytes: 1 };
+        history.push(BackupEvent::SnapshotTaken(taken("A", 11)));
+        history.push(BackupEvent::SnapshotPartStored(part("A")));
+        let state = BackupJob::from_history(&history);
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::Complete(completed(state.summaries())))
+            .then_reject_containing("no snapshot of B");
+        history.push(BackupEvent::SnapshotTaken(taken("B", 5)));
+        let state = BackupJob::from_history(&history);
+        let summaries = state.summaries();
+        assert_eq!((summaries[0].messages, summaries[0].last_seq, summaries[0].segments), (11, 11, 1), "the snapshot's own state");
+        given::<BackupJob>(history)
+            .when(BackupCommand::Complete(completed(summaries.clone())))
+            .then_expect(vec![BackupEvent::BackupCompleted(completed(summaries))]);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl RestoreJob {
             )));
         }
         if let Some(prev) = &self.progress {
-            if next.segments_done <= prev.segments_done || next.last_seq <= prev.last_seq {
+            if next.segments_done <= prev.segments_done || next.last_seq < prev.last_seq {
                 return Err(DomainError::invalid(format!(
                     "progress: must move forward from segment {} / seq {}",
                     prev.segments_done, prev.last_seq

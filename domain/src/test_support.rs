@@ -18,6 +18,7 @@ pub fn backup_spec(streams: &[&str]) -> BackupAccepted {
         compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
         segment_bytes: 1 << 20,
         incremental: true,
+        mode: BackupMode::Messages,
         encryption: None,
         admission: admission(),
     }

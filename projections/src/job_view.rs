@@ -60,8 +60,15 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
                 p.objects_done += 1;
                 p.objects_total = p.objects_done;
             }
+            BackupEvent::SnapshotTaken(_) => {}
+            BackupEvent::SnapshotPartStored(s) => {
+                p.bytes_done += s.part.raw_bytes;
+                p.objects_done += 1;
+                p.objects_total = p.objects_done;
+            }
             BackupEvent::BackupCompleted(c) => {
                 finish(&mut next, JobState::Completed, time);
+                next.progress.messages_done = c.streams.iter().map(|s| s.messages).sum();
                 next.backup_id = Some(BackupId(c.manifest));
                 // The manifest is an object too; totals are now exact.
                 next.progress.objects_done += 1;

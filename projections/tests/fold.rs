@@ -60,6 +60,7 @@ fn history() -> Vec<BackupEvent> {
             compression,
             segment_bytes: 1024,
             incremental: true,
+            mode: BackupMode::Messages,
             encryption: None,
             admission: Admission { instance: "i1".into(), idempotency_key: None, request_digest: "d".into() },
         }),

@@ -275,3 +275,54 @@ async fn a_non_empty_target_is_refused_unless_appending() {
     e.service.stop().await;
 }
 
+
+#[tokio::test]
+async fn server_snapshot_mode_stores_and_restores_a_full_fidelity_image() {
+    use async_nats::jetstream::consumer::{self, AckPolicy};
+    let e = env().await;
+    create_stream(&e.client, "EVENTS", &["events.>"]).await;
+    publish_events(&e.client, "events.node", 0, 3_000, 10).await;
+    let js = async_nats::jetstream::new(e.client.clone());
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    stream.delete_message(17).await.unwrap();
+    let _: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config { durable_name: Some("audit".into()), ack_policy: AckPolicy::Explicit, ..Default::default() })
+        .await
+        .unwrap();
+    let view = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"], "mode": "snapshot" })).await;
+    let backup_id = view.backup_id.unwrap().to_string();
+    assert!(std::fs::read_dir(e.archive.path().join("parts")).unwrap().count() > 1, "stored as several parts");
+    assert!(!e.archive.path().join("segments").exists(), "no per-message segments");
+    let catalog = e.c.ok(QRY_BACKUPS, json!({})).await;
+    assert_eq!(catalog[0]["streams"][0]["messages"], 2_999);
+    assert_eq!(completed(&e.c, CMD_VERIFY, json!({ "backup": backup_id })).await.progress.objects_done, view.progress.objects_done);
+    completed(&e.c, CMD_VERIFY, json!({ "backup": backup_id, "mode": "structural" })).await;
+
+    // Selections make no sense for an image: refused by name.
+    let refused = job(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "X", "start_seq": 5 })).await;
+    assert_eq!(refused.state, JobState::Failed);
+    assert!(refused.error.unwrap().message.contains("restores whole"));
+
+    // Under a new name (nats-server 2.15 restores per-message archives) and under its own.
+    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_IMG" })).await;
+    let original = read_all(&e.client, "EVENTS").await;
+    assert_same_messages(&read_all(&e.client, "EVENTS_IMG").await, &original);
+    let times = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            let s = js.get_stream(name).await.unwrap();
+            let mut out = Vec::new();
+            for seq in [1u64, 1_500, 3_000] {
+                out.push(s.get_raw_message(seq).await.unwrap().time);
+            }
+            out
+        }
+    };
+    assert_eq!(times("EVENTS_IMG").await, times("EVENTS").await, "original timestamps");
+    js.delete_stream("EVENTS").await.unwrap();
+    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS" })).await;
+    assert_same_messages(&read_all(&e.client, "EVENTS").await, &original);
+    let restored = js.get_stream("EVENTS").await.unwrap();
+    assert!(restored.get_consumer::<consumer::pull::Config>("audit").await.is_ok(), "the consumer came back with the image");
+    e.service.stop().await;
+}

@@ -5,7 +5,7 @@
 use async_nats::service::Request;
 use cim_backup_contracts::commands::{CancelJob, RestoreBackup, StartBackup, VerifyBackup, parse_body};
 use cim_backup_contracts::events::{
-    Admission, BackupAccepted, CancelRequested, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
+    Admission, BackupAccepted, BackupMode, CancelRequested, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
     RestoreOptions, Selection, VerifyAccepted,
 };
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
@@ -140,7 +140,11 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     if cmd.full && cmd.incremental == Some(true) {
         return Err(ApiError::bad_request("full and incremental: pick one"));
     }
-    let incremental = !cmd.full && cmd.incremental.unwrap_or(true);
+    let mode = cmd.mode.unwrap_or_default();
+    if mode == BackupMode::Snapshot && cmd.incremental == Some(true) {
+        return Err(ApiError::bad_request("mode snapshot: server snapshots are always full, not incremental"));
+    }
+    let incremental = !cmd.full && cmd.incremental.unwrap_or(true) && mode == BackupMode::Messages;
     let encryption = match cmd.encrypt {
         true => Some(Encryption {
             scheme: ENCRYPTION_AGE.to_owned(),
@@ -149,7 +153,7 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         false => None,
     };
     let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression, incremental, &encryption));
+    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression, incremental, &encryption, mode));
     let request_digest = admission.request_digest.clone();
     let spec = BackupAccepted {
         streams: cmd.streams,
@@ -158,6 +162,7 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         compression,
         segment_bytes: ctx.defaults.segment_bytes,
         incremental,
+        mode,
         encryption,
         admission,
     };

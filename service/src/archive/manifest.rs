@@ -6,7 +6,7 @@
 
 use cim_backup_contracts::cid::{Cid, dag_cbor_cid, verifies};
 use cim_backup_contracts::events::{
-    Compression, ConsumerPosition, ENCRYPTION_AGE, Encryption, SegmentInfo, StreamCut, StreamSummary,
+    Compression, ConsumerPosition, ENCRYPTION_AGE, Encryption, PartInfo, SegmentInfo, StreamCut, StreamSummary,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -51,6 +51,17 @@ pub struct StreamArchive {
     /// Durable consumers and their positions at the cut.
     pub consumers: Vec<ConsumerPosition>,
     pub segments: Vec<SegmentInfo>,
+    /// Snapshot mode: the server's own snapshot of the stream, in parts (then `segments` is
+    /// empty). Absent for the per-message archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotArchive>,
+}
+
+/// A server snapshot (`$JS.API.STREAM.SNAPSHOT`, the format of the server that took it) stored
+/// as content-addressed parts `parts/<cid>`, to be concatenated in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotArchive {
+    pub parts: Vec<PartInfo>,
 }
 
 impl StreamArchive {
@@ -99,11 +110,11 @@ impl Manifest {
         self.streams.iter().find(|s| s.name == name)
     }
 
-    /// Objects of the backup (segments plus this manifest) and their stored bytes.
+    /// Objects of the backup (segments or parts, plus this manifest) and their stored bytes.
     pub fn objects(&self) -> (u64, u64) {
-        let segments: u64 = self.streams.iter().map(|s| s.segments.len() as u64).sum();
+        let stored: u64 = self.streams.iter().map(|s| s.segments.len() as u64 + s.snapshot.as_ref().map_or(0, |x| x.parts.len() as u64)).sum();
         let bytes: u64 = self.streams.iter().map(|s| s.stored_bytes).sum();
-        (segments + 1, bytes)
+        (stored + 1, bytes)
     }
 }
 
@@ -145,6 +156,7 @@ mod tests {
                 stored_bytes: 50,
                 parent: None,
                 consumers: vec![],
+                snapshot: None,
                 segments: vec![SegmentInfo {
                     cid: raw_cid(b"seg"),
                     first_seq: 1,
@@ -233,6 +245,7 @@ mod golden {
                 stored_bytes: 44,
                 parent: None,
                 consumers: vec![],
+                snapshot: None,
                 segments: vec![segment.info],
             }],
         };

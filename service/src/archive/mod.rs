@@ -6,12 +6,14 @@
 //! # Layout
 //! - [`record`] — the framing of one message inside a segment, and the header block codec.
 //! - [`segment`] — building (compress + name) and opening (verify + decompress + iterate) segments.
+//! - [`part`] — parts of a server snapshot (snapshot mode).
 //! - [`manifest`] — the manifest: what a backup holds; its CID is the backup id.
 //! - [`store`] — [`ArchiveStore`]: objects under a destination prefix, named by CID.
 //! - [`error`] — [`ArchiveError`], which always names the object (and record) at fault.
 
 pub mod error;
 pub mod manifest;
+pub mod part;
 pub mod record;
 pub mod segment;
 pub mod store;

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use cim_backup_contracts::commands::{
     BackupRef, BackupsQuery, CancelJob, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup, VerifyBackup,
 };
-use cim_backup_contracts::events::{Placement, RestoreMethod, VerifyMode};
+use cim_backup_contracts::events::{BackupMode, Placement, RestoreMethod, VerifyMode};
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
 use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
@@ -109,6 +109,9 @@ pub struct BackupArgs {
     /// Encrypt segments to the recipients configured for the service.
     #[arg(long)]
     pub encrypt: bool,
+    /// Store the server's own snapshot (full-fidelity image, restored by the server).
+    #[arg(long)]
+    pub snapshot: bool,
     /// Repeating a request with the same key starts one job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -323,6 +326,7 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 full: a.full,
                 incremental: None,
                 encrypt: a.encrypt,
+                mode: a.snapshot.then_some(BackupMode::Snapshot),
                 idempotency_key: a.idempotency_key.clone(),
                 correlation_id: None,
             };

@@ -9,7 +9,8 @@
 
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupStarted, ConsumerPosition, ParentLink, SegmentStored, StreamCut, StreamStart,
+    BackupAccepted, BackupCompleted, BackupMode, BackupStarted, ConsumerPosition, ParentLink, SegmentStored,
+    SnapshotPartStored, SnapshotTaken, StreamCut, StreamStart,
 };
 use cim_backup_contracts::views::JobState;
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::{Context, tool_version};
 use super::error::EngineError;
 use super::reader::RangeReader;
-use crate::archive::manifest::{MANIFEST_FORMAT, Manifest, StreamArchive};
+use crate::archive::manifest::{MANIFEST_FORMAT, Manifest, SnapshotArchive, StreamArchive};
 use crate::archive::record::{Record, encode_headers};
 use crate::archive::segment::{SealedSegment, SegmentBuilder};
 use crate::archive::ArchiveStore;
@@ -31,13 +32,26 @@ use crate::jobs::{Job, execute};
 pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let archive = ctx.destinations.open(&spec.destination_url)?;
+    let resumed = job.state.lifecycle.state == Some(JobState::Running);
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let started = take_cut(ctx, &spec, &archive).await?;
         execute(&ctx.events, job, BackupCommand::Start(started), None).await?;
     }
     let streams = job.state.started.clone().expect("a running backup has a cut").streams;
     for start in &streams {
-        archive_stream(ctx, job, &archive, &start.cut, cancel).await?;
+        match spec.mode {
+            BackupMode::Messages => archive_stream(ctx, job, &archive, &start.cut, cancel).await?,
+            BackupMode::Snapshot => {
+                if resumed && job.state.snapshot_of(&start.cut.stream).is_some() {
+                    // A server snapshot is one byte stream; a new one would not continue it.
+                    return Err(EngineError::precondition(
+                        ErrorCode::Conflict,
+                        format!("the snapshot of {} was interrupted and cannot resume; start a new backup", start.cut.stream),
+                    ));
+                }
+                snapshot_stream(ctx, job, &archive, &start.cut.stream, cancel).await?
+            }
+        }
     }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
@@ -98,7 +112,7 @@ async fn take_cut(ctx: &Context, spec: &BackupAccepted, archive: &ArchiveStore) 
                 num_ack_pending: c.num_ack_pending,
             })
             .collect();
-        if spec.incremental {
+        if spec.incremental && spec.mode == BackupMode::Messages {
             start.parent = find_parent(ctx, archive, &spec.destination_url, &start.cut).await;
         }
     }
@@ -185,6 +199,60 @@ async fn archive_stream(
     Ok(())
 }
 
+/// Snapshot mode: takes the server's own snapshot of `stream` (consumers included) and stores
+/// it in parts of `segment_bytes`, each recorded once it is stored.
+async fn snapshot_stream(ctx: &Context, job: &mut Job<BackupJob>, archive: &ArchiveStore, stream: &str, cancel: &CancellationToken) -> Result<(), EngineError> {
+    use futures::StreamExt as _;
+    let spec = job.state.spec.clone().expect("spec");
+    let recipients = spec.encryption.as_ref().map(|e| e.recipients.clone());
+    let inbox = ctx.client.new_inbox();
+    let mut chunks = ctx.client.subscribe(inbox.clone()).await.map_err(EngineError::nats)?;
+    let request = serde_json::json!({ "deliver_subject": inbox, "no_consumers": false, "chunk_size": 128 * 1024, "jsck": false });
+    let reply = ctx.api.raw(format!("$JS.API.STREAM.SNAPSHOT.{stream}"), request).await?;
+    let state = |k: &str| reply.pointer(&format!("/state/{k}")).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let taken = SnapshotTaken {
+        stream: stream.to_owned(),
+        first_seq: state("first_seq"),
+        last_seq: state("last_seq"),
+        messages: state("messages"),
+        bytes: state("bytes"),
+    };
+    execute(&ctx.events, job, BackupCommand::RecordSnapshot(taken), None).await?;
+    let part_bytes = spec.segment_bytes as usize;
+    let mut buffer = Vec::with_capacity(part_bytes + 128 * 1024);
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), chunks.next())
+            .await
+            .map_err(|_| EngineError::nats(format!("the snapshot of {stream} stalled (no data for 30 s)")))?
+            .ok_or_else(|| EngineError::nats("the snapshot subscription closed"))?;
+        if let Some(status) = chunk.status.filter(|s| s.as_u16() != 204) {
+            return Err(EngineError::nats(format!("snapshot of {stream}: status {} {}", status.as_u16(), chunk.description.unwrap_or_default())));
+        }
+        let last = chunk.payload.is_empty();
+        if !last {
+            buffer.extend_from_slice(&chunk.payload);
+            if let Some(reply) = chunk.reply {
+                ctx.client.publish(reply, bytes::Bytes::new()).await.map_err(EngineError::nats)?;
+            }
+        }
+        if (last && !buffer.is_empty()) || buffer.len() >= part_bytes {
+            let raw = std::mem::replace(&mut buffer, Vec::with_capacity(part_bytes + 128 * 1024));
+            let recipients = recipients.clone();
+            let (stored, info) = tokio::task::spawn_blocking(move || crate::archive::part::seal(raw, recipients.as_deref()))
+                .await
+                .map_err(|e| EngineError::nats(format!("sealing task failed: {e}")))??;
+            archive.put_if_absent(&crate::archive::part::key(&info), stored).await?;
+            execute(&ctx.events, job, BackupCommand::RecordPart(SnapshotPartStored { stream: stream.to_owned(), part: info }), None).await?;
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
 /// Reads `from..=until` and hands full segments to `tx`.
 async fn read_segments(
     ctx: &Context,
@@ -245,6 +313,8 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
             parent: start.parent.as_ref().map(|p| p.backup),
             consumers: start.consumers.clone(),
             segments: job.state.segments_of(&start.cut.stream).cloned().collect(),
+            snapshot: (spec.mode == BackupMode::Snapshot)
+                .then(|| SnapshotArchive { parts: job.state.parts_of(&start.cut.stream).cloned().collect() }),
         })
         .collect();
     Manifest {

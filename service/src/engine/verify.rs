@@ -65,22 +65,26 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
     for stream in &root.streams {
         Chain::resolve(&archive, spec.backup, &stream.name).await?.check_links()?;
     }
-    // Segments, each once (identical segments are shared between backups).
+    // Segments and snapshot parts, each once (identical objects are shared between backups).
     let mut seen = HashSet::new();
-    let segments: Vec<(&Manifest, &cim_backup_contracts::events::SegmentInfo)> = reach
+    let objects: Vec<(&Manifest, Object<'_>)> = reach
         .order
         .iter()
         .flat_map(|cid| {
             let m = &reach.manifests[cid].0;
-            m.streams.iter().flat_map(move |s| s.segments.iter().map(move |g| (m, g)))
+            m.streams.iter().flat_map(move |s| {
+                let segments = s.segments.iter().map(move |g| (m, Object::Segment(g)));
+                let parts = s.snapshot.iter().flat_map(|x| x.parts.iter()).map(move |p| (m, Object::Part(p)));
+                segments.chain(parts)
+            })
         })
-        .filter(|(_, g)| seen.insert(g.cid))
+        .filter(|(_, o)| seen.insert(o.cid()))
         .collect();
     let manifest_bytes: u64 = reach.manifests.values().map(|(_, size)| size).sum();
     let plan = VerifyStarted {
-        objects: reach.manifests.len() as u64 + segments.len() as u64,
-        bytes: manifest_bytes + segments.iter().map(|(_, g)| g.stored_bytes).sum::<u64>(),
-        records: segments.iter().map(|(_, g)| g.records).sum(),
+        objects: reach.manifests.len() as u64 + objects.len() as u64,
+        bytes: manifest_bytes + objects.iter().map(|(_, o)| o.stored_bytes()).sum::<u64>(),
+        records: objects.iter().map(|(_, o)| o.records()).sum(),
     };
     match job.state.lifecycle.state {
         Some(JobState::Accepted) => {
@@ -96,20 +100,31 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
     let already = job.state.progress.as_ref().map_or(0, |p| p.objects_done);
     let mut last_progress = tokio::time::Instant::now();
     let mut prev: Option<(&Manifest, &str, u64)> = None;
-    for (manifest, info) in &segments {
+    for (manifest, object) in &objects {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
+        let keys = manifest.encryption.as_ref().map(|_| &ctx.keys);
+        let info = match object {
+            Object::Part(part) => {
+                let key = crate::archive::part::key(part);
+                match spec.mode {
+                    VerifyMode::Structural => structural(&archive, &key, part.stored_bytes).await?,
+                    VerifyMode::Deep => {
+                        crate::archive::part::open(&archive.get(&key).await?, part, keys)?;
+                    }
+                }
+                done.0 += 1;
+                done.1 += part.stored_bytes;
+                record_progress(ctx, job, &mut done, already, plan.objects, &mut last_progress).await?;
+                continue;
+            }
+            Object::Segment(info) => *info,
+        };
         let key = segment::key(info);
         match spec.mode {
             VerifyMode::Structural => {
-                match archive.size(&key).await? {
-                    None => return Err(ArchiveError::Missing { object: key }.into()),
-                    Some(size) if size != info.stored_bytes => {
-                        return Err(ArchiveError::corrupt(&key, format!("size is {size} bytes, the manifest says {}", info.stored_bytes)).into());
-                    }
-                    Some(_) => {}
-                }
+                structural(&archive, &key, info.stored_bytes).await?;
                 done.2 += info.records;
             }
             VerifyMode::Deep => {
@@ -121,19 +136,14 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
                 }
                 prev = Some((manifest, stream, info.last_seq));
                 let stored = archive.get(&key).await?;
-                let codec = Codec { compression: manifest.compression.algorithm, keys: manifest.encryption.as_ref().map(|_| &ctx.keys) };
+                let codec = Codec { compression: manifest.compression.algorithm, keys };
                 let plain = segment::open(&stored, info, codec)?;
                 done.2 += segment::check_records(&plain, info)?;
             }
         }
         done.0 += 1;
         done.1 += info.stored_bytes;
-        let finished = done.0 == plan.objects;
-        if done.0 > already && (finished || last_progress.elapsed() >= PROGRESS_EVERY) {
-            let progress = VerifyProgressed { objects_done: done.0, bytes_done: done.1, records_done: done.2 };
-            execute(&ctx.events, job, VerifyCommand::Progress(progress), None).await?;
-            last_progress = tokio::time::Instant::now();
-        }
+        record_progress(ctx, job, &mut done, already, plan.objects, &mut last_progress).await?;
     }
     let completed = VerifyCompleted { objects: done.0, bytes: done.1, records: done.2 };
     execute(&ctx.events, job, VerifyCommand::Complete(completed), None).await?;
@@ -141,10 +151,76 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
     Ok(())
 }
 
+/// One stored object of a backup.
+#[derive(Clone, Copy)]
+enum Object<'a> {
+    Segment(&'a cim_backup_contracts::events::SegmentInfo),
+    /// A part of a server snapshot: checked as an object (size, CID, decryption); its records
+    /// are in the server's format.
+    Part(&'a cim_backup_contracts::events::PartInfo),
+}
+
+impl Object<'_> {
+    fn cid(&self) -> Cid {
+        match self {
+            Object::Segment(s) => s.cid,
+            Object::Part(p) => p.cid,
+        }
+    }
+    fn stored_bytes(&self) -> u64 {
+        match self {
+            Object::Segment(s) => s.stored_bytes,
+            Object::Part(p) => p.stored_bytes,
+        }
+    }
+    fn records(&self) -> u64 {
+        match self {
+            Object::Segment(s) => s.records,
+            Object::Part(_) => 0,
+        }
+    }
+}
+
+/// The object exists with the recorded size (one HEAD request).
+async fn structural(archive: &ArchiveStore, key: &str, size: u64) -> Result<(), EngineError> {
+    match archive.size(key).await? {
+        None => Err(ArchiveError::Missing { object: key.to_owned() }.into()),
+        Some(found) if found != size => Err(ArchiveError::corrupt(key, format!("size is {found} bytes, the manifest says {size}")).into()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Records progress at most every [`PROGRESS_EVERY`] (and for the last object), once past what a
+/// previous run of the job already recorded.
+async fn record_progress(
+    ctx: &Context,
+    job: &mut Job<VerifyJob>,
+    done: &mut (u64, u64, u64),
+    already: u64,
+    total: u64,
+    last: &mut tokio::time::Instant,
+) -> Result<(), EngineError> {
+    let finished = done.0 == total;
+    if done.0 > already && (finished || last.elapsed() >= PROGRESS_EVERY) {
+        let progress = VerifyProgressed { objects_done: done.0, bytes_done: done.1, records_done: done.2 };
+        execute(&ctx.events, job, VerifyCommand::Progress(progress), None).await?;
+        *last = tokio::time::Instant::now();
+    }
+    Ok(())
+}
+
 /// Per-stream totals and bounds in a manifest must agree with its segments and its cut.
 fn check_manifest_totals(manifest: &Manifest, backup: &Cid) -> Result<(), EngineError> {
     let bad = |message: String| -> EngineError { ArchiveError::corrupt(manifest::key(backup), message).into() };
     for s in &manifest.streams {
+        if let Some(snapshot) = &s.snapshot {
+            let stored: u64 = snapshot.parts.iter().map(|p| p.stored_bytes).sum();
+            let raw: u64 = snapshot.parts.iter().map(|p| p.raw_bytes).sum();
+            if (stored, raw) != (s.stored_bytes, s.raw_bytes) || !s.segments.is_empty() {
+                return Err(bad(format!("stream {}: snapshot parts do not add up ({stored}/{raw})", s.name)));
+            }
+            continue;
+        }
         match (s.segments.first(), s.segments.last()) {
             (Some(first), Some(last)) if (first.first_seq, last.last_seq) != (s.first_seq, s.last_seq) => {
                 return Err(bad(format!(

@@ -132,6 +132,9 @@ fn target_last_seq(selection: &Selection, latest: &StreamArchive, tally: &Tally)
 async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
     let p = prepare(ctx, &spec.source_url, spec.backup, &spec.stream, &spec.selection).await?;
+    if let Some(snapshot) = p.latest.snapshot.clone() {
+        return restore_snapshot(ctx, job, &p, &snapshot, cancel).await;
+    }
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let method = choose_method(ctx, spec.options.method, &spec.target).await?;
         let tally = bounds(ctx, &p).await?;
@@ -205,6 +208,103 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
         }
     }
     tracing::info!(job = %job.id, target = %spec.target, messages = tally.messages, method = ?started.method, "restore completed");
+    Ok(())
+}
+
+/// Restores a snapshot-mode backup: the server's own snapshot, passed back to its restore API
+/// (whole, with its consumers; under a new name on servers that restore per-message archives).
+async fn restore_snapshot(
+    ctx: &Context,
+    job: &mut Job<RestoreJob>,
+    p: &Prepared,
+    snapshot: &crate::archive::manifest::SnapshotArchive,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().expect("spec");
+    if job.state.lifecycle.state == Some(JobState::Accepted) {
+        if !spec.selection.is_everything() {
+            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup restores whole: no time, sequence or subject selection"));
+        }
+        if !matches!(spec.options.method, RestoreMethod::Auto | RestoreMethod::ServerArchive) {
+            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup is restored by the server (method auto or server-archive)"));
+        }
+        if let Some(info) = ctx.api.stream_info(&spec.target).await? {
+            return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} already exists ({} messages)", spec.target, info.state.messages)));
+        }
+        let started = RestoreStarted {
+            method: RestoreMethod::ServerArchive,
+            chain: p.chain.ids(),
+            segments: snapshot.parts.len() as u64,
+            messages: p.latest.messages,
+            bytes: snapshot.parts.iter().map(|x| x.raw_bytes).sum(),
+            first_seq: if p.latest.messages > 0 { p.latest.first_seq } else { 0 },
+            last_seq: if p.latest.messages > 0 { p.latest.last_seq } else { 0 },
+            target_last_seq: p.latest.last_seq,
+        };
+        execute(&ctx.events, job, RestoreCommand::Start(started), None).await?;
+    }
+    let started = job.state.plan.clone().expect("a running restore has a plan");
+    let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, &spec.target).await?;
+    let (final_config, notes) = target::final_config(&p.original, &spec.target, &spec.options, &owned, &job.id);
+    let keys = p.chain.manifests[0].1.encryption.as_ref().map(|_| &ctx.keys);
+    let already = ctx.api.stream_info(&spec.target).await?;
+    match already {
+        Some(info) if target::owned_by(&info.config, &job.id) => {} // the server finished before a crash
+        Some(_) => return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} was created by someone else during the restore", spec.target))),
+        None => {
+            let mut upload = server_archive::Upload::passthrough(&ctx.api, &final_config).await?;
+            let mut progress = Progress::new(job, snapshot.parts.len() as u64);
+            // Fetch one part ahead: the server gives up after 5 s without data.
+            let fetch = |i: usize| {
+                let archive = p.archive.clone();
+                let key = crate::archive::part::key(&snapshot.parts[i]);
+                tokio::spawn(async move { archive.get(&key).await })
+            };
+            let mut next = (!snapshot.parts.is_empty()).then(|| fetch(0));
+            let mut tally = Tally::default();
+            for (i, info) in snapshot.parts.iter().enumerate() {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let stored = next.take().expect("fetched ahead").await.map_err(EngineError::nats)??;
+                if i + 1 < snapshot.parts.len() {
+                    next = Some(fetch(i + 1));
+                }
+                let raw = crate::archive::part::open(&stored, info, keys)?;
+                upload.raw(&raw).await?;
+                tally.bytes += info.raw_bytes;
+                progress.segment_done(ctx, &tally, info.raw_bytes, started.last_seq).await?;
+            }
+            upload.finish().await?;
+        }
+    }
+    let written = Tally {
+        messages: p.latest.messages,
+        bytes: started.bytes,
+        first: (p.latest.messages > 0).then_some((p.latest.first_seq, 0)),
+        last: (p.latest.messages > 0).then_some((p.latest.last_seq, 0)),
+    };
+    check_target(ctx, &spec.target, &written, started.target_last_seq).await?;
+    // The server restored the consumers as they were in the snapshot.
+    let consumers = p
+        .latest
+        .consumers
+        .iter()
+        .map(|c| ConsumerRestored { name: c.name.clone(), start_seq: c.ack_floor_stream_seq + 1, redeliveries: c.num_ack_pending })
+        .collect();
+    let completed = RestoreCompleted {
+        segments: snapshot.parts.len() as u64,
+        messages: written.messages,
+        bytes: written.bytes,
+        first_seq: started.first_seq,
+        last_seq: started.last_seq,
+        consumers,
+        notes,
+    };
+    execute(&ctx.events, job, RestoreCommand::Complete(completed), None).await?;
+    if let Err(e) = clear_marker(ctx, &spec.target, &p.original).await {
+        tracing::warn!(target = %spec.target, error = %e, "restore completed; could not remove the {} metadata", target::RESTORE_JOB_METADATA);
+    }
     Ok(())
 }
 
@@ -335,7 +435,16 @@ pub struct DryRun<'a> {
 pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, EngineError> {
     let p = prepare(ctx, r.source_url, r.backup, r.stream, r.selection).await?;
     let method = choose_method(ctx, r.options.method, r.target).await?;
-    let tally = plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?;
+    let tally = match &p.latest.snapshot {
+        // A server snapshot is restored whole; its totals are in the manifest.
+        Some(_) => Tally {
+            messages: p.latest.messages,
+            bytes: p.latest.raw_bytes,
+            first: (p.latest.messages > 0).then_some((p.latest.first_seq, 0)),
+            last: (p.latest.messages > 0).then_some((p.latest.last_seq, 0)),
+        },
+        None => plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?,
+    };
     let last_seq = target_last_seq(r.selection, &p.latest, &tally);
     let mut notes = Vec::new();
     if method != RestoreMethod::Append {
@@ -359,8 +468,9 @@ pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, Engine
         bytes: tally.bytes,
         first_seq: tally.first_seq(),
         last_seq: tally.last_seq(),
-        first_time: tally.first_time(),
-        last_time: tally.last_time(),
+        // A snapshot's message times are inside the server's format: unknown here.
+        first_time: tally.first_time().filter(|_| p.latest.snapshot.is_none()),
+        last_time: tally.last_time().filter(|_| p.latest.snapshot.is_none()),
         consumers,
         notes,
     })

@@ -47,6 +47,8 @@ pub struct Upload {
     in_flight: VecDeque<JoinHandle<Result<async_nats::Message, async_nats::RequestError>>>,
     last_send: Instant,
     entry: Vec<u8>,
+    /// Whether we write a NATSARC1 archive (else raw snapshot bytes are passed through).
+    archive: bool,
 }
 
 fn failed(message: impl std::fmt::Display) -> EngineError {
@@ -57,10 +59,31 @@ impl Upload {
     /// Asks the server to restore `config` (whose `name` is the target) and writes the archive
     /// head: `state.json` and the consumers.
     pub async fn begin(api: &JsApi, config: &Value, first_seq: u64, last_seq: u64, consumers: &[(String, Value)]) -> Result<Upload, EngineError> {
+        let mut upload = Self::open(api, config, Some(5)).await?;
+        upload.archive = true;
+        upload.write_raw(b"NATSARC1");
+        let state = json!({ "messages": 0, "bytes": 0, "first_seq": first_seq, "last_seq": last_seq, "consumer_count": consumers.len() });
+        upload.entry("state.json", 0, 0, b"", state.to_string().as_bytes());
+        for (name, consumer) in consumers {
+            upload.entry(&format!("consumers/{name}"), 0, 0, b"", consumer.to_string().as_bytes());
+        }
+        upload.pump().await?;
+        Ok(upload)
+    }
+
+    /// Asks the server to restore `config` from bytes the caller passes through (a server
+    /// snapshot, in the format of the server that took it).
+    pub async fn passthrough(api: &JsApi, config: &Value) -> Result<Upload, EngineError> {
+        Self::open(api, config, None).await
+    }
+
+    async fn open(api: &JsApi, config: &Value, api_level: Option<u32>) -> Result<Upload, EngineError> {
         let name = config["name"].as_str().unwrap_or_default().to_owned();
         let mut headers = async_nats::HeaderMap::new();
-        // Servers before API level 5 would misread the archive; with this they refuse.
-        headers.insert("Nats-Required-Api-Level", "5");
+        if let Some(level) = api_level {
+            // Servers before API level 5 would misread the archive; with this they refuse.
+            headers.insert("Nats-Required-Api-Level", level.to_string().as_str());
+        }
         let body = serde_json::to_vec(&json!({ "config": config, "state": {} })).expect("json");
         let client = api.client().clone();
         let reply = tokio::time::timeout(Duration::from_secs(30), client.request_with_headers(format!("$JS.API.STREAM.RESTORE.{name}"), headers, body.into()))
@@ -72,22 +95,23 @@ impl Upload {
             return Err(failed(error.get("description").and_then(Value::as_str).unwrap_or("refused")));
         }
         let deliver = reply["deliver_subject"].as_str().ok_or_else(|| failed("no deliver subject in the reply"))?.to_owned();
-        let mut upload = Upload {
+        Ok(Upload {
             client,
             deliver,
             encoder: snap::write::FrameEncoder::new(Vec::with_capacity(2 * CHUNK)),
             in_flight: VecDeque::new(),
             last_send: Instant::now(),
             entry: Vec::with_capacity(64 * 1024),
-        };
-        upload.write_raw(b"NATSARC1");
-        let state = json!({ "messages": 0, "bytes": 0, "first_seq": first_seq, "last_seq": last_seq, "consumer_count": consumers.len() });
-        upload.entry("state.json", 0, 0, b"", state.to_string().as_bytes());
-        for (name, consumer) in consumers {
-            upload.entry(&format!("consumers/{name}"), 0, 0, b"", consumer.to_string().as_bytes());
+            archive: false,
+        })
+    }
+
+    /// Sends bytes as they are (passthrough uploads).
+    pub async fn raw(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
+        for chunk in bytes.chunks(CHUNK) {
+            self.send(Bytes::copy_from_slice(chunk)).await?;
         }
-        upload.pump().await?;
-        Ok(upload)
+        Ok(())
     }
 
     fn write_raw(&mut self, bytes: &[u8]) {
@@ -125,9 +149,10 @@ impl Upload {
         Ok(())
     }
 
-    /// Keeps the upload alive while the caller waits for something slow.
+    /// Keeps the upload alive while the caller waits for something slow (archive uploads only:
+    /// a padding chunk is valid framing there; a passthrough snapshot cannot be padded).
     pub async fn keepalive(&mut self) -> Result<(), EngineError> {
-        if self.last_send.elapsed() >= KEEPALIVE {
+        if self.archive && self.last_send.elapsed() >= KEEPALIVE {
             self.send(Bytes::from_static(&PADDING)).await?;
         }
         Ok(())
@@ -157,11 +182,13 @@ impl Upload {
     /// Writes the sentinel, sends the rest and the end marker, and waits for the server to
     /// finish. Returns the new stream's info (as the server replied).
     pub async fn finish(mut self) -> Result<Value, EngineError> {
-        self.entry("", 0, 0, b"", b"");
-        self.encoder.flush().map_err(failed)?;
-        let rest = std::mem::take(self.encoder.get_mut());
-        if !rest.is_empty() {
-            self.send(rest.into()).await?;
+        if self.archive {
+            self.entry("", 0, 0, b"", b"");
+            self.encoder.flush().map_err(failed)?;
+            let rest = std::mem::take(self.encoder.get_mut());
+            if !rest.is_empty() {
+                self.send(rest.into()).await?;
+            }
         }
         while !self.in_flight.is_empty() {
             self.settle_one().await?;
