@@ -34,6 +34,9 @@ use crate::jsapi::JsApi;
 use crate::projector::{Projector, Views};
 use reply::{ApiError, send};
 
+/// Messages a subscription buffers before the client applies back pressure.
+const SUBSCRIPTION_CAPACITY: usize = 8192;
+
 /// What the handlers share.
 pub struct Api {
     pub runner: Arc<Runner>,
@@ -59,7 +62,13 @@ pub enum ServeError {
 
 /// Connects to NATS with the configured credentials.
 pub async fn connect(config: &crate::config::NatsConfig, name: &str) -> Result<async_nats::Client, ServeError> {
-    let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+    // A bounded subscription buffer bounds memory while a backup reads a stream faster than it
+    // can archive it (the default, 65,536 messages, is ~45 MB of CIM events).
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY);
     if let Some(creds) = &config.creds {
         options = options
             .credentials_file(creds)

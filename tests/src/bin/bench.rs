@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("published {messages} events ({} bytes) in {publish_s:.1} s", source.bytes);
 
     let archive = tempfile::tempdir()?;
-    let mut service = spawn_service(&nats.url(), archive.path())?;
+    let service = ServiceProcess(spawn_service(&nats.url(), archive.path())?);
     let caller = Caller::connect(&nats.url()).await;
     wait_ready(&caller).await;
     let mut rows = Vec::new();
@@ -69,15 +69,38 @@ async fn main() -> anyhow::Result<()> {
     rows.push(Row { what: "cim-backup verify (deep)", seconds, messages, bytes: stored, note: "re-hash, decompress, check every record".into() });
 
     let (_, seconds) = run_job(&caller, CMD_RESTORE, json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R" })).await;
-    rows.push(Row { what: "cim-backup restore (new name)", seconds, messages, bytes: source.bytes, note: "exact sequence numbers".into() });
-    let rss = peak_rss_kib(service.id());
-    service.kill()?;
-    service.wait()?;
+    rows.push(Row {
+        what: "cim-backup restore (server-archive)",
+        seconds,
+        messages,
+        bytes: source.bytes,
+        note: "sequences, gaps, timestamps, headers exact".into(),
+    });
     api.delete_stream("BENCH_R").await?;
+    let (_, seconds) = run_job(&caller, CMD_RESTORE, json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R", "method": "publish" })).await;
+    rows.push(Row { what: "cim-backup restore (publish)", seconds, messages, bytes: source.bytes, note: "the path for servers before 2.15".into() });
+    api.delete_stream("BENCH_R").await?;
+
+    // 1% more, then an incremental backup: its time should follow the delta, not the stream.
+    let delta = (messages / 100).max(1);
+    publish_events(&client, "bench.node", messages, delta, 1_000).await;
+    let before = dir_size(archive.path());
+    let (view, seconds) = run_job(&caller, CMD_START, json!({ "streams": ["BENCH"] })).await;
+    assert_eq!(view["progress"]["messages_done"], delta, "incremental stores only the delta");
+    rows.push(Row {
+        what: "cim-backup incremental backup (+1%)",
+        seconds,
+        messages: delta,
+        bytes: delta * (source.bytes / messages.max(1)),
+        note: format!("{} stored", human(dir_size(archive.path()) - before)),
+    });
+    let rss = peak_rss_kib(service.0.id());
+    drop(service);
 
     // The anchor: the server's own snapshot and restore of the same stream (what
     // `nats stream backup/restore` does), through the raw API.
     let info = api.stream_info("BENCH").await?.expect("stream");
+    let messages = info.state.messages;
     let t = Instant::now();
     let chunks = server_snapshot(&client, "BENCH").await?;
     let seconds = t.elapsed().as_secs_f64();
@@ -92,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
     rows.push(Row { what: "server restore ($JS.API.STREAM.RESTORE)", seconds, messages, bytes: source.bytes, note: String::new() });
 
     println!("{}", machine());
-    println!("{messages} CIM-like events, {} in the stream ({} B per message on average)\n", human(source.bytes), source.bytes / messages.max(1));
+    println!(
+        "{} CIM-like events, {} in the stream ({} B per message on average); +1% before the incremental and the server's snapshot\n",
+        source.messages,
+        human(source.bytes),
+        source.bytes / source.messages.max(1)
+    );
     println!("| operation | seconds | msg/s | MB/s | notes |");
     println!("|---|---:|---:|---:|---|");
     for r in &rows {
@@ -105,14 +133,25 @@ async fn main() -> anyhow::Result<()> {
             r.note
         );
     }
-    let by = |name: &str| rows.iter().find(|r| r.what.starts_with(name)).map(|r| r.seconds).unwrap();
+    let rate = |name: &str| rows.iter().find(|r| r.what.starts_with(name)).map(|r| r.messages as f64 / r.seconds).unwrap();
     println!(
-        "\nratios: backup / server snapshot = {:.2}x the time; restore / server restore = {:.2}x the time; service peak RSS {} MiB",
-        by("cim-backup full") / by("server snapshot"),
-        by("cim-backup restore") / by("server restore"),
+        "\nratios (our msg/s ÷ the server's, same run): backup / server snapshot = {:.2}; restore (server-archive) / server restore = {:.2}; restore (publish) / server restore = {:.2}; service peak RSS {} MiB",
+        rate("cim-backup full") / rate("server snapshot"),
+        rate("cim-backup restore (server-archive)") / rate("server restore"),
+        rate("cim-backup restore (publish)") / rate("server restore"),
         rss / 1024
     );
     Ok(())
+}
+
+/// The service process, killed when the bench ends (also when it panics).
+struct ServiceProcess(Child);
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Child> {

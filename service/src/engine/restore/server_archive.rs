@@ -16,14 +16,12 @@
 //! and drops it if the upload stops (it aborts after 5 s without data — while segments are
 //! fetched, empty padding chunks keep the upload alive).
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cim_backup_contracts::ErrorCode;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::archive::record::Record;
@@ -44,7 +42,11 @@ pub struct Upload {
     client: async_nats::Client,
     deliver: String,
     encoder: snap::write::FrameEncoder<Vec<u8>>,
-    in_flight: VecDeque<JoinHandle<Result<async_nats::Message, async_nats::RequestError>>>,
+    /// Chunks are published in order with reply subjects `<inbox>.<n>`; their acks arrive here.
+    inbox: String,
+    acks: async_nats::Subscriber,
+    sent: u64,
+    acked: u64,
     last_send: Instant,
     entry: Vec<u8>,
     /// Whether we write a NATSARC1 archive (else raw snapshot bytes are passed through).
@@ -95,11 +97,16 @@ impl Upload {
             return Err(failed(error.get("description").and_then(Value::as_str).unwrap_or("refused")));
         }
         let deliver = reply["deliver_subject"].as_str().ok_or_else(|| failed("no deliver subject in the reply"))?.to_owned();
+        let inbox = client.new_inbox();
+        let acks = client.subscribe(format!("{inbox}.*")).await.map_err(failed)?;
         Ok(Upload {
             client,
             deliver,
             encoder: snap::write::FrameEncoder::new(Vec::with_capacity(2 * CHUNK)),
-            in_flight: VecDeque::new(),
+            inbox,
+            acks,
+            sent: 0,
+            acked: 0,
             last_send: Instant::now(),
             entry: Vec::with_capacity(64 * 1024),
             archive: false,
@@ -158,19 +165,29 @@ impl Upload {
         Ok(())
     }
 
+    /// Publishes a chunk (in order: the archive is one byte stream), with at most [`WINDOW`]
+    /// chunks awaiting their ack.
     async fn send(&mut self, chunk: Bytes) -> Result<(), EngineError> {
-        if self.in_flight.len() >= WINDOW {
+        if self.sent - self.acked >= WINDOW as u64 {
             self.settle_one().await?;
         }
-        let (client, deliver) = (self.client.clone(), self.deliver.clone());
-        self.in_flight.push_back(tokio::spawn(async move { client.request(deliver, chunk).await }));
+        let reply = format!("{}.{}", self.inbox, self.sent);
+        self.client.publish_with_reply(self.deliver.clone(), reply, chunk).await.map_err(failed)?;
+        self.sent += 1;
         self.last_send = Instant::now();
         Ok(())
     }
 
     async fn settle_one(&mut self) -> Result<(), EngineError> {
-        let Some(handle) = self.in_flight.pop_front() else { return Ok(()) };
-        let reply = handle.await.map_err(failed)?.map_err(failed)?;
+        use futures::StreamExt;
+        if self.acked == self.sent {
+            return Ok(());
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(60), self.acks.next())
+            .await
+            .map_err(|_| failed("no ack for a chunk within 60 s"))?
+            .ok_or_else(|| failed("the ack subscription closed"))?;
+        self.acked += 1;
         if !reply.payload.is_empty() {
             let value: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
             let reason = value.pointer("/error/description").and_then(Value::as_str).unwrap_or("chunk refused");
@@ -190,7 +207,7 @@ impl Upload {
                 self.send(rest.into()).await?;
             }
         }
-        while !self.in_flight.is_empty() {
+        while self.acked < self.sent {
             self.settle_one().await?;
         }
         let done = tokio::time::timeout(Duration::from_secs(600), self.client.request(self.deliver.clone(), Bytes::new()))
