@@ -150,4 +150,30 @@ pub struct CatalogEntry {
     pub objects: u64,
     pub compression: String,
     pub encrypted: bool,
+    /// The streams that back KV buckets (`KV_<bucket>`) or object stores (`OBJ_<bucket>`).
+    #[serde(default)]
+    pub buckets: Vec<BucketRef>,
+}
+
+/// A stream that is the storage of a KV bucket or an object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRef {
+    pub stream: String,
+    /// `kv` or `object_store`.
+    pub kind: String,
+    pub name: String,
+}
+
+impl BucketRef {
+    /// The bucket a stream backs, by the JetStream naming convention.
+    pub fn of(stream: &str) -> Option<BucketRef> {
+        let (kind, name) = if let Some(name) = stream.strip_prefix("KV_") {
+            ("kv", name)
+        } else if let Some(name) = stream.strip_prefix("OBJ_") {
+            ("object_store", name)
+        } else {
+            return None;
+        };
+        Some(BucketRef { stream: stream.to_owned(), kind: kind.to_owned(), name: name.to_owned() })
+    }
 }

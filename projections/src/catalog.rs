@@ -27,7 +27,13 @@ fn entry(job: &JobView, done: &BackupCompleted) -> CatalogEntry {
         streams: done.streams.clone(),
         compression: done.compression.label(),
         encrypted: done.encrypted,
+        buckets: buckets(&done.streams),
     }
+}
+
+/// The KV buckets and object stores among a backup's streams.
+pub fn buckets(streams: &[cim_backup_contracts::events::StreamSummary]) -> Vec<cim_backup_contracts::views::BucketRef> {
+    streams.iter().filter_map(|s| cim_backup_contracts::views::BucketRef::of(&s.stream)).collect()
 }
 
 /// Orders entries newest first and keeps those holding `stream` (if given).

@@ -198,3 +198,40 @@ async fn a_killed_nats_server_never_yields_a_false_completed_backup() {
     }
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_crashed_service_resumes_its_restore_with_either_method() {
+    let (nats, _archive, mut config) = slow_setup().await;
+    config.defaults.segment_bytes = 64 * 1024;
+    let client = nats.client().await;
+    let service = TestService::start(config.clone()).await;
+    let c = Caller::connect(&nats.url()).await;
+    let backup = backup(&c, "BIG").await.backup_id.unwrap().to_string();
+    let mut service = Some(service);
+    for method in ["server-archive", "publish"] {
+        let target = format!("BIG_{}", method.replace('-', "_").to_uppercase());
+        let job = c.ok(CMD_RESTORE, json!({ "backup": backup, "stream": "BIG", "as": target, "method": method })).await;
+        let job_id = job["job_id"].as_str().unwrap().to_owned();
+        // Crash as soon as the restore is under way.
+        eventually(WAIT, "the restore to start", || async {
+            let v = c.job(&job_id).await;
+            (v.state == JobState::Running || v.state.is_terminal()).then_some(())
+        })
+        .await;
+        service.take().unwrap().crash().await;
+        service = Some(TestService::start(config.clone()).await);
+        let view = c.wait_job(&job_id, WAIT).await;
+        assert_eq!(view.state, JobState::Completed, "{method}: {view:?}");
+        // (publish carries the original time in a header; nothing else differs)
+        let restored: Vec<_> = read_all(&client, &target)
+            .await
+            .into_iter()
+            .map(|mut m| {
+                m.headers.retain(|(n, _)| n != "Cim-Original-Time");
+                m
+            })
+            .collect();
+        assert_same_messages(&restored, &read_all(&client, "BIG").await);
+    }
+    service.unwrap().stop().await;
+}

@@ -81,6 +81,7 @@ fn entry_from_manifest(cid: Cid, manifest: &Manifest, manifest_bytes: u64, url: 
         raw_bytes: streams.iter().map(|s| s.raw_bytes).sum(),
         stored_bytes: streams.iter().map(|s| s.stored_bytes).sum::<u64>() + manifest_bytes,
         objects: manifest.objects().0,
+        buckets: catalog::buckets(&streams),
         streams,
         compression: manifest.compression.label(),
         encrypted: manifest.encryption.is_some(),

@@ -9,12 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// KV buckets and object stores are streams named `KV_<bucket>` and `OBJ_<bucket>`; listings show
 /// them as the buckets users know.
 pub fn bucket_name(stream: &str) -> String {
-    if let Some(bucket) = stream.strip_prefix("KV_") {
-        format!("{stream} (KV bucket {bucket})")
-    } else if let Some(bucket) = stream.strip_prefix("OBJ_") {
-        format!("{stream} (object store {bucket})")
-    } else {
-        stream.to_owned()
+    match cim_backup_contracts::views::BucketRef::of(stream) {
+        Some(b) if b.kind == "kv" => format!("{stream} (KV bucket {})", b.name),
+        Some(b) => format!("{stream} (object store {})", b.name),
+        None => stream.to_owned(),
     }
 }
 

@@ -338,17 +338,23 @@ async fn write_server_archive(
 ) -> Result<Tally, EngineError> {
     let job_id = progress.job().id.clone();
     if let Some(info) = ctx.api.stream_info(target).await? {
-        if target::owned_by(&info.config, &job_id) {
-            // The server finished before a crash: nothing to write, only to count.
-            return plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await;
+        if !target::owned_by(&info.config, &job_id) {
+            return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} was created by someone else during the restore")));
         }
-        return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} was created by someone else during the restore")));
+        // Ours, from before a crash: complete if the server finished, else a partial upload the
+        // server kept. Count what should be there and compare; if it falls short, start over.
+        let tally = plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?;
+        if check_target(ctx, target, &tally, last_seq).await.is_ok() {
+            return Ok(tally);
+        }
+        tracing::warn!(target, "a partial server restore from before a restart; deleting it and uploading again");
+        ctx.api.delete_stream(target).await?;
     }
     let entries = consumers
         .iter()
         .map(|(saved, start)| server_archive::consumer_entry(&saved.config, start.start_seq - 1, saved.ack_floor_consumer_seq))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut upload = server_archive::Upload::begin(&ctx.api, final_config, first_seq, last_seq, &entries).await?;
+    let mut upload = begin_upload(ctx, final_config, first_seq, last_seq, &entries).await?;
     let mut tally = Tally::default();
     for planned in &p.plan.segments {
         if cancel.is_cancelled() {
@@ -375,6 +381,22 @@ async fn write_server_archive(
     }
     upload.finish().await?;
     Ok(tally)
+}
+
+/// Starts a server restore, waiting out a previous interrupted one of the same stream (the
+/// server gives an abandoned upload 5 s before it lets go).
+async fn begin_upload(ctx: &Context, config: &Value, first_seq: u64, last_seq: u64, consumers: &[(String, Value)]) -> Result<server_archive::Upload, EngineError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match server_archive::Upload::begin(&ctx.api, config, first_seq, last_seq, consumers).await {
+            Ok(upload) => return Ok(upload),
+            Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("in progress") => {
+                tracing::info!(error = %e, "waiting for an earlier restore of the stream to be let go");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The restored stream must hold exactly what was written, on every replica: "completed"
