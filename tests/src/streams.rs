@@ -148,3 +148,29 @@ pub fn assert_same_messages(got: &[StoredMessage], expected: &[StoredMessage]) {
     }
     assert_eq!(got.len(), expected.len(), "message counts differ (the common prefix is equal)");
 }
+
+/// Header the `publish` restore method adds (the original timestamp); the `server-archive`
+/// method keeps timestamps natively and adds nothing.
+pub const ORIGINAL_TIME_HEADER: &str = "Cim-Original-Time";
+
+/// Asserts a restored stream holds the original's messages, whichever restore method the
+/// server made the service choose (on servers before 2.15 it is `publish`, which adds the
+/// original-time header; nothing else may differ).
+#[track_caller]
+pub fn assert_restored(restored: &[StoredMessage], original: &[StoredMessage]) {
+    let stripped: Vec<StoredMessage> = restored
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            m.headers.retain(|(n, _)| n != ORIGINAL_TIME_HEADER);
+            m
+        })
+        .collect();
+    assert_same_messages(&stripped, original);
+}
+
+/// The JetStream API level of the server (5 = nats-server 2.15, which restores per-message
+/// archives).
+pub async fn api_level(client: &async_nats::Client) -> u64 {
+    JsApi::new(client.clone()).api_level().await.expect("api level")
+}

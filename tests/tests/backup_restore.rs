@@ -6,7 +6,7 @@ use std::time::Duration;
 use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::JobState;
 use cim_backup_tests::service::{Caller, TestService, test_config};
-use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all, state};
+use cim_backup_tests::streams::{api_level, assert_restored, assert_same_messages, create_stream, publish_events, read_all, state};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::json;
 
@@ -59,7 +59,7 @@ async fn backup_verify_and_restore_reproduce_every_message() {
     let restore = caller.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_COPY" })).await;
     let restored = caller.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_same_messages(&read_all(&client, "EVENTS_COPY").await, &original);
+    assert_restored(&read_all(&client, "EVENTS_COPY").await, &original);
     let copy_state = state(&client, "EVENTS_COPY").await;
     assert_eq!((copy_state.first_seq, copy_state.last_seq, copy_state.messages), (2, 2_000, 1_994));
 
@@ -69,7 +69,7 @@ async fn backup_verify_and_restore_reproduce_every_message() {
     let restore = caller.ok(CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS" })).await;
     let restored = caller.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_same_messages(&read_all(&client, "EVENTS").await, &original);
+    assert_restored(&read_all(&client, "EVENTS").await, &original);
     let ack = js.publish("cim.graph.node.1", "after restore".into()).await.unwrap().await.unwrap();
     assert_eq!((ack.stream.as_str(), ack.sequence), ("EVENTS", 2_001));
 
@@ -117,12 +117,20 @@ async fn publish_preconditions_do_not_break_a_restore_and_kv_buckets_round_trip(
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     let backup_id = view.backup_id.unwrap().to_string();
 
-    // The server archive keeps every header byte for byte, preconditions included.
-    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_A", "method": "server-archive" })).await;
-    let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
-    assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+    // The server archive keeps every header byte for byte, preconditions included (nats-server
+    // 2.15+; older servers refuse the method by name).
     let orders = read_all(&client, "ORDERS").await;
-    assert_same_messages(&read_all(&client, "ORDERS_A").await, &orders);
+    let server_archive = json!({ "backup": backup_id, "stream": "ORDERS", "as": "ORDERS_A", "method": "server-archive" });
+    if api_level(&client).await >= 5 {
+        let restore = c.ok(CMD_RESTORE, server_archive).await;
+        let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
+        assert_eq!(restored.state, JobState::Completed, "{restored:?}");
+        assert_same_messages(&read_all(&client, "ORDERS_A").await, &orders);
+    } else {
+        let (status, message) = c.err(CMD_RESTORE, server_archive).await;
+        assert_eq!(status, 400);
+        assert!(message.contains("needs nats-server 2.15"), "{message}");
+    }
 
     // Publishing cannot re-send preconditions (they would be checked again); everything else is
     // identical, and the original time travels in a header.
@@ -145,7 +153,7 @@ async fn publish_preconditions_do_not_break_a_restore_and_kv_buckets_round_trip(
     let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "KV_profiles" })).await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_same_messages(&read_all(&client, "KV_profiles").await, &kv_before);
+    assert_restored(&read_all(&client, "KV_profiles").await, &kv_before);
     let kv = js.get_key_value("profiles").await.unwrap();
     assert_eq!(kv.get("alice").await.unwrap().unwrap(), "alice-2");
     assert_eq!(kv.get("bob").await.unwrap(), None, "the delete marker was restored too");

@@ -214,6 +214,14 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         placement: cmd.placement.clone(),
         consumers: cmd.consumers.unwrap_or(true),
     };
+    if options.method == RestoreMethod::ServerArchive {
+        let level = ctx.api.api_level().await?;
+        if level < 5 {
+            return Err(ApiError::bad_request(format!(
+                "method server-archive needs nats-server 2.15+ (JetStream API level 5); this server has level {level}"
+            )));
+        }
+    }
     if let Some(r) = options.replicas.filter(|r| !(1..=5).contains(r)) {
         return Err(ApiError::bad_request(format!("replicas: {r} is outside 1..=5")));
     }
@@ -225,7 +233,8 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         }
         other => other.into(),
     })?;
-    crate::engine::restore::stream_entry(&manifest, &cmd.stream).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let entry = crate::engine::restore::stream_entry(&manifest, &cmd.stream).map_err(|e| ApiError::not_found(e.to_string()))?;
+    crate::engine::restore::validate_request(entry, &selection, &options).map_err(engine_error)?;
     match (ctx.api.stream_info(&target).await?, options.method) {
         (None, RestoreMethod::Append) => {
             return Err(ApiError::not_found(format!("append needs an existing stream {target}")));

@@ -73,7 +73,8 @@ impl StreamArchive {
             messages: self.messages,
             raw_bytes: self.raw_bytes,
             stored_bytes: self.stored_bytes,
-            segments: self.segments.len() as u64,
+            // Stored objects of the stream: segments, or a snapshot's parts.
+            segments: self.segments.len() as u64 + self.snapshot.as_ref().map_or(0, |s| s.parts.len() as u64),
             parent: self.parent,
         }
     }

@@ -140,6 +140,9 @@ async fn find_parent(ctx: &Context, archive: &ArchiveStore, url: &str, cut: &Str
         Err(e) => return full(format!("the previous backup cannot be read ({e})")),
     };
     let entry = manifest.stream(&cut.stream)?;
+    if entry.snapshot.is_some() {
+        return full("the previous backup is a server snapshot, which an incremental cannot continue".into());
+    }
     if entry.cut.created != cut.created {
         return full("the stream was recreated since the previous backup".into());
     }

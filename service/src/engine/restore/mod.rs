@@ -169,6 +169,9 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     let first_seq = if started.messages > 0 { started.first_seq } else { started.target_last_seq + 1 };
 
     let mut progress = Progress::new(job, p.plan.segments.len() as u64);
+    if started.method == RestoreMethod::Append {
+        progress = progress.every_segment();
+    }
     let tally = match started.method {
         RestoreMethod::ServerArchive => {
             let saved: Vec<_> = p.latest.consumers.iter().zip(&consumers).collect();
@@ -190,7 +193,9 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     notes.extend(progress.take_notes());
     drop(progress);
     if new_target {
+        // Checked while nobody else can write to it; then it gets its subjects.
         check_target(ctx, &spec.target, &tally, started.target_last_seq).await?;
+        ctx.api.update_stream(&final_config).await?;
     }
     let completed = RestoreCompleted {
         segments,
@@ -211,6 +216,19 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     Ok(())
 }
 
+/// Request checks that depend on the backup: a server snapshot restores whole, by the server.
+pub fn validate_request(latest: &StreamArchive, selection: &Selection, options: &RestoreOptions) -> Result<(), EngineError> {
+    if latest.snapshot.is_some() {
+        if !selection.is_everything() {
+            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup restores whole: no time, sequence or subject selection"));
+        }
+        if !matches!(options.method, RestoreMethod::Auto | RestoreMethod::ServerArchive) {
+            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup is restored by the server (method auto or server-archive)"));
+        }
+    }
+    Ok(())
+}
+
 /// Restores a snapshot-mode backup: the server's own snapshot, passed back to its restore API
 /// (whole, with its consumers; under a new name on servers that restore per-message archives).
 async fn restore_snapshot(
@@ -222,12 +240,7 @@ async fn restore_snapshot(
 ) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().expect("spec");
     if job.state.lifecycle.state == Some(JobState::Accepted) {
-        if !spec.selection.is_everything() {
-            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup restores whole: no time, sequence or subject selection"));
-        }
-        if !matches!(spec.options.method, RestoreMethod::Auto | RestoreMethod::ServerArchive) {
-            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup is restored by the server (method auto or server-archive)"));
-        }
+        validate_request(&p.latest, &spec.selection, &spec.options)?;
         if let Some(info) = ctx.api.stream_info(&spec.target).await? {
             return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} already exists ({} messages)", spec.target, info.state.messages)));
         }
@@ -252,7 +265,7 @@ async fn restore_snapshot(
         Some(info) if target::owned_by(&info.config, &job.id) => {} // the server finished before a crash
         Some(_) => return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} was created by someone else during the restore", spec.target))),
         None => {
-            let mut upload = server_archive::Upload::passthrough(&ctx.api, &final_config).await?;
+            let mut upload = server_archive::Upload::passthrough(&ctx.api, &target::quiet(&final_config)).await?;
             let mut progress = Progress::new(job, snapshot.parts.len() as u64);
             // Fetch one part ahead: the server gives up after 5 s without data.
             let fetch = |i: usize| {
@@ -285,13 +298,20 @@ async fn restore_snapshot(
         last: (p.latest.messages > 0).then_some((p.latest.last_seq, 0)),
     };
     check_target(ctx, &spec.target, &written, started.target_last_seq).await?;
+    ctx.api.update_stream(&final_config).await?;
     // The server restored the consumers as they were in the snapshot.
-    let consumers = p
-        .latest
-        .consumers
-        .iter()
-        .map(|c| ConsumerRestored { name: c.name.clone(), start_seq: c.ack_floor_stream_seq + 1, redeliveries: c.num_ack_pending })
-        .collect();
+    let consumers = if spec.options.consumers {
+        p.latest
+            .consumers
+            .iter()
+            .map(|c| ConsumerRestored { name: c.name.clone(), start_seq: c.ack_floor_stream_seq + 1, redeliveries: c.num_ack_pending })
+            .collect()
+    } else {
+        for c in &p.latest.consumers {
+            ctx.api.raw(format!("$JS.API.CONSUMER.DELETE.{}.{}", spec.target, c.name), json!({})).await?;
+        }
+        Vec::new()
+    };
     let completed = RestoreCompleted {
         segments: snapshot.parts.len() as u64,
         messages: written.messages,
@@ -354,7 +374,7 @@ async fn write_server_archive(
         .iter()
         .map(|(saved, start)| server_archive::consumer_entry(&saved.config, start.start_seq - 1, saved.ack_floor_consumer_seq))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut upload = begin_upload(ctx, final_config, first_seq, last_seq, &entries).await?;
+    let mut upload = begin_upload(ctx, &target::quiet(final_config), first_seq, last_seq, &entries).await?;
     let mut tally = Tally::default();
     for planned in &p.plan.segments {
         if cancel.is_cancelled() {
@@ -456,6 +476,7 @@ pub struct DryRun<'a> {
 
 pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, EngineError> {
     let p = prepare(ctx, r.source_url, r.backup, r.stream, r.selection).await?;
+    validate_request(&p.latest, r.selection, r.options)?;
     let method = choose_method(ctx, r.options.method, r.target).await?;
     let tally = match &p.latest.snapshot {
         // A server snapshot is restored whole; its totals are in the manifest.

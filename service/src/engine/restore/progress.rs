@@ -15,6 +15,7 @@ const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Progress<'j> {
     job: &'j mut Job<RestoreJob>,
+    every: std::time::Duration,
     segments_total: u64,
     segments_done: u64,
     bytes_done: u64,
@@ -24,7 +25,19 @@ pub struct Progress<'j> {
 
 impl<'j> Progress<'j> {
     pub fn new(job: &'j mut Job<RestoreJob>, segments_total: u64) -> Self {
-        Progress { job, segments_total, segments_done: 0, bytes_done: 0, last: Instant::now(), notes: Vec::new() }
+        Progress { job, every: EVERY, segments_total, segments_done: 0, bytes_done: 0, last: Instant::now(), notes: Vec::new() }
+    }
+
+    /// Records every segment (an append resumes after the last recorded one, so the checkpoint
+    /// must be exact).
+    pub fn every_segment(mut self) -> Self {
+        self.every = std::time::Duration::ZERO;
+        self
+    }
+
+    /// Segments a previous run of the job recorded as written.
+    pub fn recorded_segments(&self) -> u64 {
+        self.job.state.progress.as_ref().map_or(0, |p| p.segments_done)
     }
 
     /// Something the operator should read in the completion.
@@ -49,7 +62,7 @@ impl<'j> Progress<'j> {
         self.segments_done += 1;
         self.bytes_done += raw_bytes;
         let recorded = self.job.state.progress.as_ref().map_or(0, |p| p.segments_done);
-        let due = self.last.elapsed() >= EVERY || self.segments_done == self.segments_total;
+        let due = self.last.elapsed() >= self.every || self.segments_done == self.segments_total;
         if due && self.segments_done > recorded {
             let progress = RestoreProgressed {
                 segments_done: self.segments_done,

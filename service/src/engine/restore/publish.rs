@@ -70,7 +70,13 @@ pub async fn write(
     let (prefix, mut next_seq, expect_seqs) = match &into {
         Into::New { final_config, first_seq, .. } => {
             let info = match ctx.api.stream_info(target).await? {
-                Some(info) => info,
+                Some(info) if super::target::owned_by(&info.config, job) => info,
+                Some(_) => {
+                    return Err(EngineError::precondition(
+                        ErrorCode::Conflict,
+                        format!("target stream {target} was created by someone else during the restore"),
+                    ));
+                }
                 None => {
                     ctx.api.create_stream(&staging_config(final_config, job, *first_seq)).await?;
                     ctx.api.stream_info(target).await?.ok_or_else(|| vanished(target))?
@@ -80,11 +86,16 @@ pub async fn write(
         }
         Into::Existing => (String::new(), 0, false),
     };
-    let mut writer = Writer { ctx, prefix, in_flight: VecDeque::new(), expect_seqs, tally: Tally::default(), duplicates: 0 };
-    for planned in &plan.segments {
+    let mut writer = Writer { ctx, target: target.to_owned(), prefix, in_flight: VecDeque::new(), expect_seqs, tally: Tally::default(), duplicates: 0 };
+    // Appending has no sequences to resume by: a resumed append skips the segments recorded as
+    // written (progress is recorded after every segment when appending), so at most the one
+    // segment in flight at a crash is published again (and deduplicated by Nats-Msg-Id, if set).
+    let skip = if expect_seqs { 0 } else { progress.recorded_segments() as usize };
+    for (index, planned) in plan.segments.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
+        let skipped = index < skip;
         let object = segment::key(&planned.info);
         let stored = archive.get(&object).await?;
         let plain = segment::open(&stored, &planned.info, codec(chain, planned.manifest, &ctx.keys))?;
@@ -94,6 +105,9 @@ pub async fn write(
                 continue;
             }
             writer.tally.add(&record);
+            if skipped {
+                continue;
+            }
             if expect_seqs {
                 if record.seq < next_seq {
                     continue; // written before a restart
@@ -110,15 +124,16 @@ pub async fn write(
         writer.drain().await?;
         progress.segment_done(ctx, &writer.tally, planned.info.raw_bytes, planned.info.last_seq).await?;
     }
-    if let Into::New { final_config, last_seq, .. } = into {
+    if let Into::New { last_seq, .. } = into {
         // Trailing gaps, so the next message gets the sequence it would have had.
         while next_seq <= last_seq {
             writer.send(FILLER_SUBJECT, None, Bytes::new(), Some(next_seq)).await?;
             next_seq += 1;
         }
         writer.drain().await?;
+        // The caller checks the target, then gives it its final configuration (subjects):
+        // until then nobody else can write to it.
         ctx.api.purge(target, Some(FILLER_SUBJECT)).await?;
-        ctx.api.update_stream(final_config).await?;
     }
     if writer.duplicates > 0 {
         progress.note(format!(
@@ -191,6 +206,7 @@ pub async fn create_consumers(ctx: &Context, target: &str, saved: &[ConsumerPosi
 /// Publishes with pipelined acks, checking every assigned sequence.
 struct Writer<'a> {
     ctx: &'a Context,
+    target: String,
     prefix: String,
     in_flight: VecDeque<(Option<u64>, PublishAckFuture)>,
     expect_seqs: bool,
@@ -217,6 +233,12 @@ impl Writer<'_> {
     async fn settle_one(&mut self) -> Result<(), EngineError> {
         let Some((expected, ack)) = self.in_flight.pop_front() else { return Ok(()) };
         let ack = ack.await.map_err(EngineError::nats)?;
+        if ack.stream != self.target {
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!("the message went to stream {}, which captures its subject, not to {}", ack.stream, self.target),
+            ));
+        }
         if ack.duplicate {
             if self.expect_seqs {
                 return Err(EngineError::precondition(

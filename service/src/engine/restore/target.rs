@@ -60,6 +60,18 @@ pub fn final_config(original: &Value, target: &str, options: &RestoreOptions, ow
     (c, notes)
 }
 
+/// The configuration a target is uploaded with by the server: the final one without subjects
+/// (the server then answers only to the stream's name), so nobody can write to it before the
+/// restore is checked; the subjects come with [`final_config`] afterwards.
+pub fn quiet(config: &Value) -> Value {
+    let mut c = config.clone();
+    c["subjects"] = json!([]);
+    if let Some(map) = c.as_object_mut() {
+        map.remove("subject_transform");
+    }
+    c
+}
+
 /// `config` without this job's marker (the metadata as the original had it).
 pub fn without_marker(config: &Value, original: &Value) -> Value {
     let mut c = config.clone();
