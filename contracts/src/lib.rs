@@ -14,6 +14,7 @@
 //! - [`errors`] — wire error codes and the `Nats-Service-Error*` header names.
 //! - [`events`] — the event envelope and every event payload, with versions.
 //! - [`views`] — the read models the queries return (job view, catalog entry).
+//! - [`integrity`] — chain profiles, findings and the integrity report.
 //! - [`headers`] — the `Cim-*` header names carried by every event message.
 
 pub mod cid;
@@ -22,6 +23,7 @@ pub mod errors;
 pub mod events;
 pub mod headers;
 pub mod ids;
+pub mod integrity;
 pub mod replies;
 pub mod subjects;
 pub mod views;

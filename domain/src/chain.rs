@@ -1,274 +1,374 @@
-//! Pure verification of this service's own event log as per-aggregate CID chains (the `native`
-//! profile of DESIGN §7). The walk never stops at the first problem: every message yields either
-//! nothing or a [`Finding`], and memory grows with the number of aggregates, not the log length.
+//! Pure CID-chain verification over a stream's messages, with a profile per message format
+//! (DESIGN §7, `CIM-FORMATS.md`). The walk never stops at the first problem: every message yields
+//! nothing or findings, and memory grows with the number of chains (aggregates), not the log.
+//!
+//! Rules, the same for every profile (a profile only reads links and checks content hashes):
+//! - a message that cannot be read is `undecodable`;
+//! - content that does not hash to the CID it claims is a `cid_mismatch`, and does not become
+//!   the chain's head (the next event must link to the genuine predecessor);
+//! - the first event of a chain must be a genesis (no predecessor; the profile's first
+//!   sequence), else `missing_predecessor`;
+//! - an event with the head's CID is a `duplicate`; with sequences, one that goes back is
+//!   `out_of_order` and one that skips is a `sequence_gap`; a predecessor link that does not name
+//!   the head is a `broken_link`.
 
 use std::collections::HashMap;
 
 use cim_backup_contracts::cid::{Cid, dag_cbor_cid};
 use cim_backup_contracts::events::EventEnvelope;
+use cim_backup_contracts::integrity::{ChainBy, ChainProfile, Finding, FindingKind, ProfileKind};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// One message of the event stream as the walker sees it.
-#[derive(Debug, Clone, Copy)]
+/// One message as the walker sees it.
+#[derive(Clone, Copy)]
 pub struct ChainItem<'a> {
     pub stream_seq: u64,
+    /// Original timestamp, nanoseconds since the epoch.
+    pub time_ns: i64,
     pub subject: &'a str,
+    /// Header lookup (first value of a name).
+    pub headers: &'a dyn Fn(&str) -> Option<&'a str>,
     pub payload: &'a [u8],
-    /// Value of the `Cim-Cid` header, if present.
-    pub header_cid: Option<&'a str>,
 }
 
-/// What is wrong at one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FindingKind {
-    /// The payload does not hash to the CID the message claims.
-    CidMismatch,
-    /// `prev` does not name the aggregate's previous event.
-    BrokenLink,
-    /// The aggregate's first event we saw is not its first event (sequence > 1 or a `prev`).
-    MissingPredecessor,
-    /// The per-aggregate sequence skips numbers.
-    SequenceGap,
-    /// The same event (same CID) appears again.
-    Duplicate,
-    /// The per-aggregate sequence goes backwards.
-    OutOfOrder,
-    /// The payload is not a decodable event envelope.
-    Undecodable,
+impl std::fmt::Debug for ChainItem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainItem").field("stream_seq", &self.stream_seq).field("subject", &self.subject).finish()
+    }
 }
 
-/// A break in a chain, located precisely.
+/// A header lookup over no headers.
+pub fn no_headers(_: &str) -> Option<&'static str> {
+    None
+}
+
+/// What a profile reads from one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub stream_seq: u64,
-    pub subject: String,
-    /// `<aggregate-type>.<aggregate-id>` when known.
-    pub aggregate: Option<String>,
-    pub kind: FindingKind,
-    pub detail: String,
-    /// Stream sequence of the aggregate's last good event before this one.
-    pub last_good_seq: Option<u64>,
+pub struct Link {
+    pub chain: String,
+    /// The event's CID as the message claims it (string form, compared as written).
+    pub cid: String,
+    pub prev: Option<String>,
+    pub sequence: Option<u64>,
+    /// `Some(Err)` when the content does not hash to `cid`; `None` when the profile cannot tell.
+    pub content: Option<Result<(), String>>,
+}
+
+/// A message format's view of chains.
+pub trait Profile {
+    fn kind(&self) -> ProfileKind;
+    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String>;
+    /// The sequence of a chain's first event, when the format numbers events.
+    fn genesis_sequence(&self) -> Option<u64>;
+}
+
+/// Builds the profile a [`ChainProfile`] describes.
+pub fn profile(spec: &ChainProfile) -> Box<dyn Profile + Send + Sync> {
+    let chain_by = spec.chain_by();
+    match spec.profile {
+        ProfileKind::Native => Box::new(Native),
+        ProfileKind::CimIpld => Box::new(CimIpld { chain_by }),
+        ProfileKind::XCidHeaders => Box::new(XCidHeaders { chain_by }),
+        ProfileKind::LinkOnly => Box::new(LinkOnly {
+            chain_by,
+            cid_field: spec.cid_field.clone().unwrap_or_else(|| "cid".into()),
+            previous_field: spec.previous_field.clone().unwrap_or_else(|| "previous_cid".into()),
+            sequence_field: spec.sequence_field.clone(),
+        }),
+    }
+}
+
+/// The chain key of a message by subject token, field or stream.
+fn chain_key(chain_by: &ChainBy, item: &ChainItem<'_>, json: Option<&Value>) -> Result<String, String> {
+    match chain_by {
+        ChainBy::Stream | ChainBy::Envelope => Ok(String::new()),
+        ChainBy::SubjectToken(i) => item
+            .subject
+            .split('.')
+            .nth(*i)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("subject {} has no token {i}", item.subject)),
+        ChainBy::Field(path) => {
+            let json = json.ok_or("the payload is not JSON")?;
+            match field(json, path) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Null) | None => Err(format!("no field {path}")),
+                Some(other) => Ok(other.to_string()),
+            }
+        }
+    }
+}
+
+/// A JSON value by dotted path.
+fn field<'v>(json: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(json, |v, key| v.get(key))
+}
+
+/// This service's envelope.
+pub struct Native;
+
+impl Profile for Native {
+    fn kind(&self) -> ProfileKind {
+        ProfileKind::Native
+    }
+    fn genesis_sequence(&self) -> Option<u64> {
+        Some(1)
+    }
+    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+        let envelope = EventEnvelope::decode(item.payload).map_err(|e| e.to_string())?;
+        let cid = dag_cbor_cid(item.payload).to_string();
+        let content = (item.headers)("Cim-Cid").map(|claimed| {
+            if claimed == cid { Ok(()) } else { Err(format!("Cim-Cid header says {claimed}, payload hashes to {cid}")) }
+        });
+        Ok(Link {
+            chain: format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id),
+            cid,
+            prev: envelope.prev.map(|p| p.to_string()),
+            sequence: Some(envelope.sequence),
+            content,
+        })
+    }
+}
+
+/// cim-ipld `ChainedContent`.
+pub struct CimIpld {
+    pub chain_by: ChainBy,
+}
+
+/// The fields of a `ChainedContent` message, with `content` kept as its exact bytes.
+#[derive(serde::Deserialize)]
+struct ChainedContent<'a> {
+    #[serde(borrow)]
+    content: &'a RawValue,
+    cid: String,
+    previous_cid: Option<String>,
+    sequence: u64,
+}
+
+/// Multihash code of BLAKE3-256.
+const BLAKE3: u64 = 0x1e;
+
+impl Profile for CimIpld {
+    fn kind(&self) -> ProfileKind {
+        ProfileKind::CimIpld
+    }
+    fn genesis_sequence(&self) -> Option<u64> {
+        Some(0)
+    }
+    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+        let c: ChainedContent<'_> = serde_json::from_slice(item.payload).map_err(|e| format!("not a ChainedContent: {e}"))?;
+        // The hashed bytes are serde_json's of {content, previous_cid, sequence} in that order.
+        let mut hashed = Vec::with_capacity(c.content.get().len() + 96);
+        hashed.extend_from_slice(b"{\"content\":");
+        hashed.extend_from_slice(c.content.get().as_bytes());
+        hashed.extend_from_slice(b",\"previous_cid\":");
+        hashed.extend_from_slice(serde_json::to_string(&c.previous_cid).expect("strings serialize").as_bytes());
+        hashed.extend_from_slice(b",\"sequence\":");
+        hashed.extend_from_slice(c.sequence.to_string().as_bytes());
+        hashed.push(b'}');
+        let digest = blake3::hash(&hashed);
+        let content = match Cid::try_from(c.cid.as_str()) {
+            Err(e) => Err(format!("cid {:?} is not a CID: {e}", c.cid)),
+            // The CID's codec label varies between cim-ipld versions; the multihash is what counts.
+            Ok(claimed) if claimed.hash().code() != BLAKE3 => Err(format!("cid {} is not a BLAKE3 CID", c.cid)),
+            Ok(claimed) if claimed.hash().digest() != digest.as_bytes() => {
+                Err(format!("CID mismatch: expected {}, calculated blake3 {}", c.cid, digest.to_hex()))
+            }
+            Ok(_) => Ok(()),
+        };
+        let chain = match &self.chain_by {
+            ChainBy::Field(_) => chain_key(&self.chain_by, item, Some(&serde_json::from_slice(item.payload).map_err(|e| e.to_string())?))?,
+            other => chain_key(other, item, None)?,
+        };
+        Ok(Link { chain, cid: c.cid, prev: c.previous_cid, sequence: Some(c.sequence), content: Some(content) })
+    }
+}
+
+/// cim-events `X-CID` / `X-Parent-CID` headers.
+pub struct XCidHeaders {
+    pub chain_by: ChainBy,
+}
+
+impl Profile for XCidHeaders {
+    fn kind(&self) -> ProfileKind {
+        ProfileKind::XCidHeaders
+    }
+    fn genesis_sequence(&self) -> Option<u64> {
+        None
+    }
+    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+        let cid = (item.headers)("X-CID").filter(|c| !c.is_empty()).ok_or("no X-CID header")?.to_owned();
+        let prev = (item.headers)("X-Parent-CID").filter(|c| !c.is_empty()).map(str::to_owned);
+        // The CID is over the stored event's JSON with its `cid` field empty.
+        let text = std::str::from_utf8(item.payload).map_err(|_| "payload is not UTF-8")?;
+        let needle = format!("\"cid\":\"{cid}\"");
+        let content = match text.find(&needle) {
+            None => Err(format!("the payload does not carry its cid {cid}")),
+            Some(at) => {
+                let hashed = format!("{}\"cid\":\"\"{}", &text[..at], &text[at + needle.len()..]);
+                let computed = cim_backup_contracts::cid::raw_cid(hashed.as_bytes());
+                match Cid::try_from(cid.as_str()) {
+                    Ok(claimed) if claimed.hash() == computed.hash() => Ok(()),
+                    Ok(_) => Err(format!("X-CID {cid} does not match the content (sha2-256 gives {computed})")),
+                    Err(e) => Err(format!("X-CID {cid:?} is not a CID: {e}")),
+                }
+            }
+        };
+        let json = match &self.chain_by {
+            ChainBy::Field(_) => Some(serde_json::from_slice::<Value>(item.payload).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let chain = chain_key(&self.chain_by, item, json.as_ref())?;
+        Ok(Link { chain, cid, prev, sequence: None, content: Some(content) })
+    }
+}
+
+/// Links only, from configurable JSON fields.
+pub struct LinkOnly {
+    pub chain_by: ChainBy,
+    pub cid_field: String,
+    pub previous_field: String,
+    pub sequence_field: Option<String>,
+}
+
+impl Profile for LinkOnly {
+    fn kind(&self) -> ProfileKind {
+        ProfileKind::LinkOnly
+    }
+    fn genesis_sequence(&self) -> Option<u64> {
+        None
+    }
+    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+        let json: Value = serde_json::from_slice(item.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        let text = |path: &str| match field(&json, path) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let cid = text(&self.cid_field).ok_or_else(|| format!("no field {}", self.cid_field))?;
+        let sequence = match &self.sequence_field {
+            Some(f) => Some(field(&json, f).and_then(Value::as_u64).ok_or_else(|| format!("no numeric field {f}"))?),
+            None => None,
+        };
+        let chain = chain_key(&self.chain_by, item, Some(&json))?;
+        Ok(Link { chain, cid, prev: text(&self.previous_field), sequence, content: None })
+    }
 }
 
 #[derive(Debug, Clone)]
-struct ChainHead {
-    cid: Cid,
-    sequence: u64,
+struct Head {
+    cid: String,
+    sequence: Option<u64>,
     stream_seq: u64,
+    time_ns: i64,
 }
 
-/// Walks native event chains incrementally: feed items in stream order, collect findings.
-#[derive(Debug, Default)]
-pub struct NativeChainWalker {
-    heads: HashMap<String, ChainHead>,
+/// The state of one chain after a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainState {
+    /// CID and stream sequence of the chain's last good event.
+    pub head_cid: String,
+    pub head_seq: u64,
+    /// Stream sequence of the chain's first finding, if any.
+    pub first_break: Option<u64>,
+}
+
+/// Walks chains incrementally: feed messages in stream order, collect findings.
+pub struct ChainWalker {
+    profile: Box<dyn Profile + Send + Sync>,
+    heads: HashMap<String, Head>,
+    broken: HashMap<String, u64>,
     checked: u64,
 }
 
-impl NativeChainWalker {
-    pub fn new() -> Self {
-        Self::default()
+impl ChainWalker {
+    pub fn new(profile: Box<dyn Profile + Send + Sync>) -> Self {
+        ChainWalker { profile, heads: HashMap::new(), broken: HashMap::new(), checked: 0 }
     }
 
-    /// Number of messages checked so far.
+    pub fn kind(&self) -> ProfileKind {
+        self.profile.kind()
+    }
+
     pub fn checked(&self) -> u64 {
         self.checked
     }
 
-    /// Number of aggregates (open chains) seen so far.
+    /// Chains seen so far.
     pub fn chains(&self) -> usize {
         self.heads.len()
+    }
+
+    /// Chains with at least one finding.
+    pub fn chains_broken(&self) -> usize {
+        self.broken.len()
+    }
+
+    /// Each chain's head and first break.
+    pub fn chain_states(&self) -> impl Iterator<Item = (&str, ChainState)> {
+        self.heads.iter().map(|(chain, h)| {
+            (chain.as_str(), ChainState { head_cid: h.cid.clone(), head_seq: h.stream_seq, first_break: self.broken.get(chain).copied() })
+        })
     }
 
     /// Checks one message; returns the findings it causes (usually none).
     pub fn check(&mut self, item: ChainItem<'_>) -> Vec<Finding> {
         self.checked += 1;
-        let mut findings = Vec::new();
-        let finding = |kind, aggregate: Option<&str>, detail: String, last_good| Finding {
-            stream_seq: item.stream_seq,
-            subject: item.subject.to_owned(),
-            aggregate: aggregate.map(str::to_owned),
-            kind,
-            detail,
-            last_good_seq: last_good,
+        let link = match self.profile.link(&item) {
+            Ok(link) => link,
+            Err(detail) => return vec![self.finding(&item, None, FindingKind::Undecodable, detail, None)],
         };
-        let cid = dag_cbor_cid(item.payload);
-        let envelope = match EventEnvelope::decode(item.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                findings.push(finding(FindingKind::Undecodable, None, e.to_string(), None));
-                return findings;
-            }
-        };
-        let aggregate = format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id);
-        let head = self.heads.get(&aggregate).cloned();
-        let last_good = head.as_ref().map(|h| h.stream_seq);
-        if let Some(claimed) = item.header_cid {
-            if claimed != cid.to_string() {
-                findings.push(finding(
-                    FindingKind::CidMismatch,
-                    Some(&aggregate),
-                    format!("Cim-Cid header says {claimed}, payload hashes to {cid}"),
-                    last_good,
-                ));
-                // A payload that does not match its CID cannot become the chain head: the next
-                // event's link must point at the genuine predecessor.
-                return findings;
-            }
+        let head = self.heads.get(&link.chain).cloned();
+        let last_good = head.as_ref().map(|h| (h.stream_seq, h.time_ns));
+        if let Some(Err(detail)) = &link.content {
+            // Content that does not match its CID cannot become the chain's head: the next
+            // event must link to the genuine predecessor.
+            let finding = self.finding(&item, Some(&link.chain), FindingKind::CidMismatch, detail.clone(), last_good);
+            return vec![finding];
         }
-        let prev = envelope.prev.map(|p| p.0);
+        let mut found = None;
         match &head {
             None => {
-                if envelope.sequence != 1 || prev.is_some() {
-                    findings.push(finding(
-                        FindingKind::MissingPredecessor,
-                        Some(&aggregate),
-                        format!("first event seen has sequence {} and prev {:?}", envelope.sequence, prev.map(|c| c.to_string())),
-                        None,
-                    ));
+                let genesis = self.profile.genesis_sequence();
+                let not_first = link.prev.is_some() || (genesis.is_some() && link.sequence.is_some() && link.sequence != genesis);
+                if not_first {
+                    let detail = format!("first event seen has sequence {:?} and predecessor {:?}", link.sequence, link.prev);
+                    found = Some((FindingKind::MissingPredecessor, detail));
                 }
             }
-            Some(h) if h.cid == cid => {
-                findings.push(finding(FindingKind::Duplicate, Some(&aggregate), format!("event {cid} appears again"), last_good));
-                return findings;
+            Some(h) if h.cid == link.cid => {
+                let finding = self.finding(&item, Some(&link.chain), FindingKind::Duplicate, format!("event {} appears again", link.cid), last_good);
+                return vec![finding];
             }
-            Some(h) => {
-                if envelope.sequence <= h.sequence {
-                    findings.push(finding(
-                        FindingKind::OutOfOrder,
-                        Some(&aggregate),
-                        format!("sequence {} after {}", envelope.sequence, h.sequence),
-                        last_good,
-                    ));
-                    return findings;
+            Some(h) => match (link.sequence, h.sequence) {
+                (Some(s), Some(hs)) if s <= hs => {
+                    let detail = format!("sequence {s} after {hs}");
+                    return vec![self.finding(&item, Some(&link.chain), FindingKind::OutOfOrder, detail, last_good)];
                 }
-                if envelope.sequence > h.sequence + 1 {
-                    findings.push(finding(
-                        FindingKind::SequenceGap,
-                        Some(&aggregate),
-                        format!("sequence {} after {}", envelope.sequence, h.sequence),
-                        last_good,
-                    ));
-                } else if prev != Some(h.cid) {
-                    findings.push(finding(
-                        FindingKind::BrokenLink,
-                        Some(&aggregate),
-                        format!("prev is {:?}, expected {}", prev.map(|c| c.to_string()), h.cid),
-                        last_good,
-                    ));
+                (Some(s), Some(hs)) if s > hs + 1 => found = Some((FindingKind::SequenceGap, format!("sequence {s} after {hs}"))),
+                _ if link.prev.as_deref() != Some(h.cid.as_str()) => {
+                    found = Some((FindingKind::BrokenLink, format!("predecessor is {:?}, expected {}", link.prev, h.cid)));
                 }
-            }
+                _ => {}
+            },
         }
-        self.heads.insert(aggregate, ChainHead { cid, sequence: envelope.sequence, stream_seq: item.stream_seq });
+        let findings = found.map(|(kind, detail)| self.finding(&item, Some(&link.chain), kind, detail, last_good)).into_iter().collect();
+        self.heads.insert(link.chain, Head { cid: link.cid, sequence: link.sequence, stream_seq: item.stream_seq, time_ns: item.time_ns });
         findings
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::backup_spec;
-    use cim_backup_contracts::events::*;
-    use cim_backup_contracts::views::JobKind;
-    use time::OffsetDateTime;
-
-    /// Encoded events of one aggregate, correctly chained: (payload, cid).
-    fn chain(job: &str, n: u64) -> Vec<(Vec<u8>, Cid)> {
-        let mut prev = None;
-        (1..=n)
-            .map(|sequence| {
-                let env = EventEnvelope {
-                    aggregate_type: JobKind::Backup,
-                    aggregate_id: job.parse().unwrap(),
-                    sequence,
-                    prev,
-                    meta: EventMeta {
-                        event_id: format!("{job}-{sequence}"),
-                        time: OffsetDateTime::UNIX_EPOCH,
-                        correlation_id: "c".into(),
-                        causation_id: "c".into(),
-                    },
-                    event: JobEvent::Backup(BackupEvent::BackupAccepted(backup_spec(&["A"]))),
-                };
-                let (bytes, cid) = env.encode_with_cid();
-                prev = Some(cid);
-                (bytes, cid.0)
-            })
-            .collect()
-    }
-
-    fn walk(items: &[(Vec<u8>, Cid)]) -> Vec<Finding> {
-        let mut walker = NativeChainWalker::new();
-        let cids: Vec<String> = items.iter().map(|(_, c)| c.to_string()).collect();
-        items
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (bytes, _))| {
-                walker.check(ChainItem {
-                    stream_seq: i as u64 + 1,
-                    subject: "s",
-                    payload: bytes,
-                    header_cid: Some(&cids[i]),
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_intact_interleaved_log_has_no_findings() {
-        let (a, b) = (chain("a", 5), chain("b", 5));
-        let interleaved: Vec<_> = a.into_iter().zip(b).flat_map(|(x, y)| [x, y]).collect();
-        assert_eq!(walk(&interleaved), vec![]);
-    }
-
-    #[test]
-    fn a_flipped_payload_byte_is_a_cid_mismatch_at_its_sequence() {
-        let mut items = chain("a", 4);
-        let last = items[2].0.len() - 1;
-        items[2].0[last] ^= 1;
-        let findings = walk(&items);
-        assert_eq!(findings[0].stream_seq, 3);
-        assert!(matches!(findings[0].kind, FindingKind::CidMismatch | FindingKind::Undecodable));
-        assert_eq!(findings[0].last_good_seq.unwrap_or(2), 2);
-    }
-
-    #[test]
-    fn a_deleted_event_is_a_sequence_gap_and_a_duplicate_is_named() {
-        let mut items = chain("a", 4);
-        items.remove(1);
-        let findings = walk(&items);
-        assert_eq!(findings.len(), 1);
-        assert_eq!((findings[0].kind, findings[0].stream_seq), (FindingKind::SequenceGap, 2));
-
-        let mut items = chain("a", 3);
-        items.insert(2, items[1].clone());
-        let findings = walk(&items);
-        assert_eq!(findings.len(), 1);
-        assert_eq!((findings[0].kind, findings[0].stream_seq), (FindingKind::Duplicate, 3));
-    }
-
-    #[test]
-    fn a_swapped_pair_is_reported_and_a_missing_genesis_too() {
-        let mut items = chain("a", 4);
-        items.swap(1, 2);
-        let kinds: Vec<_> = walk(&items).iter().map(|f| (f.kind, f.stream_seq)).collect();
-        // 1,3,2,4: event 3 skips 2 (gap), 2 then goes backwards; 4 links correctly to 3.
-        assert_eq!(kinds, vec![(FindingKind::SequenceGap, 2), (FindingKind::OutOfOrder, 3)]);
-
-        let items = chain("a", 3);
-        let findings = walk(&items[1..]);
-        assert_eq!(findings[0].kind, FindingKind::MissingPredecessor);
-    }
-
-    #[test]
-    fn a_forged_prev_is_a_broken_link() {
-        let good = chain("a", 3);
-        let other = chain("b", 2);
-        // Re-encode event 3 of `a` with prev pointing at b's event: valid CID, wrong link.
-        let mut env = EventEnvelope::decode(&good[2].0).unwrap();
-        env.prev = Some(cim_backup_contracts::EventCid(other[1].1));
-        let (bytes, cid) = env.encode_with_cid();
-        let items = vec![good[0].clone(), good[1].clone(), (bytes, cid.0)];
-        let findings = walk(&items);
-        assert_eq!(findings.len(), 1);
-        assert_eq!((findings[0].kind, findings[0].stream_seq, findings[0].last_good_seq), (FindingKind::BrokenLink, 3, Some(2)));
+    fn finding(&mut self, item: &ChainItem<'_>, chain: Option<&str>, kind: FindingKind, detail: String, last_good: Option<(u64, i64)>) -> Finding {
+        if let Some(chain) = chain {
+            self.broken.entry(chain.to_owned()).or_insert(item.stream_seq);
+        }
+        Finding {
+            stream_seq: item.stream_seq,
+            subject: item.subject.to_owned(),
+            aggregate: chain.filter(|c| !c.is_empty()).map(str::to_owned),
+            kind,
+            detail,
+            last_good_seq: last_good.map(|l| l.0),
+            last_good_time: last_good.and_then(|l| time::OffsetDateTime::from_unix_timestamp_nanos(l.1 as i128).ok()),
+        }
     }
 }

@@ -8,7 +8,8 @@ use cim_backup_contracts::cid::dag_cbor_cid;
 use cim_backup_contracts::events::EventEnvelope;
 use cim_backup_contracts::subjects::{CATALOG_BUCKET, CMD_START, CMD_VERIFY, EVENTS_STREAM, JOBS_BUCKET, QRY_BACKUPS, QRY_JOBS};
 use cim_backup_contracts::views::JobState;
-use cim_backup_domain::chain::{ChainItem, NativeChainWalker};
+use cim_backup_contracts::integrity::ChainProfile;
+use cim_backup_domain::chain::{ChainItem, ChainWalker, profile};
 use cim_backup_tests::service::{Caller, TestService, test_config};
 use cim_backup_tests::streams::{create_stream, publish_events};
 use cim_backup_tests::{NatsServer, eventually, init_tracing};
@@ -91,7 +92,7 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
     let total = consumer.cached_info().num_pending;
     assert!(total >= 6 * 3, "every job leaves several events, got {total}");
     let mut messages = consumer.messages().await.unwrap();
-    let mut walker = NativeChainWalker::new();
+    let mut walker = ChainWalker::new(profile(&ChainProfile::native()));
     let mut findings = Vec::new();
     for _ in 0..total {
         let m = messages.next().await.unwrap().unwrap();
@@ -105,12 +106,8 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
         assert_eq!(header("Cim-Prev-Cid"), envelope.prev.map(|p| p.to_string()), "Cim-Prev-Cid at {seq}");
         assert_eq!(header("Cim-Event-Type").as_deref(), Some(envelope.event.event_type()));
         assert!(m.subject.ends_with(envelope.event.event_type()), "subject {} names the event type", m.subject);
-        findings.extend(walker.check(ChainItem {
-            stream_seq: seq,
-            subject: m.subject.as_str(),
-            payload: &m.payload,
-            header_cid: header("Cim-Cid").as_deref(),
-        }));
+        let lookup = |name: &str| headers.get(name).map(|v| v.as_str());
+        findings.extend(walker.check(ChainItem { stream_seq: seq, time_ns: 0, subject: m.subject.as_str(), headers: &lookup, payload: &m.payload }));
     }
     assert_eq!(findings, vec![], "the service's own chains are intact");
     assert_eq!(walker.chains(), 6, "three backups and three verifies");
