@@ -168,7 +168,35 @@ pub struct VerifyBackup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckStream {
-    pub stream: String,
+    /// Streams to check (live). Empty: every stream with a configured chain profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<String>,
+    /// Check a stored backup of the (single) stream instead of the live stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The chain profile (default: the stream's configured one; native for the service's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::integrity::ChainProfile>,
+    /// Only stream sequences from here (where a corruption is suspected to start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_seq: Option<u64>,
+    /// Also compare KV projections with the chains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deep: bool,
+    /// The projections to compare (default: the stream's configured ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projections: Vec<crate::integrity::ProjectionSpec>,
+    /// Findings kept in the report per stream (default 100, at most 10,000); all are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_findings: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// `cim.backup.cmd.cancel`: stop a running job.

@@ -78,6 +78,7 @@ pub enum JobEvent {
     Backup(BackupEvent),
     Restore(RestoreEvent),
     Verify(VerifyEvent),
+    Check(CheckEvent),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,6 +104,7 @@ impl JobEvent {
             JobEvent::Backup(e) => e.event_type(),
             JobEvent::Restore(e) => e.event_type(),
             JobEvent::Verify(e) => e.event_type(),
+            JobEvent::Check(e) => e.event_type(),
         }
     }
 
@@ -111,6 +113,7 @@ impl JobEvent {
             JobEvent::Backup(e) => e.version(),
             JobEvent::Restore(e) => e.version(),
             JobEvent::Verify(e) => e.version(),
+            JobEvent::Check(e) => e.version(),
         }
     }
 
@@ -119,6 +122,7 @@ impl JobEvent {
             JobEvent::Backup(_) => JobKind::Backup,
             JobEvent::Restore(_) => JobKind::Restore,
             JobEvent::Verify(_) => JobKind::Verify,
+            JobEvent::Check(_) => JobKind::Check,
         }
     }
 
@@ -127,6 +131,7 @@ impl JobEvent {
             JobEvent::Backup(e) => e.to_data(),
             JobEvent::Restore(e) => e.to_data(),
             JobEvent::Verify(e) => e.to_data(),
+            JobEvent::Check(e) => e.to_data(),
         }
     }
 
@@ -135,12 +140,7 @@ impl JobEvent {
             JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, version, data)?),
             JobKind::Restore => JobEvent::Restore(RestoreEvent::from_data(event_type, version, data)?),
             JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, version, data)?),
-            JobKind::Check => {
-                return Err(EventDecodeError::EventType {
-                    aggregate_type: kind.as_str().into(),
-                    event_type: event_type.into(),
-                });
-            }
+            JobKind::Check => JobEvent::Check(CheckEvent::from_data(event_type, version, data)?),
         })
     }
 }
@@ -756,4 +756,74 @@ pub struct VerifyCompleted {
     pub objects: u64,
     pub bytes: u64,
     pub records: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check aggregate
+
+event_enum!(
+    /// Events of the `check` aggregate.
+    CheckEvent {
+        CheckAccepted(CheckAccepted) = 1,
+        CheckStarted(CheckStarted) = 1,
+        CheckProgressed(CheckProgressed) = 1,
+        CheckCompleted(CheckCompleted) = 1,
+        CheckFailed(JobFailed) = 1,
+        CheckCancelRequested(CancelRequested) = 1,
+        CheckCancelled(JobCancelled) = 1,
+    }
+);
+
+/// One stream a check walks, with how its chains are read and which projections follow it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTarget {
+    pub stream: String,
+    pub profile: crate::integrity::ChainProfile,
+    #[serde(default)]
+    pub projections: Vec<crate::integrity::ProjectionSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckAccepted {
+    pub targets: Vec<CheckTarget>,
+    /// Set when a stored backup is checked instead of the live stream.
+    #[serde(default, with = "crate::cid::link::option")]
+    pub backup: Option<Cid>,
+    #[serde(default)]
+    pub source_url: Option<String>,
+    #[serde(default)]
+    pub start_seq: Option<u64>,
+    #[serde(default)]
+    pub end_seq: Option<u64>,
+    pub deep: bool,
+    pub max_findings: u64,
+    pub admission: Admission,
+}
+
+/// The range each target is walked over (its state when the check started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStarted {
+    /// Per target, in order: (first, last) stream sequence to walk; last < first means empty.
+    pub ranges: Vec<(u64, u64)>,
+    /// Messages in those ranges as the streams reported them.
+    pub messages: u64,
+}
+
+/// Cumulative progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckProgressed {
+    pub messages_done: u64,
+    pub findings: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCompleted {
+    /// One report per target, in order.
+    pub reports: Vec<crate::integrity::IntegrityReport>,
+}
+
+impl CheckCompleted {
+    pub fn is_clean(&self) -> bool {
+        self.reports.iter().all(|r| r.is_clean())
+    }
 }

@@ -131,6 +131,9 @@ pub struct JobView {
     pub version: u64,
     /// CID of the last event folded into this view: the head of the job's chain.
     pub head: EventCid,
+    /// A finished check's reports (one per stream checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<Vec<crate::integrity::IntegrityReport>>,
 }
 
 /// One stored backup (`cim.backup.qry.backups`).

@@ -279,11 +279,20 @@ pub struct ChainWalker {
     heads: HashMap<String, Head>,
     broken: HashMap<String, u64>,
     checked: u64,
+    /// Trust each chain's first event (a walk that starts mid-stream cannot see predecessors).
+    anchored: bool,
 }
 
 impl ChainWalker {
     pub fn new(profile: Box<dyn Profile + Send + Sync>) -> Self {
-        ChainWalker { profile, heads: HashMap::new(), broken: HashMap::new(), checked: 0 }
+        ChainWalker { profile, heads: HashMap::new(), broken: HashMap::new(), checked: 0, anchored: false }
+    }
+
+    /// A walker for a range that starts after the stream's first message: each chain's first
+    /// event in the range is its anchor (its predecessor lies before the range), so breaks
+    /// before a chain's first event in the range are not seen — start earlier to cover them.
+    pub fn anchored(profile: Box<dyn Profile + Send + Sync>) -> Self {
+        ChainWalker { anchored: true, ..Self::new(profile) }
     }
 
     pub fn kind(&self) -> ProfileKind {
@@ -328,6 +337,7 @@ impl ChainWalker {
         }
         let mut found = None;
         match &head {
+            None if self.anchored => {}
             None => {
                 let genesis = self.profile.genesis_sequence();
                 let not_first = link.prev.is_some() || (genesis.is_some() && link.sequence.is_some() && link.sequence != genesis);

@@ -1,4 +1,4 @@
-//! Pure aggregates of **cim-backup**: backup, restore and verify jobs.
+//! Pure aggregates of **cim-backup**: backup, restore, verify and integrity-check jobs.
 //!
 //! Everything here is synchronous and deterministic: `handle(&state, command)` decides which
 //! events a command produces (or why it is rejected) and `apply(state, &event)` folds an event
@@ -10,13 +10,14 @@
 //! - [`aggregate`] — the [`Aggregate`] trait, folding a history, and the given/when/then harness.
 //! - [`lifecycle`] — the job lifecycle every aggregate shares (accepted → running → terminal,
 //!   cancellation).
-//! - [`backup`], [`restore`], [`verify`] — one module per aggregate.
-//! - [`chain`] — pure CID-chain verification of this service's own event log.
+//! - [`backup`], [`restore`], [`verify`], [`check`] — one module per aggregate.
+//! - [`chain`] — pure CID-chain verification with a profile per message format.
 //! - [`error`] — [`DomainError`]: why a command was rejected.
 
 pub mod aggregate;
 pub mod backup;
 pub mod chain;
+pub mod check;
 pub mod error;
 pub mod lifecycle;
 pub mod restore;

@@ -1,7 +1,7 @@
 //! The job-status view: what `cim.backup.qry.job` returns and the CLI draws progress from.
 
 use cim_backup_contracts::events::{
-    BackupEvent, EventEnvelope, JobEvent, JobFailed, RestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, EventEnvelope, JobEvent, JobFailed, RestoreEvent, VerifyEvent,
 };
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
@@ -134,6 +134,24 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
             VerifyEvent::VerifyCancelRequested(_) => next.cancel_requested = true,
             VerifyEvent::VerifyCancelled(_) => finish(&mut next, JobState::Cancelled, time),
         },
+        JobEvent::Check(e) => match e {
+            CheckEvent::CheckAccepted(_) => {}
+            CheckEvent::CheckStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                *p = Progress { messages_total: s.messages, objects_total: s.ranges.len() as u64, ..Progress::default() };
+            }
+            CheckEvent::CheckProgressed(s) => p.messages_done = s.messages_done,
+            CheckEvent::CheckCompleted(c) => {
+                p.messages_done = c.reports.iter().map(|r| r.messages_checked).sum();
+                p.objects_done = c.reports.len() as u64;
+                next.reports = Some(c.reports.clone());
+                finish(&mut next, JobState::Completed, time);
+            }
+            CheckEvent::CheckFailed(f) => fail(&mut next, f, time),
+            CheckEvent::CheckCancelRequested(_) => next.cancel_requested = true,
+            CheckEvent::CheckCancelled(_) => finish(&mut next, JobState::Cancelled, time),
+        },
     }
     Ok(Fold::Updated(next))
 }
@@ -179,6 +197,12 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
             a.admission.instance.clone(),
             Some(BackupId(a.backup)),
         ),
+        JobEvent::Check(CheckEvent::CheckAccepted(a)) => (
+            a.targets.iter().map(|t| t.stream.as_str()).collect::<Vec<_>>().join(","),
+            a.source_url.clone().unwrap_or_else(|| "live".to_owned()),
+            a.admission.instance.clone(),
+            a.backup.map(BackupId),
+        ),
         _ => return None,
     };
     Some(JobView {
@@ -199,5 +223,6 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         cancel_requested: false,
         version: 0,
         head: cid,
+        reports: None,
     })
 }

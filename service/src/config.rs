@@ -29,6 +29,11 @@
 //! [encryption]
 //! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
 //! identity_files = ["/etc/cim/backup.agekey"]                                  # to read
+//!
+//! [integrity.streams.EVENTS]            # how check walks this stream's CID chains
+//! profile = "cim-ipld"                  # native | cim-ipld | x-cid-headers | link-only
+//! chain_by = { subject_token = 2 }      # or { field = "aggregate_id" }, or "stream"
+//! projections = [{ bucket = "CIM_PROJECTIONS", key_prefix = "graph." }]
 //! ```
 
 use std::collections::BTreeMap;
@@ -61,6 +66,45 @@ pub struct Config {
     pub destinations: BTreeMap<String, DestinationConfig>,
     #[serde(default)]
     pub encryption: crate::keys::EncryptionConfig,
+    #[serde(default)]
+    pub integrity: IntegrityConfig,
+}
+
+/// `[integrity.streams.<STREAM>]`: how each stream's messages chain, and which KV projections
+/// follow it (see docs/INTEGRITY.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrityConfig {
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamIntegrity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamIntegrity {
+    pub profile: cim_backup_contracts::integrity::ProfileKind,
+    #[serde(default)]
+    pub chain_by: Option<cim_backup_contracts::integrity::ChainBy>,
+    #[serde(default)]
+    pub cid_field: Option<String>,
+    #[serde(default)]
+    pub previous_field: Option<String>,
+    #[serde(default)]
+    pub sequence_field: Option<String>,
+    #[serde(default)]
+    pub projections: Vec<cim_backup_contracts::integrity::ProjectionSpec>,
+}
+
+impl StreamIntegrity {
+    pub fn chain_profile(&self) -> cim_backup_contracts::integrity::ChainProfile {
+        cim_backup_contracts::integrity::ChainProfile {
+            profile: self.profile,
+            chain_by: self.chain_by.clone(),
+            cid_field: self.cid_field.clone(),
+            previous_field: self.previous_field.clone(),
+            sequence_field: self.sequence_field.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +304,9 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.service.events_replicas, 3);
         assert_eq!(config.destinations["offsite"].region.as_deref(), Some("eu-central-1"));
+        let events = &config.integrity.streams["EVENTS"];
+        assert_eq!(events.chain_by, Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(2)));
+        assert_eq!(events.projections[0].key_prefix, "graph.");
     }
 
     #[test]

@@ -174,3 +174,43 @@ pub fn assert_restored(restored: &[StoredMessage], original: &[StoredMessage]) {
 pub async fn api_level(client: &async_nats::Client) -> u64 {
     JsApi::new(client.clone()).api_level().await.expect("api level")
 }
+
+/// A cim-ipld `ChainedContent` message: its JSON payload and CID (CIDv1, private codec 0x0200,
+/// BLAKE3-256 over the serde_json bytes of `{content, previous_cid, sequence}`).
+pub fn chained_content(content: &serde_json::Value, previous: Option<&str>, sequence: u64) -> (Bytes, String) {
+    let content = serde_json::to_string(content).unwrap();
+    let previous = serde_json::to_string(&previous).unwrap();
+    let hashed = format!("{{\"content\":{content},\"previous_cid\":{previous},\"sequence\":{sequence}}}");
+    let digest = blake3::hash(hashed.as_bytes());
+    let mh = cid::multihash::Multihash::<64>::wrap(0x1e, digest.as_bytes()).unwrap();
+    let cid = cid::Cid::new_v1(0x0200, mh).to_string();
+    let payload = format!(
+        "{{\"content\":{content},\"cid\":\"{cid}\",\"previous_cid\":{previous},\"sequence\":{sequence},\"timestamp\":\"2026-11-25T12:00:00Z\"}}"
+    );
+    (Bytes::from(payload), cid)
+}
+
+/// Publishes `count` cim-ipld chained events over `aggregates` chains on `<prefix>.<aggregate>`;
+/// returns each chain's last CID and the stream sequence of its last event.
+pub async fn publish_chained(client: &async_nats::Client, prefix: &str, count: u64, aggregates: u64) -> Vec<(String, u64)> {
+    let js = jetstream::new(client.clone());
+    let mut heads: Vec<(Option<String>, u64, u64)> = vec![(None, 0, 0); aggregates as usize];
+    let mut acks = Vec::new();
+    for i in 0..count {
+        let a = (i % aggregates) as usize;
+        let (prev, next_sequence, _) = heads[a].clone();
+        let content = json!({ "node": a, "label": format!("node-{i}"), "weight": i % 97 });
+        let (payload, cid) = chained_content(&content, prev.as_deref(), next_sequence);
+        acks.push((a, js.publish(format!("{prefix}.{a}"), payload).await.expect("publish")));
+        heads[a] = (Some(cid), next_sequence + 1, 0);
+        if acks.len() >= 512 {
+            for (a, ack) in acks.drain(..) {
+                heads[a].2 = ack.await.expect("ack").sequence;
+            }
+        }
+    }
+    for (a, ack) in acks {
+        heads[a].2 = ack.await.expect("ack").sequence;
+    }
+    heads.into_iter().map(|(cid, _, seq)| (cid.unwrap_or_default(), seq)).collect()
+}

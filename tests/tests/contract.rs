@@ -92,7 +92,10 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
         (CMD_VERIFY, json!({ "backup": "latest" }), 400, "stream"),
         (CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS" }), 404, "no backup of stream EVENTS"),
         (CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS", "as": "A.B" }), 400, "A.B"),
-        (CMD_CHECK, json!({ "stream": "EVENTS" }), 501, "not implemented"),
+        (CMD_CHECK, json!({ "stream": "EVENTS" }), 400, "stream"),
+        (CMD_CHECK, json!({ "streams": ["EVENTS"] }), 400, "no chain profile for stream EVENTS"),
+        (CMD_CHECK, json!({ "streams": ["NOPE"], "profile": { "profile": "link-only" } }), 404, "NOPE"),
+        (CMD_CHECK, json!({ "streams": ["EVENTS"], "profile": { "profile": "sha1-chain" } }), 400, "sha1-chain"),
         (QRY_JOBS, json!({ "limit": 0 }), 400, "limit"),
         (QRY_BACKUPS, json!({ "destination": "s3:///" }), 400, "bucket"),
     ];

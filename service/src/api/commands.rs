@@ -3,16 +3,17 @@
 //! before the reply, and the job then runs in the background.
 
 use async_nats::service::Request;
-use cim_backup_contracts::commands::{CancelJob, RestoreBackup, StartBackup, VerifyBackup, parse_body};
+use cim_backup_contracts::commands::{CancelJob, CheckStream, RestoreBackup, StartBackup, VerifyBackup, parse_body};
 use cim_backup_contracts::events::{
-    Admission, BackupAccepted, BackupMode, CancelRequested, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
+    Admission, BackupAccepted, BackupMode, CancelRequested, CheckAccepted, CheckTarget, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
     RestoreOptions, Selection, VerifyAccepted,
 };
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
-use cim_backup_contracts::{ErrorCode, JobId, headers};
+use cim_backup_contracts::{JobId, headers};
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
+use cim_backup_domain::check::{CheckCommand, CheckJob};
 use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
 use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
 use cim_backup_domain::{DomainError, JobLifecycle};
@@ -322,6 +323,59 @@ pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> 
     Ok(reply)
 }
 
+/// `cim.backup.cmd.check`: walk CID chains of live streams (or of a stored backup).
+pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+    let cmd: CheckStream = parse(request)?;
+    let ctx = api.runner.context();
+    let configured = &ctx.integrity.streams;
+    let streams: Vec<String> = if cmd.streams.is_empty() { configured.keys().cloned().collect() } else { cmd.streams.clone() };
+    if streams.is_empty() {
+        return Err(ApiError::bad_request("streams: none given and none configured in [integrity.streams]"));
+    }
+    let mut targets = Vec::with_capacity(streams.len());
+    for stream in &streams {
+        if !is_stream_name(stream) {
+            return Err(ApiError::bad_request(format!("streams: {stream:?} is not a valid stream name")));
+        }
+        let config = configured.get(stream);
+        let profile = match (&cmd.profile, config) {
+            (Some(p), _) => p.clone(),
+            (None, Some(c)) => c.chain_profile(),
+            (None, None) if stream == ctx.events.stream_name() => cim_backup_contracts::integrity::ChainProfile::native(),
+            (None, None) => {
+                return Err(ApiError::bad_request(format!(
+                    "no chain profile for stream {stream}: pass \"profile\" or configure [integrity.streams.{stream}]"
+                )));
+            }
+        };
+        let projections = if cmd.projections.is_empty() { config.map(|c| c.projections.clone()).unwrap_or_default() } else { cmd.projections.clone() };
+        if cmd.backup.is_none() && ctx.api.stream_info(stream).await?.is_none() {
+            return Err(ApiError::not_found(format!("stream {stream} does not exist")));
+        }
+        targets.push(CheckTarget { stream: stream.clone(), profile, projections });
+    }
+    let (backup, source_url) = match cmd.backup {
+        Some(backup) => {
+            if targets.len() != 1 {
+                return Err(ApiError::bad_request("backup: name exactly one stream to check in it"));
+            }
+            let located = locate(api, backup, Some(&targets[0].stream), cmd.source.as_deref()).await?;
+            (Some(located.backup), Some(located.location.url))
+        }
+        None => (None, None),
+    };
+    let max_findings = cmd.max_findings.unwrap_or(100) as u64;
+    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
+    let admission = intake.admission(api, &(&targets, &backup.map(|b| b.to_string()), cmd.start_seq, cmd.end_seq, cmd.deep, max_findings));
+    let request_digest = admission.request_digest.clone();
+    let spec = CheckAccepted { targets, backup, source_url, start_seq: cmd.start_seq, end_seq: cmd.end_seq, deep: cmd.deep, max_findings, admission };
+    let (reply, job) = accept::<CheckJob>(api, &intake, CheckCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    if let Some(job) = job {
+        api.runner.spawn_check(job);
+    }
+    Ok(reply)
+}
+
 pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiError> {
     let cmd: CancelJob = parse(request)?;
     let kind = job_kind(api, &cmd.job_id).await?;
@@ -330,7 +384,7 @@ pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiE
         JobKind::Backup => request_cancel::<BackupJob>(api, &cmd.job_id, reason).await?,
         JobKind::Restore => request_cancel::<RestoreJob>(api, &cmd.job_id, reason).await?,
         JobKind::Verify => request_cancel::<VerifyJob>(api, &cmd.job_id, reason).await?,
-        JobKind::Check => return Err(ApiError::new(ErrorCode::NotImplemented, "check jobs are not implemented yet")),
+        JobKind::Check => request_cancel::<CheckJob>(api, &cmd.job_id, reason).await?,
     };
     api.runner.cancel_local(&cmd.job_id);
     Ok(CancelAccepted { job_id: cmd.job_id, requested })
@@ -342,7 +396,7 @@ pub async fn job_kind(api: &Api, id: &JobId) -> Result<JobKind, ApiError> {
         return Ok(view.kind);
     }
     let events = &api.runner.context().events;
-    for kind in [JobKind::Backup, JobKind::Restore, JobKind::Verify] {
+    for kind in [JobKind::Backup, JobKind::Restore, JobKind::Verify, JobKind::Check] {
         if !events.load(kind, id).await?.is_empty() {
             return Ok(kind);
         }

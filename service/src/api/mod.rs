@@ -32,7 +32,7 @@ use crate::engine::{Context, Runner};
 use crate::event_store::{EventStore, EventStreamSettings};
 use crate::jsapi::JsApi;
 use crate::projector::{Projector, Views};
-use reply::{ApiError, send};
+use reply::send;
 
 /// Messages a subscription buffers before the client applies back pressure.
 const SUBSCRIPTION_CAPACITY: usize = 8192;
@@ -111,6 +111,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         defaults: config.defaults.clone(),
         instance: config.service.instance.clone(),
         keys: crate::keys::Keys::load(&config.encryption).map_err(|e| ServeError::Service(e.to_string()))?,
+        integrity: config.integrity.clone(),
         views: views.clone(),
     });
     let runner = Runner::new(ctx);
@@ -202,13 +203,7 @@ async fn dispatch(api: &Api, subject: &str, request: Request) {
             "restore" => send(&request, &api.errors, subject, commands::restore(api, &request).await).await,
             "verify" => send(&request, &api.errors, subject, commands::verify(api, &request).await).await,
             "cancel" => send(&request, &api.errors, subject, commands::cancel(api, &request).await).await,
-            _ => {
-                let error = ApiError::new(
-                    cim_backup_contracts::ErrorCode::NotImplemented,
-                    "cim.backup.cmd.check is not implemented yet (integrity checks arrive in a later release)",
-                );
-                send::<()>(&request, &api.errors, subject, Err(error)).await
-            }
+            _ => send(&request, &api.errors, subject, commands::check(api, &request).await).await,
         }
     } else {
         match verb {

@@ -22,14 +22,19 @@ pub enum CliError {
     JobDidNotComplete { job_id: String, state: String, message: Option<String> },
     #[error("{0}")]
     Usage(String),
+    /// An integrity check completed and found breaks.
+    #[error("corrupted: {0}")]
+    Corrupted(String),
 }
 
 impl CliError {
     /// Exit codes (documented in the README and `--help`):
-    /// 0 ok · 1 job failed or was cancelled · 2 usage error · 3 request rejected (4xx) ·
-    /// 4 service unavailable or failed (5xx, no responders, timeout).
+    /// 0 ok (a check: clean) · 1 job failed or was cancelled (a check: could not check) ·
+    /// 2 usage error · 3 request rejected (4xx) · 4 service unavailable or failed (5xx, no
+    /// responders, timeout) · 5 a check found corruption.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Corrupted(_) => 5,
             CliError::JobDidNotComplete { .. } => 1,
             CliError::Usage(_) => 2,
             CliError::Rejected { status, .. } if *status < 500 => 3,

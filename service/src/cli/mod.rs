@@ -13,19 +13,22 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cim_backup_contracts::commands::{
-    BackupRef, BackupsQuery, CancelJob, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup, VerifyBackup,
+    BackupRef, BackupsQuery, CancelJob, CheckStream, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup,
+    VerifyBackup,
 };
 use cim_backup_contracts::events::{BackupMode, Placement, RestoreMethod, VerifyMode};
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
-use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
+use cim_backup_contracts::integrity::{ChainBy, ChainProfile, ProfileKind};
+use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
 use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
 use cim_backup_contracts::JobId;
 
 use crate::config::{Config, DestinationConfig, NatsConfig};
 use client::{CliError, Client};
 
-const EXIT_CODES: &str = "Exit codes: 0 ok · 1 job failed or was cancelled · 2 usage error · \
-3 request rejected by the service (4xx) · 4 service unavailable or failed (5xx, no responders, timeout)";
+const EXIT_CODES: &str = "Exit codes: 0 ok (a check: clean) · 1 job failed or was cancelled (a check: \
+could not check) · 2 usage error · 3 request rejected by the service (4xx) · 4 service unavailable or \
+failed (5xx, no responders, timeout) · 5 a check found corruption";
 
 /// Backup, restore and verify CIM event streams over NATS.
 #[derive(Debug, Parser)]
@@ -65,6 +68,91 @@ pub enum Command {
     RestoreEvents(RestoreArgs),
     /// Cancel a running job.
     CancelJob(CancelArgs),
+    /// Walk CID chains of streams (or a backup) and report every break (runbook:
+    /// `check-data-integrity --deep`).
+    CheckDataIntegrity(CheckArgs),
+    /// Find the exact sequence where a stream's chains break, from a suspected start.
+    FindCorruptionPoint(FindArgs),
+}
+
+/// How a stream's messages chain (default: the service's configuration for the stream).
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// native, cim-ipld, x-cid-headers or link-only.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// What a chain is: `stream`, `subject:<token index>` or `field:<json path>`.
+    #[arg(long)]
+    pub chain_by: Option<String>,
+    /// link-only: the JSON field of an event's CID.
+    #[arg(long)]
+    pub cid_field: Option<String>,
+    /// link-only: the JSON field of the predecessor's CID.
+    #[arg(long)]
+    pub previous_field: Option<String>,
+    /// link-only: a per-chain sequence field.
+    #[arg(long)]
+    pub sequence_field: Option<String>,
+}
+
+impl ProfileArgs {
+    fn to_profile(&self) -> Result<Option<ChainProfile>, CliError> {
+        let Some(profile) = &self.profile else {
+            return match self.chain_by.is_some() || self.cid_field.is_some() {
+                true => Err(CliError::Usage("--chain-by and the field options need --profile".into())),
+                false => Ok(None),
+            };
+        };
+        let kind: ProfileKind = serde_json::from_value(serde_json::Value::String(profile.clone())).map_err(|e| CliError::Usage(format!("--profile: {e}")))?;
+        let chain_by = self
+            .chain_by
+            .as_deref()
+            .map(|c| match c.split_once(':') {
+                None if c == "stream" => Ok(ChainBy::Stream),
+                Some(("subject", i)) => i.parse().map(ChainBy::SubjectToken).map_err(|_| CliError::Usage(format!("--chain-by: {i:?} is not a token index"))),
+                Some(("field", f)) => Ok(ChainBy::Field(f.to_owned())),
+                _ => Err(CliError::Usage(format!("--chain-by: {c:?}: use stream, subject:<n> or field:<path>"))),
+            })
+            .transpose()?;
+        Ok(Some(ChainProfile {
+            profile: kind,
+            chain_by,
+            cid_field: self.cid_field.clone(),
+            previous_field: self.previous_field.clone(),
+            sequence_field: self.sequence_field.clone(),
+        }))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Streams to check (comma-separated; default: every configured one).
+    #[arg(long, value_delimiter = ',')]
+    pub stream: Vec<String>,
+    /// Also compare the configured KV projections with the chains.
+    #[arg(long)]
+    pub deep: bool,
+    /// Check this stored backup (id or latest) of the stream instead of the live stream.
+    #[arg(long)]
+    pub backup: Option<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Findings listed per stream (all are counted).
+    #[arg(long)]
+    pub max_findings: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    #[arg(long)]
+    pub stream: String,
+    /// Where to start looking (a sequence before the suspected corruption).
+    #[arg(long)]
+    pub start_seq: u64,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +423,7 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
         }
         Command::BackupStatus(a) => {
             if a.watch {
-                let view = watch(cli, &client, &a.job_id).await?;
+                let view = watch(cli, &client, &a.job_id, false).await?;
                 return ended(&view);
             }
             let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: a.job_id.clone() }).await?;
@@ -414,6 +502,61 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
             let accepted: Accepted = client.request(CMD_RESTORE, &body).await?;
             after_accept(cli, &client, accepted, a.wait).await
         }
+        Command::CheckDataIntegrity(a) => {
+            let backup = a.backup.as_deref().map(|b| b.parse::<BackupRef>()).transpose().map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
+            let body = CheckStream {
+                streams: a.stream.clone(),
+                backup,
+                source: a.source.as_deref().map(location),
+                profile: a.profile.to_profile()?,
+                start_seq: None,
+                end_seq: None,
+                deep: a.deep,
+                projections: vec![],
+                max_findings: a.max_findings,
+                idempotency_key: None,
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_CHECK, &body).await?;
+            let view = finished(cli, &client, &accepted.job_id).await?;
+            let reports = view.reports.clone().unwrap_or_default();
+            if cli.json {
+                output::json(&view);
+            } else {
+                for r in &reports {
+                    println!("[{}]", r.stream);
+                    for line in r.summary_lines() {
+                        println!("{line}");
+                    }
+                    output::findings(r);
+                }
+            }
+            verdict(&reports)
+        }
+        Command::FindCorruptionPoint(a) => {
+            let body = CheckStream {
+                streams: vec![a.stream.clone()],
+                backup: None,
+                source: None,
+                profile: a.profile.to_profile()?,
+                start_seq: Some(a.start_seq),
+                end_seq: None,
+                deep: false,
+                projections: vec![],
+                max_findings: Some(1),
+                idempotency_key: None,
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_CHECK, &body).await?;
+            let view = finished(cli, &client, &accepted.job_id).await?;
+            let reports = view.reports.clone().unwrap_or_default();
+            if cli.json {
+                output::json(&reports);
+            } else {
+                output::corruption_point(&reports[0], a.start_seq);
+            }
+            verdict(&reports)
+        }
         Command::CancelJob(a) => {
             let reply: CancelAccepted = client.request(CMD_CANCEL, &CancelJob { job_id: a.job_id.clone(), reason: a.reason.clone() }).await?;
             if cli.json {
@@ -425,6 +568,21 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+/// Waits for a job without drawing (for commands whose output is a report).
+async fn finished(cli: &Cli, client: &Client, job_id: &JobId) -> Result<JobView, CliError> {
+    let view = watch(cli, client, job_id, true).await?;
+    ended(&view)?;
+    Ok(view)
+}
+
+/// Clean → ok; findings → exit 5.
+fn verdict(reports: &[cim_backup_contracts::integrity::IntegrityReport]) -> Result<(), CliError> {
+    match reports.iter().find(|r| !r.is_clean()) {
+        None => Ok(()),
+        Some(r) => Err(CliError::Corrupted(r.summary_lines().join("; "))),
     }
 }
 
@@ -464,19 +622,22 @@ async fn after_accept(cli: &Cli, client: &Client, accepted: Accepted, wait: bool
         }
         return Ok(());
     }
-    let view = watch(cli, client, &accepted.job_id).await?;
+    let view = watch(cli, client, &accepted.job_id, false).await?;
     ended(&view)
 }
 
-/// Polls the job view until the job ends, drawing progress.
-async fn watch(cli: &Cli, client: &Client, job_id: &JobId) -> Result<JobView, CliError> {
+/// Polls the job view until the job ends, drawing progress (and showing the view unless
+/// `quiet`, for callers that print their own report).
+async fn watch(cli: &Cli, client: &Client, job_id: &JobId, quiet: bool) -> Result<JobView, CliError> {
     let mut progress = output::Progress::new(cli.json);
     loop {
         let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: job_id.clone() }).await?;
         progress.update(&view);
         if view.state.is_terminal() {
             progress.finish();
-            if cli.json { output::json(&view) } else { output::job(&view) }
+            if !quiet {
+                if cli.json { output::json(&view) } else { output::job(&view) }
+            }
             return Ok(view);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -157,3 +157,39 @@ impl Progress {
         }
     }
 }
+
+/// The findings of a report, one line each.
+pub fn findings(report: &cim_backup_contracts::integrity::IntegrityReport) {
+    for f in &report.findings {
+        let chain = f.aggregate.as_deref().map(|a| format!(" [{a}]")).unwrap_or_default();
+        let good = f.last_good_seq.map(|s| format!(" (last good seq {s})")).unwrap_or_default();
+        println!("  seq {:>10} {:?}{chain} {}: {}{good}", f.stream_seq, f.kind, f.subject, f.detail);
+    }
+    if report.findings_total > report.findings.len() as u64 {
+        println!("  … and {} more", report.findings_total - report.findings.len() as u64);
+    }
+    if let Some(p) = &report.projections {
+        for f in &p.findings {
+            println!("  projection {}/{} [{}]: {}", f.bucket, f.key, f.aggregate, f.detail);
+        }
+    }
+}
+
+/// What `find-corruption-point` prints.
+pub fn corruption_point(report: &cim_backup_contracts::integrity::IntegrityReport, from: u64) {
+    match report.findings.first() {
+        None => println!("{}: no corruption from seq {from} on ({} messages checked)", report.stream, report.messages_checked),
+        Some(f) => {
+            println!("{}: corruption point seq {} ({:?}) on {}", report.stream, f.stream_seq, f.kind, f.subject);
+            if let Some(chain) = &f.aggregate {
+                println!("chain      {chain}");
+            }
+            match (f.last_good_seq, f.last_good_time) {
+                (Some(seq), Some(t)) => println!("last good  seq {seq} at {t}"),
+                (Some(seq), None) => println!("last good  seq {seq}"),
+                _ => println!("last good  none in the checked range (start earlier)"),
+            }
+            println!("detail     {}", f.detail);
+        }
+    }
+}

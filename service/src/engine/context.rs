@@ -23,6 +23,8 @@ pub struct Context {
     pub keys: Keys,
     /// The views (an incremental backup finds its parent in the catalog).
     pub views: Views,
+    /// Chain profiles and projections per stream, for integrity checks.
+    pub integrity: crate::config::IntegrityConfig,
 }
 
 /// `cim-backup <version>`: written into manifests so a reader knows the writer.

@@ -9,9 +9,10 @@
 //! - [`runner`] — [`Runner`]: spawns jobs, routes cancellations, resumes unfinished jobs at start.
 //! - [`error`] — [`EngineError`] and how it becomes a `*Failed` event.
 //! - [`reader`] — reading a stream range in order, fast (ordered push consumer).
-//! - [`backup`], [`restore`], [`verify`] — one engine per job kind.
+//! - [`backup`], [`restore`], [`verify`], [`check`] — one engine per job kind.
 
 pub mod backup;
+pub mod check;
 pub mod context;
 pub mod error;
 pub mod reader;

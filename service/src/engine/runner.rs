@@ -17,6 +17,7 @@ use cim_backup_contracts::subjects::{EVENT_PREFIX, parse_event_subject};
 use cim_backup_contracts::views::JobKind;
 use cim_backup_contracts::JobId;
 use cim_backup_domain::backup::BackupJob;
+use cim_backup_domain::check::CheckJob;
 use cim_backup_domain::restore::RestoreJob;
 use cim_backup_domain::verify::VerifyJob;
 use cim_backup_domain::JobLifecycle;
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::context::Context;
 use super::error::EngineError;
-use super::{backup, restore, verify};
+use super::{backup, check, restore, verify};
 use crate::jobs::{self, ExecuteError, Job, execute};
 
 /// How long a runner keeps trying to record how a job ended while NATS is unreachable.
@@ -62,6 +63,10 @@ impl Runner {
 
     pub fn spawn_verify(self: &Arc<Self>, job: Job<VerifyJob>) {
         self.spawn(job, |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)));
+    }
+
+    pub fn spawn_check(self: &Arc<Self>, job: Job<CheckJob>) {
+        self.spawn(job, |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel)));
     }
 
     fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>)
@@ -207,7 +212,7 @@ impl Runner {
                 JobKind::Backup => self.reload::<BackupJob>(&id).await.map(|j| j.map(|j| self.spawn_backup(j))),
                 JobKind::Restore => self.reload::<RestoreJob>(&id).await.map(|j| j.map(|j| self.spawn_restore(j))),
                 JobKind::Verify => self.reload::<VerifyJob>(&id).await.map(|j| j.map(|j| self.spawn_verify(j))),
-                JobKind::Check => Ok(None),
+                JobKind::Check => self.reload::<CheckJob>(&id).await.map(|j| j.map(|j| self.spawn_check(j))),
             };
             match resumed {
                 Ok(Some(())) => tracing::info!(job = %id, %kind, "resumed unfinished job"),

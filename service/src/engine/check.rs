@@ -1,0 +1,263 @@
+//! The check engine: walks streams (or a stored backup) through their chain profile and reports
+//! every break; a deep check also compares KV projections with the chains.
+//!
+//! Reading is the same fast path as a backup's (ordered push consumer), and the walker keeps one
+//! head per chain, so memory follows the number of aggregates, not the stream's length.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cim_backup_contracts::ErrorCode;
+use cim_backup_contracts::events::{CheckCompleted, CheckProgressed, CheckStarted, CheckTarget, Selection};
+use cim_backup_contracts::integrity::{Finding, IntegrityReport, ProjectionFinding, ProjectionReport, ProjectionSpec};
+use cim_backup_contracts::views::JobState;
+use cim_backup_domain::chain::{ChainItem, ChainState, ChainWalker, profile};
+use cim_backup_domain::check::{CheckCommand, CheckJob};
+use tokio_util::sync::CancellationToken;
+
+use super::context::Context;
+use super::error::EngineError;
+use super::reader::RangeReader;
+use super::restore::plan::{Chain, Plan, codec};
+use crate::archive::record::decode_headers;
+use crate::archive::{ArchiveError, segment};
+use crate::jobs::{Job, execute};
+
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
+    if job.state.lifecycle.state == Some(JobState::Accepted) {
+        let mut ranges = Vec::new();
+        let mut messages = 0;
+        for target in &spec.targets {
+            let (first, last, count) = match (&spec.backup, &spec.source_url) {
+                (Some(backup), Some(url)) => {
+                    let archive = ctx.destinations.open(url)?;
+                    let chain = Chain::resolve(&archive, *backup, &target.stream).await?;
+                    let latest = chain.latest();
+                    (chain.floor(), latest.cut.last_seq.max(latest.last_seq), latest.cut.messages)
+                }
+                _ => {
+                    let state = ctx
+                        .api
+                        .stream_info(&target.stream)
+                        .await?
+                        .ok_or_else(|| EngineError::precondition(ErrorCode::NotFound, format!("stream {} does not exist", target.stream)))?
+                        .state;
+                    (state.first_seq, state.last_seq, state.messages)
+                }
+            };
+            let first = spec.start_seq.map_or(first, |s| s.max(first));
+            let last = spec.end_seq.map_or(last, |e| e.min(last));
+            messages += if spec.start_seq.is_none() && spec.end_seq.is_none() { count } else { (last + 1).saturating_sub(first) };
+            ranges.push((first, last));
+        }
+        execute(&ctx.events, job, CheckCommand::Start(CheckStarted { ranges, messages }), None).await?;
+    }
+    let plan = job.state.plan.clone().expect("a running check has ranges");
+    let mut progress = ProgressLog { done: 0, findings: 0, last: tokio::time::Instant::now() };
+    let mut reports = Vec::with_capacity(spec.targets.len());
+    for (target, &(first, last)) in spec.targets.iter().zip(&plan.ranges) {
+        let mut walk = Walk::new(target, spec.max_findings as usize, spec.start_seq.is_some());
+        match (&spec.backup, &spec.source_url) {
+            (Some(backup), Some(url)) => walk_backup(ctx, job, &mut walk, url, *backup, first, last, &mut progress, cancel).await?,
+            _ => walk_live(ctx, job, &mut walk, first, last, &mut progress, cancel).await?,
+        }
+        let projections = if spec.deep && !target.projections.is_empty() {
+            Some(check_projections(ctx, &target.projections, &walk.walker, spec.max_findings as usize).await?)
+        } else {
+            None
+        };
+        reports.push(walk.report(projections));
+    }
+    execute(&ctx.events, job, CheckCommand::Complete(CheckCompleted { reports }), None).await?;
+    tracing::info!(job = %job.id, "check completed");
+    Ok(())
+}
+
+/// One target's walk: the walker and the (bounded) findings.
+struct Walk {
+    stream: String,
+    walker: ChainWalker,
+    findings: Vec<Finding>,
+    total: u64,
+    by_kind: BTreeMap<cim_backup_contracts::integrity::FindingKind, u64>,
+    max: usize,
+    first_seq: Option<u64>,
+    last_seq: u64,
+}
+
+impl Walk {
+    fn new(target: &CheckTarget, max: usize, mid_stream: bool) -> Walk {
+        let profile = profile(&target.profile);
+        Walk {
+            stream: target.stream.clone(),
+            walker: if mid_stream { ChainWalker::anchored(profile) } else { ChainWalker::new(profile) },
+            findings: Vec::new(),
+            total: 0,
+            by_kind: BTreeMap::new(),
+            max,
+            first_seq: None,
+            last_seq: 0,
+        }
+    }
+
+    fn check(&mut self, item: ChainItem<'_>) -> u64 {
+        self.first_seq.get_or_insert(item.stream_seq);
+        self.last_seq = item.stream_seq;
+        let found = self.walker.check(item);
+        let n = found.len() as u64;
+        for f in found {
+            self.total += 1;
+            *self.by_kind.entry(f.kind).or_default() += 1;
+            if self.findings.len() < self.max {
+                self.findings.push(f);
+            }
+        }
+        n
+    }
+
+    fn report(self, projections: Option<ProjectionReport>) -> IntegrityReport {
+        IntegrityReport {
+            stream: self.stream,
+            profile: self.walker.kind(),
+            first_seq: self.first_seq.unwrap_or(0),
+            last_seq: self.last_seq,
+            messages_checked: self.walker.checked(),
+            chains: self.walker.chains() as u64,
+            chains_broken: self.walker.chains_broken() as u64,
+            findings_total: self.total,
+            findings_by_kind: self.by_kind,
+            findings: self.findings,
+            projections,
+        }
+    }
+}
+
+struct ProgressLog {
+    done: u64,
+    findings: u64,
+    last: tokio::time::Instant,
+}
+
+impl ProgressLog {
+    async fn tick(&mut self, ctx: &Context, job: &mut Job<CheckJob>, findings: u64) -> Result<(), EngineError> {
+        self.done += 1;
+        self.findings += findings;
+        if self.last.elapsed() >= PROGRESS_EVERY && job.state.progress.as_ref().is_none_or(|p| p.messages_done < self.done) {
+            execute(&ctx.events, job, CheckCommand::Progress(CheckProgressed { messages_done: self.done, findings: self.findings }), None).await?;
+            self.last = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn walk_live(
+    ctx: &Context,
+    job: &mut Job<CheckJob>,
+    walk: &mut Walk,
+    first: u64,
+    last: u64,
+    progress: &mut ProgressLog,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    if first > last {
+        return Ok(());
+    }
+    let mut reader = RangeReader::open(&ctx.js, &walk.stream, first, last).await?;
+    let mut n = 0u64;
+    while let Some(read) = reader.next().await {
+        let read = read?;
+        n += 1;
+        if n % 1024 == 0 && cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let headers = read.message.headers.as_ref();
+        let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let item = ChainItem { stream_seq: read.seq, time_ns: read.time_ns, subject: read.message.subject.as_str(), headers: &lookup, payload: &read.message.payload };
+        let found = walk.check(item);
+        progress.tick(ctx, job, found).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn walk_backup(
+    ctx: &Context,
+    job: &mut Job<CheckJob>,
+    walk: &mut Walk,
+    url: &str,
+    backup: cim_backup_contracts::cid::Cid,
+    first: u64,
+    last: u64,
+    progress: &mut ProgressLog,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let archive = ctx.destinations.open(url)?;
+    let chain = Chain::resolve(&archive, backup, &walk.stream).await?;
+    let plan = Plan::new(&chain, &Selection { start_seq: Some(first), end_seq: Some(last), ..Selection::default() });
+    for planned in &plan.segments {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let object = segment::key(&planned.info);
+        let stored = archive.get(&object).await?;
+        let plain = segment::open(&stored, &planned.info, codec(&chain, planned.manifest, &ctx.keys))?;
+        for record in segment::records(&plain) {
+            let record = record.map_err(|e| ArchiveError::Corrupt { object: object.clone(), record: e.seq, message: e.to_string() })?;
+            if !plan.keeps(&record) {
+                continue;
+            }
+            let headers = decode_headers(record.headers).ok().flatten();
+            let lookup = |name: &str| headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+            let item = ChainItem { stream_seq: record.seq, time_ns: record.time_ns, subject: record.subject, headers: &lookup, payload: record.payload };
+            let found = walk.check(item);
+            progress.tick(ctx, job, found).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Compares KV projections with the chains (the convention of docs/INTEGRITY.md): an entry
+/// `<key_prefix><aggregate>` holds the CID and/or stream sequence of the last event it applied.
+/// It is inconsistent if that is not its chain's head, if its chain does not exist, or if its
+/// chain breaks at or before the event it applied (it was built from corrupt history).
+async fn check_projections(ctx: &Context, specs: &[ProjectionSpec], walker: &ChainWalker, max: usize) -> Result<ProjectionReport, EngineError> {
+    use futures::StreamExt;
+    let states: HashMap<&str, ChainState> = walker.chain_states().collect();
+    let mut report = ProjectionReport::default();
+    for spec in specs {
+        let kv = ctx.js.get_key_value(&spec.bucket).await.map_err(|e| {
+            EngineError::precondition(ErrorCode::NotFound, format!("projection bucket {}: {e}", spec.bucket))
+        })?;
+        let cid_field = spec.cid_field.as_deref().unwrap_or("last_event_cid");
+        let seq_field = spec.seq_field.as_deref().unwrap_or("last_event_seq");
+        let keys: Vec<String> = kv.keys().await.map_err(EngineError::nats)?.filter_map(|k| async move { k.ok() }).collect().await;
+        for key in keys.into_iter().filter(|k| k.starts_with(&spec.key_prefix)) {
+            let Some(value) = kv.get(&key).await.map_err(EngineError::nats)? else { continue };
+            report.entries_checked += 1;
+            let aggregate = key[spec.key_prefix.len()..].to_owned();
+            let json: serde_json::Value = serde_json::from_slice(&value).unwrap_or(serde_json::Value::Null);
+            let cid = json.get(cid_field).and_then(|v| v.as_str());
+            let seq = json.get(seq_field).and_then(|v| v.as_u64());
+            let problem = match (states.get(aggregate.as_str()), cid, seq) {
+                (_, None, None) => Some(format!("has neither {cid_field} nor {seq_field}")),
+                (None, _, _) => Some("no chain of this aggregate in the stream".to_owned()),
+                (Some(state), _, _) if state.first_break.is_some_and(|b| seq.is_none_or(|s| s >= b)) => {
+                    Some(format!("its chain breaks at seq {}, and the projection is built from events up to there or beyond", state.first_break.unwrap()))
+                }
+                (Some(state), Some(cid), _) if cid != state.head_cid => Some(format!("applied {cid}, the chain's head is {} (seq {})", state.head_cid, state.head_seq)),
+                (Some(state), _, Some(seq)) if seq != state.head_seq => Some(format!("applied seq {seq}, the chain's head is seq {}", state.head_seq)),
+                _ => None,
+            };
+            if let Some(detail) = problem {
+                report.inconsistent += 1;
+                if report.findings.len() < max {
+                    report.findings.push(ProjectionFinding { bucket: spec.bucket.clone(), key, aggregate, detail });
+                }
+            }
+        }
+    }
+    Ok(report)
+}

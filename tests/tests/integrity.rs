@@ -1,0 +1,107 @@
+//! Integrity checks of live streams and backups: clean is clean; a deleted event, a forged or
+//! tampered event is found at its exact sequence; projections that disagree are named.
+
+use std::time::Duration;
+
+use cim_backup::config::StreamIntegrity;
+use cim_backup_contracts::integrity::{ChainBy, FindingKind, IntegrityReport, ProfileKind, ProjectionSpec};
+use cim_backup_contracts::subjects::{CMD_CHECK, CMD_START};
+use cim_backup_contracts::views::{JobState, JobView};
+use cim_backup_tests::service::{Caller, TestService, test_config};
+use cim_backup_tests::streams::{chained_content, create_stream, publish_chained};
+use cim_backup_tests::{NatsServer, init_tracing};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn check(c: &Caller, body: Value) -> (JobView, Vec<IntegrityReport>) {
+    let accepted = c.ok(CMD_CHECK, body).await;
+    let view = c.wait_job(accepted["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "a check that could walk the stream completes: {view:?}");
+    let reports = view.reports.clone().expect("a completed check has reports");
+    (view, reports)
+}
+
+#[tokio::test]
+async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    let heads = publish_chained(&client, "cim.graph", 3_000, 50).await;
+    // A projection that recorded the last event it applied per aggregate (the convention).
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.create_key_value(async_nats::jetstream::kv::Config { bucket: "GRAPH_VIEW".into(), ..Default::default() }).await.unwrap();
+    for (a, (cid, seq)) in heads.iter().enumerate() {
+        kv.put(format!("node.{a}"), serde_json::to_vec(&json!({ "last_event_cid": cid, "last_event_seq": seq, "label": "x" })).unwrap().into()).await.unwrap();
+    }
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.integrity.streams.insert(
+        "GRAPH".into(),
+        StreamIntegrity {
+            profile: ProfileKind::CimIpld,
+            chain_by: Some(ChainBy::SubjectToken(2)),
+            cid_field: None,
+            previous_field: None,
+            sequence_field: None,
+            projections: vec![ProjectionSpec { bucket: "GRAPH_VIEW".into(), key_prefix: "node.".into(), cid_field: None, seq_field: None }],
+        },
+    );
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+
+    // Clean, projections included.
+    let (_, reports) = check(&c, json!({ "deep": true })).await;
+    let r = &reports[0];
+    assert!(r.is_clean(), "{:?}", r.summary_lines());
+    assert_eq!((r.messages_checked, r.chains, r.first_seq, r.last_seq), (3_000, 50, 1, 3_000));
+    assert_eq!(r.projections.as_ref().unwrap().entries_checked, 50);
+    assert!(r.summary_lines()[0].starts_with("Event Stream: OK"), "{:?}", r.summary_lines());
+
+    // A backup of the clean stream, for later.
+    let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
+    let backup = c.wait_job(backup["job_id"].as_str().unwrap(), WAIT).await.backup_id.unwrap().to_string();
+
+    // Corruption: an event of aggregate 7 vanishes (seq 1_208 = its 25th event); a producer
+    // writes an event whose content does not match its CID (aggregate 3); a projection lies.
+    js.get_stream("GRAPH").await.unwrap().delete_message(1_208).await.unwrap();
+    let (genuine, _) = chained_content(&json!({ "node": 3, "label": "real" }), Some(heads[3].0.as_str()), 60);
+    let tampered = String::from_utf8(genuine.to_vec()).unwrap().replace("\"real\"", "\"fake\"");
+    let tampered_seq = js.publish("cim.graph.3", tampered.into()).await.unwrap().await.unwrap().sequence;
+    kv.put("node.11", serde_json::to_vec(&json!({ "last_event_cid": "bafkwrong", "last_event_seq": 1 })).unwrap().into()).await.unwrap();
+
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "deep": true })).await;
+    let r = &reports[0];
+    assert!(!r.is_clean());
+    let found: Vec<(FindingKind, u64)> = r.findings.iter().map(|f| (f.kind, f.stream_seq)).collect();
+    assert_eq!(found, vec![(FindingKind::SequenceGap, 1_258), (FindingKind::CidMismatch, tampered_seq)]);
+    assert_eq!(r.findings[0].aggregate.as_deref(), Some("7"));
+    assert_eq!(r.findings[0].last_good_seq, Some(1_158), "aggregate 7's event before the missing one");
+    assert!(r.findings[0].last_good_time.is_some());
+    assert_eq!(r.summary_lines()[0].split(" (").next().unwrap(), "Event Stream: CORRUPTED - CID chain broken at seq 1258");
+    let p = r.projections.as_ref().unwrap();
+    let mut aggregates: Vec<&str> = p.findings.iter().map(|f| f.aggregate.as_str()).collect();
+    aggregates.sort();
+    // 11 lies; 7 was built past the break in its chain. 3 is consistent: it applied the last
+    // genuine event, not the tampered one that came after.
+    assert_eq!(aggregates, ["11", "7"], "{:?}", p.findings);
+    assert_eq!(r.summary_lines()[1], "Projections: INCONSISTENT - 2 aggregates affected");
+
+    // find-corruption-point: from a suspected start, the first break. Chains are anchored at
+    // their first event in the range, so the start must precede the missing event's predecessor.
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_100, "max_findings": 1 })).await;
+    let r = &reports[0];
+    assert_eq!(r.first_seq, 1_100);
+    assert_eq!(r.findings.len(), 1, "bounded");
+    assert_eq!((r.findings[0].kind, r.findings[0].stream_seq), (FindingKind::SequenceGap, 1_258));
+    assert_eq!(r.findings_total, 2, "all counted: {:?}", r.findings_by_kind);
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_260 })).await;
+    assert_eq!(reports[0].findings.iter().map(|f| f.stream_seq).collect::<Vec<_>>(), vec![tampered_seq], "past the gap only the tampered event");
+
+    // The backup taken before the corruption is clean.
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "backup": backup })).await;
+    assert!(reports[0].is_clean(), "{:?}", reports[0].summary_lines());
+    assert_eq!(reports[0].messages_checked, 3_000);
+    service.stop().await;
+}
