@@ -193,6 +193,11 @@ pub struct CheckStream {
     /// Findings kept in the report per stream (default 100, at most 10,000); all are counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_findings: Option<usize>,
+    /// Replay: validate CIDs from `start_seq` on, stop at the first invalid event, and only if
+    /// all are valid reset these durable consumers (the stream's projectors) to `start_seq`.
+    /// Empty list: the stream's configured projectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_consumers: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -797,6 +797,10 @@ pub struct CheckAccepted {
     pub end_seq: Option<u64>,
     pub deep: bool,
     pub max_findings: u64,
+    /// Set for a replay: the consumers to reset to `start_seq` if every event from there is
+    /// valid (the walk stops at the first invalid one).
+    #[serde(default)]
+    pub replay: Option<Vec<String>>,
     pub admission: Admission,
 }
 
@@ -820,6 +824,9 @@ pub struct CheckProgressed {
 pub struct CheckCompleted {
     /// One report per target, in order.
     pub reports: Vec<crate::integrity::IntegrityReport>,
+    /// A replay's consumers reset to its start (empty when the walk found an invalid event).
+    #[serde(default)]
+    pub replayed: Vec<String>,
 }
 
 impl CheckCompleted {

@@ -134,6 +134,9 @@ pub struct JobView {
     /// A finished check's reports (one per stream checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports: Option<Vec<crate::integrity::IntegrityReport>>,
+    /// A finished replay's consumers, reset to its start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replayed: Vec<String>,
 }
 
 /// One stored backup (`cim.backup.qry.backups`).

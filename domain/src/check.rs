@@ -51,6 +51,9 @@ impl CheckJob {
                 return Err(DomainError::invalid(format!("start_seq {a} is after end_seq {b}")));
             }
         }
+        if spec.replay.is_some() && (spec.start_seq.is_none() || spec.targets.len() != 1 || spec.backup.is_some()) {
+            return Err(DomainError::invalid("replay: needs one live stream and the sequence to replay from"));
+        }
         Ok(())
     }
 
@@ -81,6 +84,9 @@ impl CheckJob {
             if report.findings.len() as u64 > spec.max_findings || report.findings.len() as u64 > report.findings_total {
                 return Err(DomainError::invalid(format!("completion: {} lists more findings than allowed or counted", report.stream)));
             }
+        }
+        if !done.replayed.is_empty() && (spec.replay.is_none() || !done.is_clean()) {
+            return Err(DomainError::invalid("completion: consumers may be reset only by a replay whose events are all valid"));
         }
         Ok(())
     }
@@ -192,6 +198,7 @@ mod tests {
             end_seq: None,
             deep: false,
             max_findings: 100,
+            replay: None,
             admission: admission(),
         }
     }
@@ -219,12 +226,28 @@ mod tests {
             CheckEvent::CheckStarted(CheckStarted { ranges: vec![(1, 10), (5, 9)], messages: 15 }),
         ];
         given::<CheckJob>(history.clone())
-            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 10)] }))
+            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 10)], replayed: vec![] }))
             .then_reject_containing("1 reports for 2 streams");
         given::<CheckJob>(history.clone())
-            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 11), report("B", 5, 9)] }))
+            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 11), report("B", 5, 9)], replayed: vec![] }))
             .then_reject_containing("outside its range");
-        let done = CheckCompleted { reports: vec![report("A", 1, 10), report("B", 5, 9)] };
+        let done = CheckCompleted { reports: vec![report("A", 1, 10), report("B", 5, 9)], replayed: vec![] };
+        given::<CheckJob>(history).when(CheckCommand::Complete(done.clone())).then_expect(vec![CheckEvent::CheckCompleted(done)]);
+    }
+
+    #[test]
+    fn a_replay_resets_consumers_only_when_every_event_is_valid() {
+        let mut s = spec(&["A"]);
+        s.replay = Some(vec!["projector".into()]);
+        given::<CheckJob>(vec![]).when(CheckCommand::Accept(s.clone())).then_reject_containing("replay");
+        s.start_seq = Some(5);
+        let history = vec![CheckEvent::CheckAccepted(s), CheckEvent::CheckStarted(CheckStarted { ranges: vec![(5, 10)], messages: 6 })];
+        let mut broken = report("A", 5, 7);
+        broken.findings_total = 1;
+        given::<CheckJob>(history.clone())
+            .when(CheckCommand::Complete(CheckCompleted { reports: vec![broken], replayed: vec!["projector".into()] }))
+            .then_reject_containing("all valid");
+        let done = CheckCompleted { reports: vec![report("A", 5, 10)], replayed: vec!["projector".into()] };
         given::<CheckJob>(history).when(CheckCommand::Complete(done.clone())).then_expect(vec![CheckEvent::CheckCompleted(done)]);
     }
 

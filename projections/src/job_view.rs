@@ -146,6 +146,7 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
                 p.messages_done = c.reports.iter().map(|r| r.messages_checked).sum();
                 p.objects_done = c.reports.len() as u64;
                 next.reports = Some(c.reports.clone());
+                next.replayed = c.replayed.clone();
                 finish(&mut next, JobState::Completed, time);
             }
             CheckEvent::CheckFailed(f) => fail(&mut next, f, time),
@@ -224,5 +225,6 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         version: 0,
         head: cid,
         reports: None,
+        replayed: Vec::new(),
     })
 }

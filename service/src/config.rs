@@ -93,6 +93,9 @@ pub struct StreamIntegrity {
     pub sequence_field: Option<String>,
     #[serde(default)]
     pub projections: Vec<cim_backup_contracts::integrity::ProjectionSpec>,
+    /// Durable consumers that project this stream (reset by `replay-corrupted-events`).
+    #[serde(default)]
+    pub projectors: Vec<String>,
 }
 
 impl StreamIntegrity {

@@ -46,6 +46,7 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
             previous_field: None,
             sequence_field: None,
             projections: vec![ProjectionSpec { bucket: "GRAPH_VIEW".into(), key_prefix: "node.".into(), cid_field: None, seq_field: None }],
+            projectors: vec!["graph-projector".into()],
         },
     );
     let service = TestService::start(config).await;
@@ -58,6 +59,33 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     assert_eq!((r.messages_checked, r.chains, r.first_seq, r.last_seq), (3_000, 50, 1, 3_000));
     assert_eq!(r.projections.as_ref().unwrap().entries_checked, 50);
     assert!(r.summary_lines()[0].starts_with("Event Stream: OK"), "{:?}", r.summary_lines());
+
+    // A projector that is caught up: nothing left to deliver.
+    use async_nats::jetstream::consumer;
+    let stream = js.get_stream("GRAPH").await.unwrap();
+    let _: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("graph-projector".into()),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = |name: &'static str| {
+        let stream = stream.clone();
+        async move {
+            let mut c: consumer::PullConsumer = stream.get_consumer(name).await.unwrap();
+            c.info().await.unwrap().num_pending
+        }
+    };
+    assert_eq!(pending("graph-projector").await, 0);
+
+    // Replay from 2,000: every event is valid, so the projector is reset to replay them.
+    let (view, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 2_000, "replay_consumers": [] })).await;
+    assert!(reports[0].is_clean());
+    assert_eq!(view.replayed, vec!["graph-projector".to_string()]);
+    assert_eq!(pending("graph-projector").await, 1_001);
 
     // A backup of the clean stream, for later.
     let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
@@ -98,6 +126,13 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     assert_eq!(r.findings_total, 2, "all counted: {:?}", r.findings_by_kind);
     let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_260 })).await;
     assert_eq!(reports[0].findings.iter().map(|f| f.stream_seq).collect::<Vec<_>>(), vec![tampered_seq], "past the gap only the tampered event");
+
+    // A replay across the corruption stops at the first invalid event and resets nothing.
+    let (view, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_100, "replay_consumers": ["graph-projector"] })).await;
+    assert_eq!((reports[0].findings[0].kind, reports[0].findings[0].stream_seq), (FindingKind::SequenceGap, 1_258));
+    assert!(reports[0].last_seq == 1_258, "stopped there: {}", reports[0].last_seq);
+    assert!(view.replayed.is_empty());
+    assert_eq!(pending("graph-projector").await, 1_002, "untouched: the 1,001 it had plus the tampered event");
 
     // The backup taken before the corruption is clean.
     let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "backup": backup })).await;

@@ -365,10 +365,43 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         None => (None, None),
     };
     let max_findings = cmd.max_findings.unwrap_or(100) as u64;
+    let replay = match &cmd.replay_consumers {
+        None => None,
+        Some(_) if targets.len() != 1 || cmd.start_seq.is_none() || cmd.backup.is_some() => {
+            return Err(ApiError::bad_request("replay: name one live stream and start_seq"));
+        }
+        Some(given) if !given.is_empty() => Some(given.clone()),
+        Some(_) => {
+            let configured = configured.get(&targets[0].stream).map(|c| c.projectors.clone()).unwrap_or_default();
+            if configured.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "replay: no consumers named and none configured ([integrity.streams.{}] projectors)",
+                    targets[0].stream
+                )));
+            }
+            Some(configured)
+        }
+    };
+    if let Some(consumers) = &replay {
+        let existing = ctx.api.durable_consumers(&targets[0].stream).await?;
+        if let Some(missing) = consumers.iter().find(|c| !existing.iter().any(|e| &e.name == *c)) {
+            return Err(ApiError::not_found(format!("stream {} has no durable consumer {missing}", targets[0].stream)));
+        }
+    }
     let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(&targets, &backup.map(|b| b.to_string()), cmd.start_seq, cmd.end_seq, cmd.deep, max_findings));
+    let admission = intake.admission(api, &(&targets, &backup.map(|b| b.to_string()), cmd.start_seq, cmd.end_seq, cmd.deep, max_findings, &replay));
     let request_digest = admission.request_digest.clone();
-    let spec = CheckAccepted { targets, backup, source_url, start_seq: cmd.start_seq, end_seq: cmd.end_seq, deep: cmd.deep, max_findings, admission };
+    let spec = CheckAccepted {
+        targets,
+        backup,
+        source_url,
+        start_seq: cmd.start_seq,
+        end_seq: cmd.end_seq,
+        deep: cmd.deep,
+        max_findings,
+        replay,
+        admission,
+    };
     let (reply, job) = accept::<CheckJob>(api, &intake, CheckCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
     if let Some(job) = job {
         api.runner.spawn_check(job);

@@ -73,6 +73,27 @@ pub enum Command {
     CheckDataIntegrity(CheckArgs),
     /// Find the exact sequence where a stream's chains break, from a suspected start.
     FindCorruptionPoint(FindArgs),
+    /// Validate every event from a sequence on and, if all are valid, reset the projectors'
+    /// durable consumers to it so they replay (runbook: `replay-corrupted-events --from-seq N
+    /// --validate-cids`).
+    ReplayCorruptedEvents(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The stream (default: the one stream configured for integrity checks).
+    #[arg(long)]
+    pub stream: Option<String>,
+    #[arg(long)]
+    pub from_seq: u64,
+    /// Validate CIDs on the way (always done; accepted for the runbook's command line).
+    #[arg(long)]
+    pub validate_cids: bool,
+    /// Durable consumers to reset (default: the stream's configured projectors).
+    #[arg(long, value_delimiter = ',')]
+    pub consumers: Vec<String>,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
 }
 
 /// How a stream's messages chain (default: the service's configuration for the stream).
@@ -514,6 +535,7 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 deep: a.deep,
                 projections: vec![],
                 max_findings: a.max_findings,
+                replay_consumers: None,
                 idempotency_key: None,
                 correlation_id: None,
             };
@@ -544,6 +566,7 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 deep: false,
                 projections: vec![],
                 max_findings: Some(1),
+                replay_consumers: None,
                 idempotency_key: None,
                 correlation_id: None,
             };
@@ -554,6 +577,44 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 output::json(&reports);
             } else {
                 output::corruption_point(&reports[0], a.start_seq);
+            }
+            verdict(&reports)
+        }
+        Command::ReplayCorruptedEvents(a) => {
+            let body = CheckStream {
+                streams: a.stream.clone().into_iter().collect(),
+                backup: None,
+                source: None,
+                profile: a.profile.to_profile()?,
+                start_seq: Some(a.from_seq),
+                end_seq: None,
+                deep: false,
+                projections: vec![],
+                max_findings: Some(1),
+                replay_consumers: Some(a.consumers.clone()),
+                idempotency_key: None,
+                correlation_id: None,
+            };
+            let accepted: Accepted = client.request(CMD_CHECK, &body).await?;
+            let view = finished(cli, &client, &accepted.job_id).await?;
+            let reports = view.reports.clone().unwrap_or_default();
+            if cli.json {
+                output::json(&view);
+            } else {
+                let r = &reports[0];
+                match r.findings.first() {
+                    Some(f) => println!(
+                        "{}: stopped at seq {} ({:?}: {}); no consumer was reset",
+                        r.stream, f.stream_seq, f.kind, f.detail
+                    ),
+                    None => println!(
+                        "{}: {} events from seq {} valid; consumers reset to replay them: {}",
+                        r.stream,
+                        r.messages_checked,
+                        a.from_seq,
+                        view.replayed.join(", ")
+                    ),
+                }
             }
             verdict(&reports)
         }

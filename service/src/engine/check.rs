@@ -59,6 +59,7 @@ pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationTo
     let mut reports = Vec::with_capacity(spec.targets.len());
     for (target, &(first, last)) in spec.targets.iter().zip(&plan.ranges) {
         let mut walk = Walk::new(target, spec.max_findings as usize, spec.start_seq.is_some());
+        walk.stop_at_first = spec.replay.is_some();
         match (&spec.backup, &spec.source_url) {
             (Some(backup), Some(url)) => walk_backup(ctx, job, &mut walk, url, *backup, first, last, &mut progress, cancel).await?,
             _ => walk_live(ctx, job, &mut walk, first, last, &mut progress, cancel).await?,
@@ -70,7 +71,16 @@ pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationTo
         };
         reports.push(walk.report(projections));
     }
-    execute(&ctx.events, job, CheckCommand::Complete(CheckCompleted { reports }), None).await?;
+    let mut replayed = Vec::new();
+    if let (Some(consumers), Some(from)) = (&spec.replay, spec.start_seq) {
+        if reports.iter().all(|r| r.is_clean()) {
+            for name in consumers {
+                reset_consumer(ctx, &spec.targets[0].stream, name, from).await?;
+                replayed.push(name.clone());
+            }
+        }
+    }
+    execute(&ctx.events, job, CheckCommand::Complete(CheckCompleted { reports, replayed }), None).await?;
     tracing::info!(job = %job.id, "check completed");
     Ok(())
 }
@@ -85,9 +95,15 @@ struct Walk {
     max: usize,
     first_seq: Option<u64>,
     last_seq: u64,
+    /// A replay stops at the first invalid event.
+    stop_at_first: bool,
 }
 
 impl Walk {
+    fn done(&self) -> bool {
+        self.stop_at_first && self.total > 0
+    }
+
     fn new(target: &CheckTarget, max: usize, mid_stream: bool) -> Walk {
         let profile = profile(&target.profile);
         Walk {
@@ -99,6 +115,7 @@ impl Walk {
             max,
             first_seq: None,
             last_seq: 0,
+            stop_at_first: false,
         }
     }
 
@@ -178,7 +195,31 @@ async fn walk_live(
         let item = ChainItem { stream_seq: read.seq, time_ns: read.time_ns, subject: read.message.subject.as_str(), headers: &lookup, payload: &read.message.payload };
         let found = walk.check(item);
         progress.tick(ctx, job, found).await?;
+        if walk.done() {
+            break;
+        }
     }
+    Ok(())
+}
+
+/// Replays a stream to a projector from `from`: its durable consumer is recreated with the same
+/// configuration, delivering from `from` on. (The events are not republished: the log keeps one
+/// copy of each event, and the projector reads them where it always does.)
+async fn reset_consumer(ctx: &Context, stream: &str, name: &str, from: u64) -> Result<(), EngineError> {
+    let consumers = ctx.api.durable_consumers(stream).await?;
+    let consumer = consumers
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| EngineError::precondition(ErrorCode::NotFound, format!("stream {stream} has no durable consumer {name}")))?;
+    let mut config = consumer.config;
+    config["deliver_policy"] = serde_json::json!("by_start_sequence");
+    config["opt_start_seq"] = serde_json::json!(from);
+    if let Some(map) = config.as_object_mut() {
+        map.remove("opt_start_time");
+    }
+    ctx.api.raw(format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"), serde_json::json!({})).await?;
+    ctx.api.create_consumer(stream, name, &config).await?;
+    tracing::info!(stream, consumer = name, from, "consumer reset for replay");
     Ok(())
 }
 
