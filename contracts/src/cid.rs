@@ -78,7 +78,11 @@ pub mod link {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(cid: &Cid, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.collect_str(cid) } else { cid.serialize(s) }
+        if s.is_human_readable() {
+            s.collect_str(cid)
+        } else {
+            cid.serialize(s)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
@@ -122,14 +126,22 @@ mod link_tests {
 
     #[test]
     fn links_are_strings_in_json_and_tag_42_in_dag_cbor() {
-        let doc = Doc { parent: Some(dag_cbor_cid(&[0xa0])) };
+        let doc = Doc {
+            parent: Some(dag_cbor_cid(&[0xa0])),
+        };
         let json = serde_json::to_string(&doc).unwrap();
-        assert_eq!(json, r#"{"parent":"bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua"}"#);
+        assert_eq!(
+            json,
+            r#"{"parent":"bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua"}"#
+        );
         assert_eq!(serde_json::from_str::<Doc>(&json).unwrap(), doc);
         let cbor = serde_ipld_dagcbor::to_vec(&doc).unwrap();
         assert!(cbor.windows(2).any(|w| w == [0xd8, 0x2a]), "tag 42");
         assert_eq!(serde_ipld_dagcbor::from_slice::<Doc>(&cbor).unwrap(), doc);
         let none = Doc { parent: None };
-        assert_eq!(serde_json::from_str::<Doc>(&serde_json::to_string(&none).unwrap()).unwrap(), none);
+        assert_eq!(
+            serde_json::from_str::<Doc>(&serde_json::to_string(&none).unwrap()).unwrap(),
+            none
+        );
     }
 }

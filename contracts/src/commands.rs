@@ -68,7 +68,11 @@ pub enum BackupRef {
 impl FromStr for BackupRef {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "latest" { Ok(BackupRef::Latest) } else { s.parse().map(BackupRef::Id) }
+        if s == "latest" {
+            Ok(BackupRef::Latest)
+        } else {
+            s.parse().map(BackupRef::Id)
+        }
     }
 }
 
@@ -89,7 +93,9 @@ impl Serialize for BackupRef {
 
 impl<'de> Deserialize<'de> for BackupRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -109,10 +115,18 @@ pub struct RestoreBackup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Only messages with original timestamp at or after this (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub start: Option<time::OffsetDateTime>,
     /// Only messages with original timestamp before this (RFC 3339, exclusive).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub end: Option<time::OffsetDateTime>,
     /// Only messages from this stream sequence on (inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +218,44 @@ pub struct CheckStream {
     pub correlation_id: Option<String>,
 }
 
+/// `cim.backup.cmd.repair`: restore a live stream from a point (integrity issue). The stream
+/// keeps its messages before `sequence`; from `sequence` on it holds the backup's records, with
+/// their original sequence numbers. It rewrites a live stream, so it runs only with `confirm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairStream {
+    /// The live stream to repair (it must also be in the backup).
+    pub stream: String,
+    /// The first sequence replaced by the backup's records (the corruption point).
+    pub sequence: u64,
+    /// Backup id, or `latest` (newest backup holding `stream`).
+    pub backup: BackupRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The chain profile the repaired stream is checked with before it replaces the live one
+    /// (default: the stream's configured one; without either, counts are checked only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::integrity::ChainProfile>,
+    /// Keep live messages written after the backup's last sequence (default false: everything
+    /// from `sequence` on is the backup's; the replaced messages stay in the safety copy).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_newer: bool,
+    /// Keep the copy of the stream as it was before the repair (default true). `false` deletes
+    /// it once the repaired stream has been checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_safety_copy: Option<bool>,
+    /// Report exactly what would change, and change nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Required to run: the caller has seen what it changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
 /// `cim.backup.cmd.cancel`: stop a running job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,7 +301,11 @@ pub struct BackupsQuery {
 /// Parses a JSON request body, treating an empty body as `{}` for queries that take no fields.
 pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, serde_json::Error> {
     let trimmed = body.trim_ascii();
-    if trimmed.is_empty() { serde_json::from_slice(b"{}") } else { serde_json::from_slice(trimmed) }
+    if trimmed.is_empty() {
+        serde_json::from_slice(b"{}")
+    } else {
+        serde_json::from_slice(trimmed)
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! | `id` | text | event id (UUID) |
 //! | `type` | text | event type, e.g. `BackupAccepted`; also the last subject token |
 //! | `version` | int | schema version of `data` for this event type |
-//! | `aggregate_type` | text | `backup`, `restore`, `verify` |
+//! | `aggregate_type` | text | `backup`, `restore`, `verify`, `check`, `repair` |
 //! | `aggregate_id` | text | the job id |
 //! | `sequence` | int | per-aggregate sequence, 1-based, no gaps |
 //! | `time` | text | RFC 3339 UTC |
@@ -45,11 +45,17 @@ pub enum EventDecodeError {
     #[error("unknown aggregate type {0:?}")]
     AggregateType(String),
     #[error("unknown event type {event_type:?} for aggregate type {aggregate_type}")]
-    EventType { aggregate_type: String, event_type: String },
+    EventType {
+        aggregate_type: String,
+        event_type: String,
+    },
     #[error("event {event_type} data does not match its schema: {message}")]
     Data { event_type: String, message: String },
     #[error("bad field {field}: {message}")]
-    Field { field: &'static str, message: String },
+    Field {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// Metadata of one event that the caller decides (the domain has no clock and no randomness).
@@ -79,6 +85,7 @@ pub enum JobEvent {
     Restore(RestoreEvent),
     Verify(VerifyEvent),
     Check(CheckEvent),
+    Repair(RepairEvent),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +112,7 @@ impl JobEvent {
             JobEvent::Restore(e) => e.event_type(),
             JobEvent::Verify(e) => e.event_type(),
             JobEvent::Check(e) => e.event_type(),
+            JobEvent::Repair(e) => e.event_type(),
         }
     }
 
@@ -114,6 +122,7 @@ impl JobEvent {
             JobEvent::Restore(e) => e.version(),
             JobEvent::Verify(e) => e.version(),
             JobEvent::Check(e) => e.version(),
+            JobEvent::Repair(e) => e.version(),
         }
     }
 
@@ -123,6 +132,7 @@ impl JobEvent {
             JobEvent::Restore(_) => JobKind::Restore,
             JobEvent::Verify(_) => JobKind::Verify,
             JobEvent::Check(_) => JobKind::Check,
+            JobEvent::Repair(_) => JobKind::Repair,
         }
     }
 
@@ -132,15 +142,24 @@ impl JobEvent {
             JobEvent::Restore(e) => e.to_data(),
             JobEvent::Verify(e) => e.to_data(),
             JobEvent::Check(e) => e.to_data(),
+            JobEvent::Repair(e) => e.to_data(),
         }
     }
 
-    fn from_data(kind: JobKind, event_type: &str, version: u32, data: Ipld) -> Result<Self, EventDecodeError> {
+    fn from_data(
+        kind: JobKind,
+        event_type: &str,
+        version: u32,
+        data: Ipld,
+    ) -> Result<Self, EventDecodeError> {
         Ok(match kind {
             JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, version, data)?),
-            JobKind::Restore => JobEvent::Restore(RestoreEvent::from_data(event_type, version, data)?),
+            JobKind::Restore => {
+                JobEvent::Restore(RestoreEvent::from_data(event_type, version, data)?)
+            }
             JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, version, data)?),
             JobKind::Check => JobEvent::Check(CheckEvent::from_data(event_type, version, data)?),
+            JobKind::Repair => JobEvent::Repair(RepairEvent::from_data(event_type, version, data)?),
         })
     }
 }
@@ -205,7 +224,10 @@ impl EventEnvelope {
 }
 
 fn field(field: &'static str, e: impl std::fmt::Display) -> EventDecodeError {
-    EventDecodeError::Field { field, message: e.to_string() }
+    EventDecodeError::Field {
+        field,
+        message: e.to_string(),
+    }
 }
 
 /// RFC 3339 in UTC with as many fractional digits as needed: one value, one spelling, so the
@@ -585,10 +607,18 @@ pub struct Selection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_seq: Option<u64>,
     /// Original timestamp at or after this.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub start: Option<OffsetDateTime>,
     /// Original timestamp strictly before this.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub end: Option<OffsetDateTime>,
     /// NATS subject filters (wildcards allowed); a message matching any is kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -833,4 +863,156 @@ impl CheckCompleted {
     pub fn is_clean(&self) -> bool {
         self.reports.iter().all(|r| r.is_clean())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repair aggregate (restore from a point)
+
+event_enum!(
+    /// Events of the `repair` aggregate.
+    RepairEvent {
+        RepairAccepted(RepairAccepted) = 1,
+        RepairStarted(RepairStarted) = 1,
+        RepairStepDone(RepairStepDone) = 1,
+        RepairProgressed(RepairProgressed) = 1,
+        RepairCompleted(RepairCompleted) = 1,
+        RepairFailed(JobFailed) = 1,
+        RepairCancelRequested(CancelRequested) = 1,
+        RepairCancelled(JobCancelled) = 1,
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairAccepted {
+    /// The live stream repaired.
+    pub stream: String,
+    /// The first sequence replaced by the backup's records.
+    pub from_seq: u64,
+    /// Manifest CID of the backup read (an incremental one brings its chain).
+    pub backup: Cid,
+    pub source: String,
+    pub source_url: String,
+    /// The profile the repaired stream is checked with before it replaces the live one; `None`:
+    /// counts only.
+    #[serde(default)]
+    pub profile: Option<crate::integrity::ChainProfile>,
+    /// Live messages after the backup's last sequence are kept.
+    pub keep_newer: bool,
+    /// The copy of the stream as it was is kept after the repair.
+    pub keep_safety_copy: bool,
+    /// The live stream's configuration when the repair was accepted (JSON): what it gets back,
+    /// and what it must still be when the repair starts (else someone changed it meanwhile).
+    pub original_config: String,
+    pub admission: Admission,
+}
+
+/// What a repair does, decided before anything is written (also the dry-run answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairPlan {
+    pub stream: String,
+    pub from_seq: u64,
+    /// The live stream when the plan was made (for a job: after writes to it were stopped).
+    pub live_first_seq: u64,
+    pub live_last_seq: u64,
+    pub live_messages: u64,
+    /// Live messages before `from_seq`: kept as they are.
+    pub kept_live: u64,
+    /// The backup's records from `from_seq` on, and their sequence range (0/0 when none).
+    pub from_backup: u64,
+    pub backup_first_seq: u64,
+    pub backup_last_seq: u64,
+    /// Live messages from `from_seq` on that the repaired stream no longer holds (they stay in
+    /// the safety copy).
+    pub replaced: u64,
+    /// Live messages after the backup's last sequence that are kept (`keep_newer`).
+    pub kept_newer: u64,
+    /// The repaired stream's last sequence: never lower than the live one, so no sequence
+    /// number a consumer has seen is used again.
+    pub target_last_seq: u64,
+    /// The copy of the stream as it was, and the stream the repaired content is built in.
+    pub safety_copy: String,
+    pub staging: String,
+    /// Durable consumers carried over, with their positions.
+    pub consumers: Vec<String>,
+    /// Whether the repaired stream's chains are checked (a profile is known).
+    pub chain_checked: bool,
+    pub notes: Vec<String>,
+}
+
+impl RepairPlan {
+    /// Messages the repaired stream holds.
+    pub fn messages(&self) -> u64 {
+        self.kept_live + self.from_backup + self.kept_newer
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairStarted {
+    /// Made after the live stream stopped taking writes (it answers to no subject from here on
+    /// until it is swapped, or the repair fails or is cancelled and gives it its subjects back).
+    pub plan: RepairPlan,
+    /// The backups read, the full one first.
+    pub chain: Vec<Cid>,
+}
+
+/// The steps of a repair, in order. Each is recorded once done, so a restarted service resumes
+/// after the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepairStep {
+    /// The stream as it was is copied (server snapshot, restored under the safety name,
+    /// without consumers: they stay with the live stream).
+    SafetyCopied,
+    /// The repaired content is written to the staging stream.
+    Staged,
+    /// The staging stream holds exactly the plan, and its chains are intact.
+    Verified,
+    /// The live stream is about to be deleted (no cancelling from here).
+    Swapping,
+    /// The live stream holds the repaired content and answers to its subjects again.
+    Swapped,
+}
+
+impl RepairStep {
+    pub const ALL: [RepairStep; 5] = [
+        RepairStep::SafetyCopied,
+        RepairStep::Staged,
+        RepairStep::Verified,
+        RepairStep::Swapping,
+        RepairStep::Swapped,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairStepDone {
+    pub step: RepairStep,
+    /// The stream the step produced or changed, and what it holds.
+    pub stream: String,
+    pub messages: u64,
+    pub last_seq: u64,
+    /// `Swapping`: the live stream's durable consumers and positions, carried over.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerPosition>,
+}
+
+/// Messages written to the staging stream so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairProgressed {
+    pub messages_done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairCompleted {
+    /// What the repaired stream holds.
+    pub messages: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The chain check of the repaired stream (when a profile is known); always clean.
+    #[serde(default)]
+    pub report: Option<crate::integrity::IntegrityReport>,
+    /// The stream as it was, if kept.
+    #[serde(default)]
+    pub safety_copy: Option<String>,
+    #[serde(default)]
+    pub notes: Vec<String>,
 }

@@ -41,8 +41,13 @@ impl FromStr for JobId {
         let ok = !s.is_empty()
             && s.len() <= 64
             && is_subject_token(s)
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok { Ok(JobId(s.to_owned())) } else { Err(IdError::BadJobId(s.to_owned())) }
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(JobId(s.to_owned()))
+        } else {
+            Err(IdError::BadJobId(s.to_owned()))
+        }
     }
 }
 
@@ -123,7 +128,11 @@ mod tests {
 
     #[test]
     fn job_ids_must_be_subject_and_key_safe() {
-        assert!("0193f1c2-aaaa-7bbb-8ccc-0123456789ab".parse::<JobId>().is_ok());
+        assert!(
+            "0193f1c2-aaaa-7bbb-8ccc-0123456789ab"
+                .parse::<JobId>()
+                .is_ok()
+        );
         for bad in ["", "a.b", "a b", "a*", "a>", "ä", &"x".repeat(65)] {
             assert!(bad.parse::<JobId>().is_err(), "{bad:?} accepted");
         }

@@ -56,7 +56,13 @@ pub struct ChainProfile {
 
 impl ChainProfile {
     pub fn native() -> Self {
-        ChainProfile { profile: ProfileKind::Native, chain_by: None, cid_field: None, previous_field: None, sequence_field: None }
+        ChainProfile {
+            profile: ProfileKind::Native,
+            chain_by: None,
+            cid_field: None,
+            previous_field: None,
+            sequence_field: None,
+        }
     }
 
     pub fn chain_by(&self) -> ChainBy {
@@ -100,7 +106,11 @@ pub struct Finding {
     /// Stream sequence and original time of the chain's last good event before this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good_seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub last_good_time: Option<time::OffsetDateTime>,
 }
 
@@ -163,7 +173,11 @@ pub struct IntegrityReport {
 
 impl IntegrityReport {
     pub fn is_clean(&self) -> bool {
-        self.findings_total == 0 && self.projections.as_ref().is_none_or(|p| p.inconsistent == 0)
+        self.findings_total == 0
+            && self
+                .projections
+                .as_ref()
+                .is_none_or(|p| p.inconsistent == 0)
     }
 
     /// The human summary the runbook shows (`Event Stream: CORRUPTED - CID chain broken at seq
@@ -182,9 +196,15 @@ impl IntegrityReport {
         }
         if let Some(p) = &self.projections {
             if p.inconsistent == 0 {
-                lines.push(format!("Projections: OK - {} entries consistent", p.entries_checked));
+                lines.push(format!(
+                    "Projections: OK - {} entries consistent",
+                    p.entries_checked
+                ));
             } else {
-                lines.push(format!("Projections: INCONSISTENT - {} aggregates affected", p.inconsistent));
+                lines.push(format!(
+                    "Projections: INCONSISTENT - {} aggregates affected",
+                    p.inconsistent
+                ));
             }
         }
         lines

@@ -57,6 +57,17 @@ pub struct RestorePlan {
     pub notes: Vec<String>,
 }
 
+/// Reply to a repair with `"dry_run": true`: exactly what would change. Nothing did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairPreview {
+    pub dry_run: bool,
+    pub backup: crate::BackupId,
+    /// The backups that would be read, the full one first.
+    pub chain: Vec<crate::BackupId>,
+    #[serde(flatten)]
+    pub plan: crate::events::RepairPlan,
+}
+
 /// The JSON body of every error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +88,12 @@ pub struct ErrorDetail {
 
 impl ErrorReply {
     pub fn new(kind: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply { error: ErrorDetail { code: kind.status(), kind, message: message.into() } }
+        ErrorReply {
+            error: ErrorDetail {
+                code: kind.status(),
+                kind,
+                message: message.into(),
+            },
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,cancel}` | command, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel}` | command, request/reply |
 //! | `cim.backup.qry.{job,jobs,backups}` | query, request/reply |
 //! | `cim.backup.evt.<aggregate-type>.<aggregate-id>.<event-type>` | events, JetStream |
 
@@ -20,6 +20,7 @@ pub const CMD_START: &str = "cim.backup.cmd.start";
 pub const CMD_RESTORE: &str = "cim.backup.cmd.restore";
 pub const CMD_VERIFY: &str = "cim.backup.cmd.verify";
 pub const CMD_CHECK: &str = "cim.backup.cmd.check";
+pub const CMD_REPAIR: &str = "cim.backup.cmd.repair";
 pub const CMD_CANCEL: &str = "cim.backup.cmd.cancel";
 
 pub const QRY_JOB: &str = "cim.backup.qry.job";
@@ -43,7 +44,13 @@ pub const PROJECTOR_DURABLE: &str = "cim-backup-projector";
 pub fn projector_durable(instance: &str) -> String {
     let safe: String = instance
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{PROJECTOR_DURABLE}-{safe}")
 }
@@ -92,8 +99,14 @@ mod tests {
     fn event_subject_round_trips() {
         let s = event_subject("backup", "job-1", "BackupAccepted");
         assert_eq!(s, "cim.backup.evt.backup.job-1.BackupAccepted");
-        assert_eq!(parse_event_subject(&s), Some(("backup", "job-1", "BackupAccepted")));
-        assert_eq!(aggregate_wildcard("backup", "job-1"), "cim.backup.evt.backup.job-1.*");
+        assert_eq!(
+            parse_event_subject(&s),
+            Some(("backup", "job-1", "BackupAccepted"))
+        );
+        assert_eq!(
+            aggregate_wildcard("backup", "job-1"),
+            "cim.backup.evt.backup.job-1.*"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum JobKind {
     Restore,
     Verify,
     Check,
+    /// Restore from a point: part of a live stream replaced by a backup's records.
+    Repair,
 }
 
 impl JobKind {
@@ -27,6 +29,7 @@ impl JobKind {
             JobKind::Restore => "restore",
             JobKind::Verify => "verify",
             JobKind::Check => "check",
+            JobKind::Repair => "repair",
         }
     }
 }
@@ -45,6 +48,7 @@ impl FromStr for JobKind {
             "restore" => Ok(JobKind::Restore),
             "verify" => Ok(JobKind::Verify),
             "check" => Ok(JobKind::Check),
+            "repair" => Ok(JobKind::Repair),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -64,7 +68,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job can no longer change.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +144,10 @@ pub struct JobView {
     /// A finished replay's consumers, reset to its start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replayed: Vec<String>,
+    /// What the operator should know about a finished restore or repair (subjects left out,
+    /// limits relaxed, the safety copy kept, messages replaced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One stored backup (`cim.backup.qry.backups`).
@@ -180,6 +191,10 @@ impl BucketRef {
         } else {
             return None;
         };
-        Some(BucketRef { stream: stream.to_owned(), kind: kind.to_owned(), name: name.to_owned() })
+        Some(BucketRef {
+            stream: stream.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        })
     }
 }

@@ -1,11 +1,11 @@
 //! Golden vectors: the exact bytes and CIDs of events. Any drift in encoding, key order, field
 //! names or CID rules fails here — that drift would break every agent that verifies our chain.
 
+use cim_backup_contracts::JobId;
 use cim_backup_contracts::cid::{dag_cbor_cid, verifies};
 use cim_backup_contracts::commands::CompressionAlgorithm;
 use cim_backup_contracts::events::*;
 use cim_backup_contracts::views::JobKind;
-use cim_backup_contracts::JobId;
 use time::macros::datetime;
 
 fn meta(n: u32) -> EventMeta {
@@ -28,7 +28,10 @@ fn accepted() -> EventEnvelope {
             streams: vec!["EVENTS".into()],
             destination: "local".into(),
             destination_url: "file:///srv/backups".into(),
-            compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
+            compression: Compression {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: 3,
+            },
             segment_bytes: 8 << 20,
             incremental: true,
             mode: BackupMode::Messages,
@@ -90,7 +93,10 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
     // CBOR tag 42 (0xd8 0x2a) followed by a byte string holding 0x00 + the CID bytes.
     let mut link = vec![0xd8, 0x2a, 0x58, 37, 0x00];
     link.extend_from_slice(&first.0.to_bytes());
-    assert!(bytes.windows(link.len()).any(|w| w == link), "prev is not a tag-42 link");
+    assert!(
+        bytes.windows(link.len()).any(|w| w == link),
+        "prev is not a tag-42 link"
+    );
     let decoded = EventEnvelope::decode(&bytes).unwrap();
     assert_eq!(decoded, started);
     assert_eq!(decoded.prev, Some(first));
@@ -120,7 +126,10 @@ fn a_newer_event_version_is_refused_not_misread() {
 fn unknown_event_type_is_a_named_error() {
     let mut bytes = accepted().encode();
     // Flip the event type name "BackupAccepted" to "BackupAcceptex" inside the payload.
-    let pos = bytes.windows(14).position(|w| w == b"BackupAccepted").unwrap();
+    let pos = bytes
+        .windows(14)
+        .position(|w| w == b"BackupAccepted")
+        .unwrap();
     bytes[pos + 13] = b'x';
     let err = EventEnvelope::decode(&bytes).unwrap_err();
     assert!(err.to_string().contains("BackupAcceptex"), "{err}");

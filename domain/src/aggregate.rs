@@ -29,13 +29,17 @@ pub trait Aggregate: Default + Clone + std::fmt::Debug {
     where
         Self::Event: 'a,
     {
-        events.into_iter().fold(Self::default(), |state, event| state.apply(event))
+        events
+            .into_iter()
+            .fold(Self::default(), |state, event| state.apply(event))
     }
 }
 
 /// `given(history).when(command).then_expect(events)` for aggregate tests (after cqrs-es).
 pub fn given<A: Aggregate>(history: Vec<A::Event>) -> Given<A> {
-    Given { state: A::from_history(&history) }
+    Given {
+        state: A::from_history(&history),
+    }
 }
 
 pub struct Given<A: Aggregate> {
@@ -44,7 +48,9 @@ pub struct Given<A: Aggregate> {
 
 impl<A: Aggregate> Given<A> {
     pub fn when(self, command: A::Command) -> Then<A> {
-        Then { result: self.state.handle(command) }
+        Then {
+            result: self.state.handle(command),
+        }
     }
 }
 
@@ -74,7 +80,10 @@ impl<A: Aggregate> Then<A> {
     pub fn then_reject_containing(self, needle: &str) {
         match self.result {
             Ok(events) => panic!("expected a rejection containing {needle:?}, got {events:?}"),
-            Err(e) => assert!(e.to_string().contains(needle), "{e} does not contain {needle:?}"),
+            Err(e) => assert!(
+                e.to_string().contains(needle),
+                "{e} does not contain {needle:?}"
+            ),
         }
     }
 }

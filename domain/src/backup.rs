@@ -8,8 +8,9 @@
 use std::collections::HashSet;
 
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupEvent, BackupMode, BackupStarted, CancelRequested, ENCRYPTION_AGE, JobCancelled,
-    JobEvent, JobFailed, PartInfo, SegmentInfo, SegmentStored, SnapshotPartStored, SnapshotTaken, StreamStart, StreamSummary,
+    BackupAccepted, BackupCompleted, BackupEvent, BackupMode, BackupStarted, CancelRequested,
+    ENCRYPTION_AGE, JobCancelled, JobEvent, JobFailed, PartInfo, SegmentInfo, SegmentStored,
+    SnapshotPartStored, SnapshotTaken, StreamStart, StreamSummary,
 };
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
@@ -50,7 +51,10 @@ pub struct BackupJob {
 impl BackupJob {
     /// Segments already stored for `stream`, in order.
     pub fn segments_of<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a SegmentInfo> {
-        self.segments.iter().filter(move |s| s.stream == stream).map(|s| &s.segment)
+        self.segments
+            .iter()
+            .filter(move |s| s.stream == stream)
+            .map(|s| &s.segment)
     }
 
     /// Last sequence already stored for `stream`: a resumed job continues after it.
@@ -60,14 +64,21 @@ impl BackupJob {
 
     /// The start of `stream` in this backup (cut, config, parent, consumers).
     pub fn stream_start(&self, stream: &str) -> Option<&StreamStart> {
-        self.started.as_ref()?.streams.iter().find(|s| s.cut.stream == stream)
+        self.started
+            .as_ref()?
+            .streams
+            .iter()
+            .find(|s| s.cut.stream == stream)
     }
 
     /// The next sequence to read for `stream`: after the last stored segment, else from the
     /// start of this backup's range (after the parent's cut for an incremental backup).
     pub fn resume_from(&self, stream: &str) -> Option<u64> {
         let start = self.stream_start(stream)?;
-        Some(self.stored_up_to(stream).map_or(start.from_seq(), |s| s + 1))
+        Some(
+            self.stored_up_to(stream)
+                .map_or(start.from_seq(), |s| s + 1),
+        )
     }
 
     fn mode(&self) -> BackupMode {
@@ -81,14 +92,19 @@ impl BackupJob {
 
     /// The stored parts of `stream`'s snapshot, in order (snapshot mode).
     pub fn parts_of<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a PartInfo> {
-        self.parts.iter().filter(move |p| p.stream == stream).map(|p| &p.part)
+        self.parts
+            .iter()
+            .filter(move |p| p.stream == stream)
+            .map(|p| &p.part)
     }
 
     /// Per-stream totals of what is stored, in cut order. A stream with no segments (empty,
     /// or nothing new since its parent) has `last_seq < first_seq`. In snapshot mode the
     /// totals are the snapshot's and the "segments" its parts.
     pub fn summaries(&self) -> Vec<StreamSummary> {
-        let Some(started) = &self.started else { return Vec::new() };
+        let Some(started) = &self.started else {
+            return Vec::new();
+        };
         if self.mode() == BackupMode::Snapshot {
             return started
                 .streams
@@ -133,15 +149,21 @@ impl BackupJob {
 
     fn validate_spec(spec: &BackupAccepted) -> Result<(), DomainError> {
         if spec.streams.is_empty() {
-            return Err(DomainError::invalid("streams: at least one stream is required"));
+            return Err(DomainError::invalid(
+                "streams: at least one stream is required",
+            ));
         }
         let mut seen = HashSet::new();
         for stream in &spec.streams {
             if !is_stream_name(stream) {
-                return Err(DomainError::invalid(format!("streams: {stream:?} is not a valid stream name")));
+                return Err(DomainError::invalid(format!(
+                    "streams: {stream:?} is not a valid stream name"
+                )));
             }
             if !seen.insert(stream) {
-                return Err(DomainError::invalid(format!("streams: {stream:?} is listed twice")));
+                return Err(DomainError::invalid(format!(
+                    "streams: {stream:?} is listed twice"
+                )));
             }
         }
         let level = spec.compression.level;
@@ -176,7 +198,10 @@ impl BackupJob {
         }
         if !spec.incremental || spec.mode == BackupMode::Snapshot {
             if let Some(s) = started.streams.iter().find(|s| s.parent.is_some()) {
-                return Err(DomainError::invalid(format!("cut: {} has a parent in a full backup", s.cut.stream)));
+                return Err(DomainError::invalid(format!(
+                    "cut: {} has a parent in a full backup",
+                    s.cut.stream
+                )));
             }
         }
         Ok(())
@@ -184,20 +209,31 @@ impl BackupJob {
 
     fn validate_snapshot(&self, taken: &SnapshotTaken) -> Result<(), DomainError> {
         if self.mode() != BackupMode::Snapshot {
-            return Err(DomainError::invalid("snapshot: this backup stores messages, not snapshots"));
+            return Err(DomainError::invalid(
+                "snapshot: this backup stores messages, not snapshots",
+            ));
         }
         if self.stream_start(&taken.stream).is_none() {
-            return Err(DomainError::invalid(format!("snapshot: stream {:?} is not part of this backup", taken.stream)));
+            return Err(DomainError::invalid(format!(
+                "snapshot: stream {:?} is not part of this backup",
+                taken.stream
+            )));
         }
         if self.snapshot_of(&taken.stream).is_some() {
-            return Err(DomainError::invalid(format!("snapshot: {} was already taken", taken.stream)));
+            return Err(DomainError::invalid(format!(
+                "snapshot: {} was already taken",
+                taken.stream
+            )));
         }
         Ok(())
     }
 
     fn validate_part(&self, stored: &SnapshotPartStored) -> Result<(), DomainError> {
         if self.snapshot_of(&stored.stream).is_none() {
-            return Err(DomainError::invalid(format!("part: no snapshot of {:?} was taken", stored.stream)));
+            return Err(DomainError::invalid(format!(
+                "part: no snapshot of {:?} was taken",
+                stored.stream
+            )));
         }
         if stored.part.raw_bytes == 0 {
             return Err(DomainError::invalid("part: must hold bytes"));
@@ -207,7 +243,9 @@ impl BackupJob {
 
     fn validate_segment(&self, stored: &SegmentStored) -> Result<(), DomainError> {
         if self.mode() != BackupMode::Messages {
-            return Err(DomainError::invalid("segment: a snapshot backup stores parts, not segments"));
+            return Err(DomainError::invalid(
+                "segment: a snapshot backup stores parts, not segments",
+            ));
         }
         let seg = &stored.segment;
         let Some(start) = self.stream_start(&stored.stream) else {
@@ -225,7 +263,9 @@ impl BackupJob {
             )));
         }
         if seg.records == 0 || seg.first_seq > seg.last_seq {
-            return Err(DomainError::invalid("segment: must hold at least one record"));
+            return Err(DomainError::invalid(
+                "segment: must hold at least one record",
+            ));
         }
         if seg.records > seg.last_seq - seg.first_seq + 1 {
             return Err(DomainError::invalid(format!(
@@ -252,8 +292,16 @@ impl BackupJob {
 
     fn validate_completion(&self, completed: &BackupCompleted) -> Result<(), DomainError> {
         if self.mode() == BackupMode::Snapshot {
-            if let Some(start) = self.started.iter().flat_map(|s| &s.streams).find(|s| self.snapshot_of(&s.cut.stream).is_none()) {
-                return Err(DomainError::invalid(format!("completion: no snapshot of {} was taken", start.cut.stream)));
+            if let Some(start) = self
+                .started
+                .iter()
+                .flat_map(|s| &s.streams)
+                .find(|s| self.snapshot_of(&s.cut.stream).is_none())
+            {
+                return Err(DomainError::invalid(format!(
+                    "completion: no snapshot of {} was taken",
+                    start.cut.stream
+                )));
             }
         }
         let expected = self.summaries();
@@ -369,7 +417,9 @@ mod tests {
     use super::*;
     use crate::aggregate::given;
     use crate::test_support::*;
-    use cim_backup_contracts::events::{ParentLink, PartInfo, SnapshotPartStored, SnapshotTaken, StreamCut};
+    use cim_backup_contracts::events::{
+        ParentLink, PartInfo, SnapshotPartStored, SnapshotTaken, StreamCut,
+    };
 
     fn cut(stream: &str, first: u64, last: u64) -> StreamCut {
         StreamCut {
@@ -387,18 +437,28 @@ mod tests {
         StreamStart {
             config: format!(r#"{{"name":"{}"}}"#, cut.stream),
             cut,
-            parent: parent.map(|p| ParentLink { backup: manifest_cid(), cut_last_seq: p }),
+            parent: parent.map(|p| ParentLink {
+                backup: manifest_cid(),
+                cut_last_seq: p,
+            }),
             consumers: vec![],
         }
     }
 
     fn started(cut: Vec<StreamCut>) -> BackupStarted {
         let streams = cut.into_iter().map(|c| start(c, None)).collect();
-        BackupStarted { taken_at: time::OffsetDateTime::UNIX_EPOCH, streams, tool: "test".into() }
+        BackupStarted {
+            taken_at: time::OffsetDateTime::UNIX_EPOCH,
+            streams,
+            tool: "test".into(),
+        }
     }
 
     fn stored(stream: &str, first: u64, last: u64) -> SegmentStored {
-        SegmentStored { stream: stream.into(), segment: segment(first, last) }
+        SegmentStored {
+            stream: stream.into(),
+            segment: segment(first, last),
+        }
     }
 
     fn completed(streams: Vec<StreamSummary>) -> BackupCompleted {
@@ -435,7 +495,9 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected_naming_the_field() {
-        given::<BackupJob>(vec![]).when(BackupCommand::Accept(backup_spec(&[]))).then_reject_containing("streams");
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(backup_spec(&[])))
+            .then_reject_containing("streams");
         given::<BackupJob>(vec![])
             .when(BackupCommand::Accept(backup_spec(&["A", "A"])))
             .then_reject_containing("listed twice");
@@ -444,7 +506,9 @@ mod tests {
             .then_reject_containing("not a valid stream name");
         let mut spec = backup_spec(&["A"]);
         spec.compression.level = 40;
-        given::<BackupJob>(vec![]).when(BackupCommand::Accept(spec)).then_reject_containing("zstd_level");
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(spec))
+            .then_reject_containing("zstd_level");
     }
 
     #[test]
@@ -485,7 +549,9 @@ mod tests {
 
         let mut inflated = honest;
         inflated.streams[0].messages += 1;
-        given::<BackupJob>(history).when(BackupCommand::Complete(inflated)).then_reject_containing("differ");
+        given::<BackupJob>(history)
+            .when(BackupCommand::Complete(inflated))
+            .then_reject_containing("differ");
     }
 
     #[test]
@@ -494,9 +560,16 @@ mod tests {
         let state = BackupJob::from_history(&history);
         history.push(BackupEvent::BackupCompleted(completed(state.summaries())));
         given::<BackupJob>(history.clone())
-            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
-            .then_reject(DomainError::WrongState { action: "cancel", state: JobState::Completed });
-        given::<BackupJob>(history).when(BackupCommand::Fail(failure())).then_reject_containing("completed");
+            .when(BackupCommand::RequestCancel(CancelRequested {
+                reason: None,
+            }))
+            .then_reject(DomainError::WrongState {
+                action: "cancel",
+                state: JobState::Completed,
+            });
+        given::<BackupJob>(history)
+            .when(BackupCommand::Fail(failure()))
+            .then_reject_containing("completed");
     }
 
     #[test]
@@ -505,19 +578,27 @@ mod tests {
         given::<BackupJob>(history.clone())
             .when(BackupCommand::ConfirmCancel(JobCancelled { reason: None }))
             .then_reject_containing("no cancellation was requested");
-        history.push(BackupEvent::BackupCancelRequested(CancelRequested { reason: None }));
+        history.push(BackupEvent::BackupCancelRequested(CancelRequested {
+            reason: None,
+        }));
         given::<BackupJob>(history.clone())
-            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
+            .when(BackupCommand::RequestCancel(CancelRequested {
+                reason: None,
+            }))
             .then_expect(vec![]);
         given::<BackupJob>(history)
             .when(BackupCommand::ConfirmCancel(JobCancelled { reason: None }))
-            .then_expect(vec![BackupEvent::BackupCancelled(JobCancelled { reason: None })]);
+            .then_expect(vec![BackupEvent::BackupCancelled(JobCancelled {
+                reason: None,
+            })]);
     }
 
     #[test]
     fn commands_on_a_missing_job_are_rejected() {
         given::<BackupJob>(vec![])
-            .when(BackupCommand::RequestCancel(CancelRequested { reason: None }))
+            .when(BackupCommand::RequestCancel(CancelRequested {
+                reason: None,
+            }))
             .then_reject(DomainError::NotCreated);
     }
 
@@ -530,7 +611,10 @@ mod tests {
             streams: vec![start(cut("A", 1, 150), Some(100))],
             tool: "t".into(),
         };
-        let history = vec![BackupEvent::BackupAccepted(spec.clone()), BackupEvent::BackupStarted(started.clone())];
+        let history = vec![
+            BackupEvent::BackupAccepted(spec.clone()),
+            BackupEvent::BackupStarted(started.clone()),
+        ];
         let state = BackupJob::from_history(&history);
         assert_eq!(state.resume_from("A"), Some(101));
         given::<BackupJob>(history.clone())
@@ -541,7 +625,10 @@ mod tests {
             .then_expect(vec![BackupEvent::SegmentStored(stored("A", 101, 150))]);
         let summaries = state.summaries();
         assert_eq!(summaries[0].parent, Some(manifest_cid()));
-        assert!(summaries[0].last_seq < summaries[0].first_seq, "nothing stored yet");
+        assert!(
+            summaries[0].last_seq < summaries[0].first_seq,
+            "nothing stored yet"
+        );
 
         spec.incremental = false;
         given::<BackupJob>(vec![BackupEvent::BackupAccepted(spec)])
@@ -553,14 +640,31 @@ mod tests {
     fn a_snapshot_backup_records_parts_not_segments_and_completes_only_with_every_snapshot() {
         let mut spec = backup_spec(&["A", "B"]);
         spec.mode = BackupMode::Snapshot;
-        let mut history = vec![BackupEvent::BackupAccepted(spec), BackupEvent::BackupStarted(started(vec![cut("A", 1, 10), cut("B", 1, 5)]))];
-        given::<BackupJob>(history.clone()).when(BackupCommand::RecordSegment(stored("A", 1, 10))).then_reject_containing("parts, not segments");
+        let mut history = vec![
+            BackupEvent::BackupAccepted(spec),
+            BackupEvent::BackupStarted(started(vec![cut("A", 1, 10), cut("B", 1, 5)])),
+        ];
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordSegment(stored("A", 1, 10)))
+            .then_reject_containing("parts, not segments");
         let part = |stream: &str| SnapshotPartStored {
             stream: stream.into(),
-            part: PartInfo { cid: manifest_cid(), raw_bytes: 100, stored_bytes: 100 },
+            part: PartInfo {
+                cid: manifest_cid(),
+                raw_bytes: 100,
+                stored_bytes: 100,
+            },
         };
-        given::<BackupJob>(history.clone()).when(BackupCommand::RecordPart(part("A"))).then_reject_containing("no snapshot");
-        let taken = |stream: &str, last: u64| SnapshotTaken { stream: stream.into(), first_seq: 1, last_seq: last, messages: last, bytes: 1 };
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordPart(part("A")))
+            .then_reject_containing("no snapshot");
+        let taken = |stream: &str, last: u64| SnapshotTaken {
+            stream: stream.into(),
+            first_seq: 1,
+            last_seq: last,
+            messages: last,
+            bytes: 1,
+        };
         history.push(BackupEvent::SnapshotTaken(taken("A", 11)));
         history.push(BackupEvent::SnapshotPartStored(part("A")));
         let state = BackupJob::from_history(&history);
@@ -570,7 +674,15 @@ mod tests {
         history.push(BackupEvent::SnapshotTaken(taken("B", 5)));
         let state = BackupJob::from_history(&history);
         let summaries = state.summaries();
-        assert_eq!((summaries[0].messages, summaries[0].last_seq, summaries[0].segments), (11, 11, 1), "the snapshot's own state");
+        assert_eq!(
+            (
+                summaries[0].messages,
+                summaries[0].last_seq,
+                summaries[0].segments
+            ),
+            (11, 11, 1),
+            "the snapshot's own state"
+        );
         given::<BackupJob>(history)
             .when(BackupCommand::Complete(completed(summaries.clone())))
             .then_expect(vec![BackupEvent::BackupCompleted(completed(summaries))]);

@@ -34,7 +34,10 @@ pub struct ChainItem<'a> {
 
 impl std::fmt::Debug for ChainItem<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChainItem").field("stream_seq", &self.stream_seq).field("subject", &self.subject).finish()
+        f.debug_struct("ChainItem")
+            .field("stream_seq", &self.stream_seq)
+            .field("subject", &self.subject)
+            .finish()
     }
 }
 
@@ -73,14 +76,21 @@ pub fn profile(spec: &ChainProfile) -> Box<dyn Profile + Send + Sync> {
         ProfileKind::LinkOnly => Box::new(LinkOnly {
             chain_by,
             cid_field: spec.cid_field.clone().unwrap_or_else(|| "cid".into()),
-            previous_field: spec.previous_field.clone().unwrap_or_else(|| "previous_cid".into()),
+            previous_field: spec
+                .previous_field
+                .clone()
+                .unwrap_or_else(|| "previous_cid".into()),
             sequence_field: spec.sequence_field.clone(),
         }),
     }
 }
 
 /// The chain key of a message by subject token, field or stream.
-fn chain_key(chain_by: &ChainBy, item: &ChainItem<'_>, json: Option<&Value>) -> Result<String, String> {
+fn chain_key(
+    chain_by: &ChainBy,
+    item: &ChainItem<'_>,
+    json: Option<&Value>,
+) -> Result<String, String> {
     match chain_by {
         ChainBy::Stream | ChainBy::Envelope => Ok(String::new()),
         ChainBy::SubjectToken(i) => item
@@ -119,7 +129,13 @@ impl Profile for Native {
         let envelope = EventEnvelope::decode(item.payload).map_err(|e| e.to_string())?;
         let cid = dag_cbor_cid(item.payload).to_string();
         let content = (item.headers)("Cim-Cid").map(|claimed| {
-            if claimed == cid { Ok(()) } else { Err(format!("Cim-Cid header says {claimed}, payload hashes to {cid}")) }
+            if claimed == cid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Cim-Cid header says {claimed}, payload hashes to {cid}"
+                ))
+            }
         });
         Ok(Link {
             chain: format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id),
@@ -157,13 +173,18 @@ impl Profile for CimIpld {
         Some(0)
     }
     fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
-        let c: ChainedContent<'_> = serde_json::from_slice(item.payload).map_err(|e| format!("not a ChainedContent: {e}"))?;
+        let c: ChainedContent<'_> = serde_json::from_slice(item.payload)
+            .map_err(|e| format!("not a ChainedContent: {e}"))?;
         // The hashed bytes are serde_json's of {content, previous_cid, sequence} in that order.
         let mut hashed = Vec::with_capacity(c.content.get().len() + 96);
         hashed.extend_from_slice(b"{\"content\":");
         hashed.extend_from_slice(c.content.get().as_bytes());
         hashed.extend_from_slice(b",\"previous_cid\":");
-        hashed.extend_from_slice(serde_json::to_string(&c.previous_cid).expect("strings serialize").as_bytes());
+        hashed.extend_from_slice(
+            serde_json::to_string(&c.previous_cid)
+                .expect("strings serialize")
+                .as_bytes(),
+        );
         hashed.extend_from_slice(b",\"sequence\":");
         hashed.extend_from_slice(c.sequence.to_string().as_bytes());
         hashed.push(b'}');
@@ -171,17 +192,31 @@ impl Profile for CimIpld {
         let content = match Cid::try_from(c.cid.as_str()) {
             Err(e) => Err(format!("cid {:?} is not a CID: {e}", c.cid)),
             // The CID's codec label varies between cim-ipld versions; the multihash is what counts.
-            Ok(claimed) if claimed.hash().code() != BLAKE3 => Err(format!("cid {} is not a BLAKE3 CID", c.cid)),
-            Ok(claimed) if claimed.hash().digest() != digest.as_bytes() => {
-                Err(format!("CID mismatch: expected {}, calculated blake3 {}", c.cid, digest.to_hex()))
+            Ok(claimed) if claimed.hash().code() != BLAKE3 => {
+                Err(format!("cid {} is not a BLAKE3 CID", c.cid))
             }
+            Ok(claimed) if claimed.hash().digest() != digest.as_bytes() => Err(format!(
+                "CID mismatch: expected {}, calculated blake3 {}",
+                c.cid,
+                digest.to_hex()
+            )),
             Ok(_) => Ok(()),
         };
         let chain = match &self.chain_by {
-            ChainBy::Field(_) => chain_key(&self.chain_by, item, Some(&serde_json::from_slice(item.payload).map_err(|e| e.to_string())?))?,
+            ChainBy::Field(_) => chain_key(
+                &self.chain_by,
+                item,
+                Some(&serde_json::from_slice(item.payload).map_err(|e| e.to_string())?),
+            )?,
             other => chain_key(other, item, None)?,
         };
-        Ok(Link { chain, cid: c.cid, prev: c.previous_cid, sequence: Some(c.sequence), content: Some(content) })
+        Ok(Link {
+            chain,
+            cid: c.cid,
+            prev: c.previous_cid,
+            sequence: Some(c.sequence),
+            content: Some(content),
+        })
     }
 }
 
@@ -198,8 +233,13 @@ impl Profile for XCidHeaders {
         None
     }
     fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
-        let cid = (item.headers)("X-CID").filter(|c| !c.is_empty()).ok_or("no X-CID header")?.to_owned();
-        let prev = (item.headers)("X-Parent-CID").filter(|c| !c.is_empty()).map(str::to_owned);
+        let cid = (item.headers)("X-CID")
+            .filter(|c| !c.is_empty())
+            .ok_or("no X-CID header")?
+            .to_owned();
+        let prev = (item.headers)("X-Parent-CID")
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
         // The CID is over the stored event's JSON with its `cid` field empty.
         let text = std::str::from_utf8(item.payload).map_err(|_| "payload is not UTF-8")?;
         let needle = format!("\"cid\":\"{cid}\"");
@@ -210,17 +250,27 @@ impl Profile for XCidHeaders {
                 let computed = cim_backup_contracts::cid::raw_cid(hashed.as_bytes());
                 match Cid::try_from(cid.as_str()) {
                     Ok(claimed) if claimed.hash() == computed.hash() => Ok(()),
-                    Ok(_) => Err(format!("X-CID {cid} does not match the content (sha2-256 gives {computed})")),
+                    Ok(_) => Err(format!(
+                        "X-CID {cid} does not match the content (sha2-256 gives {computed})"
+                    )),
                     Err(e) => Err(format!("X-CID {cid:?} is not a CID: {e}")),
                 }
             }
         };
         let json = match &self.chain_by {
-            ChainBy::Field(_) => Some(serde_json::from_slice::<Value>(item.payload).map_err(|e| e.to_string())?),
+            ChainBy::Field(_) => {
+                Some(serde_json::from_slice::<Value>(item.payload).map_err(|e| e.to_string())?)
+            }
             _ => None,
         };
         let chain = chain_key(&self.chain_by, item, json.as_ref())?;
-        Ok(Link { chain, cid, prev, sequence: None, content: Some(content) })
+        Ok(Link {
+            chain,
+            cid,
+            prev,
+            sequence: None,
+            content: Some(content),
+        })
     }
 }
 
@@ -240,18 +290,29 @@ impl Profile for LinkOnly {
         None
     }
     fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
-        let json: Value = serde_json::from_slice(item.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        let json: Value = serde_json::from_slice(item.payload)
+            .map_err(|e| format!("payload is not JSON: {e}"))?;
         let text = |path: &str| match field(&json, path) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             _ => None,
         };
         let cid = text(&self.cid_field).ok_or_else(|| format!("no field {}", self.cid_field))?;
         let sequence = match &self.sequence_field {
-            Some(f) => Some(field(&json, f).and_then(Value::as_u64).ok_or_else(|| format!("no numeric field {f}"))?),
+            Some(f) => Some(
+                field(&json, f)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| format!("no numeric field {f}"))?,
+            ),
             None => None,
         };
         let chain = chain_key(&self.chain_by, item, Some(&json))?;
-        Ok(Link { chain, cid, prev: text(&self.previous_field), sequence, content: None })
+        Ok(Link {
+            chain,
+            cid,
+            prev: text(&self.previous_field),
+            sequence,
+            content: None,
+        })
     }
 }
 
@@ -285,14 +346,23 @@ pub struct ChainWalker {
 
 impl ChainWalker {
     pub fn new(profile: Box<dyn Profile + Send + Sync>) -> Self {
-        ChainWalker { profile, heads: HashMap::new(), broken: HashMap::new(), checked: 0, anchored: false }
+        ChainWalker {
+            profile,
+            heads: HashMap::new(),
+            broken: HashMap::new(),
+            checked: 0,
+            anchored: false,
+        }
     }
 
     /// A walker for a range that starts after the stream's first message: each chain's first
     /// event in the range is its anchor (its predecessor lies before the range), so breaks
     /// before a chain's first event in the range are not seen — start earlier to cover them.
     pub fn anchored(profile: Box<dyn Profile + Send + Sync>) -> Self {
-        ChainWalker { anchored: true, ..Self::new(profile) }
+        ChainWalker {
+            anchored: true,
+            ..Self::new(profile)
+        }
     }
 
     pub fn kind(&self) -> ProfileKind {
@@ -316,7 +386,14 @@ impl ChainWalker {
     /// Each chain's head and first break.
     pub fn chain_states(&self) -> impl Iterator<Item = (&str, ChainState)> {
         self.heads.iter().map(|(chain, h)| {
-            (chain.as_str(), ChainState { head_cid: h.cid.clone(), head_seq: h.stream_seq, first_break: self.broken.get(chain).copied() })
+            (
+                chain.as_str(),
+                ChainState {
+                    head_cid: h.cid.clone(),
+                    head_seq: h.stream_seq,
+                    first_break: self.broken.get(chain).copied(),
+                },
+            )
         })
     }
 
@@ -325,14 +402,22 @@ impl ChainWalker {
         self.checked += 1;
         let link = match self.profile.link(&item) {
             Ok(link) => link,
-            Err(detail) => return vec![self.finding(&item, None, FindingKind::Undecodable, detail, None)],
+            Err(detail) => {
+                return vec![self.finding(&item, None, FindingKind::Undecodable, detail, None)];
+            }
         };
         let head = self.heads.get(&link.chain).cloned();
         let last_good = head.as_ref().map(|h| (h.stream_seq, h.time_ns));
         if let Some(Err(detail)) = &link.content {
             // Content that does not match its CID cannot become the chain's head: the next
             // event must link to the genuine predecessor.
-            let finding = self.finding(&item, Some(&link.chain), FindingKind::CidMismatch, detail.clone(), last_good);
+            let finding = self.finding(
+                &item,
+                Some(&link.chain),
+                FindingKind::CidMismatch,
+                detail.clone(),
+                last_good,
+            );
             return vec![finding];
         }
         let mut found = None;
@@ -340,36 +425,77 @@ impl ChainWalker {
             None if self.anchored => {}
             None => {
                 let genesis = self.profile.genesis_sequence();
-                let not_first = link.prev.is_some() || (genesis.is_some() && link.sequence.is_some() && link.sequence != genesis);
+                let not_first = link.prev.is_some()
+                    || (genesis.is_some() && link.sequence.is_some() && link.sequence != genesis);
                 if not_first {
-                    let detail = format!("first event seen has sequence {:?} and predecessor {:?}", link.sequence, link.prev);
+                    let detail = format!(
+                        "first event seen has sequence {:?} and predecessor {:?}",
+                        link.sequence, link.prev
+                    );
                     found = Some((FindingKind::MissingPredecessor, detail));
                 }
             }
             Some(h) if h.cid == link.cid => {
-                let finding = self.finding(&item, Some(&link.chain), FindingKind::Duplicate, format!("event {} appears again", link.cid), last_good);
+                let finding = self.finding(
+                    &item,
+                    Some(&link.chain),
+                    FindingKind::Duplicate,
+                    format!("event {} appears again", link.cid),
+                    last_good,
+                );
                 return vec![finding];
             }
             Some(h) => match (link.sequence, h.sequence) {
                 (Some(s), Some(hs)) if s <= hs => {
                     let detail = format!("sequence {s} after {hs}");
-                    return vec![self.finding(&item, Some(&link.chain), FindingKind::OutOfOrder, detail, last_good)];
+                    return vec![self.finding(
+                        &item,
+                        Some(&link.chain),
+                        FindingKind::OutOfOrder,
+                        detail,
+                        last_good,
+                    )];
                 }
-                (Some(s), Some(hs)) if s > hs + 1 => found = Some((FindingKind::SequenceGap, format!("sequence {s} after {hs}"))),
+                (Some(s), Some(hs)) if s > hs + 1 => {
+                    found = Some((FindingKind::SequenceGap, format!("sequence {s} after {hs}")))
+                }
                 _ if link.prev.as_deref() != Some(h.cid.as_str()) => {
-                    found = Some((FindingKind::BrokenLink, format!("predecessor is {:?}, expected {}", link.prev, h.cid)));
+                    found = Some((
+                        FindingKind::BrokenLink,
+                        format!("predecessor is {:?}, expected {}", link.prev, h.cid),
+                    ));
                 }
                 _ => {}
             },
         }
-        let findings = found.map(|(kind, detail)| self.finding(&item, Some(&link.chain), kind, detail, last_good)).into_iter().collect();
-        self.heads.insert(link.chain, Head { cid: link.cid, sequence: link.sequence, stream_seq: item.stream_seq, time_ns: item.time_ns });
+        let findings = found
+            .map(|(kind, detail)| self.finding(&item, Some(&link.chain), kind, detail, last_good))
+            .into_iter()
+            .collect();
+        self.heads.insert(
+            link.chain,
+            Head {
+                cid: link.cid,
+                sequence: link.sequence,
+                stream_seq: item.stream_seq,
+                time_ns: item.time_ns,
+            },
+        );
         findings
     }
 
-    fn finding(&mut self, item: &ChainItem<'_>, chain: Option<&str>, kind: FindingKind, detail: String, last_good: Option<(u64, i64)>) -> Finding {
+    fn finding(
+        &mut self,
+        item: &ChainItem<'_>,
+        chain: Option<&str>,
+        kind: FindingKind,
+        detail: String,
+        last_good: Option<(u64, i64)>,
+    ) -> Finding {
         if let Some(chain) = chain {
-            self.broken.entry(chain.to_owned()).or_insert(item.stream_seq);
+            self.broken
+                .entry(chain.to_owned())
+                .or_insert(item.stream_seq);
         }
         Finding {
             stream_seq: item.stream_seq,
@@ -378,7 +504,8 @@ impl ChainWalker {
             kind,
             detail,
             last_good_seq: last_good.map(|l| l.0),
-            last_good_time: last_good.and_then(|l| time::OffsetDateTime::from_unix_timestamp_nanos(l.1 as i128).ok()),
+            last_good_time: last_good
+                .and_then(|l| time::OffsetDateTime::from_unix_timestamp_nanos(l.1 as i128).ok()),
         }
     }
 }

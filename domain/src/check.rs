@@ -5,8 +5,8 @@
 //! corrupted stream is a *completed* check whose report has findings).
 
 use cim_backup_contracts::events::{
-    CancelRequested, CheckAccepted, CheckCompleted, CheckEvent, CheckProgressed, CheckStarted, JobCancelled, JobEvent,
-    JobFailed,
+    CancelRequested, CheckAccepted, CheckCompleted, CheckEvent, CheckProgressed, CheckStarted,
+    JobCancelled, JobEvent, JobFailed,
 };
 use cim_backup_contracts::views::{JobKind, JobState};
 
@@ -41,18 +41,26 @@ impl CheckJob {
             return Err(DomainError::invalid("streams: nothing to check"));
         }
         if spec.backup.is_some() && spec.targets.len() != 1 {
-            return Err(DomainError::invalid("backup: a backup is checked one stream at a time"));
+            return Err(DomainError::invalid(
+                "backup: a backup is checked one stream at a time",
+            ));
         }
         if spec.max_findings == 0 || spec.max_findings > 10_000 {
             return Err(DomainError::invalid("max_findings: must be 1..=10000"));
         }
         if let (Some(a), Some(b)) = (spec.start_seq, spec.end_seq) {
             if a > b {
-                return Err(DomainError::invalid(format!("start_seq {a} is after end_seq {b}")));
+                return Err(DomainError::invalid(format!(
+                    "start_seq {a} is after end_seq {b}"
+                )));
             }
         }
-        if spec.replay.is_some() && (spec.start_seq.is_none() || spec.targets.len() != 1 || spec.backup.is_some()) {
-            return Err(DomainError::invalid("replay: needs one live stream and the sequence to replay from"));
+        if spec.replay.is_some()
+            && (spec.start_seq.is_none() || spec.targets.len() != 1 || spec.backup.is_some())
+        {
+            return Err(DomainError::invalid(
+                "replay: needs one live stream and the sequence to replay from",
+            ));
         }
         Ok(())
     }
@@ -60,7 +68,11 @@ impl CheckJob {
     fn validate_plan(&self, plan: &CheckStarted) -> Result<(), DomainError> {
         let spec = self.spec.as_ref().ok_or(DomainError::NotCreated)?;
         if plan.ranges.len() != spec.targets.len() {
-            return Err(DomainError::invalid(format!("start: {} ranges for {} streams", plan.ranges.len(), spec.targets.len())));
+            return Err(DomainError::invalid(format!(
+                "start: {} ranges for {} streams",
+                plan.ranges.len(),
+                spec.targets.len()
+            )));
         }
         Ok(())
     }
@@ -69,24 +81,41 @@ impl CheckJob {
         let spec = self.spec.as_ref().ok_or(DomainError::NotCreated)?;
         let plan = self.plan.as_ref().ok_or(DomainError::NotCreated)?;
         if done.reports.len() != spec.targets.len() {
-            return Err(DomainError::invalid(format!("completion: {} reports for {} streams", done.reports.len(), spec.targets.len())));
+            return Err(DomainError::invalid(format!(
+                "completion: {} reports for {} streams",
+                done.reports.len(),
+                spec.targets.len()
+            )));
         }
-        for ((report, target), (first, last)) in done.reports.iter().zip(&spec.targets).zip(&plan.ranges) {
+        for ((report, target), (first, last)) in
+            done.reports.iter().zip(&spec.targets).zip(&plan.ranges)
+        {
             if report.stream != target.stream {
-                return Err(DomainError::invalid(format!("completion: report of {} where {} was checked", report.stream, target.stream)));
+                return Err(DomainError::invalid(format!(
+                    "completion: report of {} where {} was checked",
+                    report.stream, target.stream
+                )));
             }
-            if report.messages_checked > 0 && (report.first_seq < *first || report.last_seq > *last) {
+            if report.messages_checked > 0 && (report.first_seq < *first || report.last_seq > *last)
+            {
                 return Err(DomainError::invalid(format!(
                     "completion: {} checked {}..={} outside its range {first}..={last}",
                     report.stream, report.first_seq, report.last_seq
                 )));
             }
-            if report.findings.len() as u64 > spec.max_findings || report.findings.len() as u64 > report.findings_total {
-                return Err(DomainError::invalid(format!("completion: {} lists more findings than allowed or counted", report.stream)));
+            if report.findings.len() as u64 > spec.max_findings
+                || report.findings.len() as u64 > report.findings_total
+            {
+                return Err(DomainError::invalid(format!(
+                    "completion: {} lists more findings than allowed or counted",
+                    report.stream
+                )));
             }
         }
         if !done.replayed.is_empty() && (spec.replay.is_none() || !done.is_clean()) {
-            return Err(DomainError::invalid("completion: consumers may be reset only by a replay whose events are all valid"));
+            return Err(DomainError::invalid(
+                "completion: consumers may be reset only by a replay whose events are all valid",
+            ));
         }
         Ok(())
     }
@@ -114,7 +143,10 @@ impl Aggregate for CheckJob {
                 lc.require(JobState::Running, "record progress of")?;
                 if let Some(prev) = &self.progress {
                     if progress.messages_done <= prev.messages_done {
-                        return Err(DomainError::invalid(format!("progress: must move forward from {}", prev.messages_done)));
+                        return Err(DomainError::invalid(format!(
+                            "progress: must move forward from {}",
+                            prev.messages_done
+                        )));
                     }
                 }
                 CheckEvent::CheckProgressed(progress)
@@ -191,7 +223,14 @@ mod tests {
 
     fn spec(streams: &[&str]) -> CheckAccepted {
         CheckAccepted {
-            targets: streams.iter().map(|s| CheckTarget { stream: s.to_string(), profile: ChainProfile::native(), projections: vec![] }).collect(),
+            targets: streams
+                .iter()
+                .map(|s| CheckTarget {
+                    stream: s.to_string(),
+                    profile: ChainProfile::native(),
+                    projections: vec![],
+                })
+                .collect(),
             backup: None,
             source_url: None,
             start_seq: None,
@@ -223,39 +262,73 @@ mod tests {
     fn a_check_completes_with_one_report_per_stream_inside_its_range() {
         let history = vec![
             CheckEvent::CheckAccepted(spec(&["A", "B"])),
-            CheckEvent::CheckStarted(CheckStarted { ranges: vec![(1, 10), (5, 9)], messages: 15 }),
+            CheckEvent::CheckStarted(CheckStarted {
+                ranges: vec![(1, 10), (5, 9)],
+                messages: 15,
+            }),
         ];
         given::<CheckJob>(history.clone())
-            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 10)], replayed: vec![] }))
+            .when(CheckCommand::Complete(CheckCompleted {
+                reports: vec![report("A", 1, 10)],
+                replayed: vec![],
+            }))
             .then_reject_containing("1 reports for 2 streams");
         given::<CheckJob>(history.clone())
-            .when(CheckCommand::Complete(CheckCompleted { reports: vec![report("A", 1, 11), report("B", 5, 9)], replayed: vec![] }))
+            .when(CheckCommand::Complete(CheckCompleted {
+                reports: vec![report("A", 1, 11), report("B", 5, 9)],
+                replayed: vec![],
+            }))
             .then_reject_containing("outside its range");
-        let done = CheckCompleted { reports: vec![report("A", 1, 10), report("B", 5, 9)], replayed: vec![] };
-        given::<CheckJob>(history).when(CheckCommand::Complete(done.clone())).then_expect(vec![CheckEvent::CheckCompleted(done)]);
+        let done = CheckCompleted {
+            reports: vec![report("A", 1, 10), report("B", 5, 9)],
+            replayed: vec![],
+        };
+        given::<CheckJob>(history)
+            .when(CheckCommand::Complete(done.clone()))
+            .then_expect(vec![CheckEvent::CheckCompleted(done)]);
     }
 
     #[test]
     fn a_replay_resets_consumers_only_when_every_event_is_valid() {
         let mut s = spec(&["A"]);
         s.replay = Some(vec!["projector".into()]);
-        given::<CheckJob>(vec![]).when(CheckCommand::Accept(s.clone())).then_reject_containing("replay");
+        given::<CheckJob>(vec![])
+            .when(CheckCommand::Accept(s.clone()))
+            .then_reject_containing("replay");
         s.start_seq = Some(5);
-        let history = vec![CheckEvent::CheckAccepted(s), CheckEvent::CheckStarted(CheckStarted { ranges: vec![(5, 10)], messages: 6 })];
+        let history = vec![
+            CheckEvent::CheckAccepted(s),
+            CheckEvent::CheckStarted(CheckStarted {
+                ranges: vec![(5, 10)],
+                messages: 6,
+            }),
+        ];
         let mut broken = report("A", 5, 7);
         broken.findings_total = 1;
         given::<CheckJob>(history.clone())
-            .when(CheckCommand::Complete(CheckCompleted { reports: vec![broken], replayed: vec!["projector".into()] }))
+            .when(CheckCommand::Complete(CheckCompleted {
+                reports: vec![broken],
+                replayed: vec!["projector".into()],
+            }))
             .then_reject_containing("all valid");
-        let done = CheckCompleted { reports: vec![report("A", 5, 10)], replayed: vec!["projector".into()] };
-        given::<CheckJob>(history).when(CheckCommand::Complete(done.clone())).then_expect(vec![CheckEvent::CheckCompleted(done)]);
+        let done = CheckCompleted {
+            reports: vec![report("A", 5, 10)],
+            replayed: vec!["projector".into()],
+        };
+        given::<CheckJob>(history)
+            .when(CheckCommand::Complete(done.clone()))
+            .then_expect(vec![CheckEvent::CheckCompleted(done)]);
     }
 
     #[test]
     fn bad_checks_are_refused() {
-        given::<CheckJob>(vec![]).when(CheckCommand::Accept(spec(&[]))).then_reject_containing("nothing to check");
+        given::<CheckJob>(vec![])
+            .when(CheckCommand::Accept(spec(&[])))
+            .then_reject_containing("nothing to check");
         let mut s = spec(&["A"]);
         s.max_findings = 0;
-        given::<CheckJob>(vec![]).when(CheckCommand::Accept(s)).then_reject_containing("max_findings");
+        given::<CheckJob>(vec![])
+            .when(CheckCommand::Accept(s))
+            .then_reject_containing("max_findings");
     }
 }

@@ -16,7 +16,10 @@ pub enum DomainError {
     NotCreated,
     /// The command does not fit the job's current state.
     #[error("cannot {action} a job that is {state}")]
-    WrongState { action: &'static str, state: JobState },
+    WrongState {
+        action: &'static str,
+        state: JobState,
+    },
     /// The command's data is invalid; the message names the field.
     #[error("{0}")]
     Invalid(String),

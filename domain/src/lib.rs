@@ -10,7 +10,7 @@
 //! - [`aggregate`] — the [`Aggregate`] trait, folding a history, and the given/when/then harness.
 //! - [`lifecycle`] — the job lifecycle every aggregate shares (accepted → running → terminal,
 //!   cancellation).
-//! - [`backup`], [`restore`], [`verify`], [`check`] — one module per aggregate.
+//! - [`backup`], [`restore`], [`verify`], [`check`], [`repair`] — one module per aggregate.
 //! - [`chain`] — pure CID-chain verification with a profile per message format.
 //! - [`error`] — [`DomainError`]: why a command was rejected.
 
@@ -20,6 +20,7 @@ pub mod chain;
 pub mod check;
 pub mod error;
 pub mod lifecycle;
+pub mod repair;
 pub mod restore;
 pub mod verify;
 

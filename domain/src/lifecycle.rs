@@ -36,13 +36,21 @@ impl Lifecycle {
     /// The job must be exactly in `expected` to do `action`.
     pub fn require(&self, expected: JobState, action: &'static str) -> Result<(), DomainError> {
         let state = self.current()?;
-        if state == expected { Ok(()) } else { Err(DomainError::WrongState { action, state }) }
+        if state == expected {
+            Ok(())
+        } else {
+            Err(DomainError::WrongState { action, state })
+        }
     }
 
     /// The job must not have finished to do `action`.
     pub fn require_live(&self, action: &'static str) -> Result<(), DomainError> {
         let state = self.current()?;
-        if state.is_terminal() { Err(DomainError::WrongState { action, state }) } else { Ok(()) }
+        if state.is_terminal() {
+            Err(DomainError::WrongState { action, state })
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether a cancel request would add anything: `Ok(false)` if one is already pending.
@@ -57,7 +65,9 @@ impl Lifecycle {
         if self.cancel_requested {
             Ok(())
         } else {
-            Err(DomainError::invalid("no cancellation was requested for this job"))
+            Err(DomainError::invalid(
+                "no cancellation was requested for this job",
+            ))
         }
     }
 

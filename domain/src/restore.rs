@@ -39,7 +39,9 @@ impl RestoreJob {
     fn validate_spec(spec: &RestoreAccepted) -> Result<(), DomainError> {
         for (field, name) in [("stream", &spec.stream), ("as", &spec.target)] {
             if !is_stream_name(name) {
-                return Err(DomainError::invalid(format!("{field}: {name:?} is not a valid stream name")));
+                return Err(DomainError::invalid(format!(
+                    "{field}: {name:?} is not a valid stream name"
+                )));
             }
         }
         Ok(())
@@ -69,16 +71,29 @@ impl RestoreJob {
     fn validate_completion(&self, done: &RestoreCompleted) -> Result<(), DomainError> {
         let plan = self.plan.as_ref().ok_or(DomainError::NotCreated)?;
         // Appending may skip messages the target already holds (same Nats-Msg-Id).
-        let everything = self.spec.as_ref().is_some_and(|s| s.selection.is_everything()) && plan.method != RestoreMethod::Append;
+        let everything = self
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.selection.is_everything())
+            && plan.method != RestoreMethod::Append;
         let short = if everything {
-            done.messages != plan.messages || (plan.messages > 0 && (done.first_seq, done.last_seq) != (plan.first_seq, plan.last_seq))
+            done.messages != plan.messages
+                || (plan.messages > 0
+                    && (done.first_seq, done.last_seq) != (plan.first_seq, plan.last_seq))
         } else {
             done.messages > plan.messages
         };
         if done.segments != plan.segments || short {
             return Err(DomainError::invalid(format!(
                 "completion: read {} segments and wrote {} messages ({}..={}), the plan was {} segments and {} messages ({}..={})",
-                done.segments, done.messages, done.first_seq, done.last_seq, plan.segments, plan.messages, plan.first_seq, plan.last_seq
+                done.segments,
+                done.messages,
+                done.first_seq,
+                done.last_seq,
+                plan.segments,
+                plan.messages,
+                plan.first_seq,
+                plan.last_seq
             )));
         }
         Ok(())
@@ -101,7 +116,9 @@ impl Aggregate for RestoreJob {
             RestoreCommand::Start(plan) => {
                 lc.require(JobState::Accepted, "start")?;
                 if plan.method == RestoreMethod::Auto {
-                    return Err(DomainError::invalid("start: the method must be decided (not auto)"));
+                    return Err(DomainError::invalid(
+                        "start: the method must be decided (not auto)",
+                    ));
                 }
                 RestoreEvent::RestoreStarted(plan)
             }
@@ -192,15 +209,31 @@ mod tests {
     }
 
     fn done(segments: u64, messages: u64, first_seq: u64, last_seq: u64) -> RestoreCompleted {
-        RestoreCompleted { segments, messages, bytes: 1000, first_seq, last_seq, consumers: vec![], notes: vec![] }
+        RestoreCompleted {
+            segments,
+            messages,
+            bytes: 1000,
+            first_seq,
+            last_seq,
+            consumers: vec![],
+            notes: vec![],
+        }
     }
 
     fn running() -> Vec<RestoreEvent> {
-        vec![RestoreEvent::RestoreAccepted(restore_spec("A", "B")), RestoreEvent::RestoreStarted(plan())]
+        vec![
+            RestoreEvent::RestoreAccepted(restore_spec("A", "B")),
+            RestoreEvent::RestoreStarted(plan()),
+        ]
     }
 
     fn progress(segments: u64, messages: u64, last_seq: u64) -> RestoreProgressed {
-        RestoreProgressed { segments_done: segments, messages_done: messages, bytes_done: 0, last_seq }
+        RestoreProgressed {
+            segments_done: segments,
+            messages_done: messages,
+            bytes_done: 0,
+            last_seq,
+        }
     }
 
     #[test]
@@ -227,8 +260,12 @@ mod tests {
 
     #[test]
     fn completion_must_match_the_plan() {
-        given::<RestoreJob>(running()).when(RestoreCommand::Complete(done(2, 99, 1, 100))).then_reject_containing("100 messages");
-        given::<RestoreJob>(running()).when(RestoreCommand::Complete(done(1, 100, 1, 100))).then_reject_containing("read 1 segments");
+        given::<RestoreJob>(running())
+            .when(RestoreCommand::Complete(done(2, 99, 1, 100)))
+            .then_reject_containing("100 messages");
+        given::<RestoreJob>(running())
+            .when(RestoreCommand::Complete(done(1, 100, 1, 100)))
+            .then_reject_containing("read 1 segments");
         given::<RestoreJob>(running())
             .when(RestoreCommand::Complete(done(2, 100, 1, 100)))
             .then_expect(vec![RestoreEvent::RestoreCompleted(done(2, 100, 1, 100))]);
@@ -238,12 +275,19 @@ mod tests {
     fn a_filtered_restore_may_write_fewer_messages_but_must_read_every_planned_segment() {
         let mut spec = restore_spec("A", "B");
         spec.selection.subjects = vec!["orders.>".into()];
-        let history = vec![RestoreEvent::RestoreAccepted(spec), RestoreEvent::RestoreStarted(plan())];
+        let history = vec![
+            RestoreEvent::RestoreAccepted(spec),
+            RestoreEvent::RestoreStarted(plan()),
+        ];
         given::<RestoreJob>(history.clone())
             .when(RestoreCommand::Complete(done(2, 40, 3, 77)))
             .then_expect(vec![RestoreEvent::RestoreCompleted(done(2, 40, 3, 77))]);
-        given::<RestoreJob>(history.clone()).when(RestoreCommand::Complete(done(2, 101, 1, 100))).then_reject_containing("plan was");
-        given::<RestoreJob>(history).when(RestoreCommand::Complete(done(1, 40, 3, 77))).then_reject_containing("read 1 segments");
+        given::<RestoreJob>(history.clone())
+            .when(RestoreCommand::Complete(done(2, 101, 1, 100)))
+            .then_reject_containing("plan was");
+        given::<RestoreJob>(history)
+            .when(RestoreCommand::Complete(done(1, 40, 3, 77)))
+            .then_reject_containing("read 1 segments");
     }
 
     #[test]
@@ -259,7 +303,10 @@ mod tests {
     fn a_job_cannot_complete_before_it_starts() {
         given::<RestoreJob>(vec![RestoreEvent::RestoreAccepted(restore_spec("A", "A"))])
             .when(RestoreCommand::Complete(done(0, 0, 0, 0)))
-            .then_reject(DomainError::WrongState { action: "complete", state: JobState::Accepted });
+            .then_reject(DomainError::WrongState {
+                action: "complete",
+                state: JobState::Accepted,
+            });
     }
 
     #[test]
@@ -267,7 +314,12 @@ mod tests {
         let mut history = running();
         history.push(RestoreEvent::RestoreFailed(failure()));
         given::<RestoreJob>(history)
-            .when(RestoreCommand::RequestCancel(CancelRequested { reason: None }))
-            .then_reject(DomainError::WrongState { action: "cancel", state: JobState::Failed });
+            .when(RestoreCommand::RequestCancel(CancelRequested {
+                reason: None,
+            }))
+            .then_reject(DomainError::WrongState {
+                action: "cancel",
+                state: JobState::Failed,
+            });
     }
 }

@@ -7,7 +7,11 @@ use cim_backup_contracts::events::*;
 use time::OffsetDateTime;
 
 pub fn admission() -> Admission {
-    Admission { instance: "test".into(), idempotency_key: None, request_digest: "00".repeat(32) }
+    Admission {
+        instance: "test".into(),
+        idempotency_key: None,
+        request_digest: "00".repeat(32),
+    }
 }
 
 pub fn backup_spec(streams: &[&str]) -> BackupAccepted {
@@ -15,7 +19,10 @@ pub fn backup_spec(streams: &[&str]) -> BackupAccepted {
         streams: streams.iter().map(|s| s.to_string()).collect(),
         destination: "mem".into(),
         destination_url: "memory://mem".into(),
-        compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
+        compression: Compression {
+            algorithm: CompressionAlgorithm::Zstd,
+            level: 3,
+        },
         segment_bytes: 1 << 20,
         incremental: true,
         mode: BackupMode::Messages,
@@ -65,5 +72,10 @@ pub fn manifest_cid() -> Cid {
 }
 
 pub fn failure() -> JobFailed {
-    JobFailed { code: ErrorCode::Corrupt, message: "bad".into(), object: Some("segments/x".into()), record: None }
+    JobFailed {
+        code: ErrorCode::Corrupt,
+        message: "bad".into(),
+        object: Some("segments/x".into()),
+        record: None,
+    }
 }

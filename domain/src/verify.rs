@@ -156,30 +156,62 @@ mod tests {
     use crate::test_support::*;
 
     fn plan() -> VerifyStarted {
-        VerifyStarted { objects: 3, bytes: 300, records: 1000 }
+        VerifyStarted {
+            objects: 3,
+            bytes: 300,
+            records: 1000,
+        }
     }
 
     #[test]
     fn completion_must_cover_the_whole_plan() {
-        let history = vec![VerifyEvent::VerifyAccepted(verify_spec()), VerifyEvent::VerifyStarted(plan())];
+        let history = vec![
+            VerifyEvent::VerifyAccepted(verify_spec()),
+            VerifyEvent::VerifyStarted(plan()),
+        ];
         given::<VerifyJob>(history.clone())
-            .when(VerifyCommand::Complete(VerifyCompleted { objects: 2, bytes: 200, records: 700 }))
+            .when(VerifyCommand::Complete(VerifyCompleted {
+                objects: 2,
+                bytes: 200,
+                records: 700,
+            }))
             .then_reject_containing("the plan was 3");
         given::<VerifyJob>(history)
-            .when(VerifyCommand::Complete(VerifyCompleted { objects: 3, bytes: 300, records: 1000 }))
-            .then_expect(vec![VerifyEvent::VerifyCompleted(VerifyCompleted { objects: 3, bytes: 300, records: 1000 })]);
+            .when(VerifyCommand::Complete(VerifyCompleted {
+                objects: 3,
+                bytes: 300,
+                records: 1000,
+            }))
+            .then_expect(vec![VerifyEvent::VerifyCompleted(VerifyCompleted {
+                objects: 3,
+                bytes: 300,
+                records: 1000,
+            })]);
     }
 
     #[test]
     fn a_failed_verify_names_the_object_and_stays_failed() {
-        let mut history = vec![VerifyEvent::VerifyAccepted(verify_spec()), VerifyEvent::VerifyStarted(plan())];
+        let mut history = vec![
+            VerifyEvent::VerifyAccepted(verify_spec()),
+            VerifyEvent::VerifyStarted(plan()),
+        ];
         history.push(VerifyEvent::VerifyFailed(failure()));
         let state = VerifyJob::from_history(&history);
         assert_eq!(state.lifecycle.state, Some(JobState::Failed));
-        assert_eq!(state.failure.as_ref().unwrap().object.as_deref(), Some("segments/x"));
+        assert_eq!(
+            state.failure.as_ref().unwrap().object.as_deref(),
+            Some("segments/x")
+        );
         given::<VerifyJob>(history)
-            .when(VerifyCommand::Progress(VerifyProgressed { objects_done: 1, bytes_done: 1, records_done: 1 }))
-            .then_reject(DomainError::WrongState { action: "record progress of", state: JobState::Failed });
+            .when(VerifyCommand::Progress(VerifyProgressed {
+                objects_done: 1,
+                bytes_done: 1,
+                records_done: 1,
+            }))
+            .then_reject(DomainError::WrongState {
+                action: "record progress of",
+                state: JobState::Failed,
+            });
     }
 
     #[test]
@@ -187,10 +219,18 @@ mod tests {
         let history = vec![
             VerifyEvent::VerifyAccepted(verify_spec()),
             VerifyEvent::VerifyStarted(plan()),
-            VerifyEvent::VerifyProgressed(VerifyProgressed { objects_done: 2, bytes_done: 1, records_done: 1 }),
+            VerifyEvent::VerifyProgressed(VerifyProgressed {
+                objects_done: 2,
+                bytes_done: 1,
+                records_done: 1,
+            }),
         ];
         given::<VerifyJob>(history)
-            .when(VerifyCommand::Progress(VerifyProgressed { objects_done: 2, bytes_done: 2, records_done: 2 }))
+            .when(VerifyCommand::Progress(VerifyProgressed {
+                objects_done: 2,
+                bytes_done: 2,
+                records_done: 2,
+            }))
             .then_reject_containing("move forward");
     }
 }

@@ -20,7 +20,12 @@ fn walk(spec: &ChainProfile, msgs: &[Msg]) -> Vec<Finding> {
     let mut walker = ChainWalker::new(profile(spec));
     let mut findings = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
-        let lookup = |name: &str| m.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let lookup = |name: &str| {
+            m.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         findings.extend(walker.check(ChainItem {
             stream_seq: i as u64 + 1,
             time_ns: i as i64,
@@ -37,7 +42,13 @@ fn kinds(findings: &[Finding]) -> Vec<(FindingKind, u64)> {
 }
 
 fn spec(profile: ProfileKind, chain_by: ChainBy) -> ChainProfile {
-    ChainProfile { profile, chain_by: Some(chain_by), cid_field: None, previous_field: None, sequence_field: None }
+    ChainProfile {
+        profile,
+        chain_by: Some(chain_by),
+        cid_field: None,
+        previous_field: None,
+        sequence_field: None,
+    }
 }
 
 // --- generators: `n` events of `aggregates` chains, interleaved round robin -------------------
@@ -58,11 +69,17 @@ fn native(n: u64, aggregates: u64) -> Vec<Msg> {
                     correlation_id: "c".into(),
                     causation_id: "c".into(),
                 },
-                event: JobEvent::Backup(BackupEvent::BackupCancelRequested(CancelRequested { reason: Some(format!("r{i}")) })),
+                event: JobEvent::Backup(BackupEvent::BackupCancelRequested(CancelRequested {
+                    reason: Some(format!("r{i}")),
+                })),
             };
             let (bytes, cid) = env.encode_with_cid();
             prev[a] = Some(cid);
-            Msg { subject: format!("cim.backup.evt.backup.job-{a}.X"), headers: vec![("Cim-Cid".into(), cid.to_string())], payload: bytes }
+            Msg {
+                subject: format!("cim.backup.evt.backup.job-{a}.X"),
+                headers: vec![("Cim-Cid".into(), cid.to_string())],
+                payload: bytes,
+            }
         })
         .collect()
 }
@@ -140,11 +157,29 @@ fn link_only_spec() -> ChainProfile {
 }
 
 /// (generator, profile, whether it numbers events, whether it hashes content)
-fn cases() -> Vec<(&'static str, fn(u64, u64) -> Vec<Msg>, ChainProfile, bool, bool)> {
+fn cases() -> Vec<(
+    &'static str,
+    fn(u64, u64) -> Vec<Msg>,
+    ChainProfile,
+    bool,
+    bool,
+)> {
     vec![
         ("native", native, ChainProfile::native(), true, true),
-        ("cim-ipld", cim_ipld, spec(ProfileKind::CimIpld, ChainBy::SubjectToken(2)), true, true),
-        ("x-cid-headers", x_cid, spec(ProfileKind::XCidHeaders, ChainBy::SubjectToken(1)), false, true),
+        (
+            "cim-ipld",
+            cim_ipld,
+            spec(ProfileKind::CimIpld, ChainBy::SubjectToken(2)),
+            true,
+            true,
+        ),
+        (
+            "x-cid-headers",
+            x_cid,
+            spec(ProfileKind::XCidHeaders, ChainBy::SubjectToken(1)),
+            false,
+            true,
+        ),
         ("link-only", link_only, link_only_spec(), false, false),
     ]
 }
@@ -163,18 +198,33 @@ fn a_flipped_payload_byte_is_a_cid_mismatch_where_content_is_hashed() {
         // Flip a byte inside the event's hashed data: the "13" each generator writes into event
         // 13 (native: reason "r13"; cim-ipld: label "node-13"; x-cid: "value":13).
         let m = &mut msgs[13];
-        let at = m.payload.windows(3).position(|w| matches!(w[0], b'r' | b'-' | b':') && &w[1..] == b"13").unwrap_or(0) + 2;
+        let at = m
+            .payload
+            .windows(3)
+            .position(|w| matches!(w[0], b'r' | b'-' | b':') && &w[1..] == b"13")
+            .unwrap_or(0)
+            + 2;
         m.payload[at] = b'4';
         let found = kinds(&walk(&spec, &msgs));
         if hashed {
-            assert_eq!(found.first(), Some(&(FindingKind::CidMismatch, 14)), "{name}: {found:?}");
+            assert_eq!(
+                found.first(),
+                Some(&(FindingKind::CidMismatch, 14)),
+                "{name}: {found:?}"
+            );
         } else {
             // link-only cannot see content, only links: a changed CID is a broken link next.
             let mut msgs = generate(30, 3);
-            let text = String::from_utf8(msgs[13].payload.clone()).unwrap().replace("cid-13", "cid-1X");
+            let text = String::from_utf8(msgs[13].payload.clone())
+                .unwrap()
+                .replace("cid-13", "cid-1X");
             msgs[13].payload = text.into_bytes();
             let found = kinds(&walk(&spec, &msgs));
-            assert_eq!(found, vec![(FindingKind::BrokenLink, 17)], "{name}: the next event of that chain names the real cid");
+            assert_eq!(
+                found,
+                vec![(FindingKind::BrokenLink, 17)],
+                "{name}: the next event of that chain names the real cid"
+            );
         }
     }
 }
@@ -184,7 +234,11 @@ fn a_deleted_message_is_a_gap_or_a_broken_link_at_the_next_event_of_its_chain() 
     for (name, generate, spec, numbered, _) in cases() {
         let mut msgs = generate(30, 3);
         msgs.remove(12); // event 4 of chain 0; chain 0 continues at index 14 → stream seq 15
-        let expected = if numbered { FindingKind::SequenceGap } else { FindingKind::BrokenLink };
+        let expected = if numbered {
+            FindingKind::SequenceGap
+        } else {
+            FindingKind::BrokenLink
+        };
         assert_eq!(kinds(&walk(&spec, &msgs)), vec![(expected, 15)], "{name}");
     }
 }
@@ -195,7 +249,9 @@ fn a_forged_predecessor_is_a_broken_link() {
     let native_msgs = {
         let mut msgs = native(12, 3);
         let mut env = EventEnvelope::decode(&msgs[10].payload).unwrap();
-        env.prev = Some(cim_backup_contracts::EventCid(cim_backup_contracts::cid::dag_cbor_cid(&msgs[8].payload)));
+        env.prev = Some(cim_backup_contracts::EventCid(
+            cim_backup_contracts::cid::dag_cbor_cid(&msgs[8].payload),
+        ));
         let (bytes, cid) = env.encode_with_cid();
         msgs[10].payload = bytes;
         msgs[10].headers = vec![("Cim-Cid".into(), cid.to_string())];
@@ -203,12 +259,21 @@ fn a_forged_predecessor_is_a_broken_link() {
     };
     let found = walk(&ChainProfile::native(), &native_msgs);
     assert_eq!(kinds(&found), vec![(FindingKind::BrokenLink, 11)]);
-    assert_eq!(found[0].last_good_seq, Some(8), "the chain's last good event");
+    assert_eq!(
+        found[0].last_good_seq,
+        Some(8),
+        "the chain's last good event"
+    );
 
     let mut links = link_only(12, 3);
-    let text = String::from_utf8(links[10].payload.clone()).unwrap().replace("\"cid-7\"", "\"cid-8\"");
+    let text = String::from_utf8(links[10].payload.clone())
+        .unwrap()
+        .replace("\"cid-7\"", "\"cid-8\"");
     links[10].payload = text.into_bytes();
-    assert_eq!(kinds(&walk(&link_only_spec(), &links)), vec![(FindingKind::BrokenLink, 11)]);
+    assert_eq!(
+        kinds(&walk(&link_only_spec(), &links)),
+        vec![(FindingKind::BrokenLink, 11)]
+    );
 }
 
 #[test]
@@ -218,14 +283,29 @@ fn a_reordered_pair_and_a_duplicate_are_named() {
         msgs.swap(12, 15); // two events of chain 0 trade places
         let found = kinds(&walk(&spec, &msgs));
         if numbered {
-            assert_eq!(found, vec![(FindingKind::SequenceGap, 13), (FindingKind::OutOfOrder, 16)], "{name}");
+            assert_eq!(
+                found,
+                vec![
+                    (FindingKind::SequenceGap, 13),
+                    (FindingKind::OutOfOrder, 16)
+                ],
+                "{name}"
+            );
         } else {
-            assert_eq!(found.first(), Some(&(FindingKind::BrokenLink, 13)), "{name}: {found:?}");
+            assert_eq!(
+                found.first(),
+                Some(&(FindingKind::BrokenLink, 13)),
+                "{name}: {found:?}"
+            );
         }
         let mut msgs = generate(30, 3);
         let again = msgs[12].clone();
         msgs.insert(13, again);
-        assert_eq!(kinds(&walk(&spec, &msgs)), vec![(FindingKind::Duplicate, 14)], "{name}");
+        assert_eq!(
+            kinds(&walk(&spec, &msgs)),
+            vec![(FindingKind::Duplicate, 14)],
+            "{name}"
+        );
     }
 }
 
@@ -241,6 +321,10 @@ fn ten_thousand_interleaved_aggregates() {
         let found = walk(&spec, &msgs);
         assert_eq!(found.len(), 1, "{name}: {:?}", kinds(&found));
         assert_eq!(found[0].stream_seq, 25_000, "{name}");
-        assert_eq!(found[0].last_good_seq, Some(5_001), "{name}: its first event");
+        assert_eq!(
+            found[0].last_good_seq,
+            Some(5_001),
+            "{name}: its first event"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The job-status view: what `cim.backup.qry.job` returns and the CLI draws progress from.
 
+use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
-    BackupEvent, CheckEvent, EventEnvelope, JobEvent, JobFailed, RestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, EventEnvelope, JobEvent, JobFailed, RepairEvent, RestoreEvent,
+    VerifyEvent,
 };
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
@@ -22,14 +24,22 @@ pub enum Fold {
 /// Idempotent: an event at or below the view's version is [`Fold::AlreadyApplied`]. An event
 /// beyond `version + 1` is a [`ProjectionError::Gap`], so a projector that sees events out of
 /// order waits instead of skipping one.
-pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> Result<Fold, ProjectionError> {
+pub fn fold(
+    view: Option<&JobView>,
+    envelope: &EventEnvelope,
+    cid: EventCid,
+) -> Result<Fold, ProjectionError> {
     let job = envelope.aggregate_id.to_string();
     let version = view.map_or(0, |v| v.version);
     if envelope.sequence <= version {
         return Ok(Fold::AlreadyApplied);
     }
     if envelope.sequence != version + 1 {
-        return Err(ProjectionError::Gap { job, version, got: envelope.sequence });
+        return Err(ProjectionError::Gap {
+            job,
+            version,
+            got: envelope.sequence,
+        });
     }
     let time = envelope.meta.time;
     let mut next = match view {
@@ -101,6 +111,7 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
                 p.messages_total = c.messages;
                 p.bytes_done = c.bytes;
                 p.objects_done = c.segments;
+                next.notes = c.notes.clone();
                 finish(&mut next, JobState::Completed, time);
             }
             RestoreEvent::RestoreFailed(f) => fail(&mut next, f, time),
@@ -139,7 +150,11 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
             CheckEvent::CheckStarted(s) => {
                 next.state = JobState::Running;
                 next.started_at = Some(time);
-                *p = Progress { messages_total: s.messages, objects_total: s.ranges.len() as u64, ..Progress::default() };
+                *p = Progress {
+                    messages_total: s.messages,
+                    objects_total: s.ranges.len() as u64,
+                    ..Progress::default()
+                };
             }
             CheckEvent::CheckProgressed(s) => p.messages_done = s.messages_done,
             CheckEvent::CheckCompleted(c) => {
@@ -152,6 +167,30 @@ pub fn fold(view: Option<&JobView>, envelope: &EventEnvelope, cid: EventCid) -> 
             CheckEvent::CheckFailed(f) => fail(&mut next, f, time),
             CheckEvent::CheckCancelRequested(_) => next.cancel_requested = true,
             CheckEvent::CheckCancelled(_) => finish(&mut next, JobState::Cancelled, time),
+        },
+        // Messages are those written to the staging stream; objects are the repair's steps.
+        JobEvent::Repair(e) => match e {
+            RepairEvent::RepairAccepted(_) => {}
+            RepairEvent::RepairStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                *p = Progress {
+                    messages_total: s.plan.messages(),
+                    objects_total: RepairStep::ALL.len() as u64,
+                    ..Progress::default()
+                };
+            }
+            RepairEvent::RepairStepDone(_) => p.objects_done += 1,
+            RepairEvent::RepairProgressed(s) => p.messages_done = s.messages_done,
+            RepairEvent::RepairCompleted(c) => {
+                p.messages_done = c.messages;
+                next.reports = c.report.clone().map(|r| vec![r]);
+                next.notes = c.notes.clone();
+                finish(&mut next, JobState::Completed, time);
+            }
+            RepairEvent::RepairFailed(f) => fail(&mut next, f, time),
+            RepairEvent::RepairCancelRequested(_) => next.cancel_requested = true,
+            RepairEvent::RepairCancelled(_) => finish(&mut next, JobState::Cancelled, time),
         },
     }
     Ok(Fold::Updated(next))
@@ -183,9 +222,12 @@ fn fail(view: &mut JobView, failure: &JobFailed, time: time::OffsetDateTime) {
 /// The view created by a job's `*Accepted` event; `None` for any other event.
 fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
     let (subject, location, instance, backup_id) = match &envelope.event {
-        JobEvent::Backup(BackupEvent::BackupAccepted(a)) => {
-            (a.streams.join(","), a.destination_url.clone(), a.admission.instance.clone(), None)
-        }
+        JobEvent::Backup(BackupEvent::BackupAccepted(a)) => (
+            a.streams.join(","),
+            a.destination_url.clone(),
+            a.admission.instance.clone(),
+            None,
+        ),
         JobEvent::Restore(RestoreEvent::RestoreAccepted(a)) => (
             format!("{} -> {}", a.stream, a.target),
             a.source_url.clone(),
@@ -199,10 +241,20 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
             Some(BackupId(a.backup)),
         ),
         JobEvent::Check(CheckEvent::CheckAccepted(a)) => (
-            a.targets.iter().map(|t| t.stream.as_str()).collect::<Vec<_>>().join(","),
+            a.targets
+                .iter()
+                .map(|t| t.stream.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             a.source_url.clone().unwrap_or_else(|| "live".to_owned()),
             a.admission.instance.clone(),
             a.backup.map(BackupId),
+        ),
+        JobEvent::Repair(RepairEvent::RepairAccepted(a)) => (
+            format!("{} from seq {}", a.stream, a.from_seq),
+            a.source_url.clone(),
+            a.admission.instance.clone(),
+            Some(BackupId(a.backup)),
         ),
         _ => return None,
     };
@@ -226,5 +278,6 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         head: cid,
         reports: None,
         replayed: Vec::new(),
+        notes: Vec::new(),
     })
 }

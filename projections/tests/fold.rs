@@ -6,9 +6,9 @@ use cim_backup_contracts::errors::ErrorCode;
 use cim_backup_contracts::events::*;
 use cim_backup_contracts::views::{JobKind, JobState};
 use cim_backup_contracts::{BackupId, EventCid};
+use cim_backup_projections::ProjectionError;
 use cim_backup_projections::catalog;
 use cim_backup_projections::job_view::{Fold, fold, fold_all};
-use cim_backup_projections::ProjectionError;
 use time::{Duration, OffsetDateTime};
 
 fn envelopes(events: Vec<BackupEvent>) -> Vec<(EventEnvelope, EventCid)> {
@@ -51,7 +51,10 @@ fn segment(first: u64, last: u64) -> SegmentInfo {
 }
 
 fn history() -> Vec<BackupEvent> {
-    let compression = Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 };
+    let compression = Compression {
+        algorithm: CompressionAlgorithm::Zstd,
+        level: 3,
+    };
     vec![
         BackupEvent::BackupAccepted(BackupAccepted {
             streams: vec!["EVENTS".into()],
@@ -62,7 +65,11 @@ fn history() -> Vec<BackupEvent> {
             incremental: true,
             mode: BackupMode::Messages,
             encryption: None,
-            admission: Admission { instance: "i1".into(), idempotency_key: None, request_digest: "d".into() },
+            admission: Admission {
+                instance: "i1".into(),
+                idempotency_key: None,
+                request_digest: "d".into(),
+            },
         }),
         BackupEvent::BackupStarted(BackupStarted {
             taken_at: OffsetDateTime::UNIX_EPOCH,
@@ -82,8 +89,14 @@ fn history() -> Vec<BackupEvent> {
             }],
             tool: "test".into(),
         }),
-        BackupEvent::SegmentStored(SegmentStored { stream: "EVENTS".into(), segment: segment(1, 10) }),
-        BackupEvent::SegmentStored(SegmentStored { stream: "EVENTS".into(), segment: segment(11, 20) }),
+        BackupEvent::SegmentStored(SegmentStored {
+            stream: "EVENTS".into(),
+            segment: segment(1, 10),
+        }),
+        BackupEvent::SegmentStored(SegmentStored {
+            stream: "EVENTS".into(),
+            segment: segment(11, 20),
+        }),
         BackupEvent::BackupCompleted(BackupCompleted {
             manifest: dag_cbor_cid(b"\xa0"),
             manifest_bytes: 50,
@@ -107,29 +120,60 @@ fn history() -> Vec<BackupEvent> {
 #[test]
 fn a_running_backup_shows_progress_and_a_completed_one_its_backup_id() {
     let events = envelopes(history());
-    let running = fold_all(events[..3].iter().map(|(e, c)| (e, *c))).unwrap().unwrap();
+    let running = fold_all(events[..3].iter().map(|(e, c)| (e, *c)))
+        .unwrap()
+        .unwrap();
     assert_eq!(running.state, JobState::Running);
-    assert_eq!((running.progress.messages_done, running.progress.messages_total), (10, 20));
+    assert_eq!(
+        (
+            running.progress.messages_done,
+            running.progress.messages_total
+        ),
+        (10, 20)
+    );
     assert_eq!(running.progress.objects_done, 1);
     assert_eq!(running.backup_id, None);
-    assert_eq!(running.started_at, Some(OffsetDateTime::UNIX_EPOCH + Duration::seconds(1)));
+    assert_eq!(
+        running.started_at,
+        Some(OffsetDateTime::UNIX_EPOCH + Duration::seconds(1))
+    );
 
-    let done = fold_all(events.iter().map(|(e, c)| (e, *c))).unwrap().unwrap();
+    let done = fold_all(events.iter().map(|(e, c)| (e, *c)))
+        .unwrap()
+        .unwrap();
     assert_eq!(done.state, JobState::Completed);
     assert_eq!(done.backup_id, Some(BackupId(dag_cbor_cid(b"\xa0"))));
-    assert_eq!(done.progress.objects_done, 3, "two segments and the manifest");
+    assert_eq!(
+        done.progress.objects_done, 3,
+        "two segments and the manifest"
+    );
     assert_eq!(done.version, 5);
     assert_eq!(done.head, events[4].1);
-    assert_eq!(done.finished_at, Some(OffsetDateTime::UNIX_EPOCH + Duration::seconds(4)));
+    assert_eq!(
+        done.finished_at,
+        Some(OffsetDateTime::UNIX_EPOCH + Duration::seconds(4))
+    );
 }
 
 #[test]
 fn redelivered_events_are_ignored_and_gaps_are_refused() {
     let events = envelopes(history());
-    let view = fold_all(events[..2].iter().map(|(e, c)| (e, *c))).unwrap().unwrap();
-    assert_eq!(fold(Some(&view), &events[1].0, events[1].1).unwrap(), Fold::AlreadyApplied);
+    let view = fold_all(events[..2].iter().map(|(e, c)| (e, *c)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fold(Some(&view), &events[1].0, events[1].1).unwrap(),
+        Fold::AlreadyApplied
+    );
     let err = fold(Some(&view), &events[3].0, events[3].1).unwrap_err();
-    assert_eq!(err, ProjectionError::Gap { job: "job-7".into(), version: 2, got: 4 });
+    assert_eq!(
+        err,
+        ProjectionError::Gap {
+            job: "job-7".into(),
+            version: 2,
+            got: 4
+        }
+    );
     let err = fold(None, &events[1].0, events[1].1).unwrap_err();
     assert!(matches!(err, ProjectionError::Gap { .. }));
 }
@@ -145,7 +189,9 @@ fn a_failure_is_shown_with_its_object() {
         record: None,
     }));
     let envs = envelopes(events);
-    let view = fold_all(envs.iter().map(|(e, c)| (e, *c))).unwrap().unwrap();
+    let view = fold_all(envs.iter().map(|(e, c)| (e, *c)))
+        .unwrap()
+        .unwrap();
     assert_eq!(view.state, JobState::Failed);
     let error = view.error.unwrap();
     assert_eq!(error.message, "object store down");
@@ -166,9 +212,16 @@ fn only_a_completed_backup_enters_the_catalog() {
     assert_eq!(entries.len(), 1);
     let entry = &entries[0];
     assert_eq!(entry.destination, "file:///b");
-    assert_eq!((entry.messages, entry.objects, entry.stored_bytes), (20, 3, 110));
+    assert_eq!(
+        (entry.messages, entry.objects, entry.stored_bytes),
+        (20, 3, 110)
+    );
     assert_eq!(entry.compression, "zstd-3");
-    assert_eq!(entry.created_at, OffsetDateTime::UNIX_EPOCH + Duration::seconds(1), "the cut time, as in the manifest");
+    assert_eq!(
+        entry.created_at,
+        OffsetDateTime::UNIX_EPOCH + Duration::seconds(1),
+        "the cut time, as in the manifest"
+    );
     assert_eq!(catalog::select(entries.clone(), Some("OTHER")).len(), 0);
     assert_eq!(catalog::select(entries, Some("EVENTS")).len(), 1);
 }
