@@ -9,8 +9,8 @@
 
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupMode, BackupStarted, ConsumerPosition, ParentLink, SegmentStored,
-    SnapshotPartStored, SnapshotTaken, StreamCut, StreamStart,
+    BackupAccepted, BackupCompleted, BackupMode, BackupStarted, ConsumerPosition, ParentLink,
+    SegmentStored, SnapshotPartStored, SnapshotTaken, StreamCut, StreamStart,
 };
 use cim_backup_contracts::views::JobState;
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
@@ -22,22 +22,34 @@ use tokio_util::sync::CancellationToken;
 use super::context::{Context, tool_version};
 use super::error::EngineError;
 use super::reader::RangeReader;
+use super::snapshot::ServerSnapshot;
+use crate::archive::ArchiveStore;
 use crate::archive::manifest::{MANIFEST_FORMAT, Manifest, SnapshotArchive, StreamArchive};
 use crate::archive::record::{Record, encode_headers};
 use crate::archive::segment::{SealedSegment, SegmentBuilder};
-use crate::archive::ArchiveStore;
 use crate::jobs::{Job, execute};
 
 /// Runs a backup job to its end (completed, failed or cancelled).
-pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
-    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
+pub async fn run(
+    ctx: &Context,
+    job: &mut Job<BackupJob>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
+        cim_backup_domain::DomainError::NotCreated,
+    ))?;
     let archive = ctx.destinations.open(&spec.destination_url)?;
     let resumed = job.state.lifecycle.state == Some(JobState::Running);
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let started = take_cut(ctx, &spec, &archive).await?;
         execute(&ctx.events, job, BackupCommand::Start(started), None).await?;
     }
-    let streams = job.state.started.clone().expect("a running backup has a cut").streams;
+    let streams = job
+        .state
+        .started
+        .clone()
+        .expect("a running backup has a cut")
+        .streams;
     for start in &streams {
         match spec.mode {
             BackupMode::Messages => archive_stream(ctx, job, &archive, &start.cut, cancel).await?,
@@ -46,7 +58,10 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
                     // A server snapshot is one byte stream; a new one would not continue it.
                     return Err(EngineError::precondition(
                         ErrorCode::Conflict,
-                        format!("the snapshot of {} was interrupted and cannot resume; start a new backup", start.cut.stream),
+                        format!(
+                            "the snapshot of {} was interrupted and cannot resume; start a new backup",
+                            start.cut.stream
+                        ),
                     ));
                 }
                 snapshot_stream(ctx, job, &archive, &start.cut.stream, cancel).await?
@@ -72,16 +87,27 @@ pub async fn run(ctx: &Context, job: &mut Job<BackupJob>, cancel: &CancellationT
 }
 
 fn gone(stream: &str) -> EngineError {
-    EngineError::precondition(ErrorCode::NotFound, format!("stream {stream} does not exist (any more)"))
+    EngineError::precondition(
+        ErrorCode::NotFound,
+        format!("stream {stream} does not exist (any more)"),
+    )
 }
 
 /// The cut: every stream's state, config and durable consumers, read back to back, and for an
 /// incremental backup each stream's parent. Everything up to `cut.last_seq` is backed up.
-async fn take_cut(ctx: &Context, spec: &BackupAccepted, archive: &ArchiveStore) -> Result<BackupStarted, EngineError> {
+async fn take_cut(
+    ctx: &Context,
+    spec: &BackupAccepted,
+    archive: &ArchiveStore,
+) -> Result<BackupStarted, EngineError> {
     let taken_at = OffsetDateTime::now_utc();
     let mut streams = Vec::with_capacity(spec.streams.len());
     for stream in &spec.streams {
-        let info = ctx.api.stream_info(stream).await?.ok_or_else(|| gone(stream))?;
+        let info = ctx
+            .api
+            .stream_info(stream)
+            .await?
+            .ok_or_else(|| gone(stream))?;
         let cut = StreamCut {
             stream: stream.clone(),
             first_seq: info.state.first_seq,
@@ -91,7 +117,12 @@ async fn take_cut(ctx: &Context, spec: &BackupAccepted, archive: &ArchiveStore) 
             taken_at: OffsetDateTime::now_utc(),
             created: info.created,
         };
-        streams.push(StreamStart { config: info.config.to_string(), cut, parent: None, consumers: Vec::new() });
+        streams.push(StreamStart {
+            config: info.config.to_string(),
+            cut,
+            parent: None,
+            consumers: Vec::new(),
+        });
     }
     // Consumers and parents after all the states, so the states are as close in time as the API
     // allows (the cut's skew is the spread of the `taken_at`s).
@@ -116,13 +147,22 @@ async fn take_cut(ctx: &Context, spec: &BackupAccepted, archive: &ArchiveStore) 
             start.parent = find_parent(ctx, archive, &spec.destination_url, &start.cut).await;
         }
     }
-    Ok(BackupStarted { taken_at, streams, tool: tool_version() })
+    Ok(BackupStarted {
+        taken_at,
+        streams,
+        tool: tool_version(),
+    })
 }
 
 /// The newest completed backup of the same stream in the same destination, if an incremental
 /// backup can continue it: its manifest must read back, and the stream must be the same one
 /// (same creation time, sequences not gone backwards). Anything else means a full backup.
-async fn find_parent(ctx: &Context, archive: &ArchiveStore, url: &str, cut: &StreamCut) -> Option<ParentLink> {
+async fn find_parent(
+    ctx: &Context,
+    archive: &ArchiveStore,
+    url: &str,
+    cut: &StreamCut,
+) -> Option<ParentLink> {
     let entries = match ctx.views.catalog().await {
         Ok(entries) => entries,
         Err(e) => {
@@ -130,7 +170,9 @@ async fn find_parent(ctx: &Context, archive: &ArchiveStore, url: &str, cut: &Str
             return None;
         }
     };
-    let newest = cim_backup_projections::catalog::select(entries, Some(&cut.stream)).into_iter().find(|e| e.destination == url)?;
+    let newest = cim_backup_projections::catalog::select(entries, Some(&cut.stream))
+        .into_iter()
+        .find(|e| e.destination == url)?;
     let full = |why: String| {
         tracing::warn!(stream = %cut.stream, parent = %newest.backup_id, "{why}; taking a full backup");
         None
@@ -141,15 +183,23 @@ async fn find_parent(ctx: &Context, archive: &ArchiveStore, url: &str, cut: &Str
     };
     let entry = manifest.stream(&cut.stream)?;
     if entry.snapshot.is_some() {
-        return full("the previous backup is a server snapshot, which an incremental cannot continue".into());
+        return full(
+            "the previous backup is a server snapshot, which an incremental cannot continue".into(),
+        );
     }
     if entry.cut.created != cut.created {
         return full("the stream was recreated since the previous backup".into());
     }
     if cut.last_seq < entry.cut.last_seq {
-        return full(format!("the stream's last sequence {} is below the previous cut {}", cut.last_seq, entry.cut.last_seq));
+        return full(format!(
+            "the stream's last sequence {} is below the previous cut {}",
+            cut.last_seq, entry.cut.last_seq
+        ));
     }
-    Some(ParentLink { backup: newest.backup_id.0, cut_last_seq: entry.cut.last_seq })
+    Some(ParentLink {
+        backup: newest.backup_id.0,
+        cut_last_seq: entry.cut.last_seq,
+    })
 }
 
 /// Archives one stream from after its last recorded segment up to the cut.
@@ -160,7 +210,10 @@ async fn archive_stream(
     cut: &StreamCut,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let from = job.state.resume_from(&cut.stream).expect("the stream is part of the cut");
+    let from = job
+        .state
+        .resume_from(&cut.stream)
+        .expect("the stream is part of the cut");
     if cut.messages == 0 || from > cut.last_seq {
         return Ok(());
     }
@@ -168,23 +221,34 @@ async fn archive_stream(
     let segment_bytes = spec.segment_bytes as usize;
     let concurrency = ctx.defaults.upload_concurrency;
     let (tx, rx) = mpsc::channel::<SegmentBuilder>(concurrency);
-    let reader = read_segments(ctx, &cut.stream, from, cut.last_seq, segment_bytes, tx, cancel.clone());
+    let reader = read_segments(
+        ctx,
+        &cut.stream,
+        from,
+        cut.last_seq,
+        segment_bytes,
+        tx,
+        cancel.clone(),
+    );
 
     let compression = spec.compression;
     let recipients = spec.encryption.as_ref().map(|e| e.recipients.clone());
-    let sealed = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
-        .map(|builder| {
-            let archive = archive.clone();
-            let recipients = recipients.clone();
-            async move {
-                let sealed = tokio::task::spawn_blocking(move || builder.seal(compression, recipients.as_deref()))
+    let sealed =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .map(|builder| {
+                let archive = archive.clone();
+                let recipients = recipients.clone();
+                async move {
+                    let sealed = tokio::task::spawn_blocking(move || {
+                        builder.seal(compression, recipients.as_deref())
+                    })
                     .await
                     .map_err(|e| EngineError::nats(format!("compression task failed: {e}")))??;
-                archive.put_segment(&sealed).await?;
-                Ok::<SealedSegment, EngineError>(sealed)
-            }
-        })
-        .buffered(concurrency);
+                    archive.put_segment(&sealed).await?;
+                    Ok::<SealedSegment, EngineError>(sealed)
+                }
+            })
+            .buffered(concurrency);
     let record = async {
         futures::pin_mut!(sealed);
         while let Some(result) = sealed.next().await {
@@ -192,7 +256,10 @@ async fn archive_stream(
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
-            let stored = SegmentStored { stream: cut.stream.clone(), segment: sealed.info };
+            let stored = SegmentStored {
+                stream: cut.stream.clone(),
+                segment: sealed.info,
+            };
             execute(&ctx.events, job, BackupCommand::RecordSegment(stored), None).await?;
         }
         Ok(())
@@ -204,21 +271,23 @@ async fn archive_stream(
 
 /// Snapshot mode: takes the server's own snapshot of `stream` (consumers included) and stores
 /// it in parts of `segment_bytes`, each recorded once it is stored.
-async fn snapshot_stream(ctx: &Context, job: &mut Job<BackupJob>, archive: &ArchiveStore, stream: &str, cancel: &CancellationToken) -> Result<(), EngineError> {
-    use futures::StreamExt as _;
+async fn snapshot_stream(
+    ctx: &Context,
+    job: &mut Job<BackupJob>,
+    archive: &ArchiveStore,
+    stream: &str,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let spec = job.state.spec.clone().expect("spec");
     let recipients = spec.encryption.as_ref().map(|e| e.recipients.clone());
-    let inbox = ctx.client.new_inbox();
-    let mut chunks = ctx.client.subscribe(inbox.clone()).await.map_err(EngineError::nats)?;
-    let request = serde_json::json!({ "deliver_subject": inbox, "no_consumers": false, "chunk_size": 128 * 1024, "jsck": false });
-    let reply = ctx.api.raw(format!("$JS.API.STREAM.SNAPSHOT.{stream}"), request).await?;
-    let state = |k: &str| reply.pointer(&format!("/state/{k}")).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let mut snapshot = ServerSnapshot::start(ctx, stream, true).await?;
+    let state = snapshot.state;
     let taken = SnapshotTaken {
         stream: stream.to_owned(),
-        first_seq: state("first_seq"),
-        last_seq: state("last_seq"),
-        messages: state("messages"),
-        bytes: state("bytes"),
+        first_seq: state.first_seq,
+        last_seq: state.last_seq,
+        messages: state.messages,
+        bytes: state.bytes,
     };
     execute(&ctx.events, job, BackupCommand::RecordSnapshot(taken), None).await?;
     let part_bytes = spec.segment_bytes as usize;
@@ -227,28 +296,32 @@ async fn snapshot_stream(ctx: &Context, job: &mut Job<BackupJob>, archive: &Arch
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), chunks.next())
-            .await
-            .map_err(|_| EngineError::nats(format!("the snapshot of {stream} stalled (no data for 30 s)")))?
-            .ok_or_else(|| EngineError::nats("the snapshot subscription closed"))?;
-        if let Some(status) = chunk.status.filter(|s| s.as_u16() != 204) {
-            return Err(EngineError::nats(format!("snapshot of {stream}: status {} {}", status.as_u16(), chunk.description.unwrap_or_default())));
-        }
-        let last = chunk.payload.is_empty();
-        if !last {
-            buffer.extend_from_slice(&chunk.payload);
-            if let Some(reply) = chunk.reply {
-                ctx.client.publish(reply, bytes::Bytes::new()).await.map_err(EngineError::nats)?;
-            }
+        let chunk = snapshot.next_chunk().await?;
+        let last = chunk.is_none();
+        if let Some(chunk) = chunk {
+            buffer.extend_from_slice(&chunk);
         }
         if (last && !buffer.is_empty()) || buffer.len() >= part_bytes {
             let raw = std::mem::replace(&mut buffer, Vec::with_capacity(part_bytes + 128 * 1024));
             let recipients = recipients.clone();
-            let (stored, info) = tokio::task::spawn_blocking(move || crate::archive::part::seal(raw, recipients.as_deref()))
-                .await
-                .map_err(|e| EngineError::nats(format!("sealing task failed: {e}")))??;
-            archive.put_if_absent(&crate::archive::part::key(&info), stored).await?;
-            execute(&ctx.events, job, BackupCommand::RecordPart(SnapshotPartStored { stream: stream.to_owned(), part: info }), None).await?;
+            let (stored, info) = tokio::task::spawn_blocking(move || {
+                crate::archive::part::seal(raw, recipients.as_deref())
+            })
+            .await
+            .map_err(|e| EngineError::nats(format!("sealing task failed: {e}")))??;
+            archive
+                .put_if_absent(&crate::archive::part::key(&info), stored)
+                .await?;
+            execute(
+                &ctx.events,
+                job,
+                BackupCommand::RecordPart(SnapshotPartStored {
+                    stream: stream.to_owned(),
+                    part: info,
+                }),
+                None,
+            )
+            .await?;
         }
         if last {
             return Ok(());
@@ -286,7 +359,8 @@ async fn read_segments(
             payload: &m.payload,
         });
         if builder.raw_len() >= segment_bytes {
-            let full = std::mem::replace(&mut builder, SegmentBuilder::with_capacity(segment_bytes));
+            let full =
+                std::mem::replace(&mut builder, SegmentBuilder::with_capacity(segment_bytes));
             tx.send(full).await.map_err(|_| EngineError::Cancelled)?;
         }
     }
@@ -299,7 +373,11 @@ async fn read_segments(
 /// The manifest, computed from the job's events only (see `BackupStarted::configs`).
 fn build_manifest(job: &Job<BackupJob>) -> Manifest {
     let spec = job.state.spec.as_ref().expect("spec");
-    let started = job.state.started.as_ref().expect("a running backup has a cut");
+    let started = job
+        .state
+        .started
+        .as_ref()
+        .expect("a running backup has a cut");
     let streams = started
         .streams
         .iter()
@@ -316,8 +394,9 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
             parent: start.parent.as_ref().map(|p| p.backup),
             consumers: start.consumers.clone(),
             segments: job.state.segments_of(&start.cut.stream).cloned().collect(),
-            snapshot: (spec.mode == BackupMode::Snapshot)
-                .then(|| SnapshotArchive { parts: job.state.parts_of(&start.cut.stream).cloned().collect() }),
+            snapshot: (spec.mode == BackupMode::Snapshot).then(|| SnapshotArchive {
+                parts: job.state.parts_of(&start.cut.stream).cloned().collect(),
+            }),
         })
         .collect();
     Manifest {

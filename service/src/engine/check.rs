@@ -7,8 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cim_backup_contracts::ErrorCode;
-use cim_backup_contracts::events::{CheckCompleted, CheckProgressed, CheckStarted, CheckTarget, Selection};
-use cim_backup_contracts::integrity::{Finding, IntegrityReport, ProjectionFinding, ProjectionReport, ProjectionSpec};
+use cim_backup_contracts::events::{
+    CheckCompleted, CheckProgressed, CheckStarted, CheckTarget, Selection,
+};
+use cim_backup_contracts::integrity::{
+    ChainProfile, Finding, IntegrityReport, ProjectionFinding, ProjectionReport, ProjectionSpec,
+};
 use cim_backup_contracts::views::JobState;
 use cim_backup_domain::chain::{ChainItem, ChainState, ChainWalker, profile};
 use cim_backup_domain::check::{CheckCommand, CheckJob};
@@ -24,8 +28,14 @@ use crate::jobs::{Job, execute};
 
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
-    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
+pub async fn run(
+    ctx: &Context,
+    job: &mut Job<CheckJob>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
+        cim_backup_domain::DomainError::NotCreated,
+    ))?;
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let mut ranges = Vec::new();
         let mut messages = 0;
@@ -35,37 +45,91 @@ pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationTo
                     let archive = ctx.destinations.open(url)?;
                     let chain = Chain::resolve(&archive, *backup, &target.stream).await?;
                     let latest = chain.latest();
-                    (chain.floor(), latest.cut.last_seq.max(latest.last_seq), latest.cut.messages)
+                    (
+                        chain.floor(),
+                        latest.cut.last_seq.max(latest.last_seq),
+                        latest.cut.messages,
+                    )
                 }
                 _ => {
                     let state = ctx
                         .api
                         .stream_info(&target.stream)
                         .await?
-                        .ok_or_else(|| EngineError::precondition(ErrorCode::NotFound, format!("stream {} does not exist", target.stream)))?
+                        .ok_or_else(|| {
+                            EngineError::precondition(
+                                ErrorCode::NotFound,
+                                format!("stream {} does not exist", target.stream),
+                            )
+                        })?
                         .state;
                     (state.first_seq, state.last_seq, state.messages)
                 }
             };
             let first = spec.start_seq.map_or(first, |s| s.max(first));
             let last = spec.end_seq.map_or(last, |e| e.min(last));
-            messages += if spec.start_seq.is_none() && spec.end_seq.is_none() { count } else { (last + 1).saturating_sub(first) };
+            messages += if spec.start_seq.is_none() && spec.end_seq.is_none() {
+                count
+            } else {
+                (last + 1).saturating_sub(first)
+            };
             ranges.push((first, last));
         }
-        execute(&ctx.events, job, CheckCommand::Start(CheckStarted { ranges, messages }), None).await?;
+        execute(
+            &ctx.events,
+            job,
+            CheckCommand::Start(CheckStarted { ranges, messages }),
+            None,
+        )
+        .await?;
     }
     let plan = job.state.plan.clone().expect("a running check has ranges");
-    let mut progress = ProgressLog { done: 0, findings: 0, last: tokio::time::Instant::now() };
+    let mut progress = ProgressLog {
+        done: 0,
+        findings: 0,
+        last: tokio::time::Instant::now(),
+    };
     let mut reports = Vec::with_capacity(spec.targets.len());
     for (target, &(first, last)) in spec.targets.iter().zip(&plan.ranges) {
         let mut walk = Walk::new(target, spec.max_findings as usize, spec.start_seq.is_some());
         walk.stop_at_first = spec.replay.is_some();
         match (&spec.backup, &spec.source_url) {
-            (Some(backup), Some(url)) => walk_backup(ctx, job, &mut walk, url, *backup, first, last, &mut progress, cancel).await?,
-            _ => walk_live(ctx, job, &mut walk, first, last, &mut progress, cancel).await?,
+            (Some(backup), Some(url)) => {
+                walk_backup(
+                    ctx,
+                    job,
+                    &mut walk,
+                    url,
+                    *backup,
+                    first,
+                    last,
+                    &mut progress,
+                    cancel,
+                )
+                .await?
+            }
+            _ => {
+                walk_live(
+                    ctx,
+                    Some((&mut *job, &mut progress)),
+                    &mut walk,
+                    first,
+                    last,
+                    cancel,
+                )
+                .await?
+            }
         }
         let projections = if spec.deep && !target.projections.is_empty() {
-            Some(check_projections(ctx, &target.projections, &walk.walker, spec.max_findings as usize).await?)
+            Some(
+                check_projections(
+                    ctx,
+                    &target.projections,
+                    &walk.walker,
+                    spec.max_findings as usize,
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -80,7 +144,13 @@ pub async fn run(ctx: &Context, job: &mut Job<CheckJob>, cancel: &CancellationTo
             }
         }
     }
-    execute(&ctx.events, job, CheckCommand::Complete(CheckCompleted { reports, replayed }), None).await?;
+    execute(
+        &ctx.events,
+        job,
+        CheckCommand::Complete(CheckCompleted { reports, replayed }),
+        None,
+    )
+    .await?;
     tracing::info!(job = %job.id, "check completed");
     Ok(())
 }
@@ -108,7 +178,11 @@ impl Walk {
         let profile = profile(&target.profile);
         Walk {
             stream: target.stream.clone(),
-            walker: if mid_stream { ChainWalker::anchored(profile) } else { ChainWalker::new(profile) },
+            walker: if mid_stream {
+                ChainWalker::anchored(profile)
+            } else {
+                ChainWalker::new(profile)
+            },
             findings: Vec::new(),
             total: 0,
             by_kind: BTreeMap::new(),
@@ -158,25 +232,63 @@ struct ProgressLog {
 }
 
 impl ProgressLog {
-    async fn tick(&mut self, ctx: &Context, job: &mut Job<CheckJob>, findings: u64) -> Result<(), EngineError> {
+    async fn tick(
+        &mut self,
+        ctx: &Context,
+        job: &mut Job<CheckJob>,
+        findings: u64,
+    ) -> Result<(), EngineError> {
         self.done += 1;
         self.findings += findings;
-        if self.last.elapsed() >= PROGRESS_EVERY && job.state.progress.as_ref().is_none_or(|p| p.messages_done < self.done) {
-            execute(&ctx.events, job, CheckCommand::Progress(CheckProgressed { messages_done: self.done, findings: self.findings }), None).await?;
+        if self.last.elapsed() >= PROGRESS_EVERY
+            && job
+                .state
+                .progress
+                .as_ref()
+                .is_none_or(|p| p.messages_done < self.done)
+        {
+            execute(
+                &ctx.events,
+                job,
+                CheckCommand::Progress(CheckProgressed {
+                    messages_done: self.done,
+                    findings: self.findings,
+                }),
+                None,
+            )
+            .await?;
             self.last = tokio::time::Instant::now();
         }
         Ok(())
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Walks `first..=last` of a live stream with `profile`, outside a check job (no progress
+/// events): how a repair checks the stream it built before and after it replaces the live one.
+pub async fn walk_stream(
+    ctx: &Context,
+    stream: &str,
+    profile: &ChainProfile,
+    (first, last): (u64, u64),
+    max_findings: usize,
+    cancel: &CancellationToken,
+) -> Result<IntegrityReport, EngineError> {
+    let target = CheckTarget {
+        stream: stream.to_owned(),
+        profile: profile.clone(),
+        projections: Vec::new(),
+    };
+    let mut walk = Walk::new(&target, max_findings, first > 1);
+    walk_live(ctx, None, &mut walk, first, last, cancel).await?;
+    Ok(walk.report(None))
+}
+
 async fn walk_live(
     ctx: &Context,
-    job: &mut Job<CheckJob>,
+    mut job: Option<(&mut Job<CheckJob>, &mut ProgressLog)>,
     walk: &mut Walk,
     first: u64,
     last: u64,
-    progress: &mut ProgressLog,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     if first > last {
@@ -192,9 +304,17 @@ async fn walk_live(
         }
         let headers = read.message.headers.as_ref();
         let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let item = ChainItem { stream_seq: read.seq, time_ns: read.time_ns, subject: read.message.subject.as_str(), headers: &lookup, payload: &read.message.payload };
+        let item = ChainItem {
+            stream_seq: read.seq,
+            time_ns: read.time_ns,
+            subject: read.message.subject.as_str(),
+            headers: &lookup,
+            payload: &read.message.payload,
+        };
         let found = walk.check(item);
-        progress.tick(ctx, job, found).await?;
+        if let Some((job, progress)) = job.as_mut() {
+            progress.tick(ctx, job, found).await?;
+        }
         if walk.done() {
             break;
         }
@@ -205,19 +325,34 @@ async fn walk_live(
 /// Replays a stream to a projector from `from`: its durable consumer is recreated with the same
 /// configuration, delivering from `from` on. (The events are not republished: the log keeps one
 /// copy of each event, and the projector reads them where it always does.)
-async fn reset_consumer(ctx: &Context, stream: &str, name: &str, from: u64) -> Result<(), EngineError> {
+async fn reset_consumer(
+    ctx: &Context,
+    stream: &str,
+    name: &str,
+    from: u64,
+) -> Result<(), EngineError> {
     let consumers = ctx.api.durable_consumers(stream).await?;
     let consumer = consumers
         .into_iter()
         .find(|c| c.name == name)
-        .ok_or_else(|| EngineError::precondition(ErrorCode::NotFound, format!("stream {stream} has no durable consumer {name}")))?;
+        .ok_or_else(|| {
+            EngineError::precondition(
+                ErrorCode::NotFound,
+                format!("stream {stream} has no durable consumer {name}"),
+            )
+        })?;
     let mut config = consumer.config;
     config["deliver_policy"] = serde_json::json!("by_start_sequence");
     config["opt_start_seq"] = serde_json::json!(from);
     if let Some(map) = config.as_object_mut() {
         map.remove("opt_start_time");
     }
-    ctx.api.raw(format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"), serde_json::json!({})).await?;
+    ctx.api
+        .raw(
+            format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"),
+            serde_json::json!({}),
+        )
+        .await?;
     ctx.api.create_consumer(stream, name, &config).await?;
     tracing::info!(stream, consumer = name, from, "consumer reset for replay");
     Ok(())
@@ -237,22 +372,48 @@ async fn walk_backup(
 ) -> Result<(), EngineError> {
     let archive = ctx.destinations.open(url)?;
     let chain = Chain::resolve(&archive, backup, &walk.stream).await?;
-    let plan = Plan::new(&chain, &Selection { start_seq: Some(first), end_seq: Some(last), ..Selection::default() });
+    let plan = Plan::new(
+        &chain,
+        &Selection {
+            start_seq: Some(first),
+            end_seq: Some(last),
+            ..Selection::default()
+        },
+    );
     for planned in &plan.segments {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let object = segment::key(&planned.info);
         let stored = archive.get(&object).await?;
-        let plain = segment::open(&stored, &planned.info, codec(&chain, planned.manifest, &ctx.keys))?;
+        let plain = segment::open(
+            &stored,
+            &planned.info,
+            codec(&chain, planned.manifest, &ctx.keys),
+        )?;
         for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt { object: object.clone(), record: e.seq, message: e.to_string() })?;
+            let record = record.map_err(|e| ArchiveError::Corrupt {
+                object: object.clone(),
+                record: e.seq,
+                message: e.to_string(),
+            })?;
             if !plan.keeps(&record) {
                 continue;
             }
             let headers = decode_headers(record.headers).ok().flatten();
-            let lookup = |name: &str| headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
-            let item = ChainItem { stream_seq: record.seq, time_ns: record.time_ns, subject: record.subject, headers: &lookup, payload: record.payload };
+            let lookup = |name: &str| {
+                headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str())
+            };
+            let item = ChainItem {
+                stream_seq: record.seq,
+                time_ns: record.time_ns,
+                subject: record.subject,
+                headers: &lookup,
+                payload: record.payload,
+            };
             let found = walk.check(item);
             progress.tick(ctx, job, found).await?;
         }
@@ -264,38 +425,73 @@ async fn walk_backup(
 /// `<key_prefix><aggregate>` holds the CID and/or stream sequence of the last event it applied.
 /// It is inconsistent if that is not its chain's head, if its chain does not exist, or if its
 /// chain breaks at or before the event it applied (it was built from corrupt history).
-async fn check_projections(ctx: &Context, specs: &[ProjectionSpec], walker: &ChainWalker, max: usize) -> Result<ProjectionReport, EngineError> {
+async fn check_projections(
+    ctx: &Context,
+    specs: &[ProjectionSpec],
+    walker: &ChainWalker,
+    max: usize,
+) -> Result<ProjectionReport, EngineError> {
     use futures::StreamExt;
     let states: HashMap<&str, ChainState> = walker.chain_states().collect();
     let mut report = ProjectionReport::default();
     for spec in specs {
         let kv = ctx.js.get_key_value(&spec.bucket).await.map_err(|e| {
-            EngineError::precondition(ErrorCode::NotFound, format!("projection bucket {}: {e}", spec.bucket))
+            EngineError::precondition(
+                ErrorCode::NotFound,
+                format!("projection bucket {}: {e}", spec.bucket),
+            )
         })?;
         let cid_field = spec.cid_field.as_deref().unwrap_or("last_event_cid");
         let seq_field = spec.seq_field.as_deref().unwrap_or("last_event_seq");
-        let keys: Vec<String> = kv.keys().await.map_err(EngineError::nats)?.filter_map(|k| async move { k.ok() }).collect().await;
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(EngineError::nats)?
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
         for key in keys.into_iter().filter(|k| k.starts_with(&spec.key_prefix)) {
-            let Some(value) = kv.get(&key).await.map_err(EngineError::nats)? else { continue };
+            let Some(value) = kv.get(&key).await.map_err(EngineError::nats)? else {
+                continue;
+            };
             report.entries_checked += 1;
             let aggregate = key[spec.key_prefix.len()..].to_owned();
-            let json: serde_json::Value = serde_json::from_slice(&value).unwrap_or(serde_json::Value::Null);
+            let json: serde_json::Value =
+                serde_json::from_slice(&value).unwrap_or(serde_json::Value::Null);
             let cid = json.get(cid_field).and_then(|v| v.as_str());
             let seq = json.get(seq_field).and_then(|v| v.as_u64());
             let problem = match (states.get(aggregate.as_str()), cid, seq) {
                 (_, None, None) => Some(format!("has neither {cid_field} nor {seq_field}")),
                 (None, _, _) => Some("no chain of this aggregate in the stream".to_owned()),
-                (Some(state), _, _) if state.first_break.is_some_and(|b| seq.is_none_or(|s| s >= b)) => {
-                    Some(format!("its chain breaks at seq {}, and the projection is built from events up to there or beyond", state.first_break.unwrap()))
+                (Some(state), _, _)
+                    if state
+                        .first_break
+                        .is_some_and(|b| seq.is_none_or(|s| s >= b)) =>
+                {
+                    Some(format!(
+                        "its chain breaks at seq {}, and the projection is built from events up to there or beyond",
+                        state.first_break.unwrap()
+                    ))
                 }
-                (Some(state), Some(cid), _) if cid != state.head_cid => Some(format!("applied {cid}, the chain's head is {} (seq {})", state.head_cid, state.head_seq)),
-                (Some(state), _, Some(seq)) if seq != state.head_seq => Some(format!("applied seq {seq}, the chain's head is seq {}", state.head_seq)),
+                (Some(state), Some(cid), _) if cid != state.head_cid => Some(format!(
+                    "applied {cid}, the chain's head is {} (seq {})",
+                    state.head_cid, state.head_seq
+                )),
+                (Some(state), _, Some(seq)) if seq != state.head_seq => Some(format!(
+                    "applied seq {seq}, the chain's head is seq {}",
+                    state.head_seq
+                )),
                 _ => None,
             };
             if let Some(detail) = problem {
                 report.inconsistent += 1;
                 if report.findings.len() < max {
-                    report.findings.push(ProjectionFinding { bucket: spec.bucket.clone(), key, aggregate, detail });
+                    report.findings.push(ProjectionFinding {
+                        bucket: spec.bucket.clone(),
+                        key,
+                        aggregate,
+                        detail,
+                    });
                 }
             }
         }

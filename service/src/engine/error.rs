@@ -49,7 +49,10 @@ impl EngineError {
     }
 
     pub fn precondition(code: ErrorCode, message: impl Into<String>) -> Self {
-        EngineError::Precondition { code, message: message.into() }
+        EngineError::Precondition {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -57,7 +60,9 @@ impl EngineError {
             EngineError::Cancelled => ErrorCode::Conflict,
             EngineError::Archive(a) => a.code(),
             EngineError::Destination(_) => ErrorCode::BadRequest,
-            EngineError::Nats(_) | EngineError::JetStream(_) | EngineError::Events(_) => ErrorCode::Unavailable,
+            EngineError::Nats(_) | EngineError::JetStream(_) | EngineError::Events(_) => {
+                ErrorCode::Unavailable
+            }
             EngineError::Rejected(_) => ErrorCode::Internal,
             EngineError::Precondition { code, .. } => *code,
         }
@@ -69,6 +74,11 @@ impl EngineError {
             EngineError::Archive(a) => (Some(a.object().to_owned()), a.record()),
             _ => (None, None),
         };
-        JobFailed { code: self.code(), message: self.to_string(), object, record }
+        JobFailed {
+            code: self.code(),
+            message: self.to_string(),
+            object,
+            record,
+        }
     }
 }

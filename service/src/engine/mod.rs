@@ -9,15 +9,18 @@
 //! - [`runner`] — [`Runner`]: spawns jobs, routes cancellations, resumes unfinished jobs at start.
 //! - [`error`] — [`EngineError`] and how it becomes a `*Failed` event.
 //! - [`reader`] — reading a stream range in order, fast (ordered push consumer).
-//! - [`backup`], [`restore`], [`verify`], [`check`] — one engine per job kind.
+//! - [`snapshot`] — the server's own snapshot, and server-side stream copies built on it.
+//! - [`backup`], [`restore`], [`verify`], [`check`], [`repair`] — one engine per job kind.
 
 pub mod backup;
 pub mod check;
 pub mod context;
 pub mod error;
 pub mod reader;
+pub mod repair;
 pub mod restore;
 pub mod runner;
+pub mod snapshot;
 pub mod verify;
 
 pub use context::Context;

@@ -25,24 +25,42 @@ pub struct RangeReader {
 }
 
 impl RangeReader {
-    pub async fn open(js: &jetstream::Context, stream: &str, from: u64, until: u64) -> Result<Self, EngineError> {
+    pub async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        from: u64,
+        until: u64,
+    ) -> Result<Self, EngineError> {
         let stream_handle = js.get_stream(stream).await.map_err(|e| {
-            EngineError::precondition(cim_backup_contracts::ErrorCode::NotFound, format!("stream {stream}: {e}"))
+            EngineError::precondition(
+                cim_backup_contracts::ErrorCode::NotFound,
+                format!("stream {stream}: {e}"),
+            )
         })?;
         let consumer = stream_handle
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: js.client().new_inbox(),
                 description: Some("cim-backup: reading a backup range".into()),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
                 ..Default::default()
             })
             .await
             .map_err(EngineError::nats)?;
         if consumer.cached_info().num_pending == 0 || from > until {
-            return Ok(RangeReader { messages: None, until, done: true });
+            return Ok(RangeReader {
+                messages: None,
+                until,
+                done: true,
+            });
         }
         let messages = consumer.messages().await.map_err(EngineError::nats)?;
-        Ok(RangeReader { messages: Some(messages), until, done: false })
+        Ok(RangeReader {
+            messages: Some(messages),
+            until,
+            done: false,
+        })
     }
 
     /// The next message of the range, or `None` at its end.
@@ -59,7 +77,11 @@ impl RangeReader {
             }
         };
         let (seq, time_ns, pending) = match message.info() {
-            Ok(info) => (info.stream_sequence, super::super::archive::segment::nanos_of(info.published), info.pending),
+            Ok(info) => (
+                info.stream_sequence,
+                super::super::archive::segment::nanos_of(info.published),
+                info.pending,
+            ),
             Err(e) => {
                 self.done = true;
                 return Some(Err(EngineError::nats(e)));
@@ -73,6 +95,10 @@ impl RangeReader {
         if seq == self.until || pending == 0 {
             self.done = true;
         }
-        Some(Ok(ReadMessage { seq, time_ns, message }))
+        Some(Ok(ReadMessage {
+            seq,
+            time_ns,
+            message,
+        }))
     }
 }

@@ -12,23 +12,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cim_backup_contracts::JobId;
 use cim_backup_contracts::events::JobCancelled;
 use cim_backup_contracts::subjects::{EVENT_PREFIX, parse_event_subject};
 use cim_backup_contracts::views::JobKind;
-use cim_backup_contracts::JobId;
+use cim_backup_domain::JobLifecycle;
 use cim_backup_domain::backup::BackupJob;
 use cim_backup_domain::check::CheckJob;
+use cim_backup_domain::repair::RepairJob;
 use cim_backup_domain::restore::RestoreJob;
 use cim_backup_domain::verify::VerifyJob;
-use cim_backup_domain::JobLifecycle;
-use futures::{FutureExt, StreamExt};
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::context::Context;
 use super::error::EngineError;
-use super::{backup, check, restore, verify};
+use super::{backup, check, repair, restore, verify};
 use crate::jobs::{self, ExecuteError, Job, execute};
 
 /// How long a runner keeps trying to record how a job ended while NATS is unreachable.
@@ -42,11 +43,20 @@ pub struct Runner {
 }
 
 /// The engine function of one job kind.
-type Work<A> = for<'a> fn(&'a Context, &'a mut Job<A>, &'a CancellationToken) -> BoxFuture<'a, Result<(), EngineError>>;
+type Work<A> = for<'a> fn(
+    &'a Context,
+    &'a mut Job<A>,
+    &'a CancellationToken,
+) -> BoxFuture<'a, Result<(), EngineError>>;
 
 impl Runner {
     pub fn new(ctx: Arc<Context>) -> Arc<Runner> {
-        Arc::new(Runner { ctx, running: Mutex::new(HashMap::new()), shutdown: CancellationToken::new(), tasks: TaskTracker::new() })
+        Arc::new(Runner {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -54,19 +64,33 @@ impl Runner {
     }
 
     pub fn spawn_backup(self: &Arc<Self>, job: Job<BackupJob>) {
-        self.spawn(job, |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel)));
+        self.spawn(job, |ctx, job, cancel| {
+            Box::pin(backup::run(ctx, job, cancel))
+        });
     }
 
     pub fn spawn_restore(self: &Arc<Self>, job: Job<RestoreJob>) {
-        self.spawn(job, |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel)));
+        self.spawn(job, |ctx, job, cancel| {
+            Box::pin(restore::run(ctx, job, cancel))
+        });
     }
 
     pub fn spawn_verify(self: &Arc<Self>, job: Job<VerifyJob>) {
-        self.spawn(job, |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)));
+        self.spawn(job, |ctx, job, cancel| {
+            Box::pin(verify::run(ctx, job, cancel))
+        });
     }
 
     pub fn spawn_check(self: &Arc<Self>, job: Job<CheckJob>) {
-        self.spawn(job, |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel)));
+        self.spawn(job, |ctx, job, cancel| {
+            Box::pin(check::run(ctx, job, cancel))
+        });
+    }
+
+    pub fn spawn_repair(self: &Arc<Self>, job: Job<RepairJob>) {
+        self.spawn(job, |ctx, job, cancel| {
+            Box::pin(repair::run(ctx, job, cancel))
+        });
     }
 
     fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>)
@@ -138,7 +162,9 @@ impl Runner {
         loop {
             match execute(&self.ctx.events, job, command.clone(), None).await {
                 Ok(_) => return,
-                Err(ExecuteError::Store(e)) if tokio::time::Instant::now() < deadline && !self.shutdown.is_cancelled() => {
+                Err(ExecuteError::Store(e))
+                    if tokio::time::Instant::now() < deadline && !self.shutdown.is_cancelled() =>
+                {
                     tracing::warn!(job = %job.id, error = %e, "cannot record the end of the job yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -182,7 +208,11 @@ impl Runner {
 
     /// Watches the event subjects for cancel requests until shutdown.
     pub async fn watch_cancellations(self: Arc<Self>) -> Result<(), async_nats::SubscribeError> {
-        let mut events = self.ctx.client.subscribe(format!("{EVENT_PREFIX}.*.*.*")).await?;
+        let mut events = self
+            .ctx
+            .client
+            .subscribe(format!("{EVENT_PREFIX}.*.*.*"))
+            .await?;
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -209,10 +239,26 @@ impl Runner {
     pub async fn resume(self: &Arc<Self>, candidates: Vec<(JobKind, JobId)>) {
         for (kind, id) in candidates {
             let resumed = match kind {
-                JobKind::Backup => self.reload::<BackupJob>(&id).await.map(|j| j.map(|j| self.spawn_backup(j))),
-                JobKind::Restore => self.reload::<RestoreJob>(&id).await.map(|j| j.map(|j| self.spawn_restore(j))),
-                JobKind::Verify => self.reload::<VerifyJob>(&id).await.map(|j| j.map(|j| self.spawn_verify(j))),
-                JobKind::Check => self.reload::<CheckJob>(&id).await.map(|j| j.map(|j| self.spawn_check(j))),
+                JobKind::Backup => self
+                    .reload::<BackupJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_backup(j))),
+                JobKind::Restore => self
+                    .reload::<RestoreJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_restore(j))),
+                JobKind::Verify => self
+                    .reload::<VerifyJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_verify(j))),
+                JobKind::Check => self
+                    .reload::<CheckJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_check(j))),
+                JobKind::Repair => self
+                    .reload::<RepairJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_repair(j))),
             };
             match resumed {
                 Ok(Some(())) => tracing::info!(job = %id, %kind, "resumed unfinished job"),
@@ -222,7 +268,10 @@ impl Runner {
         }
     }
 
-    async fn reload<A: JobLifecycle>(&self, id: &JobId) -> Result<Option<Job<A>>, crate::event_store::EventStoreError> {
+    async fn reload<A: JobLifecycle>(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<Job<A>>, crate::event_store::EventStoreError> {
         let job = jobs::load::<A>(&self.ctx.events, id).await?;
         Ok(job.filter(|j| j.state.lifecycle().state.is_some_and(|s| !s.is_terminal())))
     }

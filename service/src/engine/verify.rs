@@ -14,10 +14,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::cid::Cid;
 use cim_backup_contracts::events::{VerifyCompleted, VerifyMode, VerifyProgressed, VerifyStarted};
 use cim_backup_contracts::views::JobState;
-use cim_backup_contracts::ErrorCode;
 use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,10 @@ struct Reach {
 }
 
 async fn reach(archive: &ArchiveStore, backup: Cid) -> Result<Reach, EngineError> {
-    let mut reach = Reach { manifests: BTreeMap::new(), order: Vec::new() };
+    let mut reach = Reach {
+        manifests: BTreeMap::new(),
+        order: Vec::new(),
+    };
     let mut queue = vec![backup];
     while let Some(cid) = queue.pop() {
         if reach.manifests.contains_key(&cid) {
@@ -56,14 +59,22 @@ async fn reach(archive: &ArchiveStore, backup: Cid) -> Result<Reach, EngineError
     Ok(reach)
 }
 
-pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
-    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
+pub async fn run(
+    ctx: &Context,
+    job: &mut Job<VerifyJob>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
+        cim_backup_domain::DomainError::NotCreated,
+    ))?;
     let archive = ctx.destinations.open(&spec.source_url)?;
     let reach = reach(&archive, spec.backup).await?;
     // Every stream's chain links are sound.
     let (root, _) = &reach.manifests[&spec.backup];
     for stream in &root.streams {
-        Chain::resolve(&archive, spec.backup, &stream.name).await?.check_links()?;
+        Chain::resolve(&archive, spec.backup, &stream.name)
+            .await?
+            .check_links()?;
     }
     // Segments and snapshot parts, each once (identical objects are shared between backups).
     let mut seen = HashSet::new();
@@ -74,7 +85,11 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
             let m = &reach.manifests[cid].0;
             m.streams.iter().flat_map(move |s| {
                 let segments = s.segments.iter().map(move |g| (m, Object::Segment(g)));
-                let parts = s.snapshot.iter().flat_map(|x| x.parts.iter()).map(move |p| (m, Object::Part(p)));
+                let parts = s
+                    .snapshot
+                    .iter()
+                    .flat_map(|x| x.parts.iter())
+                    .map(move |p| (m, Object::Part(p)));
                 segments.chain(parts)
             })
         })
@@ -92,7 +107,10 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
         }
         // A verify restarted after a crash starts over; its plan must not have changed.
         _ if job.state.plan.as_ref() != Some(&plan) => {
-            return Err(EngineError::precondition(ErrorCode::Corrupt, "the backup changed since this verify started"));
+            return Err(EngineError::precondition(
+                ErrorCode::Corrupt,
+                "the backup changed since this verify started",
+            ));
         }
         _ => {}
     }
@@ -116,7 +134,15 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
                 }
                 done.0 += 1;
                 done.1 += part.stored_bytes;
-                record_progress(ctx, job, &mut done, already, plan.objects, &mut last_progress).await?;
+                record_progress(
+                    ctx,
+                    job,
+                    &mut done,
+                    already,
+                    plan.objects,
+                    &mut last_progress,
+                )
+                .await?;
                 continue;
             }
             Object::Segment(info) => *info,
@@ -128,24 +154,50 @@ pub async fn run(ctx: &Context, job: &mut Job<VerifyJob>, cancel: &CancellationT
                 done.2 += info.records;
             }
             VerifyMode::Deep => {
-                let stream = manifest.streams.iter().find(|s| s.segments.iter().any(|g| g.cid == info.cid)).map_or("", |s| s.name.as_str());
+                let stream = manifest
+                    .streams
+                    .iter()
+                    .find(|s| s.segments.iter().any(|g| g.cid == info.cid))
+                    .map_or("", |s| s.name.as_str());
                 if let Some((pm, ps, last)) = prev {
                     if std::ptr::eq(pm, *manifest) && ps == stream && info.first_seq <= last {
-                        return Err(ArchiveError::corrupt(&key, format!("starts at seq {} but the previous segment ends at {last}", info.first_seq)).into());
+                        return Err(ArchiveError::corrupt(
+                            &key,
+                            format!(
+                                "starts at seq {} but the previous segment ends at {last}",
+                                info.first_seq
+                            ),
+                        )
+                        .into());
                     }
                 }
                 prev = Some((manifest, stream, info.last_seq));
                 let stored = archive.get(&key).await?;
-                let codec = Codec { compression: manifest.compression.algorithm, keys };
+                let codec = Codec {
+                    compression: manifest.compression.algorithm,
+                    keys,
+                };
                 let plain = segment::open(&stored, info, codec)?;
                 done.2 += segment::check_records(&plain, info)?;
             }
         }
         done.0 += 1;
         done.1 += info.stored_bytes;
-        record_progress(ctx, job, &mut done, already, plan.objects, &mut last_progress).await?;
+        record_progress(
+            ctx,
+            job,
+            &mut done,
+            already,
+            plan.objects,
+            &mut last_progress,
+        )
+        .await?;
     }
-    let completed = VerifyCompleted { objects: done.0, bytes: done.1, records: done.2 };
+    let completed = VerifyCompleted {
+        objects: done.0,
+        bytes: done.1,
+        records: done.2,
+    };
     execute(&ctx.events, job, VerifyCommand::Complete(completed), None).await?;
     tracing::info!(job = %job.id, backup = %spec.backup, mode = ?spec.mode, objects = done.0, records = done.2, "verify completed");
     Ok(())
@@ -184,8 +236,15 @@ impl Object<'_> {
 /// The object exists with the recorded size (one HEAD request).
 async fn structural(archive: &ArchiveStore, key: &str, size: u64) -> Result<(), EngineError> {
     match archive.size(key).await? {
-        None => Err(ArchiveError::Missing { object: key.to_owned() }.into()),
-        Some(found) if found != size => Err(ArchiveError::corrupt(key, format!("size is {found} bytes, the manifest says {size}")).into()),
+        None => Err(ArchiveError::Missing {
+            object: key.to_owned(),
+        }
+        .into()),
+        Some(found) if found != size => Err(ArchiveError::corrupt(
+            key,
+            format!("size is {found} bytes, the manifest says {size}"),
+        )
+        .into()),
         Some(_) => Ok(()),
     }
 }
@@ -202,7 +261,11 @@ async fn record_progress(
 ) -> Result<(), EngineError> {
     let finished = done.0 == total;
     if done.0 > already && (finished || last.elapsed() >= PROGRESS_EVERY) {
-        let progress = VerifyProgressed { objects_done: done.0, bytes_done: done.1, records_done: done.2 };
+        let progress = VerifyProgressed {
+            objects_done: done.0,
+            bytes_done: done.1,
+            records_done: done.2,
+        };
         execute(&ctx.events, job, VerifyCommand::Progress(progress), None).await?;
         *last = tokio::time::Instant::now();
     }
@@ -211,28 +274,43 @@ async fn record_progress(
 
 /// Per-stream totals and bounds in a manifest must agree with its segments and its cut.
 fn check_manifest_totals(manifest: &Manifest, backup: &Cid) -> Result<(), EngineError> {
-    let bad = |message: String| -> EngineError { ArchiveError::corrupt(manifest::key(backup), message).into() };
+    let bad = |message: String| -> EngineError {
+        ArchiveError::corrupt(manifest::key(backup), message).into()
+    };
     for s in &manifest.streams {
         if let Some(snapshot) = &s.snapshot {
             let stored: u64 = snapshot.parts.iter().map(|p| p.stored_bytes).sum();
             let raw: u64 = snapshot.parts.iter().map(|p| p.raw_bytes).sum();
             if (stored, raw) != (s.stored_bytes, s.raw_bytes) || !s.segments.is_empty() {
-                return Err(bad(format!("stream {}: snapshot parts do not add up ({stored}/{raw})", s.name)));
+                return Err(bad(format!(
+                    "stream {}: snapshot parts do not add up ({stored}/{raw})",
+                    s.name
+                )));
             }
             continue;
         }
         match (s.segments.first(), s.segments.last()) {
-            (Some(first), Some(last)) if (first.first_seq, last.last_seq) != (s.first_seq, s.last_seq) => {
+            (Some(first), Some(last))
+                if (first.first_seq, last.last_seq) != (s.first_seq, s.last_seq) =>
+            {
                 return Err(bad(format!(
                     "stream {}: says {}..={}, its segments cover {}..={}",
                     s.name, s.first_seq, s.last_seq, first.first_seq, last.last_seq
                 )));
             }
-            (None, None) if s.messages != 0 => return Err(bad(format!("stream {}: {} messages but no segments", s.name, s.messages))),
+            (None, None) if s.messages != 0 => {
+                return Err(bad(format!(
+                    "stream {}: {} messages but no segments",
+                    s.name, s.messages
+                )));
+            }
             _ => {}
         }
         if s.messages > 0 && s.last_seq > s.cut.last_seq {
-            return Err(bad(format!("stream {}: ends at {} beyond its cut at {}", s.name, s.last_seq, s.cut.last_seq)));
+            return Err(bad(format!(
+                "stream {}: ends at {} beyond its cut at {}",
+                s.name, s.last_seq, s.cut.last_seq
+            )));
         }
         let messages: u64 = s.segments.iter().map(|g| g.records).sum();
         let stored: u64 = s.segments.iter().map(|g| g.stored_bytes).sum();

@@ -25,7 +25,9 @@ pub mod target;
 use std::time::Duration;
 
 use cim_backup_contracts::cid::Cid;
-use cim_backup_contracts::events::{ConsumerRestored, RestoreCompleted, RestoreMethod, RestoreOptions, RestoreStarted, Selection};
+use cim_backup_contracts::events::{
+    ConsumerRestored, RestoreCompleted, RestoreMethod, RestoreOptions, RestoreStarted, Selection,
+};
 use cim_backup_contracts::replies::RestorePlan;
 use cim_backup_contracts::views::JobState;
 use cim_backup_contracts::{ErrorCode, JobId};
@@ -43,7 +45,11 @@ use crate::jobs::{Job, execute};
 
 pub use self::plan::stream_entry;
 
-pub async fn run(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
+pub async fn run(
+    ctx: &Context,
+    job: &mut Job<RestoreJob>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let result = restore(ctx, job, cancel).await;
     if result.is_err() {
         remove_partial_target(ctx, job).await;
@@ -61,8 +67,12 @@ async fn remove_partial_target(ctx: &Context, job: &Job<RestoreJob>) {
         _ => return, // absent, finished, or not ours
     }
     match ctx.api.delete_stream(&spec.target).await {
-        Ok(()) => tracing::info!(job = %job.id, target = %spec.target, "removed the partially restored target"),
-        Err(e) => tracing::warn!(job = %job.id, target = %spec.target, error = %e, "could not remove the partially restored target"),
+        Ok(()) => {
+            tracing::info!(job = %job.id, target = %spec.target, "removed the partially restored target")
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, target = %spec.target, error = %e, "could not remove the partially restored target")
+        }
     }
 }
 
@@ -75,31 +85,58 @@ struct Prepared {
     original: Value,
 }
 
-async fn prepare(ctx: &Context, source_url: &str, backup: Cid, stream: &str, selection: &Selection) -> Result<Prepared, EngineError> {
+async fn prepare(
+    ctx: &Context,
+    source_url: &str,
+    backup: Cid,
+    stream: &str,
+    selection: &Selection,
+) -> Result<Prepared, EngineError> {
     let archive = ctx.destinations.open(source_url)?;
     let chain = Chain::resolve(&archive, backup, stream).await?;
     chain.check_links()?;
     let plan = Plan::new(&chain, selection);
     let latest = chain.latest().clone();
-    let original: Value = serde_json::from_str(&latest.config)
-        .map_err(|e| EngineError::precondition(ErrorCode::Corrupt, format!("stream config in the manifest is not JSON: {e}")))?;
-    Ok(Prepared { archive, chain, plan, latest, original })
+    let original: Value = serde_json::from_str(&latest.config).map_err(|e| {
+        EngineError::precondition(
+            ErrorCode::Corrupt,
+            format!("stream config in the manifest is not JSON: {e}"),
+        )
+    })?;
+    Ok(Prepared {
+        archive,
+        chain,
+        plan,
+        latest,
+        original,
+    })
 }
 
 /// The method a restore uses, given what was asked and what the server and target are.
-async fn choose_method(ctx: &Context, asked: RestoreMethod, target: &str) -> Result<RestoreMethod, EngineError> {
+async fn choose_method(
+    ctx: &Context,
+    asked: RestoreMethod,
+    target: &str,
+) -> Result<RestoreMethod, EngineError> {
     let exists = ctx.api.stream_info(target).await?.map(|i| i.state.messages);
     let level = ctx.api.api_level().await?;
     match (asked, exists) {
         (RestoreMethod::Append, Some(_)) => Ok(RestoreMethod::Append),
-        (RestoreMethod::Append, None) => Err(EngineError::precondition(ErrorCode::NotFound, format!("append needs an existing stream {target}"))),
+        (RestoreMethod::Append, None) => Err(EngineError::precondition(
+            ErrorCode::NotFound,
+            format!("append needs an existing stream {target}"),
+        )),
         (_, Some(messages)) => Err(EngineError::precondition(
             ErrorCode::Conflict,
-            format!("target stream {target} already exists ({messages} messages); restore never overwrites: delete it, restore under another name with \"as\", or use \"method\": \"append\""),
+            format!(
+                "target stream {target} already exists ({messages} messages); restore never overwrites: delete it, restore under another name with \"as\", or use \"method\": \"append\""
+            ),
         )),
         (RestoreMethod::ServerArchive, None) if level < 5 => Err(EngineError::precondition(
             ErrorCode::BadRequest,
-            format!("method server-archive needs nats-server 2.15+ (JetStream API level 5); this server has level {level}"),
+            format!(
+                "method server-archive needs nats-server 2.15+ (JetStream API level 5); this server has level {level}"
+            ),
         )),
         (RestoreMethod::Auto, None) if level >= 5 => Ok(RestoreMethod::ServerArchive),
         (RestoreMethod::Auto, None) => Ok(RestoreMethod::Publish),
@@ -111,9 +148,15 @@ async fn choose_method(ctx: &Context, asked: RestoreMethod, target: &str) -> Res
 /// reading the planned segments.
 async fn bounds(ctx: &Context, p: &Prepared) -> Result<Tally, EngineError> {
     if p.plan.keeps_whole_segments(&p.chain) {
-        let mut tally = Tally { messages: p.plan.records, ..Tally::default() };
+        let mut tally = Tally {
+            messages: p.plan.records,
+            ..Tally::default()
+        };
         if let (Some(first), Some(last)) = (p.plan.segments.first(), p.plan.segments.last()) {
-            tally.first = Some((first.info.first_seq, segment::nanos_of(first.info.first_time)));
+            tally.first = Some((
+                first.info.first_seq,
+                segment::nanos_of(first.info.first_time),
+            ));
             tally.last = Some((last.info.last_seq, segment::nanos_of(last.info.last_time)));
         }
         // `bytes` (subject + headers + payload) is only known by reading; the plan reports raw.
@@ -126,12 +169,29 @@ async fn bounds(ctx: &Context, p: &Prepared) -> Result<Tally, EngineError> {
 /// kept, so new messages get the sequences they would have had); else the last one written.
 fn target_last_seq(selection: &Selection, latest: &StreamArchive, tally: &Tally) -> u64 {
     let written = tally.last_seq().unwrap_or(0);
-    if selection.is_everything() { latest.cut.last_seq.max(written) } else { written }
+    if selection.is_everything() {
+        latest.cut.last_seq.max(written)
+    } else {
+        written
+    }
 }
 
-async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &CancellationToken) -> Result<(), EngineError> {
-    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(cim_backup_domain::DomainError::NotCreated))?;
-    let p = prepare(ctx, &spec.source_url, spec.backup, &spec.stream, &spec.selection).await?;
+async fn restore(
+    ctx: &Context,
+    job: &mut Job<RestoreJob>,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
+        cim_backup_domain::DomainError::NotCreated,
+    ))?;
+    let p = prepare(
+        ctx,
+        &spec.source_url,
+        spec.backup,
+        &spec.stream,
+        &spec.selection,
+    )
+    .await?;
     if let Some(snapshot) = p.latest.snapshot.clone() {
         return restore_snapshot(ctx, job, &p, &snapshot, cancel).await;
     }
@@ -150,7 +210,11 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
         };
         execute(&ctx.events, job, RestoreCommand::Start(started), None).await?;
     }
-    let started = job.state.plan.clone().expect("a running restore has a plan");
+    let started = job
+        .state
+        .plan
+        .clone()
+        .expect("a running restore has a plan");
     let new_target = started.method != RestoreMethod::Append;
     let (mut final_config, mut notes) = if new_target {
         let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, &spec.target).await?;
@@ -166,7 +230,11 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     } else {
         Vec::new()
     };
-    let first_seq = if started.messages > 0 { started.first_seq } else { started.target_last_seq + 1 };
+    let first_seq = if started.messages > 0 {
+        started.first_seq
+    } else {
+        started.target_last_seq + 1
+    };
 
     let mut progress = Progress::new(job, p.plan.segments.len() as u64);
     if started.method == RestoreMethod::Append {
@@ -175,18 +243,55 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
     let tally = match started.method {
         RestoreMethod::ServerArchive => {
             let saved: Vec<_> = p.latest.consumers.iter().zip(&consumers).collect();
-            write_server_archive(ctx, &spec.target, &p, &final_config, first_seq, started.target_last_seq, &saved, &mut progress, cancel).await?
+            write_server_archive(
+                ctx,
+                &spec.target,
+                &p,
+                &final_config,
+                first_seq,
+                started.target_last_seq,
+                &saved,
+                &mut progress,
+                cancel,
+            )
+            .await?
         }
         RestoreMethod::Publish => {
-            let into = publish::Into::New { final_config: &final_config, first_seq, last_seq: started.target_last_seq };
+            let into = publish::Into::New {
+                final_config: &final_config,
+                first_seq,
+                last_seq: started.target_last_seq,
+            };
             let job_id = progress.job().id.clone();
-            let tally = publish::write(ctx, &job_id, &spec.target, &p.chain, &p.plan, into, &p.archive, &mut progress, cancel).await?;
+            let tally = publish::write(
+                ctx,
+                &job_id,
+                &spec.target,
+                &p.chain,
+                &p.plan,
+                into,
+                &p.archive,
+                &mut progress,
+                cancel,
+            )
+            .await?;
             publish::create_consumers(ctx, &spec.target, &p.latest.consumers, &consumers).await?;
             tally
         }
         RestoreMethod::Append | RestoreMethod::Auto => {
             let job_id = progress.job().id.clone();
-            publish::write(ctx, &job_id, &spec.target, &p.chain, &p.plan, publish::Into::Existing, &p.archive, &mut progress, cancel).await?
+            publish::write(
+                ctx,
+                &job_id,
+                &spec.target,
+                &p.chain,
+                &p.plan,
+                publish::Into::Existing,
+                &p.archive,
+                &mut progress,
+                cancel,
+            )
+            .await?
         }
     };
     let segments = progress.segments_done().max(p.plan.segments.len() as u64);
@@ -217,13 +322,26 @@ async fn restore(ctx: &Context, job: &mut Job<RestoreJob>, cancel: &Cancellation
 }
 
 /// Request checks that depend on the backup: a server snapshot restores whole, by the server.
-pub fn validate_request(latest: &StreamArchive, selection: &Selection, options: &RestoreOptions) -> Result<(), EngineError> {
+pub fn validate_request(
+    latest: &StreamArchive,
+    selection: &Selection,
+    options: &RestoreOptions,
+) -> Result<(), EngineError> {
     if latest.snapshot.is_some() {
         if !selection.is_everything() {
-            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup restores whole: no time, sequence or subject selection"));
+            return Err(EngineError::precondition(
+                ErrorCode::BadRequest,
+                "a snapshot backup restores whole: no time, sequence or subject selection",
+            ));
         }
-        if !matches!(options.method, RestoreMethod::Auto | RestoreMethod::ServerArchive) {
-            return Err(EngineError::precondition(ErrorCode::BadRequest, "a snapshot backup is restored by the server (method auto or server-archive)"));
+        if !matches!(
+            options.method,
+            RestoreMethod::Auto | RestoreMethod::ServerArchive
+        ) {
+            return Err(EngineError::precondition(
+                ErrorCode::BadRequest,
+                "a snapshot backup is restored by the server (method auto or server-archive)",
+            ));
         }
     }
     Ok(())
@@ -242,7 +360,13 @@ async fn restore_snapshot(
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         validate_request(&p.latest, &spec.selection, &spec.options)?;
         if let Some(info) = ctx.api.stream_info(&spec.target).await? {
-            return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} already exists ({} messages)", spec.target, info.state.messages)));
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!(
+                    "target stream {} already exists ({} messages)",
+                    spec.target, info.state.messages
+                ),
+            ));
         }
         let started = RestoreStarted {
             method: RestoreMethod::ServerArchive,
@@ -250,22 +374,49 @@ async fn restore_snapshot(
             segments: snapshot.parts.len() as u64,
             messages: p.latest.messages,
             bytes: snapshot.parts.iter().map(|x| x.raw_bytes).sum(),
-            first_seq: if p.latest.messages > 0 { p.latest.first_seq } else { 0 },
-            last_seq: if p.latest.messages > 0 { p.latest.last_seq } else { 0 },
+            first_seq: if p.latest.messages > 0 {
+                p.latest.first_seq
+            } else {
+                0
+            },
+            last_seq: if p.latest.messages > 0 {
+                p.latest.last_seq
+            } else {
+                0
+            },
             target_last_seq: p.latest.last_seq,
         };
         execute(&ctx.events, job, RestoreCommand::Start(started), None).await?;
     }
-    let started = job.state.plan.clone().expect("a running restore has a plan");
+    let started = job
+        .state
+        .plan
+        .clone()
+        .expect("a running restore has a plan");
     let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, &spec.target).await?;
-    let (final_config, notes) = target::final_config(&p.original, &spec.target, &spec.options, &owned, &job.id);
-    let keys = p.chain.manifests[0].1.encryption.as_ref().map(|_| &ctx.keys);
+    let (final_config, notes) =
+        target::final_config(&p.original, &spec.target, &spec.options, &owned, &job.id);
+    let keys = p.chain.manifests[0]
+        .1
+        .encryption
+        .as_ref()
+        .map(|_| &ctx.keys);
     let already = ctx.api.stream_info(&spec.target).await?;
     match already {
         Some(info) if target::owned_by(&info.config, &job.id) => {} // the server finished before a crash
-        Some(_) => return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {} was created by someone else during the restore", spec.target))),
+        Some(_) => {
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!(
+                    "target stream {} was created by someone else during the restore",
+                    spec.target
+                ),
+            ));
+        }
         None => {
-            let mut upload = server_archive::Upload::passthrough(&ctx.api, &target::quiet(&final_config)).await?;
+            let mut upload =
+                server_archive::Upload::passthrough(&ctx.api, &target::quiet(&final_config))
+                    .await?;
             let mut progress = Progress::new(job, snapshot.parts.len() as u64);
             // Fetch one part ahead: the server gives up after 5 s without data.
             let fetch = |i: usize| {
@@ -279,14 +430,20 @@ async fn restore_snapshot(
                 if cancel.is_cancelled() {
                     return Err(EngineError::Cancelled);
                 }
-                let stored = next.take().expect("fetched ahead").await.map_err(EngineError::nats)??;
+                let stored = next
+                    .take()
+                    .expect("fetched ahead")
+                    .await
+                    .map_err(EngineError::nats)??;
                 if i + 1 < snapshot.parts.len() {
                     next = Some(fetch(i + 1));
                 }
                 let raw = crate::archive::part::open(&stored, info, keys)?;
                 upload.raw(&raw).await?;
                 tally.bytes += info.raw_bytes;
-                progress.segment_done(ctx, &tally, info.raw_bytes, started.last_seq).await?;
+                progress
+                    .segment_done(ctx, &tally, info.raw_bytes, started.last_seq)
+                    .await?;
             }
             upload.finish().await?;
         }
@@ -304,11 +461,20 @@ async fn restore_snapshot(
         p.latest
             .consumers
             .iter()
-            .map(|c| ConsumerRestored { name: c.name.clone(), start_seq: c.ack_floor_stream_seq + 1, redeliveries: c.num_ack_pending })
+            .map(|c| ConsumerRestored {
+                name: c.name.clone(),
+                start_seq: c.ack_floor_stream_seq + 1,
+                redeliveries: c.num_ack_pending,
+            })
             .collect()
     } else {
         for c in &p.latest.consumers {
-            ctx.api.raw(format!("$JS.API.CONSUMER.DELETE.{}.{}", spec.target, c.name), json!({})).await?;
+            ctx.api
+                .raw(
+                    format!("$JS.API.CONSUMER.DELETE.{}.{}", spec.target, c.name),
+                    json!({}),
+                )
+                .await?;
         }
         Vec::new()
     };
@@ -333,8 +499,12 @@ async fn restore_snapshot(
 /// stream gets no `max_age` then, and a note says so.
 fn relax_max_age(config: &mut Value, plan: &Plan, chain: &Chain, notes: &mut Vec<String>) {
     let max_age_ns = config.get("max_age").and_then(Value::as_i64).unwrap_or(0);
-    let Some(oldest) = plan.segments.first().map(|s| s.info.first_time) else { return };
-    if max_age_ns > 0 && oldest < time::OffsetDateTime::now_utc() - time::Duration::nanoseconds(max_age_ns) {
+    let Some(oldest) = plan.segments.first().map(|s| s.info.first_time) else {
+        return;
+    };
+    if max_age_ns > 0
+        && oldest < time::OffsetDateTime::now_utc() - time::Duration::nanoseconds(max_age_ns)
+    {
         config["max_age"] = json!(0);
         notes.push(format!(
             "max_age ({}s) not applied: restored messages of {} are older and would expire at once; set it back when done",
@@ -352,14 +522,20 @@ async fn write_server_archive(
     final_config: &Value,
     first_seq: u64,
     last_seq: u64,
-    consumers: &[(&cim_backup_contracts::events::ConsumerPosition, &ConsumerRestored)],
+    consumers: &[(
+        &cim_backup_contracts::events::ConsumerPosition,
+        &ConsumerRestored,
+    )],
     progress: &mut Progress<'_>,
     cancel: &CancellationToken,
 ) -> Result<Tally, EngineError> {
     let job_id = progress.job().id.clone();
     if let Some(info) = ctx.api.stream_info(target).await? {
         if !target::owned_by(&info.config, &job_id) {
-            return Err(EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} was created by someone else during the restore")));
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!("target stream {target} was created by someone else during the restore"),
+            ));
         }
         // Ours, from before a crash: complete if the server finished, else a partial upload the
         // server kept. Count what should be there and compare; if it falls short, start over.
@@ -367,14 +543,30 @@ async fn write_server_archive(
         if check_target(ctx, target, &tally, last_seq).await.is_ok() {
             return Ok(tally);
         }
-        tracing::warn!(target, "a partial server restore from before a restart; deleting it and uploading again");
+        tracing::warn!(
+            target,
+            "a partial server restore from before a restart; deleting it and uploading again"
+        );
         ctx.api.delete_stream(target).await?;
     }
     let entries = consumers
         .iter()
-        .map(|(saved, start)| server_archive::consumer_entry(&saved.config, start.start_seq - 1, saved.ack_floor_consumer_seq))
+        .map(|(saved, start)| {
+            server_archive::consumer_entry(
+                &saved.config,
+                start.start_seq - 1,
+                saved.ack_floor_consumer_seq,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut upload = begin_upload(ctx, &target::quiet(final_config), first_seq, last_seq, &entries).await?;
+    let mut upload = begin_upload(
+        ctx,
+        &target::quiet(final_config),
+        first_seq,
+        last_seq,
+        &entries,
+    )
+    .await?;
     let mut tally = Tally::default();
     for planned in &p.plan.segments {
         if cancel.is_cancelled() {
@@ -389,15 +581,25 @@ async fn write_server_archive(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => upload.keepalive().await?,
             }
         };
-        let plain = segment::open(&stored, &planned.info, codec(&p.chain, planned.manifest, &ctx.keys))?;
+        let plain = segment::open(
+            &stored,
+            &planned.info,
+            codec(&p.chain, planned.manifest, &ctx.keys),
+        )?;
         for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt { object: object.clone(), record: e.seq, message: e.to_string() })?;
+            let record = record.map_err(|e| ArchiveError::Corrupt {
+                object: object.clone(),
+                record: e.seq,
+                message: e.to_string(),
+            })?;
             if p.plan.keeps(&record) {
                 tally.add(&record);
                 upload.message(&record).await?;
             }
         }
-        progress.segment_done(ctx, &tally, planned.info.raw_bytes, planned.info.last_seq).await?;
+        progress
+            .segment_done(ctx, &tally, planned.info.raw_bytes, planned.info.last_seq)
+            .await?;
     }
     upload.finish().await?;
     Ok(tally)
@@ -405,12 +607,22 @@ async fn write_server_archive(
 
 /// Starts a server restore, waiting out a previous interrupted one of the same stream (the
 /// server gives an abandoned upload 5 s before it lets go).
-async fn begin_upload(ctx: &Context, config: &Value, first_seq: u64, last_seq: u64, consumers: &[(String, Value)]) -> Result<server_archive::Upload, EngineError> {
+pub(crate) async fn begin_upload(
+    ctx: &Context,
+    config: &Value,
+    first_seq: u64,
+    last_seq: u64,
+    consumers: &[(String, Value)],
+) -> Result<server_archive::Upload, EngineError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match server_archive::Upload::begin(&ctx.api, config, first_seq, last_seq, consumers).await {
+        match server_archive::Upload::begin(&ctx.api, config, first_seq, last_seq, consumers).await
+        {
             Ok(upload) => return Ok(upload),
-            Err(e) if tokio::time::Instant::now() < deadline && e.to_string().contains("in progress") => {
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && e.to_string().contains("in progress") =>
+            {
                 tracing::info!(error = %e, "waiting for an earlier restore of the stream to be let go");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -421,18 +633,13 @@ async fn begin_upload(ctx: &Context, config: &Value, first_seq: u64, last_seq: u
 
 /// The restored stream must hold exactly what was written, on every replica: "completed"
 /// means a reader anywhere in the cluster sees the whole restore.
-async fn check_target(ctx: &Context, target: &str, tally: &Tally, last_seq: u64) -> Result<(), EngineError> {
-    let vanished = || EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut info = ctx.api.stream_info(target).await?.ok_or_else(vanished)?;
-    while !info.replicas_current {
-        if tokio::time::Instant::now() > deadline {
-            return Err(EngineError::precondition(ErrorCode::Unavailable, format!("replicas of {target} did not catch up within 2 minutes")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        info = ctx.api.stream_info(target).await?.ok_or_else(vanished)?;
-    }
-    let state = info.state;
+async fn check_target(
+    ctx: &Context,
+    target: &str,
+    tally: &Tally,
+    last_seq: u64,
+) -> Result<(), EngineError> {
+    let state = settled_info(ctx, target).await?.state;
     let first_ok = tally.messages == 0 || Some(state.first_seq) == tally.first_seq();
     if state.messages != tally.messages || state.last_seq != last_seq || !first_ok {
         return Err(EngineError::precondition(
@@ -451,15 +658,44 @@ async fn check_target(ctx: &Context, target: &str, tally: &Tally, last_seq: u64)
     Ok(())
 }
 
+/// The stream's info once every replica has caught up (two minutes at most).
+pub(crate) async fn settled_info(
+    ctx: &Context,
+    stream: &str,
+) -> Result<crate::jsapi::StreamInfo, EngineError> {
+    let vanished =
+        || EngineError::precondition(ErrorCode::Conflict, format!("stream {stream} vanished"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut info = ctx.api.stream_info(stream).await?.ok_or_else(vanished)?;
+    while !info.replicas_current {
+        if tokio::time::Instant::now() > deadline {
+            return Err(EngineError::precondition(
+                ErrorCode::Unavailable,
+                format!("replicas of {stream} did not catch up within 2 minutes"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = ctx.api.stream_info(stream).await?.ok_or_else(vanished)?;
+    }
+    Ok(info)
+}
+
 /// Puts the original metadata back, dropping the job's marker.
 async fn clear_marker(ctx: &Context, target: &str, original: &Value) -> Result<(), EngineError> {
     let current = ctx
         .api
         .stream_info(target)
         .await?
-        .ok_or_else(|| EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished")))?
+        .ok_or_else(|| {
+            EngineError::precondition(
+                ErrorCode::Conflict,
+                format!("target stream {target} vanished"),
+            )
+        })?
         .config;
-    ctx.api.update_stream(&target::without_marker(&current, original)).await?;
+    ctx.api
+        .update_stream(&target::without_marker(&current, original))
+        .await?;
     Ok(())
 }
 
@@ -492,13 +728,18 @@ pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, Engine
     let mut notes = Vec::new();
     if method != RestoreMethod::Append {
         let owned = target::subjects_owned_elsewhere(&ctx.api, &p.original, r.target).await?;
-        let (mut config, more) = target::final_config(&p.original, r.target, r.options, &owned, &JobId::dry_run());
+        let (mut config, more) =
+            target::final_config(&p.original, r.target, r.options, &owned, &JobId::dry_run());
         notes.extend(more);
         if method == RestoreMethod::ServerArchive {
             relax_max_age(&mut config, &p.plan, &p.chain, &mut notes);
         }
     }
-    let consumers = if method != RestoreMethod::Append && r.options.consumers { plan::consumer_starts(&p.latest, last_seq) } else { Vec::new() };
+    let consumers = if method != RestoreMethod::Append && r.options.consumers {
+        plan::consumer_starts(&p.latest, last_seq)
+    } else {
+        Vec::new()
+    };
     Ok(RestorePlan {
         dry_run: true,
         backup: r.backup.into(),

@@ -25,12 +25,20 @@ pub struct Chain {
 
 impl Chain {
     /// Reads the backup and follows the stream's `parent` links back to a full backup.
-    pub async fn resolve(archive: &ArchiveStore, backup: Cid, stream: &str) -> Result<Chain, EngineError> {
+    pub async fn resolve(
+        archive: &ArchiveStore,
+        backup: Cid,
+        stream: &str,
+    ) -> Result<Chain, EngineError> {
         let mut manifests = Vec::new();
         let mut next = Some(backup);
         while let Some(cid) = next {
             if manifests.len() >= MAX_CHAIN || manifests.iter().any(|(c, _)| *c == cid) {
-                return Err(ArchiveError::corrupt(crate::archive::manifest::key(&cid), "the parent chain loops").into());
+                return Err(ArchiveError::corrupt(
+                    crate::archive::manifest::key(&cid),
+                    "the parent chain loops",
+                )
+                .into());
             }
             let (manifest, _) = archive.get_manifest(&cid).await?;
             let entry = stream_entry(&manifest, stream)?;
@@ -38,7 +46,10 @@ impl Chain {
             manifests.push((cid, manifest));
         }
         manifests.reverse();
-        Ok(Chain { manifests, stream: stream.to_owned() })
+        Ok(Chain {
+            manifests,
+            stream: stream.to_owned(),
+        })
     }
 
     pub fn ids(&self) -> Vec<Cid> {
@@ -47,7 +58,11 @@ impl Chain {
 
     /// The stream as the newest backup of the chain saw it (config, cut, consumers).
     pub fn latest(&self) -> &StreamArchive {
-        stream_entry(&self.manifests.last().expect("a chain is never empty").1, &self.stream).expect("resolved")
+        stream_entry(
+            &self.manifests.last().expect("a chain is never empty").1,
+            &self.stream,
+        )
+        .expect("resolved")
     }
 
     /// Messages below the newest cut's first sequence were gone from the stream by then
@@ -61,31 +76,55 @@ impl Chain {
     pub fn check_links(&self) -> Result<(), ArchiveError> {
         for pair in self.manifests.windows(2) {
             let ((_, parent), (child_id, child)) = (&pair[0], &pair[1]);
-            let (p, c) = (stream_entry(parent, &self.stream).expect("resolved"), stream_entry(child, &self.stream).expect("resolved"));
+            let (p, c) = (
+                stream_entry(parent, &self.stream).expect("resolved"),
+                stream_entry(child, &self.stream).expect("resolved"),
+            );
             let object = crate::archive::manifest::key(child_id);
             if c.cut.created != p.cut.created {
-                return Err(ArchiveError::corrupt(object, format!("continues a different stream {} (creation times differ)", self.stream)));
+                return Err(ArchiveError::corrupt(
+                    object,
+                    format!(
+                        "continues a different stream {} (creation times differ)",
+                        self.stream
+                    ),
+                ));
             }
             if let Some(first) = c.segments.first() {
                 if first.first_seq <= p.cut.last_seq {
                     return Err(ArchiveError::corrupt(
                         object,
-                        format!("starts at seq {} but its parent covers up to {}", first.first_seq, p.cut.last_seq),
+                        format!(
+                            "starts at seq {} but its parent covers up to {}",
+                            first.first_seq, p.cut.last_seq
+                        ),
                     ));
                 }
             }
             if c.cut.last_seq < p.cut.last_seq {
-                return Err(ArchiveError::corrupt(object, format!("its cut {} is before its parent's {}", c.cut.last_seq, p.cut.last_seq)));
+                return Err(ArchiveError::corrupt(
+                    object,
+                    format!(
+                        "its cut {} is before its parent's {}",
+                        c.cut.last_seq, p.cut.last_seq
+                    ),
+                ));
             }
         }
         Ok(())
     }
 }
 
-pub fn stream_entry<'m>(manifest: &'m Manifest, stream: &str) -> Result<&'m StreamArchive, EngineError> {
+pub fn stream_entry<'m>(
+    manifest: &'m Manifest,
+    stream: &str,
+) -> Result<&'m StreamArchive, EngineError> {
     manifest.stream(stream).ok_or_else(|| {
         let names: Vec<&str> = manifest.streams.iter().map(|s| s.name.as_str()).collect();
-        EngineError::precondition(ErrorCode::NotFound, format!("the backup holds no stream {stream} (it holds {names:?})"))
+        EngineError::precondition(
+            ErrorCode::NotFound,
+            format!("the backup holds no stream {stream} (it holds {names:?})"),
+        )
     })
 }
 
@@ -117,7 +156,10 @@ impl Plan {
             .enumerate()
             .flat_map(|(i, (_, m))| {
                 let entry = stream_entry(m, &chain.stream).expect("resolved");
-                entry.segments.iter().map(move |s| PlannedSegment { info: s.clone(), manifest: i })
+                entry.segments.iter().map(move |s| PlannedSegment {
+                    info: s.clone(),
+                    manifest: i,
+                })
             })
             .filter(|s| {
                 s.info.last_seq >= lo
@@ -143,15 +185,21 @@ impl Plan {
             && s.end_seq.is_none_or(|x| record.seq <= x)
             && s.start.is_none_or(|t| record.time_ns >= nanos_of(t))
             && s.end.is_none_or(|t| record.time_ns < nanos_of(t))
-            && (s.subjects.is_empty() || s.subjects.iter().any(|f| subject_matches(f, record.subject)))
+            && (s.subjects.is_empty()
+                || s.subjects
+                    .iter()
+                    .any(|f| subject_matches(f, record.subject)))
     }
 
     /// Whether every record of the planned segments is kept without looking at them (then the
     /// plan's bounds are exact without a scan).
     pub fn keeps_whole_segments(&self, chain: &Chain) -> bool {
-        self.selection.is_everything() && chain.manifests.iter().all(|(_, m)| {
-            stream_entry(m, &chain.stream).map(|e| e.segments.iter().all(|s| s.first_seq >= self.floor)).unwrap_or(false)
-        })
+        self.selection.is_everything()
+            && chain.manifests.iter().all(|(_, m)| {
+                stream_entry(m, &chain.stream)
+                    .map(|e| e.segments.iter().all(|s| s.first_seq >= self.floor))
+                    .unwrap_or(false)
+            })
     }
 }
 
@@ -205,17 +253,29 @@ impl Tally {
 /// How to open the segments of the chain's `i`th backup.
 pub fn codec<'k>(chain: &Chain, i: usize, keys: &'k Keys) -> Codec<'k> {
     let manifest = &chain.manifests[i].1;
-    Codec { compression: manifest.compression.algorithm, keys: manifest.encryption.as_ref().map(|_| keys) }
+    Codec {
+        compression: manifest.compression.algorithm,
+        keys: manifest.encryption.as_ref().map(|_| keys),
+    }
 }
 
 /// Reads the planned segments and counts exactly what the selection keeps.
-pub async fn tally(archive: &ArchiveStore, chain: &Chain, plan: &Plan, keys: &Keys) -> Result<Tally, EngineError> {
+pub async fn tally(
+    archive: &ArchiveStore,
+    chain: &Chain,
+    plan: &Plan,
+    keys: &Keys,
+) -> Result<Tally, EngineError> {
     let mut tally = Tally::default();
     for planned in &plan.segments {
         let stored = archive.get(&segment::key(&planned.info)).await?;
         let plain = segment::open(&stored, &planned.info, codec(chain, planned.manifest, keys))?;
         for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt { object: segment::key(&planned.info), record: e.seq, message: e.to_string() })?;
+            let record = record.map_err(|e| ArchiveError::Corrupt {
+                object: segment::key(&planned.info),
+                record: e.seq,
+                message: e.to_string(),
+            })?;
             if plan.keeps(&record) {
                 tally.add(&record);
             }
@@ -235,7 +295,11 @@ pub fn consumer_starts(latest: &StreamArchive, last_restored: u64) -> Vec<Consum
             // Delivered-but-unacked messages that were restored come again.
             let delivered = c.delivered_stream_seq.min(last_restored);
             let redeliveries = c.num_ack_pending.min(delivered.saturating_sub(floor));
-            ConsumerRestored { name: c.name.clone(), start_seq: floor + 1, redeliveries }
+            ConsumerRestored {
+                name: c.name.clone(),
+                start_seq: floor + 1,
+                redeliveries,
+            }
         })
         .collect()
 }

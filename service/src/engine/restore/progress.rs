@@ -25,7 +25,15 @@ pub struct Progress<'j> {
 
 impl<'j> Progress<'j> {
     pub fn new(job: &'j mut Job<RestoreJob>, segments_total: u64) -> Self {
-        Progress { job, every: EVERY, segments_total, segments_done: 0, bytes_done: 0, last: Instant::now(), notes: Vec::new() }
+        Progress {
+            job,
+            every: EVERY,
+            segments_total,
+            segments_done: 0,
+            bytes_done: 0,
+            last: Instant::now(),
+            notes: Vec::new(),
+        }
     }
 
     /// Records every segment (an append resumes after the last recorded one, so the checkpoint
@@ -37,7 +45,11 @@ impl<'j> Progress<'j> {
 
     /// Segments a previous run of the job recorded as written.
     pub fn recorded_segments(&self) -> u64 {
-        self.job.state.progress.as_ref().map_or(0, |p| p.segments_done)
+        self.job
+            .state
+            .progress
+            .as_ref()
+            .map_or(0, |p| p.segments_done)
     }
 
     /// Something the operator should read in the completion.
@@ -58,10 +70,21 @@ impl<'j> Progress<'j> {
     }
 
     /// A segment has been written.
-    pub async fn segment_done(&mut self, ctx: &Context, tally: &Tally, raw_bytes: u64, last_seq: u64) -> Result<(), EngineError> {
+    pub async fn segment_done(
+        &mut self,
+        ctx: &Context,
+        tally: &Tally,
+        raw_bytes: u64,
+        last_seq: u64,
+    ) -> Result<(), EngineError> {
         self.segments_done += 1;
         self.bytes_done += raw_bytes;
-        let recorded = self.job.state.progress.as_ref().map_or(0, |p| p.segments_done);
+        let recorded = self
+            .job
+            .state
+            .progress
+            .as_ref()
+            .map_or(0, |p| p.segments_done);
         let due = self.last.elapsed() >= self.every || self.segments_done == self.segments_total;
         if due && self.segments_done > recorded {
             let progress = RestoreProgressed {
@@ -70,7 +93,13 @@ impl<'j> Progress<'j> {
                 bytes_done: self.bytes_done,
                 last_seq,
             };
-            execute(&ctx.events, self.job, RestoreCommand::Progress(progress), None).await?;
+            execute(
+                &ctx.events,
+                self.job,
+                RestoreCommand::Progress(progress),
+                None,
+            )
+            .await?;
             self.last = Instant::now();
         }
         Ok(())

@@ -49,7 +49,11 @@ const ACK_WINDOW: usize = 4096;
 /// Where the records go and what they must look like there.
 pub enum Into<'a> {
     /// A new target created for this restore, reproducing sequences up to `last_seq`.
-    New { final_config: &'a Value, first_seq: u64, last_seq: u64 },
+    New {
+        final_config: &'a Value,
+        first_seq: u64,
+        last_seq: u64,
+    },
     /// An existing stream: appended after its last message, on the original subjects.
     Existing,
 }
@@ -68,29 +72,56 @@ pub async fn write(
     cancel: &CancellationToken,
 ) -> Result<Tally, EngineError> {
     let (prefix, mut next_seq, expect_seqs) = match &into {
-        Into::New { final_config, first_seq, .. } => {
+        Into::New {
+            final_config,
+            first_seq,
+            ..
+        } => {
             let info = match ctx.api.stream_info(target).await? {
                 Some(info) if super::target::owned_by(&info.config, job) => info,
                 Some(_) => {
                     return Err(EngineError::precondition(
                         ErrorCode::Conflict,
-                        format!("target stream {target} was created by someone else during the restore"),
+                        format!(
+                            "target stream {target} was created by someone else during the restore"
+                        ),
                     ));
                 }
                 None => {
-                    ctx.api.create_stream(&staging_config(final_config, job, *first_seq)).await?;
-                    ctx.api.stream_info(target).await?.ok_or_else(|| vanished(target))?
+                    ctx.api
+                        .create_stream(&staging_config(final_config, job, *first_seq))
+                        .await?;
+                    ctx.api
+                        .stream_info(target)
+                        .await?
+                        .ok_or_else(|| vanished(target))?
                 }
             };
-            (format!("{RESTORE_PREFIX}.{job}."), info.state.last_seq + 1, true)
+            (
+                format!("{RESTORE_PREFIX}.{job}."),
+                info.state.last_seq + 1,
+                true,
+            )
         }
         Into::Existing => (String::new(), 0, false),
     };
-    let mut writer = Writer { ctx, target: target.to_owned(), prefix, in_flight: VecDeque::new(), expect_seqs, tally: Tally::default(), duplicates: 0 };
+    let mut writer = Writer {
+        ctx,
+        target: target.to_owned(),
+        prefix,
+        in_flight: VecDeque::new(),
+        expect_seqs,
+        tally: Tally::default(),
+        duplicates: 0,
+    };
     // Appending has no sequences to resume by: a resumed append skips the segments recorded as
     // written (progress is recorded after every segment when appending), so at most the one
     // segment in flight at a crash is published again (and deduplicated by Nats-Msg-Id, if set).
-    let skip = if expect_seqs { 0 } else { progress.recorded_segments() as usize };
+    let skip = if expect_seqs {
+        0
+    } else {
+        progress.recorded_segments() as usize
+    };
     for (index, planned) in plan.segments.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -98,9 +129,17 @@ pub async fn write(
         let skipped = index < skip;
         let object = segment::key(&planned.info);
         let stored = archive.get(&object).await?;
-        let plain = segment::open(&stored, &planned.info, codec(chain, planned.manifest, &ctx.keys))?;
+        let plain = segment::open(
+            &stored,
+            &planned.info,
+            codec(chain, planned.manifest, &ctx.keys),
+        )?;
         for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt { object: object.clone(), record: e.seq, message: e.to_string() })?;
+            let record = record.map_err(|e| ArchiveError::Corrupt {
+                object: object.clone(),
+                record: e.seq,
+                message: e.to_string(),
+            })?;
             if !plan.keeps(&record) {
                 continue;
             }
@@ -113,21 +152,43 @@ pub async fn write(
                     continue; // written before a restart
                 }
                 while next_seq < record.seq {
-                    writer.send(FILLER_SUBJECT, None, Bytes::new(), Some(next_seq)).await?;
+                    writer
+                        .send(FILLER_SUBJECT, None, Bytes::new(), Some(next_seq))
+                        .await?;
                     next_seq += 1;
                 }
             }
-            let headers = restored_headers(&record).map_err(|message| ArchiveError::Corrupt { object: object.clone(), record: Some(record.seq), message })?;
-            writer.send(record.subject, Some(headers), Bytes::copy_from_slice(record.payload), expect_seqs.then_some(next_seq)).await?;
+            let headers = restored_headers(&record).map_err(|message| ArchiveError::Corrupt {
+                object: object.clone(),
+                record: Some(record.seq),
+                message,
+            })?;
+            writer
+                .send(
+                    record.subject,
+                    Some(headers),
+                    Bytes::copy_from_slice(record.payload),
+                    expect_seqs.then_some(next_seq),
+                )
+                .await?;
             next_seq += 1;
         }
         writer.drain().await?;
-        progress.segment_done(ctx, &writer.tally, planned.info.raw_bytes, planned.info.last_seq).await?;
+        progress
+            .segment_done(
+                ctx,
+                &writer.tally,
+                planned.info.raw_bytes,
+                planned.info.last_seq,
+            )
+            .await?;
     }
     if let Into::New { last_seq, .. } = into {
         // Trailing gaps, so the next message gets the sequence it would have had.
         while next_seq <= last_seq {
-            writer.send(FILLER_SUBJECT, None, Bytes::new(), Some(next_seq)).await?;
+            writer
+                .send(FILLER_SUBJECT, None, Bytes::new(), Some(next_seq))
+                .await?;
             next_seq += 1;
         }
         writer.drain().await?;
@@ -145,7 +206,10 @@ pub async fn write(
 }
 
 fn vanished(target: &str) -> EngineError {
-    EngineError::precondition(ErrorCode::Conflict, format!("target stream {target} vanished during the restore"))
+    EngineError::precondition(
+        ErrorCode::Conflict,
+        format!("target stream {target} vanished during the restore"),
+    )
 }
 
 /// Publish preconditions (`Nats-Expected-*`) held when the message was first stored.
@@ -189,16 +253,27 @@ fn staging_config(final_config: &Value, job: &JobId, first_seq: u64) -> Value {
 }
 
 /// Recreates the saved durable consumers, each starting after its (clamped) ack floor.
-pub async fn create_consumers(ctx: &Context, target: &str, saved: &[ConsumerPosition], starts: &[ConsumerRestored]) -> Result<(), EngineError> {
+pub async fn create_consumers(
+    ctx: &Context,
+    target: &str,
+    saved: &[ConsumerPosition],
+    starts: &[ConsumerRestored],
+) -> Result<(), EngineError> {
     for (consumer, start) in saved.iter().zip(starts) {
-        let mut config: Value = serde_json::from_str(&consumer.config)
-            .map_err(|e| EngineError::precondition(ErrorCode::Corrupt, format!("saved consumer {} has no valid config: {e}", consumer.name)))?;
+        let mut config: Value = serde_json::from_str(&consumer.config).map_err(|e| {
+            EngineError::precondition(
+                ErrorCode::Corrupt,
+                format!("saved consumer {} has no valid config: {e}", consumer.name),
+            )
+        })?;
         config["deliver_policy"] = json!("by_start_sequence");
         config["opt_start_seq"] = json!(start.start_seq);
         if let Some(map) = config.as_object_mut() {
             map.remove("opt_start_time");
         }
-        ctx.api.create_consumer(target, &consumer.name, &config).await?;
+        ctx.api
+            .create_consumer(target, &consumer.name, &config)
+            .await?;
     }
     Ok(())
 }
@@ -215,7 +290,13 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    async fn send(&mut self, subject: &str, headers: Option<HeaderMap>, payload: Bytes, expected: Option<u64>) -> Result<(), EngineError> {
+    async fn send(
+        &mut self,
+        subject: &str,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        expected: Option<u64>,
+    ) -> Result<(), EngineError> {
         if self.in_flight.len() >= ACK_WINDOW {
             self.settle_one().await?;
         }
@@ -231,19 +312,26 @@ impl Writer<'_> {
     }
 
     async fn settle_one(&mut self) -> Result<(), EngineError> {
-        let Some((expected, ack)) = self.in_flight.pop_front() else { return Ok(()) };
+        let Some((expected, ack)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
         let ack = ack.await.map_err(EngineError::nats)?;
         if ack.stream != self.target {
             return Err(EngineError::precondition(
                 ErrorCode::Conflict,
-                format!("the message went to stream {}, which captures its subject, not to {}", ack.stream, self.target),
+                format!(
+                    "the message went to stream {}, which captures its subject, not to {}",
+                    ack.stream, self.target
+                ),
             ));
         }
         if ack.duplicate {
             if self.expect_seqs {
                 return Err(EngineError::precondition(
                     ErrorCode::Conflict,
-                    format!("the server dropped the message for sequence {expected:?} as a duplicate (its Nats-Msg-Id repeats an earlier one)"),
+                    format!(
+                        "the server dropped the message for sequence {expected:?} as a duplicate (its Nats-Msg-Id repeats an earlier one)"
+                    ),
                 ));
             }
             // Appending: the target already holds this message (same Nats-Msg-Id within its
@@ -255,7 +343,10 @@ impl Writer<'_> {
         if let Some(expected) = expected.filter(|e| ack.sequence != *e) {
             return Err(EngineError::precondition(
                 ErrorCode::Conflict,
-                format!("target got sequence {} where {expected} was expected: something else wrote to it during the restore", ack.sequence),
+                format!(
+                    "target got sequence {} where {expected} was expected: something else wrote to it during the restore",
+                    ack.sequence
+                ),
             ));
         }
         Ok(())

@@ -60,14 +60,26 @@ fn failed(message: impl std::fmt::Display) -> EngineError {
 impl Upload {
     /// Asks the server to restore `config` (whose `name` is the target) and writes the archive
     /// head: `state.json` and the consumers.
-    pub async fn begin(api: &JsApi, config: &Value, first_seq: u64, last_seq: u64, consumers: &[(String, Value)]) -> Result<Upload, EngineError> {
+    pub async fn begin(
+        api: &JsApi,
+        config: &Value,
+        first_seq: u64,
+        last_seq: u64,
+        consumers: &[(String, Value)],
+    ) -> Result<Upload, EngineError> {
         let mut upload = Self::open(api, config, Some(5)).await?;
         upload.archive = true;
         upload.write_raw(b"NATSARC1");
         let state = json!({ "messages": 0, "bytes": 0, "first_seq": first_seq, "last_seq": last_seq, "consumer_count": consumers.len() });
         upload.entry("state.json", 0, 0, b"", state.to_string().as_bytes());
         for (name, consumer) in consumers {
-            upload.entry(&format!("consumers/{name}"), 0, 0, b"", consumer.to_string().as_bytes());
+            upload.entry(
+                &format!("consumers/{name}"),
+                0,
+                0,
+                b"",
+                consumer.to_string().as_bytes(),
+            );
         }
         upload.pump().await?;
         Ok(upload)
@@ -79,7 +91,11 @@ impl Upload {
         Self::open(api, config, None).await
     }
 
-    async fn open(api: &JsApi, config: &Value, api_level: Option<u32>) -> Result<Upload, EngineError> {
+    async fn open(
+        api: &JsApi,
+        config: &Value,
+        api_level: Option<u32>,
+    ) -> Result<Upload, EngineError> {
         let name = config["name"].as_str().unwrap_or_default().to_owned();
         let mut headers = async_nats::HeaderMap::new();
         if let Some(level) = api_level {
@@ -88,17 +104,35 @@ impl Upload {
         }
         let body = serde_json::to_vec(&json!({ "config": config, "state": {} })).expect("json");
         let client = api.client().clone();
-        let reply = tokio::time::timeout(Duration::from_secs(30), client.request_with_headers(format!("$JS.API.STREAM.RESTORE.{name}"), headers, body.into()))
-            .await
-            .map_err(|_| failed("no answer to the restore request"))?
-            .map_err(failed)?;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request_with_headers(
+                format!("$JS.API.STREAM.RESTORE.{name}"),
+                headers,
+                body.into(),
+            ),
+        )
+        .await
+        .map_err(|_| failed("no answer to the restore request"))?
+        .map_err(failed)?;
         let reply: Value = serde_json::from_slice(&reply.payload).map_err(failed)?;
         if let Some(error) = reply.get("error") {
-            return Err(failed(error.get("description").and_then(Value::as_str).unwrap_or("refused")));
+            return Err(failed(
+                error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused"),
+            ));
         }
-        let deliver = reply["deliver_subject"].as_str().ok_or_else(|| failed("no deliver subject in the reply"))?.to_owned();
+        let deliver = reply["deliver_subject"]
+            .as_str()
+            .ok_or_else(|| failed("no deliver subject in the reply"))?
+            .to_owned();
         let inbox = client.new_inbox();
-        let acks = client.subscribe(format!("{inbox}.*")).await.map_err(failed)?;
+        let acks = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(failed)?;
         Ok(Upload {
             client,
             deliver,
@@ -143,7 +177,13 @@ impl Upload {
 
     /// Adds one message (its stored headers block and payload, as archived).
     pub async fn message(&mut self, record: &Record<'_>) -> Result<(), EngineError> {
-        self.entry(record.subject, record.time_ns, record.seq, record.headers, record.payload);
+        self.entry(
+            record.subject,
+            record.time_ns,
+            record.seq,
+            record.headers,
+            record.payload,
+        );
         self.pump().await
     }
 
@@ -172,7 +212,10 @@ impl Upload {
             self.settle_one().await?;
         }
         let reply = format!("{}.{}", self.inbox, self.sent);
-        self.client.publish_with_reply(self.deliver.clone(), reply, chunk).await.map_err(failed)?;
+        self.client
+            .publish_with_reply(self.deliver.clone(), reply, chunk)
+            .await
+            .map_err(failed)?;
         self.sent += 1;
         self.last_send = Instant::now();
         Ok(())
@@ -190,7 +233,10 @@ impl Upload {
         self.acked += 1;
         if !reply.payload.is_empty() {
             let value: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
-            let reason = value.pointer("/error/description").and_then(Value::as_str).unwrap_or("chunk refused");
+            let reason = value
+                .pointer("/error/description")
+                .and_then(Value::as_str)
+                .unwrap_or("chunk refused");
             return Err(failed(reason));
         }
         Ok(())
@@ -210,13 +256,21 @@ impl Upload {
         while self.acked < self.sent {
             self.settle_one().await?;
         }
-        let done = tokio::time::timeout(Duration::from_secs(600), self.client.request(self.deliver.clone(), Bytes::new()))
-            .await
-            .map_err(|_| failed("the server did not finish within 10 minutes"))?
-            .map_err(failed)?;
+        let done = tokio::time::timeout(
+            Duration::from_secs(600),
+            self.client.request(self.deliver.clone(), Bytes::new()),
+        )
+        .await
+        .map_err(|_| failed("the server did not finish within 10 minutes"))?
+        .map_err(failed)?;
         let value: Value = serde_json::from_slice(&done.payload).map_err(failed)?;
         if let Some(error) = value.get("error") {
-            return Err(failed(error.get("description").and_then(Value::as_str).unwrap_or("restore failed")));
+            return Err(failed(
+                error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("restore failed"),
+            ));
         }
         Ok(value)
     }
@@ -224,12 +278,28 @@ impl Upload {
 
 /// The `consumers/<name>` entry of a saved consumer starting after `ack_floor`: everything after
 /// it is delivered again (positions beyond the restored range are clamped by the caller).
-pub fn consumer_entry(config: &str, ack_floor_stream_seq: u64, ack_floor_consumer_seq: u64) -> Result<(String, Value), EngineError> {
-    let config: Value = serde_json::from_str(config)
-        .map_err(|e| EngineError::precondition(ErrorCode::Corrupt, format!("a saved consumer config is not JSON: {e}")))?;
-    let name = config["durable_name"].as_str().or(config["name"].as_str()).unwrap_or_default().to_owned();
-    let position = json!({ "consumer_seq": ack_floor_consumer_seq, "stream_seq": ack_floor_stream_seq });
-    Ok((name, json!({ "config": config, "state": { "delivered": position, "ack_floor": position } })))
+pub fn consumer_entry(
+    config: &str,
+    ack_floor_stream_seq: u64,
+    ack_floor_consumer_seq: u64,
+) -> Result<(String, Value), EngineError> {
+    let config: Value = serde_json::from_str(config).map_err(|e| {
+        EngineError::precondition(
+            ErrorCode::Corrupt,
+            format!("a saved consumer config is not JSON: {e}"),
+        )
+    })?;
+    let name = config["durable_name"]
+        .as_str()
+        .or(config["name"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let position =
+        json!({ "consumer_seq": ack_floor_consumer_seq, "stream_seq": ack_floor_stream_seq });
+    Ok((
+        name,
+        json!({ "config": config, "state": { "delivered": position, "ack_floor": position } }),
+    ))
 }
 
 fn uvarint(out: &mut Vec<u8>, mut v: u64) {

@@ -14,13 +14,26 @@ pub const RESTORE_JOB_METADATA: &str = "cim-backup.restore-job";
 
 /// Whether `config` carries `job`'s marker.
 pub fn owned_by(config: &Value, job: &JobId) -> bool {
-    config.pointer(&format!("/metadata/{RESTORE_JOB_METADATA}")).and_then(Value::as_str) == Some(job.as_str())
+    config
+        .pointer(&format!("/metadata/{RESTORE_JOB_METADATA}"))
+        .and_then(Value::as_str)
+        == Some(job.as_str())
 }
 
 /// The original's subjects that other streams (not `target`) own now.
-pub async fn subjects_owned_elsewhere(api: &JsApi, original: &Value, target: &str) -> Result<Vec<String>, EngineError> {
+pub async fn subjects_owned_elsewhere(
+    api: &JsApi,
+    original: &Value,
+    target: &str,
+) -> Result<Vec<String>, EngineError> {
     let mut owned = Vec::new();
-    for subject in original.get("subjects").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+    for subject in original
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         for owner in api.streams_for_subject(subject).await? {
             if owner != target {
                 owned.push(format!("{subject} (stream {owner})"));
@@ -31,20 +44,31 @@ pub async fn subjects_owned_elsewhere(api: &JsApi, original: &Value, target: &st
 }
 
 /// The final configuration of the target, with this job's marker; and notes for the operator.
-pub fn final_config(original: &Value, target: &str, options: &RestoreOptions, owned_elsewhere: &[String], job: &JobId) -> (Value, Vec<String>) {
+pub fn final_config(
+    original: &Value,
+    target: &str,
+    options: &RestoreOptions,
+    owned_elsewhere: &[String],
+    job: &JobId,
+) -> (Value, Vec<String>) {
     let mut notes = Vec::new();
     let mut c = original.clone();
     if let Some(map) = c.as_object_mut() {
         for (key, why) in [("mirror", "it was a mirror"), ("sources", "it had sources")] {
             if map.remove(key).is_some_and(|v| !v.is_null()) {
-                notes.push(format!("restored as a plain stream: {why}, and a restore owns its messages"));
+                notes.push(format!(
+                    "restored as a plain stream: {why}, and a restore owns its messages"
+                ));
             }
         }
         map.remove("created");
     }
     c["name"] = json!(target);
     if !owned_elsewhere.is_empty() {
-        notes.push(format!("restored without subjects (the stream answers only to its name): {}", owned_elsewhere.join(", ")));
+        notes.push(format!(
+            "restored without subjects (the stream answers only to its name): {}",
+            owned_elsewhere.join(", ")
+        ));
         c["subjects"] = json!([]);
     }
     if let Some(replicas) = options.replicas {
@@ -75,7 +99,10 @@ pub fn quiet(config: &Value) -> Value {
 /// `config` without this job's marker (the metadata as the original had it).
 pub fn without_marker(config: &Value, original: &Value) -> Value {
     let mut c = config.clone();
-    c["metadata"] = original.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    c["metadata"] = original
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     c
 }
 
@@ -88,7 +115,14 @@ mod tests {
     fn the_target_config_is_the_original_renamed_and_placed() {
         let original = json!({ "name": "EVENTS", "subjects": ["events.>"], "num_replicas": 1, "mirror": null, "metadata": { "team": "graph" } });
         let job: JobId = "j1".parse().unwrap();
-        let options = RestoreOptions { replicas: Some(3), placement: Some(Placement { cluster: Some("east".into()), tags: vec![] }), ..Default::default() };
+        let options = RestoreOptions {
+            replicas: Some(3),
+            placement: Some(Placement {
+                cluster: Some("east".into()),
+                tags: vec![],
+            }),
+            ..Default::default()
+        };
         let (c, notes) = final_config(&original, "EVENTS_R", &options, &[], &job);
         assert_eq!(c["name"], "EVENTS_R");
         assert_eq!(c["subjects"], json!(["events.>"]));
@@ -96,9 +130,18 @@ mod tests {
         assert_eq!(c["placement"]["cluster"], "east");
         assert!(owned_by(&c, &job));
         assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(without_marker(&c, &original)["metadata"], json!({ "team": "graph" }));
+        assert_eq!(
+            without_marker(&c, &original)["metadata"],
+            json!({ "team": "graph" })
+        );
 
-        let (c, notes) = final_config(&original, "EVENTS_R", &RestoreOptions::default(), &["events.> (stream EVENTS)".into()], &job);
+        let (c, notes) = final_config(
+            &original,
+            "EVENTS_R",
+            &RestoreOptions::default(),
+            &["events.> (stream EVENTS)".into()],
+            &job,
+        );
         assert_eq!(c["subjects"], json!([]));
         assert!(notes[0].contains("without subjects"));
     }
