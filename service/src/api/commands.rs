@@ -3,10 +3,13 @@
 //! before the reply, and the job then runs in the background.
 
 use async_nats::service::Request;
-use cim_backup_contracts::commands::{CancelJob, CheckStream, RestoreBackup, StartBackup, VerifyBackup, parse_body};
+use cim_backup_contracts::commands::{
+    CancelJob, CheckStream, RestoreBackup, StartBackup, VerifyBackup, parse_body,
+};
 use cim_backup_contracts::events::{
-    Admission, BackupAccepted, BackupMode, CancelRequested, CheckAccepted, CheckTarget, Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod,
-    RestoreOptions, Selection, VerifyAccepted,
+    Admission, BackupAccepted, BackupMode, CancelRequested, CheckAccepted, CheckTarget,
+    Compression, ENCRYPTION_AGE, Encryption, RestoreAccepted, RestoreMethod, RestoreOptions,
+    Selection, VerifyAccepted,
 };
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::is_stream_name;
@@ -14,6 +17,7 @@ use cim_backup_contracts::views::{JobKind, JobState};
 use cim_backup_contracts::{JobId, headers};
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
 use cim_backup_domain::check::{CheckCommand, CheckJob};
+use cim_backup_domain::repair::RepairJob;
 use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
 use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
 use cim_backup_domain::{DomainError, JobLifecycle};
@@ -27,23 +31,37 @@ use crate::jobs::{self, ExecuteError, Job, execute};
 
 /// Parses a request body, naming what is wrong with it.
 pub fn parse<T: for<'de> serde::Deserialize<'de>>(request: &Request) -> Result<T, ApiError> {
-    parse_body(&request.message.payload).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+    parse_body(&request.message.payload)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
 }
 
 /// What every accepted command records about its request.
-struct Intake {
+pub(super) struct Intake {
     request_id: String,
     idempotency_key: Option<String>,
     correlation_id: Option<String>,
 }
 
 impl Intake {
-    fn new(request: &Request, key: Option<String>, correlation: Option<String>) -> Result<Intake, ApiError> {
-        let header = |name| request.message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    pub(super) fn new(
+        request: &Request,
+        key: Option<String>,
+        correlation: Option<String>,
+    ) -> Result<Intake, ApiError> {
+        let header = |name| {
+            request
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
         let idempotency_key = key.or_else(|| header(headers::IDEMPOTENCY_KEY));
         if let Some(k) = &idempotency_key {
             if k.is_empty() || k.len() > 256 {
-                return Err(ApiError::bad_request("idempotency_key must be 1-256 characters"));
+                return Err(ApiError::bad_request(
+                    "idempotency_key must be 1-256 characters",
+                ));
             }
         }
         Ok(Intake {
@@ -55,7 +73,7 @@ impl Intake {
 
     /// The job id: derived from the idempotency key (so the same key always names the same job,
     /// and the event store's concurrency check makes the second attempt a duplicate), else new.
-    fn job_id(&self, kind: JobKind) -> JobId {
+    pub(super) fn job_id(&self, kind: JobKind) -> JobId {
         let id = match &self.idempotency_key {
             Some(key) => {
                 let digest = Sha256::digest(format!("{kind}\0{key}").as_bytes());
@@ -66,7 +84,7 @@ impl Intake {
         id.parse().expect("generated job ids are valid")
     }
 
-    fn admission(&self, api: &Api, normalized: &impl Serialize) -> Admission {
+    pub(super) fn admission(&self, api: &Api, normalized: &impl Serialize) -> Admission {
         let digest = Sha256::digest(serde_json::to_vec(normalized).expect("requests serialize"));
         Admission {
             instance: api.runner.context().instance.clone(),
@@ -82,7 +100,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Records the accept command of a new job; for a repeated idempotency key returns the
 /// existing job instead (or a conflict if the key was used for a different request).
-async fn accept<A>(
+pub(super) async fn accept<A>(
     api: &Api,
     intake: &Intake,
     command: A::Command,
@@ -94,10 +112,28 @@ where
     A::Command: Clone,
 {
     let id = intake.job_id(A::KIND);
-    let correlation = intake.correlation_id.clone().unwrap_or_else(|| id.to_string());
+    let correlation = intake
+        .correlation_id
+        .clone()
+        .unwrap_or_else(|| id.to_string());
     let mut job = Job::<A>::new(id.clone(), correlation);
-    match execute(&api.runner.context().events, &mut job, command, Some(&intake.request_id)).await {
-        Ok(_) => Ok((Accepted { job_id: id, kind: A::KIND, state: JobState::Accepted, duplicate: false }, Some(job))),
+    match execute(
+        &api.runner.context().events,
+        &mut job,
+        command,
+        Some(&intake.request_id),
+    )
+    .await
+    {
+        Ok(_) => Ok((
+            Accepted {
+                job_id: id,
+                kind: A::KIND,
+                state: JobState::Accepted,
+                duplicate: false,
+            },
+            Some(job),
+        )),
         Err(ExecuteError::Rejected(DomainError::AlreadyExists)) => {
             let existing = jobs::load::<A>(&api.runner.context().events, &id)
                 .await?
@@ -108,8 +144,20 @@ where
                     intake.idempotency_key.as_deref().unwrap_or_default()
                 )));
             }
-            let state = existing.state.lifecycle().state.unwrap_or(JobState::Accepted);
-            Ok((Accepted { job_id: id, kind: A::KIND, state, duplicate: true }, None))
+            let state = existing
+                .state
+                .lifecycle()
+                .state
+                .unwrap_or(JobState::Accepted);
+            Ok((
+                Accepted {
+                    job_id: id,
+                    kind: A::KIND,
+                    state,
+                    duplicate: true,
+                },
+                None,
+            ))
         }
         Err(ExecuteError::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
         Err(ExecuteError::Store(e)) => Err(e.into()),
@@ -120,21 +168,29 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let cmd: StartBackup = parse(request)?;
     let ctx = api.runner.context();
     if cmd.streams.is_empty() {
-        return Err(ApiError::bad_request("streams: at least one stream is required"));
+        return Err(ApiError::bad_request(
+            "streams: at least one stream is required",
+        ));
     }
     for stream in &cmd.streams {
         if !is_stream_name(stream) {
-            return Err(ApiError::bad_request(format!("streams: {stream:?} is not a valid stream name")));
+            return Err(ApiError::bad_request(format!(
+                "streams: {stream:?} is not a valid stream name"
+            )));
         }
         if ctx.api.stream_info(stream).await?.is_none() {
-            return Err(ApiError::not_found(format!("stream {stream} does not exist")));
+            return Err(ApiError::not_found(format!(
+                "stream {stream} does not exist"
+            )));
         }
     }
     let destination = ctx.destinations.resolve(cmd.destination.as_deref())?;
     probe(api, &destination.url).await?;
     let algorithm = cmd.compress.unwrap_or(ctx.defaults.compress);
     let level = match algorithm {
-        cim_backup_contracts::commands::CompressionAlgorithm::Zstd => cmd.zstd_level.unwrap_or(ctx.defaults.zstd_level),
+        cim_backup_contracts::commands::CompressionAlgorithm::Zstd => {
+            cmd.zstd_level.unwrap_or(ctx.defaults.zstd_level)
+        }
         cim_backup_contracts::commands::CompressionAlgorithm::None => 0,
     };
     let compression = Compression { algorithm, level };
@@ -143,18 +199,37 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     }
     let mode = cmd.mode.unwrap_or_default();
     if mode == BackupMode::Snapshot && cmd.incremental == Some(true) {
-        return Err(ApiError::bad_request("mode snapshot: server snapshots are always full, not incremental"));
+        return Err(ApiError::bad_request(
+            "mode snapshot: server snapshots are always full, not incremental",
+        ));
     }
     let incremental = !cmd.full && cmd.incremental.unwrap_or(true) && mode == BackupMode::Messages;
     let encryption = match cmd.encrypt {
         true => Some(Encryption {
             scheme: ENCRYPTION_AGE.to_owned(),
-            recipients: ctx.keys.recipients().map_err(|e| ApiError::bad_request(format!("encrypt: {e}")))?,
+            recipients: ctx
+                .keys
+                .recipients()
+                .map_err(|e| ApiError::bad_request(format!("encrypt: {e}")))?,
         }),
         false => None,
     };
-    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(&cmd.streams, &destination.url, &compression, incremental, &encryption, mode));
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(
+        api,
+        &(
+            &cmd.streams,
+            &destination.url,
+            &compression,
+            incremental,
+            &encryption,
+            mode,
+        ),
+    );
     let request_digest = admission.request_digest.clone();
     let spec = BackupAccepted {
         streams: cmd.streams,
@@ -167,21 +242,31 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         encryption,
         admission,
     };
-    let (reply, job) = accept::<BackupJob>(api, &intake, BackupCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    let (reply, job) = accept::<BackupJob>(
+        api,
+        &intake,
+        BackupCommand::Accept(spec),
+        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        &request_digest,
+    )
+    .await?;
     if let Some(job) = job {
         api.runner.spawn_backup(job);
     }
     Ok(reply)
 }
 
-fn digest_in(admission: Option<&Admission>) -> Option<&str> {
+pub(super) fn digest_in(admission: Option<&Admission>) -> Option<&str> {
     admission.map(|a| a.request_digest.as_str())
 }
 
 /// A destination must answer before a job is accepted for it.
 async fn probe(api: &Api, url: &str) -> Result<(), ApiError> {
     let store = api.runner.context().destinations.open(url)?;
-    store.probe().await.map_err(|e| ApiError::unavailable(format!("destination {url} is not usable: {e}")))
+    store
+        .probe()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("destination {url} is not usable: {e}")))
 }
 
 /// A restore request is answered with the job, or with the plan for a dry run.
@@ -198,7 +283,9 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
     let target = cmd.as_stream.clone().unwrap_or_else(|| cmd.stream.clone());
     for (field, name) in [("stream", &cmd.stream), ("as", &target)] {
         if !is_stream_name(name) {
-            return Err(ApiError::bad_request(format!("{field}: {name:?} is not a valid stream name")));
+            return Err(ApiError::bad_request(format!(
+                "{field}: {name:?} is not a valid stream name"
+            )));
         }
     }
     let selection = Selection {
@@ -224,21 +311,30 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         }
     }
     if let Some(r) = options.replicas.filter(|r| !(1..=5).contains(r)) {
-        return Err(ApiError::bad_request(format!("replicas: {r} is outside 1..=5")));
+        return Err(ApiError::bad_request(format!(
+            "replicas: {r} is outside 1..=5"
+        )));
     }
     let located = locate(api, cmd.backup, Some(&cmd.stream), cmd.source.as_deref()).await?;
     let store = ctx.destinations.open(&located.location.url)?;
-    let (manifest, _) = store.get_manifest(&located.backup).await.map_err(|e| match e {
-        crate::archive::ArchiveError::Missing { .. } => {
-            ApiError::not_found(format!("backup {} is not in {}", located.backup, located.location.url))
-        }
-        other => other.into(),
-    })?;
-    let entry = crate::engine::restore::stream_entry(&manifest, &cmd.stream).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let (manifest, _) = store
+        .get_manifest(&located.backup)
+        .await
+        .map_err(|e| match e {
+            crate::archive::ArchiveError::Missing { .. } => ApiError::not_found(format!(
+                "backup {} is not in {}",
+                located.backup, located.location.url
+            )),
+            other => other.into(),
+        })?;
+    let entry = crate::engine::restore::stream_entry(&manifest, &cmd.stream)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
     crate::engine::restore::validate_request(entry, &selection, &options).map_err(engine_error)?;
     match (ctx.api.stream_info(&target).await?, options.method) {
         (None, RestoreMethod::Append) => {
-            return Err(ApiError::not_found(format!("append needs an existing stream {target}")));
+            return Err(ApiError::not_found(format!(
+                "append needs an existing stream {target}"
+            )));
         }
         (Some(info), method) if method != RestoreMethod::Append => {
             return Err(ApiError::conflict(if info.state.messages > 0 {
@@ -247,7 +343,9 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
                     info.state.messages
                 )
             } else {
-                format!("target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first, or append with \"method\": \"append\" (new sequence numbers)")
+                format!(
+                    "target stream {target} already exists (empty); restore creates the stream itself to reproduce sequence numbers: delete it first, or append with \"method\": \"append\" (new sequence numbers)"
+                )
             }));
         }
         _ => {}
@@ -261,10 +359,27 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
             selection: &selection,
             options: &options,
         };
-        return crate::engine::restore::dry_run(ctx, dry).await.map(RestoreReply::Plan).map_err(engine_error);
+        return crate::engine::restore::dry_run(ctx, dry)
+            .await
+            .map(RestoreReply::Plan)
+            .map_err(engine_error);
     }
-    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, &cmd.stream, &target, &selection, &options));
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(
+        api,
+        &(
+            located.backup.to_string(),
+            &located.location.url,
+            &cmd.stream,
+            &target,
+            &selection,
+            &options,
+        ),
+    );
     let request_digest = admission.request_digest.clone();
     let spec = RestoreAccepted {
         backup: located.backup,
@@ -276,7 +391,14 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         options,
         admission,
     };
-    let (reply, job) = accept::<RestoreJob>(api, &intake, RestoreCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    let (reply, job) = accept::<RestoreJob>(
+        api,
+        &intake,
+        RestoreCommand::Accept(spec),
+        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        &request_digest,
+    )
+    .await?;
     if let Some(job) = job {
         api.runner.spawn_restore(job);
     }
@@ -286,37 +408,77 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
 fn validate_selection(s: &Selection) -> Result<(), ApiError> {
     if let (Some(a), Some(b)) = (s.start_seq, s.end_seq) {
         if a > b {
-            return Err(ApiError::bad_request(format!("start_seq {a} is after end_seq {b}")));
+            return Err(ApiError::bad_request(format!(
+                "start_seq {a} is after end_seq {b}"
+            )));
         }
     }
     if let (Some(a), Some(b)) = (s.start, s.end) {
         if a >= b {
-            return Err(ApiError::bad_request(format!("start {a} is not before end {b}")));
+            return Err(ApiError::bad_request(format!(
+                "start {a} is not before end {b}"
+            )));
         }
     }
     for subject in &s.subjects {
         let tokens: Vec<&str> = subject.split('.').collect();
-        let bad_gt = tokens.iter().enumerate().any(|(i, t)| *t == ">" && i + 1 != tokens.len());
-        if subject.is_empty() || bad_gt || tokens.iter().any(|t| t.is_empty() || t.contains(char::is_whitespace)) {
-            return Err(ApiError::bad_request(format!("subjects: {subject:?} is not a valid subject filter")));
+        let bad_gt = tokens
+            .iter()
+            .enumerate()
+            .any(|(i, t)| *t == ">" && i + 1 != tokens.len());
+        if subject.is_empty()
+            || bad_gt
+            || tokens
+                .iter()
+                .any(|t| t.is_empty() || t.contains(char::is_whitespace))
+        {
+            return Err(ApiError::bad_request(format!(
+                "subjects: {subject:?} is not a valid subject filter"
+            )));
         }
     }
     Ok(())
 }
 
-fn engine_error(e: crate::engine::EngineError) -> ApiError {
+pub(super) fn engine_error(e: crate::engine::EngineError) -> ApiError {
     ApiError::new(e.code(), e.to_string())
 }
 
 pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let cmd: VerifyBackup = parse(request)?;
-    let located = locate(api, cmd.backup, cmd.stream.as_deref(), cmd.source.as_deref()).await?;
+    let located = locate(
+        api,
+        cmd.backup,
+        cmd.stream.as_deref(),
+        cmd.source.as_deref(),
+    )
+    .await?;
     let mode = cmd.mode.unwrap_or_default();
-    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(located.backup.to_string(), &located.location.url, mode));
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(
+        api,
+        &(located.backup.to_string(), &located.location.url, mode),
+    );
     let request_digest = admission.request_digest.clone();
-    let spec = VerifyAccepted { backup: located.backup, source: located.location.given, source_url: located.location.url, mode, admission };
-    let (reply, job) = accept::<VerifyJob>(api, &intake, VerifyCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    let spec = VerifyAccepted {
+        backup: located.backup,
+        source: located.location.given,
+        source_url: located.location.url,
+        mode,
+        admission,
+    };
+    let (reply, job) = accept::<VerifyJob>(
+        api,
+        &intake,
+        VerifyCommand::Accept(spec),
+        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        &request_digest,
+    )
+    .await?;
     if let Some(job) = job {
         api.runner.spawn_verify(job);
     }
@@ -328,38 +490,61 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let cmd: CheckStream = parse(request)?;
     let ctx = api.runner.context();
     let configured = &ctx.integrity.streams;
-    let streams: Vec<String> = if cmd.streams.is_empty() { configured.keys().cloned().collect() } else { cmd.streams.clone() };
+    let streams: Vec<String> = if cmd.streams.is_empty() {
+        configured.keys().cloned().collect()
+    } else {
+        cmd.streams.clone()
+    };
     if streams.is_empty() {
-        return Err(ApiError::bad_request("streams: none given and none configured in [integrity.streams]"));
+        return Err(ApiError::bad_request(
+            "streams: none given and none configured in [integrity.streams]",
+        ));
     }
     let mut targets = Vec::with_capacity(streams.len());
     for stream in &streams {
         if !is_stream_name(stream) {
-            return Err(ApiError::bad_request(format!("streams: {stream:?} is not a valid stream name")));
+            return Err(ApiError::bad_request(format!(
+                "streams: {stream:?} is not a valid stream name"
+            )));
         }
         let config = configured.get(stream);
         let profile = match (&cmd.profile, config) {
             (Some(p), _) => p.clone(),
             (None, Some(c)) => c.chain_profile(),
-            (None, None) if stream == ctx.events.stream_name() => cim_backup_contracts::integrity::ChainProfile::native(),
+            (None, None) if stream == ctx.events.stream_name() => {
+                cim_backup_contracts::integrity::ChainProfile::native()
+            }
             (None, None) => {
                 return Err(ApiError::bad_request(format!(
                     "no chain profile for stream {stream}: pass \"profile\" or configure [integrity.streams.{stream}]"
                 )));
             }
         };
-        let projections = if cmd.projections.is_empty() { config.map(|c| c.projections.clone()).unwrap_or_default() } else { cmd.projections.clone() };
+        let projections = if cmd.projections.is_empty() {
+            config.map(|c| c.projections.clone()).unwrap_or_default()
+        } else {
+            cmd.projections.clone()
+        };
         if cmd.backup.is_none() && ctx.api.stream_info(stream).await?.is_none() {
-            return Err(ApiError::not_found(format!("stream {stream} does not exist")));
+            return Err(ApiError::not_found(format!(
+                "stream {stream} does not exist"
+            )));
         }
-        targets.push(CheckTarget { stream: stream.clone(), profile, projections });
+        targets.push(CheckTarget {
+            stream: stream.clone(),
+            profile,
+            projections,
+        });
     }
     let (backup, source_url) = match cmd.backup {
         Some(backup) => {
             if targets.len() != 1 {
-                return Err(ApiError::bad_request("backup: name exactly one stream to check in it"));
+                return Err(ApiError::bad_request(
+                    "backup: name exactly one stream to check in it",
+                ));
             }
-            let located = locate(api, backup, Some(&targets[0].stream), cmd.source.as_deref()).await?;
+            let located =
+                locate(api, backup, Some(&targets[0].stream), cmd.source.as_deref()).await?;
             (Some(located.backup), Some(located.location.url))
         }
         None => (None, None),
@@ -368,11 +553,16 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let replay = match &cmd.replay_consumers {
         None => None,
         Some(_) if targets.len() != 1 || cmd.start_seq.is_none() || cmd.backup.is_some() => {
-            return Err(ApiError::bad_request("replay: name one live stream and start_seq"));
+            return Err(ApiError::bad_request(
+                "replay: name one live stream and start_seq",
+            ));
         }
         Some(given) if !given.is_empty() => Some(given.clone()),
         Some(_) => {
-            let configured = configured.get(&targets[0].stream).map(|c| c.projectors.clone()).unwrap_or_default();
+            let configured = configured
+                .get(&targets[0].stream)
+                .map(|c| c.projectors.clone())
+                .unwrap_or_default();
             if configured.is_empty() {
                 return Err(ApiError::bad_request(format!(
                     "replay: no consumers named and none configured ([integrity.streams.{}] projectors)",
@@ -384,12 +574,33 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     };
     if let Some(consumers) = &replay {
         let existing = ctx.api.durable_consumers(&targets[0].stream).await?;
-        if let Some(missing) = consumers.iter().find(|c| !existing.iter().any(|e| &e.name == *c)) {
-            return Err(ApiError::not_found(format!("stream {} has no durable consumer {missing}", targets[0].stream)));
+        if let Some(missing) = consumers
+            .iter()
+            .find(|c| !existing.iter().any(|e| &e.name == *c))
+        {
+            return Err(ApiError::not_found(format!(
+                "stream {} has no durable consumer {missing}",
+                targets[0].stream
+            )));
         }
     }
-    let intake = Intake::new(request, cmd.idempotency_key.clone(), cmd.correlation_id.clone())?;
-    let admission = intake.admission(api, &(&targets, &backup.map(|b| b.to_string()), cmd.start_seq, cmd.end_seq, cmd.deep, max_findings, &replay));
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(
+        api,
+        &(
+            &targets,
+            &backup.map(|b| b.to_string()),
+            cmd.start_seq,
+            cmd.end_seq,
+            cmd.deep,
+            max_findings,
+            &replay,
+        ),
+    );
     let request_digest = admission.request_digest.clone();
     let spec = CheckAccepted {
         targets,
@@ -402,7 +613,14 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         replay,
         admission,
     };
-    let (reply, job) = accept::<CheckJob>(api, &intake, CheckCommand::Accept(spec), |s| digest_in(s.spec.as_ref().map(|s| &s.admission)), &request_digest).await?;
+    let (reply, job) = accept::<CheckJob>(
+        api,
+        &intake,
+        CheckCommand::Accept(spec),
+        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        &request_digest,
+    )
+    .await?;
     if let Some(job) = job {
         api.runner.spawn_check(job);
     }
@@ -418,9 +636,13 @@ pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiE
         JobKind::Restore => request_cancel::<RestoreJob>(api, &cmd.job_id, reason).await?,
         JobKind::Verify => request_cancel::<VerifyJob>(api, &cmd.job_id, reason).await?,
         JobKind::Check => request_cancel::<CheckJob>(api, &cmd.job_id, reason).await?,
+        JobKind::Repair => request_cancel::<RepairJob>(api, &cmd.job_id, reason).await?,
     };
     api.runner.cancel_local(&cmd.job_id);
-    Ok(CancelAccepted { job_id: cmd.job_id, requested })
+    Ok(CancelAccepted {
+        job_id: cmd.job_id,
+        requested,
+    })
 }
 
 /// Which kind of job an id names: from its view, or (not yet projected) from the event log.
@@ -429,7 +651,13 @@ pub async fn job_kind(api: &Api, id: &JobId) -> Result<JobKind, ApiError> {
         return Ok(view.kind);
     }
     let events = &api.runner.context().events;
-    for kind in [JobKind::Backup, JobKind::Restore, JobKind::Verify, JobKind::Check] {
+    for kind in [
+        JobKind::Backup,
+        JobKind::Restore,
+        JobKind::Verify,
+        JobKind::Check,
+        JobKind::Repair,
+    ] {
         if !events.load(kind, id).await?.is_empty() {
             return Ok(kind);
         }
@@ -443,11 +671,15 @@ where
     A::Command: Clone,
 {
     let events = &api.runner.context().events;
-    let mut job = jobs::load::<A>(events, id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let mut job = jobs::load::<A>(events, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     match execute(events, &mut job, A::request_cancel(reason), None).await {
         Ok(recorded) => Ok(!recorded.is_empty()),
         Err(ExecuteError::Rejected(DomainError::WrongState { state, .. })) => {
-            Err(ApiError::conflict(format!("job {id} is already {state}; only an unfinished job can be cancelled")))
+            Err(ApiError::conflict(format!(
+                "job {id} is already {state}; only an unfinished job can be cancelled"
+            )))
         }
         Err(ExecuteError::Rejected(e)) => Err(ApiError::conflict(e.to_string())),
         Err(ExecuteError::Store(e)) => Err(e.into()),

@@ -8,11 +8,13 @@
 //! # Layout
 //! - [`commands`] — `cim.backup.cmd.*` handlers.
 //! - [`queries`] — `cim.backup.qry.*` handlers.
+//! - [`repair`] — `cim.backup.cmd.repair` (restore from a point), apart for its safeguards.
 //! - [`resolve`] — locating a backup (`latest`, by id, by location).
 //! - [`reply`] — [`reply::ApiError`] and error replies with headers and JSON body.
 
 pub mod commands;
 pub mod queries;
+pub mod repair;
 pub mod reply;
 pub mod resolve;
 
@@ -61,7 +63,10 @@ pub enum ServeError {
 }
 
 /// Connects to NATS with the configured credentials.
-pub async fn connect(config: &crate::config::NatsConfig, name: &str) -> Result<async_nats::Client, ServeError> {
+pub async fn connect(
+    config: &crate::config::NatsConfig,
+    name: &str,
+) -> Result<async_nats::Client, ServeError> {
     // A bounded subscription buffer bounds memory while a backup reads a stream faster than it
     // can archive it (the default, 65,536 messages, is ~45 MB of CIM events).
     let mut options = async_nats::ConnectOptions::new()
@@ -73,7 +78,10 @@ pub async fn connect(config: &crate::config::NatsConfig, name: &str) -> Result<a
         options = options
             .credentials_file(creds)
             .await
-            .map_err(|e| ServeError::Connect { url: config.url.clone(), message: format!("credentials {}: {e}", creds.display()) })?;
+            .map_err(|e| ServeError::Connect {
+                url: config.url.clone(),
+                message: format!("credentials {}: {e}", creds.display()),
+            })?;
     }
     if let Some(token) = &config.token {
         options = options.token(token.clone());
@@ -81,10 +89,19 @@ pub async fn connect(config: &crate::config::NatsConfig, name: &str) -> Result<a
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
-    let client = tokio::time::timeout(Duration::from_secs(15), options.connect(config.url.as_str()))
-        .await
-        .map_err(|_| ServeError::Connect { url: config.url.clone(), message: "no connection within 15 s".into() })?
-        .map_err(|e| ServeError::Connect { url: config.url.clone(), message: e.to_string() })?;
+    let client = tokio::time::timeout(
+        Duration::from_secs(15),
+        options.connect(config.url.as_str()),
+    )
+    .await
+    .map_err(|_| ServeError::Connect {
+        url: config.url.clone(),
+        message: "no connection within 15 s".into(),
+    })?
+    .map_err(|e| ServeError::Connect {
+        url: config.url.clone(),
+        message: e.to_string(),
+    })?;
     Ok(client)
 }
 
@@ -93,13 +110,27 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     config.validate()?;
     let client = connect(&config.nats, SERVICE_NAME).await?;
     let js = async_nats::jetstream::new(client.clone());
-    js.query_account().await.map_err(|e| ServeError::NoJetStream { url: config.nats.url.clone(), message: e.to_string() })?;
+    js.query_account()
+        .await
+        .map_err(|e| ServeError::NoJetStream {
+            url: config.nats.url.clone(),
+            message: e.to_string(),
+        })?;
     let replicas = config.service.events_replicas;
     let events = EventStore::open(js.clone(), &EventStreamSettings { replicas }).await?;
     let (views, fresh_views) = Views::open(&js, replicas).await?;
     let stop = CancellationToken::new();
     let events_stream = events.stream_name().to_owned();
-    let projector = Arc::new(Projector::new(js.clone(), views.clone(), &events_stream, &config.service.instance, fresh_views).await?);
+    let projector = Arc::new(
+        Projector::new(
+            js.clone(),
+            views.clone(),
+            &events_stream,
+            &config.service.instance,
+            fresh_views,
+        )
+        .await?,
+    );
     let projector_task = tokio::spawn(Arc::clone(&projector).run(stop.clone()));
 
     let ctx = Arc::new(Context {
@@ -107,16 +138,28 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         js: js.clone(),
         api: JsApi::new(client.clone()),
         events,
-        destinations: Destinations::new(config.destinations.clone(), config.defaults.destination.clone()),
+        destinations: Destinations::new(
+            config.destinations.clone(),
+            config.defaults.destination.clone(),
+        ),
         defaults: config.defaults.clone(),
         instance: config.service.instance.clone(),
-        keys: crate::keys::Keys::load(&config.encryption).map_err(|e| ServeError::Service(e.to_string()))?,
+        keys: crate::keys::Keys::load(&config.encryption)
+            .map_err(|e| ServeError::Service(e.to_string()))?,
         integrity: config.integrity.clone(),
         views: views.clone(),
     });
     let runner = Runner::new(ctx);
-    runner.clone().watch_cancellations().await.map_err(|e| ServeError::Service(e.to_string()))?;
-    let api = Arc::new(Api { runner: runner.clone(), views: views.clone(), errors: reply::ErrorCounts::default() });
+    runner
+        .clone()
+        .watch_cancellations()
+        .await
+        .map_err(|e| ServeError::Service(e.to_string()))?;
+    let api = Arc::new(Api {
+        runner: runner.clone(),
+        views: views.clone(),
+        errors: reply::ErrorCounts::default(),
+    });
 
     // Resume this instance's unfinished jobs once the views have caught up with the log.
     warn_if_requests_are_captured(&JsApi::new(client.clone())).await;
@@ -145,11 +188,23 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let commands = service.group(COMMAND_PREFIX);
     let queries = service.group(QUERY_PREFIX);
     let mut endpoints = Vec::new();
-    for verb in ["start", "restore", "verify", "check", "cancel"] {
-        endpoints.push((format!("{COMMAND_PREFIX}.{verb}"), commands.endpoint(verb).await.map_err(|e| ServeError::Service(e.to_string()))?));
+    for verb in ["start", "restore", "verify", "check", "repair", "cancel"] {
+        endpoints.push((
+            format!("{COMMAND_PREFIX}.{verb}"),
+            commands
+                .endpoint(verb)
+                .await
+                .map_err(|e| ServeError::Service(e.to_string()))?,
+        ));
     }
     for name in ["job", "jobs", "backups"] {
-        endpoints.push((format!("{QUERY_PREFIX}.{name}"), queries.endpoint(name).await.map_err(|e| ServeError::Service(e.to_string()))?));
+        endpoints.push((
+            format!("{QUERY_PREFIX}.{name}"),
+            queries
+                .endpoint(name)
+                .await
+                .map_err(|e| ServeError::Service(e.to_string()))?,
+        ));
     }
     let mut loops = Vec::new();
     for (subject, mut endpoint) in endpoints {
@@ -186,7 +241,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 /// A stream that captures our request subjects answers every request with a JetStream ack,
 /// which clients take for our reply. We cannot fix that deployment, but we can say so loudly.
 async fn warn_if_requests_are_captured(api: &JsApi) {
-    for subject in [format!("{COMMAND_PREFIX}.start"), format!("{QUERY_PREFIX}.job")] {
+    for subject in [
+        format!("{COMMAND_PREFIX}.start"),
+        format!("{QUERY_PREFIX}.job"),
+    ] {
         if let Ok(streams) = api.streams_for_subject(&subject).await {
             for stream in streams {
                 tracing::warn!(%stream, "stream {stream} captures {subject}: requests to cim-backup will also get JetStream acks as replies; exclude cim.backup.cmd.> and cim.backup.qry.> from it");
@@ -199,17 +257,90 @@ async fn dispatch(api: &Api, subject: &str, request: Request) {
     let verb = subject.rsplit('.').next().unwrap_or_default();
     if subject.starts_with(COMMAND_PREFIX) {
         match verb {
-            "start" => send(&request, &api.errors, subject, commands::start(api, &request).await).await,
-            "restore" => send(&request, &api.errors, subject, commands::restore(api, &request).await).await,
-            "verify" => send(&request, &api.errors, subject, commands::verify(api, &request).await).await,
-            "cancel" => send(&request, &api.errors, subject, commands::cancel(api, &request).await).await,
-            _ => send(&request, &api.errors, subject, commands::check(api, &request).await).await,
+            "start" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    commands::start(api, &request).await,
+                )
+                .await
+            }
+            "restore" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    commands::restore(api, &request).await,
+                )
+                .await
+            }
+            "verify" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    commands::verify(api, &request).await,
+                )
+                .await
+            }
+            "cancel" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    commands::cancel(api, &request).await,
+                )
+                .await
+            }
+            "repair" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    repair::repair(api, &request).await,
+                )
+                .await
+            }
+            _ => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    commands::check(api, &request).await,
+                )
+                .await
+            }
         }
     } else {
         match verb {
-            "job" => send(&request, &api.errors, subject, queries::job(api, &request).await).await,
-            "jobs" => send(&request, &api.errors, subject, queries::jobs(api, &request).await).await,
-            _ => send(&request, &api.errors, subject, queries::backups(api, &request).await).await,
+            "job" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    queries::job(api, &request).await,
+                )
+                .await
+            }
+            "jobs" => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    queries::jobs(api, &request).await,
+                )
+                .await
+            }
+            _ => {
+                send(
+                    &request,
+                    &api.errors,
+                    subject,
+                    queries::backups(api, &request).await,
+                )
+                .await
+            }
         }
     }
 }
@@ -219,7 +350,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -26,7 +26,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
@@ -88,12 +91,22 @@ impl ErrorCounts {
     }
 
     fn bump(&self, subject: &str) {
-        *self.0.lock().unwrap().entry(subject.to_owned()).or_default() += 1;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(subject.to_owned())
+            .or_default() += 1;
     }
 }
 
 /// Sends `result` as the reply to `request` on the endpoint `subject`.
-pub async fn send<T: Serialize>(request: &Request, counts: &ErrorCounts, endpoint: &str, result: Result<T, ApiError>) {
+pub async fn send<T: Serialize>(
+    request: &Request,
+    counts: &ErrorCounts,
+    endpoint: &str,
+    result: Result<T, ApiError>,
+) {
     let sent = match result {
         Ok(body) => {
             let bytes = serde_json::to_vec(&body).expect("replies serialize");
@@ -104,8 +117,12 @@ pub async fn send<T: Serialize>(request: &Request, counts: &ErrorCounts, endpoin
             counts.bump(endpoint);
             let mut headers = HeaderMap::new();
             headers.insert(SERVICE_ERROR_HEADER, first_line(&error.message));
-            headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.status().to_string().as_str());
-            let body = serde_json::to_vec(&ErrorReply::new(error.code, error.message)).expect("errors serialize");
+            headers.insert(
+                SERVICE_ERROR_CODE_HEADER,
+                error.code.status().to_string().as_str(),
+            );
+            let body = serde_json::to_vec(&ErrorReply::new(error.code, error.message))
+                .expect("errors serialize");
             request.respond_with_headers(Ok(body.into()), headers).await
         }
     };

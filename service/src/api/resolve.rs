@@ -17,26 +17,57 @@ pub struct Located {
     pub location: Resolved,
 }
 
-pub async fn locate(api: &Api, backup: BackupRef, stream: Option<&str>, source: Option<&str>) -> Result<Located, ApiError> {
+pub async fn locate(
+    api: &Api,
+    backup: BackupRef,
+    stream: Option<&str>,
+    source: Option<&str>,
+) -> Result<Located, ApiError> {
     let ctx = api.runner.context();
     match (backup, source) {
-        (BackupRef::Id(id), Some(source)) => Ok(Located { backup: id.0, location: ctx.destinations.resolve(Some(source))? }),
+        (BackupRef::Id(id), Some(source)) => Ok(Located {
+            backup: id.0,
+            location: ctx.destinations.resolve(Some(source))?,
+        }),
         (BackupRef::Id(id), None) => {
             let entries = api.views.catalog().await?;
-            let entry = entries.into_iter().find(|e| e.backup_id == id).ok_or_else(|| {
-                ApiError::not_found(format!("backup {id} is not in the catalog; name where it is stored with \"source\""))
-            })?;
-            Ok(Located { backup: id.0, location: Resolved { given: entry.destination.clone(), url: entry.destination } })
+            let entry = entries
+                .into_iter()
+                .find(|e| e.backup_id == id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "backup {id} is not in the catalog; name where it is stored with \"source\""
+                    ))
+                })?;
+            Ok(Located {
+                backup: id.0,
+                location: Resolved {
+                    given: entry.destination.clone(),
+                    url: entry.destination,
+                },
+            })
         }
         (BackupRef::Latest, source) => {
-            let stream = stream.ok_or_else(|| ApiError::bad_request("\"latest\" needs \"stream\": the newest backup of which stream?"))?;
+            let stream = stream.ok_or_else(|| {
+                ApiError::bad_request(
+                    "\"latest\" needs \"stream\": the newest backup of which stream?",
+                )
+            })?;
             match source {
                 Some(source) => {
                     let location = ctx.destinations.resolve(Some(source))?;
-                    let newest = newest_in_location(api, &location, stream).await?.ok_or_else(|| {
-                        ApiError::not_found(format!("no backup of stream {stream} in {}", location.url))
-                    })?;
-                    Ok(Located { backup: newest, location })
+                    let newest = newest_in_location(api, &location, stream)
+                        .await?
+                        .ok_or_else(|| {
+                            ApiError::not_found(format!(
+                                "no backup of stream {stream} in {}",
+                                location.url
+                            ))
+                        })?;
+                    Ok(Located {
+                        backup: newest,
+                        location,
+                    })
                 }
                 None => {
                     let entries = catalog::select(api.views.catalog().await?, Some(stream));
@@ -45,7 +76,10 @@ pub async fn locate(api: &Api, backup: BackupRef, stream: Option<&str>, source: 
                     })?;
                     Ok(Located {
                         backup: entry.backup_id.0,
-                        location: Resolved { given: entry.destination.clone(), url: entry.destination },
+                        location: Resolved {
+                            given: entry.destination.clone(),
+                            url: entry.destination,
+                        },
                     })
                 }
             }
@@ -54,27 +88,50 @@ pub async fn locate(api: &Api, backup: BackupRef, stream: Option<&str>, source: 
 }
 
 /// Reads every manifest in a location; returns catalog-shaped entries, newest first.
-pub async fn list_location(api: &Api, location: &Resolved, stream: Option<&str>) -> Result<Vec<CatalogEntry>, ApiError> {
+pub async fn list_location(
+    api: &Api,
+    location: &Resolved,
+    stream: Option<&str>,
+) -> Result<Vec<CatalogEntry>, ApiError> {
     let store = api.runner.context().destinations.open(&location.url)?;
     let mut entries = Vec::new();
     for cid in store.list_manifests().await? {
         match store.get_manifest(&cid).await {
-            Ok((manifest, bytes)) => entries.push(entry_from_manifest(cid, &manifest, bytes, &location.url)),
-            Err(e) => tracing::warn!(manifest = %cid, error = %e, "unreadable manifest in {}", location.url),
+            Ok((manifest, bytes)) => {
+                entries.push(entry_from_manifest(cid, &manifest, bytes, &location.url))
+            }
+            Err(e) => {
+                tracing::warn!(manifest = %cid, error = %e, "unreadable manifest in {}", location.url)
+            }
         }
     }
     Ok(catalog::select(entries, stream))
 }
 
-async fn newest_in_location(api: &Api, location: &Resolved, stream: &str) -> Result<Option<Cid>, ApiError> {
-    Ok(list_location(api, location, Some(stream)).await?.first().map(|e| e.backup_id.0))
+async fn newest_in_location(
+    api: &Api,
+    location: &Resolved,
+    stream: &str,
+) -> Result<Option<Cid>, ApiError> {
+    Ok(list_location(api, location, Some(stream))
+        .await?
+        .first()
+        .map(|e| e.backup_id.0))
 }
 
-fn entry_from_manifest(cid: Cid, manifest: &Manifest, manifest_bytes: u64, url: &str) -> CatalogEntry {
+fn entry_from_manifest(
+    cid: Cid,
+    manifest: &Manifest,
+    manifest_bytes: u64,
+    url: &str,
+) -> CatalogEntry {
     let streams: Vec<_> = manifest.streams.iter().map(|s| s.summary()).collect();
     CatalogEntry {
         backup_id: cid.into(),
-        job_id: manifest.job_id.parse().unwrap_or_else(|_| "unknown".parse().expect("valid id")),
+        job_id: manifest
+            .job_id
+            .parse()
+            .unwrap_or_else(|_| "unknown".parse().expect("valid id")),
         destination: url.to_owned(),
         created_at: manifest.created,
         messages: streams.iter().map(|s| s.messages).sum(),

@@ -13,13 +13,21 @@ use serde::de::DeserializeOwned;
 pub enum CliError {
     /// The service answered with an error (4xx or 5xx).
     #[error("{message} ({code})")]
-    Rejected { status: u16, code: String, message: String },
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Nobody answered, or NATS is unreachable.
     #[error("{0}")]
     Unavailable(String),
     /// A job ended failed or cancelled.
     #[error("job {job_id} {state}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    JobDidNotComplete { job_id: String, state: String, message: Option<String> },
+    JobDidNotComplete {
+        job_id: String,
+        state: String,
+        message: Option<String>,
+    },
     #[error("{0}")]
     Usage(String),
     /// An integrity check completed and found breaks.
@@ -50,10 +58,18 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(config: &crate::config::NatsConfig, timeout: Duration) -> Result<Client, CliError> {
-        let mut options = async_nats::ConnectOptions::new().name("cim-backup-cli").connection_timeout(timeout);
+    pub async fn connect(
+        config: &crate::config::NatsConfig,
+        timeout: Duration,
+    ) -> Result<Client, CliError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("cim-backup-cli")
+            .connection_timeout(timeout);
         if let Some(creds) = &config.creds {
-            options = options.credentials_file(creds).await.map_err(|e| CliError::Usage(format!("credentials {}: {e}", creds.display())))?;
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| CliError::Usage(format!("credentials {}: {e}", creds.display())))?;
         }
         if let Some(token) = &config.token {
             options = options.token(token.clone());
@@ -61,40 +77,73 @@ impl Client {
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
-        let nats = options
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| CliError::Unavailable(format!("cannot connect to NATS at {}: {e}", config.url)))?;
-        Ok(Client { nats, url: config.url.clone(), timeout })
+        let nats = options.connect(config.url.as_str()).await.map_err(|e| {
+            CliError::Unavailable(format!("cannot connect to NATS at {}: {e}", config.url))
+        })?;
+        Ok(Client {
+            nats,
+            url: config.url.clone(),
+            timeout,
+        })
     }
 
     /// Sends `body` to `subject` and decodes the reply, turning error replies into
     /// [`CliError::Rejected`].
-    pub async fn request<R: DeserializeOwned>(&self, subject: &str, body: &impl Serialize) -> Result<R, CliError> {
+    pub async fn request<R: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: &impl Serialize,
+    ) -> Result<R, CliError> {
         let value: serde_json::Value = self.request_json(subject, body).await?;
-        serde_json::from_value(value).map_err(|e| CliError::Unavailable(format!("unexpected reply on {subject}: {e}")))
+        serde_json::from_value(value)
+            .map_err(|e| CliError::Unavailable(format!("unexpected reply on {subject}: {e}")))
     }
 
-    pub async fn request_json(&self, subject: &str, body: &impl Serialize) -> Result<serde_json::Value, CliError> {
+    pub async fn request_json(
+        &self,
+        subject: &str,
+        body: &impl Serialize,
+    ) -> Result<serde_json::Value, CliError> {
         let payload = serde_json::to_vec(body).expect("requests serialize");
-        let reply = tokio::time::timeout(self.timeout, self.nats.request(subject.to_owned(), payload.into()))
-            .await
-            .map_err(|_| CliError::Unavailable(format!("no reply on {subject} within {:?}", self.timeout)))?
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    CliError::Unavailable(format!("no cim-backup service answers on {} (is `cim-backup serve` running?)", self.url))
-                }
-                _ => CliError::Unavailable(format!("request on {subject} failed: {e}")),
-            })?;
-        if let Some(code) = reply.headers.as_ref().and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER)) {
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.nats.request(subject.to_owned(), payload.into()),
+        )
+        .await
+        .map_err(|_| {
+            CliError::Unavailable(format!("no reply on {subject} within {:?}", self.timeout))
+        })?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => CliError::Unavailable(format!(
+                "no cim-backup service answers on {} (is `cim-backup serve` running?)",
+                self.url
+            )),
+            _ => CliError::Unavailable(format!("request on {subject} failed: {e}")),
+        })?;
+        if let Some(code) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
+        {
             let status: u16 = code.as_str().parse().unwrap_or(500);
             let (kind, message) = match serde_json::from_slice::<ErrorReply>(&reply.payload) {
                 Ok(body) => (body.error.kind, body.error.message),
-                Err(_) => (ErrorCode::from_status(status), String::from_utf8_lossy(&reply.payload).into_owned()),
+                Err(_) => (
+                    ErrorCode::from_status(status),
+                    String::from_utf8_lossy(&reply.payload).into_owned(),
+                ),
             };
-            let code = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            return Err(CliError::Rejected { status, code, message });
+            let code = serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(CliError::Rejected {
+                status,
+                code,
+                message,
+            });
         }
-        serde_json::from_slice(&reply.payload).map_err(|e| CliError::Unavailable(format!("reply on {subject} is not JSON: {e}")))
+        serde_json::from_slice(&reply.payload)
+            .map_err(|e| CliError::Unavailable(format!("reply on {subject} is not JSON: {e}")))
     }
 }

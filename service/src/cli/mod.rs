@@ -7,21 +7,24 @@
 
 pub mod client;
 pub mod output;
+pub mod repair;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use cim_backup_contracts::JobId;
 use cim_backup_contracts::commands::{
-    BackupRef, BackupsQuery, CancelJob, CheckStream, CompressionAlgorithm, JobQuery, JobsQuery, RestoreBackup, StartBackup,
-    VerifyBackup,
+    BackupRef, BackupsQuery, CancelJob, CheckStream, CompressionAlgorithm, JobQuery, JobsQuery,
+    RestoreBackup, StartBackup, VerifyBackup,
 };
 use cim_backup_contracts::events::{BackupMode, Placement, RestoreMethod, VerifyMode};
-use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::integrity::{ChainBy, ChainProfile, ProfileKind};
-use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS};
+use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
+use cim_backup_contracts::subjects::{
+    CMD_CANCEL, CMD_CHECK, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS, QRY_JOB, QRY_JOBS,
+};
 use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
-use cim_backup_contracts::JobId;
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DestinationConfig, NatsConfig};
 use client::{CliError, Client};
@@ -35,7 +38,12 @@ failed (5xx, no responders, timeout) · 5 a check found corruption";
 #[command(name = "cim-backup", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// NATS server URL.
-    #[arg(long, global = true, env = "CIM_BACKUP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        global = true,
+        env = "CIM_BACKUP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// NATS credentials file.
     #[arg(long, global = true, env = "CIM_BACKUP_NATS_CREDS")]
@@ -77,6 +85,43 @@ pub enum Command {
     /// durable consumers to it so they replay (runbook: `replay-corrupted-events --from-seq N
     /// --validate-cids`).
     ReplayCorruptedEvents(ReplayArgs),
+    /// Rebuild a live stream so that from a sequence on it holds a backup's records (runbook:
+    /// `restore-from-point --stream S --sequence N --source BACKUP`). Shows the plan first; runs
+    /// with --confirm (or a typed confirmation on a terminal).
+    RestoreFromPoint(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[arg(long)]
+    pub stream: String,
+    /// The first sequence replaced by the backup's records (the corruption point, or before).
+    #[arg(long)]
+    pub sequence: u64,
+    /// A backup id, `latest`, or where backups are stored (then the newest backup of the stream
+    /// there, or --backup).
+    #[arg(long, default_value = "latest")]
+    pub source: String,
+    /// A backup id inside --source.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Show exactly what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run without asking (the plan is what --dry-run shows).
+    #[arg(long, alias = "yes")]
+    pub confirm: bool,
+    /// Keep live messages newer than the backup.
+    #[arg(long)]
+    pub keep_newer: bool,
+    /// Delete the copy of the stream as it was once the repaired one checks clean.
+    #[arg(long)]
+    pub drop_safety_copy: bool,
+    /// Return once the job is accepted instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
 }
 
 #[derive(Debug, Args)]
@@ -120,19 +165,26 @@ impl ProfileArgs {
     fn to_profile(&self) -> Result<Option<ChainProfile>, CliError> {
         let Some(profile) = &self.profile else {
             return match self.chain_by.is_some() || self.cid_field.is_some() {
-                true => Err(CliError::Usage("--chain-by and the field options need --profile".into())),
+                true => Err(CliError::Usage(
+                    "--chain-by and the field options need --profile".into(),
+                )),
                 false => Ok(None),
             };
         };
-        let kind: ProfileKind = serde_json::from_value(serde_json::Value::String(profile.clone())).map_err(|e| CliError::Usage(format!("--profile: {e}")))?;
+        let kind: ProfileKind = serde_json::from_value(serde_json::Value::String(profile.clone()))
+            .map_err(|e| CliError::Usage(format!("--profile: {e}")))?;
         let chain_by = self
             .chain_by
             .as_deref()
             .map(|c| match c.split_once(':') {
                 None if c == "stream" => Ok(ChainBy::Stream),
-                Some(("subject", i)) => i.parse().map(ChainBy::SubjectToken).map_err(|_| CliError::Usage(format!("--chain-by: {i:?} is not a token index"))),
+                Some(("subject", i)) => i.parse().map(ChainBy::SubjectToken).map_err(|_| {
+                    CliError::Usage(format!("--chain-by: {i:?} is not a token index"))
+                }),
                 Some(("field", f)) => Ok(ChainBy::Field(f.to_owned())),
-                _ => Err(CliError::Usage(format!("--chain-by: {c:?}: use stream, subject:<n> or field:<path>"))),
+                _ => Err(CliError::Usage(format!(
+                    "--chain-by: {c:?}: use stream, subject:<n> or field:<path>"
+                ))),
             })
             .transpose()?;
         Ok(Some(ChainProfile {
@@ -344,7 +396,9 @@ pub async fn run(cli: Cli) -> u8 {
         Ok(()) => 0,
         Err(e) => {
             if cli.json {
-                output::json(&serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }));
+                output::json(
+                    &serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
+                );
             } else {
                 eprintln!("cim-backup: {e}");
             }
@@ -354,7 +408,11 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 fn nats_config(cli: &Cli) -> NatsConfig {
-    NatsConfig { url: cli.nats_url.clone(), creds: cli.creds.clone(), ..NatsConfig::default() }
+    NatsConfig {
+        url: cli.nats_url.clone(),
+        creds: cli.creds.clone(),
+        ..NatsConfig::default()
+    }
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
@@ -369,7 +427,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
         None => Config::default(),
     };
     // Flags and their environment variables override the file; the file overrides defaults.
-    let url_from_flag = std::env::args().any(|a| a.starts_with("--nats-url")) || std::env::var_os("CIM_BACKUP_NATS_URL").is_some();
+    let url_from_flag = std::env::args().any(|a| a.starts_with("--nats-url"))
+        || std::env::var_os("CIM_BACKUP_NATS_URL").is_some();
     if url_from_flag || args.config.is_none() {
         config.nats.url = cli.nats_url.clone();
     }
@@ -400,14 +459,27 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
         config.nats.url = nats.url.clone();
         let archive = data_dir.join("archive");
         let url = format!("file://{}", archive.display());
-        config.destinations.entry("local".into()).or_insert_with(|| DestinationConfig::url(&url));
-        config.defaults.destination.get_or_insert_with(|| "local".into());
-        eprintln!("cim-backup: embedded nats-server at {} (store {}), default destination local = {url}", nats.url, data_dir.join("nats").display());
+        config
+            .destinations
+            .entry("local".into())
+            .or_insert_with(|| DestinationConfig::url(&url));
+        config
+            .defaults
+            .destination
+            .get_or_insert_with(|| "local".into());
+        eprintln!(
+            "cim-backup: embedded nats-server at {} (store {}), default destination local = {url}",
+            nats.url,
+            data_dir.join("nats").display()
+        );
         Some(nats)
     } else {
         None
     };
-    eprintln!("cim-backup: serving on {} as instance {:?}; Ctrl-C to stop", config.nats.url, config.service.instance);
+    eprintln!(
+        "cim-backup: serving on {} as instance {:?}; Ctrl-C to stop",
+        config.nats.url, config.service.instance
+    );
     match crate::api::serve(config, crate::api::shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -447,30 +519,71 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 let view = watch(cli, &client, &a.job_id, false).await?;
                 return ended(&view);
             }
-            let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: a.job_id.clone() }).await?;
-            if cli.json { output::json(&view) } else { output::job(&view) }
+            let view: JobView = client
+                .request(
+                    QRY_JOB,
+                    &JobQuery {
+                        job_id: a.job_id.clone(),
+                    },
+                )
+                .await?;
+            if cli.json {
+                output::json(&view)
+            } else {
+                output::job(&view)
+            }
             Ok(())
         }
         Command::ListJobs(a) => {
-            let kind = a.kind.as_deref().map(|k| k.parse::<JobKind>()).transpose().map_err(CliError::Usage)?;
+            let kind = a
+                .kind
+                .as_deref()
+                .map(|k| k.parse::<JobKind>())
+                .transpose()
+                .map_err(CliError::Usage)?;
             let state = a
                 .state
                 .as_deref()
-                .map(|s| serde_json::from_value::<JobState>(serde_json::Value::String(s.to_owned())))
+                .map(|s| {
+                    serde_json::from_value::<JobState>(serde_json::Value::String(s.to_owned()))
+                })
                 .transpose()
                 .map_err(|e| CliError::Usage(format!("--state: {e}")))?;
-            let views: Vec<JobView> = client.request(QRY_JOBS, &JobsQuery { kind, state, limit: a.limit }).await?;
-            if cli.json { output::json(&views) } else { output::jobs(&views) }
+            let views: Vec<JobView> = client
+                .request(
+                    QRY_JOBS,
+                    &JobsQuery {
+                        kind,
+                        state,
+                        limit: a.limit,
+                    },
+                )
+                .await?;
+            if cli.json {
+                output::json(&views)
+            } else {
+                output::jobs(&views)
+            }
             Ok(())
         }
         Command::ListBackups(a) => {
-            let query = BackupsQuery { stream: a.stream.clone(), destination: a.destination.clone() };
+            let query = BackupsQuery {
+                stream: a.stream.clone(),
+                destination: a.destination.clone(),
+            };
             let entries: Vec<CatalogEntry> = client.request(QRY_BACKUPS, &query).await?;
-            if cli.json { output::json(&entries) } else { output::backups(&entries) }
+            if cli.json {
+                output::json(&entries)
+            } else {
+                output::backups(&entries)
+            }
             Ok(())
         }
         Command::VerifyBackup(a) => {
-            let backup: BackupRef = a.backup.parse().map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
+            let backup: BackupRef = a
+                .backup
+                .parse()
+                .map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
             let body = VerifyBackup {
                 backup,
                 stream: a.stream.clone(),
@@ -486,17 +599,27 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
             let (backup, source) = restore_source(&a.source, a.backup.as_deref())?;
             let time = |flag: &str, v: &Option<String>| {
                 v.as_deref()
-                    .map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339))
+                    .map(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                    })
                     .transpose()
                     .map_err(|e| CliError::Usage(format!("{flag}: not an RFC 3339 time: {e}")))
             };
             let method = a
                 .method
                 .as_deref()
-                .map(|m| serde_json::from_value::<RestoreMethod>(serde_json::Value::String(m.to_owned())))
+                .map(|m| {
+                    serde_json::from_value::<RestoreMethod>(serde_json::Value::String(m.to_owned()))
+                })
                 .transpose()
                 .map_err(|e| CliError::Usage(format!("--method: {e}")))?;
-            let placement = (a.cluster.is_some() || !a.tags.is_empty()).then(|| Placement { cluster: a.cluster.clone(), tags: a.tags.clone() });
+            let placement = (a.cluster.is_some() || !a.tags.is_empty()).then(|| Placement {
+                cluster: a.cluster.clone(),
+                tags: a.tags.clone(),
+            });
             let body = RestoreBackup {
                 backup,
                 stream: a.stream.clone(),
@@ -517,14 +640,23 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
             };
             if a.dry_run {
                 let plan: RestorePlan = client.request(CMD_RESTORE, &body).await?;
-                if cli.json { output::json(&plan) } else { output::plan(&plan) }
+                if cli.json {
+                    output::json(&plan)
+                } else {
+                    output::plan(&plan)
+                }
                 return Ok(());
             }
             let accepted: Accepted = client.request(CMD_RESTORE, &body).await?;
             after_accept(cli, &client, accepted, a.wait).await
         }
         Command::CheckDataIntegrity(a) => {
-            let backup = a.backup.as_deref().map(|b| b.parse::<BackupRef>()).transpose().map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
+            let backup = a
+                .backup
+                .as_deref()
+                .map(|b| b.parse::<BackupRef>())
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--backup: {e}")))?;
             let body = CheckStream {
                 streams: a.stream.clone(),
                 backup,
@@ -618,8 +750,17 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
             }
             verdict(&reports)
         }
+        Command::RestoreFromPoint(a) => repair::restore_from_point(cli, &client, a).await,
         Command::CancelJob(a) => {
-            let reply: CancelAccepted = client.request(CMD_CANCEL, &CancelJob { job_id: a.job_id.clone(), reason: a.reason.clone() }).await?;
+            let reply: CancelAccepted = client
+                .request(
+                    CMD_CANCEL,
+                    &CancelJob {
+                        job_id: a.job_id.clone(),
+                        reason: a.reason.clone(),
+                    },
+                )
+                .await?;
             if cli.json {
                 output::json(&reply)
             } else if reply.requested {
@@ -648,11 +789,19 @@ fn verdict(reports: &[cim_backup_contracts::integrity::IntegrityReport]) -> Resu
 }
 
 /// `--source` of `restore-events`: a backup id, `latest`, or a location (directory, URL, name).
-fn restore_source(source: &str, backup: Option<&str>) -> Result<(BackupRef, Option<String>), CliError> {
-    let parse = |s: &str| s.parse::<BackupRef>().map_err(|e| CliError::Usage(format!("--backup: {e}")));
+fn restore_source(
+    source: &str,
+    backup: Option<&str>,
+) -> Result<(BackupRef, Option<String>), CliError> {
+    let parse = |s: &str| {
+        s.parse::<BackupRef>()
+            .map_err(|e| CliError::Usage(format!("--backup: {e}")))
+    };
     if let Ok(r) = source.parse::<BackupRef>() {
         if backup.is_some() {
-            return Err(CliError::Usage("--backup needs --source to be a location, not a backup id".into()));
+            return Err(CliError::Usage(
+                "--backup needs --source to be a location, not a backup id".into(),
+            ));
         }
         return Ok((r, None));
     }
@@ -673,13 +822,25 @@ fn location(source: &str) -> String {
     }
 }
 
-async fn after_accept(cli: &Cli, client: &Client, accepted: Accepted, wait: bool) -> Result<(), CliError> {
+async fn after_accept(
+    cli: &Cli,
+    client: &Client,
+    accepted: Accepted,
+    wait: bool,
+) -> Result<(), CliError> {
     if !wait {
         if cli.json {
             output::json(&accepted);
         } else {
-            let note = if accepted.duplicate { " (same idempotency key: existing job)" } else { "" };
-            println!("{} job {} {}{note}", accepted.kind, accepted.job_id, accepted.state);
+            let note = if accepted.duplicate {
+                " (same idempotency key: existing job)"
+            } else {
+                ""
+            };
+            println!(
+                "{} job {} {}{note}",
+                accepted.kind, accepted.job_id, accepted.state
+            );
         }
         return Ok(());
     }
@@ -689,15 +850,31 @@ async fn after_accept(cli: &Cli, client: &Client, accepted: Accepted, wait: bool
 
 /// Polls the job view until the job ends, drawing progress (and showing the view unless
 /// `quiet`, for callers that print their own report).
-async fn watch(cli: &Cli, client: &Client, job_id: &JobId, quiet: bool) -> Result<JobView, CliError> {
+async fn watch(
+    cli: &Cli,
+    client: &Client,
+    job_id: &JobId,
+    quiet: bool,
+) -> Result<JobView, CliError> {
     let mut progress = output::Progress::new(cli.json);
     loop {
-        let view: JobView = client.request(QRY_JOB, &JobQuery { job_id: job_id.clone() }).await?;
+        let view: JobView = client
+            .request(
+                QRY_JOB,
+                &JobQuery {
+                    job_id: job_id.clone(),
+                },
+            )
+            .await?;
         progress.update(&view);
         if view.state.is_terminal() {
             progress.finish();
             if !quiet {
-                if cli.json { output::json(&view) } else { output::job(&view) }
+                if cli.json {
+                    output::json(&view)
+                } else {
+                    output::job(&view)
+                }
             }
             return Ok(view);
         }
@@ -715,4 +892,3 @@ fn ended(view: &JobView) -> Result<(), CliError> {
         }),
     }
 }
-
