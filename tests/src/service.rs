@@ -19,9 +19,10 @@ pub fn test_config(nats_url: &str, archive_dir: &Path, instance: &str) -> Config
     let mut config = Config::default();
     config.nats.url = nats_url.to_owned();
     config.service.instance = instance.to_owned();
-    config
-        .destinations
-        .insert("local".into(), DestinationConfig::url(&format!("file://{}", archive_dir.display())));
+    config.destinations.insert(
+        "local".into(),
+        DestinationConfig::url(&format!("file://{}", archive_dir.display())),
+    );
     config.defaults.destination = Some("local".into());
     config.defaults.segment_bytes = 64 * 1024;
     config
@@ -49,12 +50,22 @@ impl TestService {
         let task = runtime.spawn(cim_backup::api::serve(config, async {
             let _ = stopped.await;
         }));
-        let service = TestService { runtime: Some(runtime), task: Some(task), stop: Some(stop) };
+        let service = TestService {
+            runtime: Some(runtime),
+            task: Some(task),
+            stop: Some(stop),
+        };
         let client = async_nats::connect(&url).await.expect("connect");
         let caller = Caller { client };
         crate::eventually(Duration::from_secs(30), "the service to answer", || {
             let caller = &caller;
-            async move { caller.request("cim.backup.qry.jobs", &json!({})).await.ok().filter(|r| r.status.is_none()) }
+            async move {
+                caller
+                    .request("cim.backup.qry.jobs", &json!({}))
+                    .await
+                    .ok()
+                    .filter(|r| r.status.is_none())
+            }
         })
         .await;
         service
@@ -66,8 +77,12 @@ impl TestService {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(Duration::from_secs(30), task).await.expect("service stops within 30 s");
-            result.expect("service task").expect("service ran without error");
+            let result = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("service stops within 30 s");
+            result
+                .expect("service task")
+                .expect("service ran without error");
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -110,41 +125,77 @@ pub struct Caller {
 
 impl Caller {
     pub async fn connect(url: &str) -> Caller {
-        Caller { client: async_nats::connect(url).await.expect("connect") }
+        Caller {
+            client: async_nats::connect(url).await.expect("connect"),
+        }
     }
 
-    pub async fn request(&self, subject: &str, body: &Value) -> Result<Reply, async_nats::RequestError> {
-        self.request_bytes(subject, serde_json::to_vec(body).unwrap()).await
+    pub async fn request(
+        &self,
+        subject: &str,
+        body: &Value,
+    ) -> Result<Reply, async_nats::RequestError> {
+        self.request_bytes(subject, serde_json::to_vec(body).unwrap())
+            .await
     }
 
-    pub async fn request_bytes(&self, subject: &str, body: Vec<u8>) -> Result<Reply, async_nats::RequestError> {
+    pub async fn request_bytes(
+        &self,
+        subject: &str,
+        body: Vec<u8>,
+    ) -> Result<Reply, async_nats::RequestError> {
         let message = self.client.request(subject.to_owned(), body.into()).await?;
         let status = message
             .headers
             .as_ref()
             .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
             .map(|v| v.as_str().parse().expect("numeric error code"));
-        let body = if message.payload.is_empty() { Value::Null } else { serde_json::from_slice(&message.payload).expect("JSON reply") };
-        Ok(Reply { status, headers: message.headers, body })
+        let body = if message.payload.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&message.payload).expect("JSON reply")
+        };
+        Ok(Reply {
+            status,
+            headers: message.headers,
+            body,
+        })
     }
 
     /// A request that must succeed; returns its body.
     pub async fn ok(&self, subject: &str, body: Value) -> Value {
         let reply = self.request(subject, &body).await.expect("request");
-        assert_eq!(reply.status, None, "{subject} {body} failed: {}", reply.body);
+        assert_eq!(
+            reply.status, None,
+            "{subject} {body} failed: {}",
+            reply.body
+        );
         reply.body
     }
 
     /// A request that must fail; returns (code, message).
     pub async fn err(&self, subject: &str, body: Value) -> (u16, String) {
         let reply = self.request(subject, &body).await.expect("request");
-        let status = reply.status.unwrap_or_else(|| panic!("{subject} {body} should fail, got {}", reply.body));
-        assert_eq!(reply.body["error"]["code"], json!(status), "body and header codes agree");
-        (status, reply.body["error"]["message"].as_str().unwrap_or_default().to_owned())
+        let status = reply
+            .status
+            .unwrap_or_else(|| panic!("{subject} {body} should fail, got {}", reply.body));
+        assert_eq!(
+            reply.body["error"]["code"],
+            json!(status),
+            "body and header codes agree"
+        );
+        (
+            status,
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
     }
 
     pub async fn job(&self, job_id: &str) -> JobView {
-        serde_json::from_value(self.ok(QRY_JOB, json!({ "job_id": job_id })).await).expect("job view")
+        serde_json::from_value(self.ok(QRY_JOB, json!({ "job_id": job_id })).await)
+            .expect("job view")
     }
 
     /// Waits until the job is in a terminal state and returns its view. Tolerates a service
@@ -160,7 +211,12 @@ impl Caller {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("job {job_id} did not end within {timeout:?}: {:?}", self.request(QRY_JOB, &json!({ "job_id": job_id })).await.map(|r| r.body));
+                panic!(
+                    "job {job_id} did not end within {timeout:?}: {:?}",
+                    self.request(QRY_JOB, &json!({ "job_id": job_id }))
+                        .await
+                        .map(|r| r.body)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -170,7 +226,10 @@ impl Caller {
 /// A job view read straight from the view bucket (works while no service runs).
 pub async fn stored_view(client: &async_nats::Client, job_id: &str) -> Option<JobView> {
     let js = async_nats::jetstream::new(client.clone());
-    let bucket = js.get_key_value(cim_backup_contracts::subjects::JOBS_BUCKET).await.ok()?;
+    let bucket = js
+        .get_key_value(cim_backup_contracts::subjects::JOBS_BUCKET)
+        .await
+        .ok()?;
     let bytes = bucket.get(job_id).await.ok()??;
     Some(serde_json::from_slice(&bytes).expect("stored job view"))
 }

@@ -10,7 +10,9 @@ use serde_json::json;
 /// Creates a file stream `name` on `subjects`.
 pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[&str]) {
     JsApi::new(client.clone())
-        .create_stream(&json!({ "name": name, "subjects": subjects, "storage": "file", "num_replicas": 1 }))
+        .create_stream(
+            &json!({ "name": name, "subjects": subjects, "storage": "file", "num_replicas": 1 }),
+        )
         .await
         .unwrap_or_else(|e| panic!("create stream {name}: {e}"));
 }
@@ -62,19 +64,32 @@ pub fn cim_headers(i: u64, aggregate: u64) -> HeaderMap {
     h.insert("Nats-Msg-Id", format!("evt-{i}").as_str());
     h.insert("Cim-Event-Type", "NodePropertiesUpdated");
     h.insert("Cim-Aggregate-Id", format!("{aggregate}").as_str());
-    h.insert("Cim-Correlation-Id", format!("correlation:{}", i / 10).as_str());
+    h.insert(
+        "Cim-Correlation-Id",
+        format!("correlation:{}", i / 10).as_str(),
+    );
     h
 }
 
 /// Publishes `count` CIM-like events on `<prefix>.<aggregate>` starting at index `start`
 /// (pipelined, every ack checked).
-pub async fn publish_events(client: &async_nats::Client, prefix: &str, start: u64, count: u64, aggregates: u64) {
+pub async fn publish_events(
+    client: &async_nats::Client,
+    prefix: &str,
+    start: u64,
+    count: u64,
+    aggregates: u64,
+) {
     let js = jetstream::new(client.clone());
     let mut acks = Vec::with_capacity(1024);
     for i in start..start + count {
         let aggregate = i % aggregates;
         let ack = js
-            .publish_with_headers(format!("{prefix}.{aggregate}"), cim_headers(i, aggregate), cim_event(i, aggregate))
+            .publish_with_headers(
+                format!("{prefix}.{aggregate}"),
+                cim_headers(i, aggregate),
+                cim_event(i, aggregate),
+            )
             .await
             .expect("publish");
         acks.push(ack);
@@ -103,7 +118,10 @@ pub async fn read_all(client: &async_nats::Client, stream: &str) -> Vec<StoredMe
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(stream).await.expect("stream exists");
     let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig { deliver_subject: client.new_inbox(), ..Default::default() })
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        })
         .await
         .expect("ordered consumer");
     let pending = consumer.cached_info().num_pending;
@@ -121,12 +139,22 @@ pub async fn read_all(client: &async_nats::Client, stream: &str) -> Vec<StoredMe
             .as_ref()
             .map(|h| {
                 h.iter()
-                    .map(|(k, v)| (AsRef::<str>::as_ref(k).to_owned(), v.iter().map(|x| x.as_str().to_owned()).collect()))
+                    .map(|(k, v)| {
+                        (
+                            AsRef::<str>::as_ref(k).to_owned(),
+                            v.iter().map(|x| x.as_str().to_owned()).collect(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
         headers.sort();
-        out.push(StoredMessage { seq, subject: m.subject.to_string(), headers, payload: m.payload.clone() });
+        out.push(StoredMessage {
+            seq,
+            subject: m.subject.to_string(),
+            headers,
+            payload: m.payload.clone(),
+        });
         if remaining == 0 {
             break;
         }
@@ -136,7 +164,12 @@ pub async fn read_all(client: &async_nats::Client, stream: &str) -> Vec<StoredMe
 
 /// The state of a stream (messages, first/last seq).
 pub async fn state(client: &async_nats::Client, stream: &str) -> cim_backup::jsapi::StreamState {
-    JsApi::new(client.clone()).stream_info(stream).await.expect("stream info").expect("stream exists").state
+    JsApi::new(client.clone())
+        .stream_info(stream)
+        .await
+        .expect("stream info")
+        .expect("stream exists")
+        .state
 }
 
 /// Asserts two streams hold the same messages, naming the first difference (instead of
@@ -144,9 +177,16 @@ pub async fn state(client: &async_nats::Client, stream: &str) -> cim_backup::jsa
 #[track_caller]
 pub fn assert_same_messages(got: &[StoredMessage], expected: &[StoredMessage]) {
     if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
-        panic!("message {i} differs:\n  got      {:?}\n  expected {:?}", got[i], expected[i]);
+        panic!(
+            "message {i} differs:\n  got      {:?}\n  expected {:?}",
+            got[i], expected[i]
+        );
     }
-    assert_eq!(got.len(), expected.len(), "message counts differ (the common prefix is equal)");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "message counts differ (the common prefix is equal)"
+    );
 }
 
 /// Header the `publish` restore method adds (the original timestamp); the `server-archive`
@@ -172,15 +212,23 @@ pub fn assert_restored(restored: &[StoredMessage], original: &[StoredMessage]) {
 /// The JetStream API level of the server (5 = nats-server 2.15, which restores per-message
 /// archives).
 pub async fn api_level(client: &async_nats::Client) -> u64 {
-    JsApi::new(client.clone()).api_level().await.expect("api level")
+    JsApi::new(client.clone())
+        .api_level()
+        .await
+        .expect("api level")
 }
 
 /// A cim-ipld `ChainedContent` message: its JSON payload and CID (CIDv1, private codec 0x0200,
 /// BLAKE3-256 over the serde_json bytes of `{content, previous_cid, sequence}`).
-pub fn chained_content(content: &serde_json::Value, previous: Option<&str>, sequence: u64) -> (Bytes, String) {
+pub fn chained_content(
+    content: &serde_json::Value,
+    previous: Option<&str>,
+    sequence: u64,
+) -> (Bytes, String) {
     let content = serde_json::to_string(content).unwrap();
     let previous = serde_json::to_string(&previous).unwrap();
-    let hashed = format!("{{\"content\":{content},\"previous_cid\":{previous},\"sequence\":{sequence}}}");
+    let hashed =
+        format!("{{\"content\":{content},\"previous_cid\":{previous},\"sequence\":{sequence}}}");
     let digest = blake3::hash(hashed.as_bytes());
     let mh = cid::multihash::Multihash::<64>::wrap(0x1e, digest.as_bytes()).unwrap();
     let cid = cid::Cid::new_v1(0x0200, mh).to_string();
@@ -192,7 +240,12 @@ pub fn chained_content(content: &serde_json::Value, previous: Option<&str>, sequ
 
 /// Publishes `count` cim-ipld chained events over `aggregates` chains on `<prefix>.<aggregate>`;
 /// returns each chain's last CID and the stream sequence of its last event.
-pub async fn publish_chained(client: &async_nats::Client, prefix: &str, count: u64, aggregates: u64) -> Vec<(String, u64)> {
+pub async fn publish_chained(
+    client: &async_nats::Client,
+    prefix: &str,
+    count: u64,
+    aggregates: u64,
+) -> Vec<(String, u64)> {
     let js = jetstream::new(client.clone());
     let mut heads: Vec<(Option<String>, u64, u64)> = vec![(None, 0, 0); aggregates as usize];
     let mut acks = Vec::new();
@@ -201,7 +254,12 @@ pub async fn publish_chained(client: &async_nats::Client, prefix: &str, count: u
         let (prev, next_sequence, _) = heads[a].clone();
         let content = json!({ "node": a, "label": format!("node-{i}"), "weight": i % 97 });
         let (payload, cid) = chained_content(&content, prev.as_deref(), next_sequence);
-        acks.push((a, js.publish(format!("{prefix}.{a}"), payload).await.expect("publish")));
+        acks.push((
+            a,
+            js.publish(format!("{prefix}.{a}"), payload)
+                .await
+                .expect("publish"),
+        ));
         heads[a] = (Some(cid), next_sequence + 1, 0);
         if acks.len() >= 512 {
             for (a, ack) in acks.drain(..) {
@@ -212,5 +270,8 @@ pub async fn publish_chained(client: &async_nats::Client, prefix: &str, count: u
     for (a, ack) in acks {
         heads[a].2 = ack.await.expect("ack").sequence;
     }
-    heads.into_iter().map(|(cid, _, seq)| (cid.unwrap_or_default(), seq)).collect()
+    heads
+        .into_iter()
+        .map(|(cid, _, seq)| (cid.unwrap_or_default(), seq))
+        .collect()
 }

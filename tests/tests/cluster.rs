@@ -27,7 +27,11 @@ async fn two_instances_on_a_cluster_share_the_work_safely() {
 
     let mut configs = Vec::new();
     for (i, port) in cluster.client_ports.iter().take(2).enumerate() {
-        let mut config = test_config(&format!("nats://127.0.0.1:{port}"), archive.path(), &format!("node-{i}"));
+        let mut config = test_config(
+            &format!("nats://127.0.0.1:{port}"),
+            archive.path(),
+            &format!("node-{i}"),
+        );
         config.service.events_replicas = 3;
         config.defaults.segment_bytes = 4096;
         config.defaults.upload_concurrency = 1;
@@ -36,16 +40,25 @@ async fn two_instances_on_a_cluster_share_the_work_safely() {
     let a = TestService::start(configs[0].clone()).await;
     let b = TestService::start(configs[1].clone()).await;
     let events = api.stream_info(EVENTS_STREAM).await.unwrap().unwrap();
-    assert_eq!(events.config["num_replicas"], 3, "the event log is replicated");
+    assert_eq!(
+        events.config["num_replicas"], 3,
+        "the event log is replicated"
+    );
 
     // Concurrent duplicates, spread over both instances by the queue group: one job.
     let c = Caller::connect(&cluster.url()).await;
     let request = json!({ "streams": ["EVENTS"], "idempotency_key": "cluster-key" });
     let replies = futures::future::join_all((0..8).map(|_| c.ok(CMD_START, request.clone()))).await;
-    let ids: std::collections::HashSet<&str> = replies.iter().map(|r| r["job_id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> = replies
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 1, "{replies:?}");
     let job_id = ids.into_iter().next().unwrap().to_owned();
-    assert_eq!(replies.iter().filter(|r| r["duplicate"] == false).count(), 1);
+    assert_eq!(
+        replies.iter().filter(|r| r["duplicate"] == false).count(),
+        1
+    );
 
     // Cancel through whichever instance answers; the runner stops wherever it runs.
     eventually(WAIT, "the backup to store segments", || async {
@@ -62,8 +75,16 @@ async fn two_instances_on_a_cluster_share_the_work_safely() {
     let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     let restore = c.ok(CMD_RESTORE, json!({ "backup": view.backup_id.unwrap().to_string(), "stream": "EVENTS", "as": "EVENTS_R" })).await;
-    assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-    assert_same_messages(&read_all(&client, "EVENTS_R").await, &read_all(&client, "EVENTS").await);
+    assert_eq!(
+        c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
+            .await
+            .state,
+        JobState::Completed
+    );
+    assert_same_messages(
+        &read_all(&client, "EVENTS_R").await,
+        &read_all(&client, "EVENTS").await,
+    );
     let restored = api.stream_info("EVENTS_R").await.unwrap().unwrap();
     assert_eq!(restored.config["num_replicas"], 3);
 

@@ -30,7 +30,12 @@ async fn setup() -> Setup {
     publish_events(&client, "events.node", 0, 300, 7).await;
     let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
     let caller = Caller::connect(&nats.url()).await;
-    Setup { nats, _archive: archive, service, caller }
+    Setup {
+        nats,
+        _archive: archive,
+        service,
+        caller,
+    }
 }
 
 async fn event_count(s: &Setup) -> u64 {
@@ -43,22 +48,53 @@ async fn the_service_answers_micro_service_discovery() {
     let client = &s.caller.client;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish_with_reply("$SRV.PING", inbox, "".into()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await
+        .unwrap();
     let ping: Value = serde_json::from_slice(&replies.next().await.unwrap().payload).unwrap();
     assert_eq!(ping["name"], SERVICE_NAME);
     assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
 
-    let info = client.request(format!("$SRV.INFO.{SERVICE_NAME}"), "".into()).await.unwrap();
+    let info = client
+        .request(format!("$SRV.INFO.{SERVICE_NAME}"), "".into())
+        .await
+        .unwrap();
     let info: Value = serde_json::from_slice(&info.payload).unwrap();
-    let subjects: Vec<&str> = info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
-    for subject in [CMD_START, CMD_RESTORE, CMD_VERIFY, CMD_CHECK, CMD_CANCEL, QRY_JOB, QRY_JOBS, QRY_BACKUPS] {
-        assert!(subjects.contains(&subject), "INFO lacks {subject}: {subjects:?}");
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    for subject in [
+        CMD_START,
+        CMD_RESTORE,
+        CMD_VERIFY,
+        CMD_CHECK,
+        CMD_CANCEL,
+        QRY_JOB,
+        QRY_JOBS,
+        QRY_BACKUPS,
+    ] {
+        assert!(
+            subjects.contains(&subject),
+            "INFO lacks {subject}: {subjects:?}"
+        );
     }
 
     s.caller.err(CMD_START, json!({ "streams": [] })).await;
-    let stats = client.request(format!("$SRV.STATS.{SERVICE_NAME}"), "".into()).await.unwrap();
+    let stats = client
+        .request(format!("$SRV.STATS.{SERVICE_NAME}"), "".into())
+        .await
+        .unwrap();
     let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let start = stats["endpoints"].as_array().unwrap().iter().find(|e| e["subject"] == CMD_START).unwrap();
+    let start = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["subject"] == CMD_START)
+        .unwrap();
     assert_eq!(start["num_requests"], 1);
     assert_eq!(start["data"]["error_replies"], 1);
     s.service.stop().await;
@@ -70,41 +106,136 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
     let before = event_count(&s).await;
     let c = &s.caller;
 
-    let garbage = c.request_bytes(CMD_START, b"{not json".to_vec()).await.unwrap();
+    let garbage = c
+        .request_bytes(CMD_START, b"{not json".to_vec())
+        .await
+        .unwrap();
     assert_eq!(garbage.status, Some(400));
-    assert!(garbage.body["error"]["message"].as_str().unwrap().contains("invalid request"), "{}", garbage.body);
+    assert!(
+        garbage.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request"),
+        "{}",
+        garbage.body
+    );
     let headers = garbage.headers.unwrap();
-    assert!(headers.get("Nats-Service-Error").is_some(), "micro-service error header");
+    assert!(
+        headers.get("Nats-Service-Error").is_some(),
+        "micro-service error header"
+    );
 
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        (CMD_START, json!({ "streams": ["EVENTS"], "destinaton": "local" }), 400, "destinaton"),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destinaton": "local" }),
+            400,
+            "destinaton",
+        ),
         (CMD_START, json!({ "streams": ["MISSING"] }), 404, "MISSING"),
-        (CMD_START, json!({ "streams": ["EVENTS"], "destination": "ftp://host/x" }), 400, "ftp"),
-        (CMD_START, json!({ "streams": ["EVENTS"], "destination": "nowhere" }), 400, "nowhere"),
-        (CMD_START, json!({ "streams": ["EVENTS", "EVENTS"] }), 400, "listed twice"),
-        (CMD_START, json!({ "streams": ["EVENTS"], "zstd_level": 99 }), 400, "zstd_level"),
-        (CMD_START, json!({ "streams": "EVENTS" }), 400, "invalid request"),
-        (QRY_JOB, json!({ "job_id": "0193f1c2-0000-7000-8000-000000000000" }), 404, "no job"),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "ftp://host/x" }),
+            400,
+            "ftp",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "nowhere" }),
+            400,
+            "nowhere",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS", "EVENTS"] }),
+            400,
+            "listed twice",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "zstd_level": 99 }),
+            400,
+            "zstd_level",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": "EVENTS" }),
+            400,
+            "invalid request",
+        ),
+        (
+            QRY_JOB,
+            json!({ "job_id": "0193f1c2-0000-7000-8000-000000000000" }),
+            404,
+            "no job",
+        ),
         (QRY_JOB, json!({ "job_id": "bad.id" }), 400, "bad.id"),
         (CMD_CANCEL, json!({ "job_id": "nope" }), 404, "nope"),
-        (CMD_VERIFY, json!({ "backup": "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua" }), 404, "not in the catalog"),
-        (CMD_VERIFY, json!({ "backup": "not-a-cid" }), 400, "not-a-cid"),
+        (
+            CMD_VERIFY,
+            json!({ "backup": "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua" }),
+            404,
+            "not in the catalog",
+        ),
+        (
+            CMD_VERIFY,
+            json!({ "backup": "not-a-cid" }),
+            400,
+            "not-a-cid",
+        ),
         (CMD_VERIFY, json!({ "backup": "latest" }), 400, "stream"),
-        (CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS" }), 404, "no backup of stream EVENTS"),
-        (CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS", "as": "A.B" }), 400, "A.B"),
+        (
+            CMD_RESTORE,
+            json!({ "backup": "latest", "stream": "EVENTS" }),
+            404,
+            "no backup of stream EVENTS",
+        ),
+        (
+            CMD_RESTORE,
+            json!({ "backup": "latest", "stream": "EVENTS", "as": "A.B" }),
+            400,
+            "A.B",
+        ),
         (CMD_CHECK, json!({ "stream": "EVENTS" }), 400, "stream"),
-        (CMD_CHECK, json!({ "streams": ["EVENTS"] }), 400, "no chain profile for stream EVENTS"),
-        (CMD_CHECK, json!({ "streams": ["NOPE"], "profile": { "profile": "link-only" } }), 404, "NOPE"),
-        (CMD_CHECK, json!({ "streams": ["EVENTS"], "profile": { "profile": "sha1-chain" } }), 400, "sha1-chain"),
+        (
+            CMD_CHECK,
+            json!({ "streams": ["EVENTS"] }),
+            400,
+            "no chain profile for stream EVENTS",
+        ),
+        (
+            CMD_CHECK,
+            json!({ "streams": ["NOPE"], "profile": { "profile": "link-only" } }),
+            404,
+            "NOPE",
+        ),
+        (
+            CMD_CHECK,
+            json!({ "streams": ["EVENTS"], "profile": { "profile": "sha1-chain" } }),
+            400,
+            "sha1-chain",
+        ),
         (QRY_JOBS, json!({ "limit": 0 }), 400, "limit"),
-        (QRY_BACKUPS, json!({ "destination": "s3:///" }), 400, "bucket"),
+        (
+            QRY_BACKUPS,
+            json!({ "destination": "s3:///" }),
+            400,
+            "bucket",
+        ),
     ];
     for (subject, body, code, needle) in cases {
         let (status, message) = c.err(subject, body.clone()).await;
         assert_eq!(status, code, "{subject} {body}: {message}");
-        assert!(message.contains(needle), "{subject} {body}: {message:?} does not name {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{subject} {body}: {message:?} does not name {needle:?}"
+        );
     }
-    assert_eq!(event_count(&s).await, before, "rejected commands recorded events");
+    assert_eq!(
+        event_count(&s).await,
+        before,
+        "rejected commands recorded events"
+    );
     // Still serving.
     let jobs = c.ok(QRY_JOBS, json!({})).await;
     assert_eq!(jobs, json!([]));
@@ -126,10 +257,17 @@ async fn finished_jobs_and_non_empty_targets_are_conflicts() {
     assert!(message.contains("already completed"), "{message}");
 
     let backup = view.backup_id.unwrap().to_string();
-    let (status, message) = c.err(CMD_RESTORE, json!({ "backup": backup, "stream": "EVENTS" })).await;
+    let (status, message) = c
+        .err(CMD_RESTORE, json!({ "backup": backup, "stream": "EVENTS" }))
+        .await;
     assert_eq!(status, 409);
-    assert!(message.contains("EVENTS is not empty (300 messages)"), "{message}");
-    let (status, message) = c.err(CMD_RESTORE, json!({ "backup": backup, "stream": "OTHER" })).await;
+    assert!(
+        message.contains("EVENTS is not empty (300 messages)"),
+        "{message}"
+    );
+    let (status, message) = c
+        .err(CMD_RESTORE, json!({ "backup": backup, "stream": "OTHER" }))
+        .await;
     assert_eq!(status, 404);
     assert!(message.contains("no stream OTHER"), "{message}");
     assert_eq!(event_count(&s).await, before);
@@ -159,15 +297,26 @@ async fn the_same_idempotency_key_starts_one_job() {
     // The key also works as a header, and concurrent duplicates still make one job.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Cim-Idempotency-Key", "from-header");
-    let body: bytes::Bytes = serde_json::to_vec(&json!({ "streams": ["EVENTS"] })).unwrap().into();
-    let sends = (0..4).map(|_| c.client.request_with_headers(CMD_START, headers.clone(), body.clone()));
+    let body: bytes::Bytes = serde_json::to_vec(&json!({ "streams": ["EVENTS"] }))
+        .unwrap()
+        .into();
+    let sends = (0..4).map(|_| {
+        c.client
+            .request_with_headers(CMD_START, headers.clone(), body.clone())
+    });
     let replies = futures::future::join_all(sends).await;
     let ids: std::collections::HashSet<String> = replies
         .into_iter()
-        .map(|r| serde_json::from_slice::<Value>(&r.unwrap().payload).unwrap()["job_id"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.unwrap().payload).unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let backups: Vec<Value> = serde_json::from_value(c.ok(QRY_JOBS, json!({ "kind": "backup" })).await).unwrap();
+    let backups: Vec<Value> =
+        serde_json::from_value(c.ok(QRY_JOBS, json!({ "kind": "backup" })).await).unwrap();
     assert_eq!(backups.len(), 2, "one job per key");
     let _ = &s.nats;
     s.service.stop().await;
@@ -190,8 +339,14 @@ async fn events_live_in_an_existing_stream_that_captures_them() {
     // The cut is taken after the job's first event, which lands in the very stream backed up.
     assert_eq!(view.progress.messages_done, 101);
     let js = async_nats::jetstream::new(client.clone());
-    assert!(js.get_stream(EVENTS_STREAM).await.is_err(), "no second stream was created");
+    assert!(
+        js.get_stream(EVENTS_STREAM).await.is_err(),
+        "no second stream was created"
+    );
     let shared = state(&client, "CIM_ALL").await;
-    assert!(shared.messages > 100, "our events are in CIM_ALL: {shared:?}");
+    assert!(
+        shared.messages > 100,
+        "our events are in CIM_ALL: {shared:?}"
+    );
     service.stop().await;
 }

@@ -6,9 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use cim_backup::config::Config;
+use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::{JobState, JobView};
-use cim_backup_contracts::ErrorCode;
 use cim_backup_tests::service::{Caller, TestService, test_config};
 use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all};
 use cim_backup_tests::{NatsServer, init_tracing};
@@ -19,14 +19,31 @@ const WAIT: Duration = Duration::from_secs(60);
 /// An age identity made by the stock `age-keygen`: (public key, identity file).
 fn keygen(dir: &Path, name: &str) -> (String, std::path::PathBuf) {
     let path = dir.join(name);
-    let out = Command::new("age-keygen").arg("-o").arg(&path).output().expect("age-keygen (Debian package age; scripts/install-tools --tests)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen (Debian package age; scripts/install-tools --tests)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&path).unwrap();
-    let public = text.lines().find_map(|l| l.strip_prefix("# public key: ")).expect("public key line").to_owned();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line")
+        .to_owned();
     (public, path)
 }
 
-fn config(url: &str, archive: &Path, recipients: Vec<String>, identities: Vec<std::path::PathBuf>) -> Config {
+fn config(
+    url: &str,
+    archive: &Path,
+    recipients: Vec<String>,
+    identities: Vec<std::path::PathBuf>,
+) -> Config {
     let mut c = test_config(url, archive, "node-a");
     c.encryption.recipients = recipients;
     c.encryption.identity_files = identities;
@@ -51,9 +68,20 @@ async fn encrypted_backups_round_trip_and_refuse_the_wrong_key() {
     publish_events(&client, "events.node", 0, 1_000, 10).await;
 
     // A writer that holds only the public key.
-    let writer = TestService::start(config(&nats.url(), archive.path(), vec![public.clone()], vec![])).await;
+    let writer = TestService::start(config(
+        &nats.url(),
+        archive.path(),
+        vec![public.clone()],
+        vec![],
+    ))
+    .await;
     let c = Caller::connect(&nats.url()).await;
-    let view = job(&c, CMD_START, json!({ "streams": ["EVENTS"], "encrypt": true })).await;
+    let view = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "encrypt": true }),
+    )
+    .await;
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     let backup_id = view.backup_id.unwrap().to_string();
     assert_eq!(c.ok(QRY_BACKUPS, json!({})).await[0]["encrypted"], true);
@@ -65,40 +93,89 @@ async fn encrypted_backups_round_trip_and_refuse_the_wrong_key() {
     assert!(error.message.contains("no identity"), "{}", error.message);
     assert!(error.object.unwrap().starts_with("segments/"));
     // Structural verify needs no key.
-    let structural = job(&c, CMD_VERIFY, json!({ "backup": backup_id, "mode": "structural" })).await;
+    let structural = job(
+        &c,
+        CMD_VERIFY,
+        json!({ "backup": backup_id, "mode": "structural" }),
+    )
+    .await;
     assert_eq!(structural.state, JobState::Completed, "{structural:?}");
     writer.stop().await;
 
     // The stock age tool opens a segment with the identity: age file of a zstd frame of a segment.
-    let segment = std::fs::read_dir(archive.path().join("segments")).unwrap().next().unwrap().unwrap().path();
+    let segment = std::fs::read_dir(archive.path().join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let plain = Command::new("sh")
         .arg("-c")
-        .arg(format!("age -d -i {} {} | zstd -d -c", identity.display(), segment.display()))
+        .arg(format!(
+            "age -d -i {} {} | zstd -d -c",
+            identity.display(),
+            segment.display()
+        ))
         .output()
         .unwrap();
-    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
     assert_eq!(&plain.stdout[..8], b"CIMSEG\x00\x01");
     let bytes = std::fs::read(&segment).unwrap();
-    assert!(!bytes.windows(12).any(|w| w == b"events.node."), "subjects are not readable in the stored object");
+    assert!(
+        !bytes.windows(12).any(|w| w == b"events.node."),
+        "subjects are not readable in the stored object"
+    );
 
     // A wrong key is refused by name; the right one restores everything.
-    let wrong = TestService::start(config(&nats.url(), archive.path(), vec![], vec![stranger])).await;
+    let wrong =
+        TestService::start(config(&nats.url(), archive.path(), vec![], vec![stranger])).await;
     let failed = job(&c, CMD_VERIFY, json!({ "backup": backup_id })).await;
     let error = failed.error.unwrap();
     assert_eq!(error.code, ErrorCode::Forbidden);
     assert!(error.message.contains("wrong key"), "{}", error.message);
-    let failed = job(&c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_X" })).await;
+    let failed = job(
+        &c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_X" }),
+    )
+    .await;
     assert_eq!(failed.state, JobState::Failed);
-    assert!(async_nats::jetstream::new(client.clone()).get_stream("EVENTS_X").await.is_err(), "nothing half-restored");
+    assert!(
+        async_nats::jetstream::new(client.clone())
+            .get_stream("EVENTS_X")
+            .await
+            .is_err(),
+        "nothing half-restored"
+    );
     wrong.stop().await;
 
-    let reader = TestService::start(config(&nats.url(), archive.path(), vec![], vec![identity])).await;
-    assert_eq!(job(&c, CMD_VERIFY, json!({ "backup": backup_id })).await.state, JobState::Completed);
-    let restored = job(&c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_R" })).await;
+    let reader =
+        TestService::start(config(&nats.url(), archive.path(), vec![], vec![identity])).await;
+    assert_eq!(
+        job(&c, CMD_VERIFY, json!({ "backup": backup_id }))
+            .await
+            .state,
+        JobState::Completed
+    );
+    let restored = job(
+        &c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_R" }),
+    )
+    .await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_same_messages(&read_all(&client, "EVENTS_R").await, &read_all(&client, "EVENTS").await);
+    assert_same_messages(
+        &read_all(&client, "EVENTS_R").await,
+        &read_all(&client, "EVENTS").await,
+    );
     // Encrypting without configured recipients is refused up front.
-    let (status, message) = c.err(CMD_START, json!({ "streams": ["EVENTS"], "encrypt": true })).await;
+    let (status, message) = c
+        .err(CMD_START, json!({ "streams": ["EVENTS"], "encrypt": true }))
+        .await;
     assert_eq!(status, 400);
     assert!(message.contains("no recipients"), "{message}");
     reader.stop().await;
@@ -114,14 +191,37 @@ async fn memory_destinations_work_within_one_service() {
     publish_events(&client, "events.node", 0, 500, 10).await;
     let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
     let c = Caller::connect(&nats.url()).await;
-    let view = job(&c, CMD_START, json!({ "streams": ["EVENTS"], "destination": "memory://scratch" })).await;
+    let view = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "destination": "memory://scratch" }),
+    )
+    .await;
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     assert_eq!(view.location, "memory://scratch");
     let backup_id = view.backup_id.unwrap().to_string();
-    assert_eq!(job(&c, CMD_VERIFY, json!({ "backup": backup_id })).await.state, JobState::Completed);
-    let restored = job(&c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_M" })).await;
+    assert_eq!(
+        job(&c, CMD_VERIFY, json!({ "backup": backup_id }))
+            .await
+            .state,
+        JobState::Completed
+    );
+    let restored = job(
+        &c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_M" }),
+    )
+    .await;
     assert_eq!(restored.state, JobState::Completed);
-    assert_same_messages(&read_all(&client, "EVENTS_M").await, &read_all(&client, "EVENTS").await);
-    assert!(std::fs::read_dir(archive.path()).map(|mut d| d.next().is_none()).unwrap_or(true), "nothing written to disk");
+    assert_same_messages(
+        &read_all(&client, "EVENTS_M").await,
+        &read_all(&client, "EVENTS").await,
+    );
+    assert!(
+        std::fs::read_dir(archive.path())
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "nothing written to disk"
+    );
     service.stop().await;
 }

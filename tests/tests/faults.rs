@@ -8,7 +8,9 @@ use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, stored_view, test_config};
-use cim_backup_tests::streams::{api_level, assert_restored, create_stream, publish_events, read_all};
+use cim_backup_tests::streams::{
+    api_level, assert_restored, create_stream, publish_events, read_all,
+};
 use cim_backup_tests::{NatsServer, eventually, init_tracing};
 use serde_json::json;
 
@@ -27,7 +29,10 @@ async fn verify(caller: &Caller, backup_id: &str) -> JobView {
 }
 
 fn segment_files(archive: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(archive.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(archive.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files
 }
@@ -48,7 +53,11 @@ async fn tampered_missing_and_forged_objects_fail_verify_naming_the_object() {
 
     // One flipped byte in the middle of a segment.
     let files = segment_files(archive.path());
-    assert!(files.len() >= 3, "need several segments, got {}", files.len());
+    assert!(
+        files.len() >= 3,
+        "need several segments, got {}",
+        files.len()
+    );
     let victim = &files[1];
     let original = std::fs::read(victim).unwrap();
     let mut tampered = original.clone();
@@ -60,16 +69,36 @@ async fn tampered_missing_and_forged_objects_fail_verify_naming_the_object() {
     assert_eq!(failed.state, JobState::Failed);
     let error = failed.error.unwrap();
     assert_eq!(error.code, ErrorCode::Corrupt);
-    assert_eq!(error.object.as_deref(), Some(name.as_str()), "{}", error.message);
-    assert!(error.message.contains("does not match its CID"), "{}", error.message);
+    assert_eq!(
+        error.object.as_deref(),
+        Some(name.as_str()),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("does not match its CID"),
+        "{}",
+        error.message
+    );
 
     // A restore of the tampered backup fails too, and leaves no half-restored stream.
-    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_R" })).await;
+    let restore = c
+        .ok(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_R" }),
+        )
+        .await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Failed);
-    assert_eq!(restored.error.unwrap().object.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        restored.error.unwrap().object.as_deref(),
+        Some(name.as_str())
+    );
     let js = async_nats::jetstream::new(client.clone());
-    assert!(js.get_stream("EVENTS_R").await.is_err(), "partial target removed");
+    assert!(
+        js.get_stream("EVENTS_R").await.is_err(),
+        "partial target removed"
+    );
 
     // The object gone altogether.
     std::fs::remove_file(victim).unwrap();
@@ -78,7 +107,11 @@ async fn tampered_missing_and_forged_objects_fail_verify_naming_the_object() {
     assert_eq!(error.object.as_deref(), Some(name.as_str()));
     assert!(error.message.contains("missing"), "{}", error.message);
     std::fs::write(victim, &original).unwrap();
-    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed, "repaired backup verifies again");
+    assert_eq!(
+        verify(&c, &backup_id).await.state,
+        JobState::Completed,
+        "repaired backup verifies again"
+    );
 
     // A manifest whose bytes changed no longer matches the backup id.
     let manifest = archive.path().join("manifests").join(&backup_id);
@@ -88,7 +121,10 @@ async fn tampered_missing_and_forged_objects_fail_verify_naming_the_object() {
     std::fs::write(&manifest, &bytes).unwrap();
     let failed = verify(&c, &backup_id).await;
     assert_eq!(failed.state, JobState::Failed);
-    assert_eq!(failed.error.unwrap().object, Some(format!("manifests/{backup_id}")));
+    assert_eq!(
+        failed.error.unwrap().object,
+        Some(format!("manifests/{backup_id}"))
+    );
     service.stop().await;
 }
 
@@ -109,7 +145,10 @@ async fn slow_setup() -> (NatsServer, tempfile::TempDir, cim_backup::config::Con
 async fn wait_for_segments(c: &Caller, job_id: &str, n: u64) {
     eventually(WAIT, "segments to be stored", || async move {
         let view = c.job(job_id).await;
-        assert!(!view.state.is_terminal(), "job ended before the fault was injected: {view:?}");
+        assert!(
+            !view.state.is_terminal(),
+            "job ended before the fault was injected: {view:?}"
+        );
         (view.progress.objects_done >= n).then_some(())
     })
     .await;
@@ -123,13 +162,24 @@ async fn cancel_stops_a_running_backup_and_leaves_no_backup() {
     let job = c.ok(CMD_START, json!({ "streams": ["BIG"] })).await;
     let job_id = job["job_id"].as_str().unwrap();
     wait_for_segments(&c, job_id, 2).await;
-    let reply = c.ok(CMD_CANCEL, json!({ "job_id": job_id, "reason": "operator" })).await;
+    let reply = c
+        .ok(
+            CMD_CANCEL,
+            json!({ "job_id": job_id, "reason": "operator" }),
+        )
+        .await;
     assert_eq!(reply["requested"], true);
     let view = c.wait_job(job_id, WAIT).await;
     assert_eq!(view.state, JobState::Cancelled, "{view:?}");
-    assert!(view.progress.messages_done < 40_000, "stopped early: {view:?}");
+    assert!(
+        view.progress.messages_done < 40_000,
+        "stopped early: {view:?}"
+    );
     assert_eq!(view.backup_id, None);
-    assert!(!archive.path().join("manifests").exists(), "no manifest written");
+    assert!(
+        !archive.path().join("manifests").exists(),
+        "no manifest written"
+    );
     assert_eq!(c.ok(QRY_BACKUPS, json!({})).await, json!([]));
     let (status, _) = c.err(CMD_CANCEL, json!({ "job_id": job_id })).await;
     assert_eq!(status, 409);
@@ -156,11 +206,27 @@ async fn a_crashed_service_resumes_its_backup_without_losing_or_repeating_data()
     let backup_id = view.backup_id.unwrap().to_string();
     // Every stored segment belongs to the manifest: nothing was uploaded twice under new names.
     let manifest_segments = view.progress.objects_done - 1;
-    assert_eq!(segment_files(archive.path()).len() as u64, manifest_segments);
+    assert_eq!(
+        segment_files(archive.path()).len() as u64,
+        manifest_segments
+    );
     assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
-    let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
-    assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-    assert_restored(&read_all(&client, "BIG_R").await, &read_all(&client, "BIG").await);
+    let restore = c
+        .ok(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" }),
+        )
+        .await;
+    assert_eq!(
+        c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
+            .await
+            .state,
+        JobState::Completed
+    );
+    assert_restored(
+        &read_all(&client, "BIG_R").await,
+        &read_all(&client, "BIG").await,
+    );
     service.stop().await;
 }
 
@@ -184,9 +250,22 @@ async fn a_killed_nats_server_never_yields_a_false_completed_backup() {
             let client = nats.client().await;
             let backup_id = view.backup_id.unwrap().to_string();
             assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
-            let restore = c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" })).await;
-            assert_eq!(c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
-            assert_restored(&read_all(&client, "BIG_R").await, &read_all(&client, "BIG").await);
+            let restore = c
+                .ok(
+                    CMD_RESTORE,
+                    json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" }),
+                )
+                .await;
+            assert_eq!(
+                c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
+                    .await
+                    .state,
+                JobState::Completed
+            );
+            assert_restored(
+                &read_all(&client, "BIG_R").await,
+                &read_all(&client, "BIG").await,
+            );
         }
         JobState::Failed => {
             let error = view.error.expect("a failed job says why");
@@ -208,10 +287,19 @@ async fn a_crashed_service_resumes_its_restore_with_either_method() {
     let c = Caller::connect(&nats.url()).await;
     let backup = backup(&c, "BIG").await.backup_id.unwrap().to_string();
     let mut service = Some(service);
-    let methods: &[&str] = if api_level(&client).await >= 5 { &["server-archive", "publish"] } else { &["publish"] };
+    let methods: &[&str] = if api_level(&client).await >= 5 {
+        &["server-archive", "publish"]
+    } else {
+        &["publish"]
+    };
     for method in methods {
         let target = format!("BIG_{}", method.replace('-', "_").to_uppercase());
-        let job = c.ok(CMD_RESTORE, json!({ "backup": backup, "stream": "BIG", "as": target, "method": method })).await;
+        let job = c
+            .ok(
+                CMD_RESTORE,
+                json!({ "backup": backup, "stream": "BIG", "as": target, "method": method }),
+            )
+            .await;
         let job_id = job["job_id"].as_str().unwrap().to_owned();
         // Crash as soon as the restore is under way.
         eventually(WAIT, "the restore to start", || async {
@@ -223,7 +311,10 @@ async fn a_crashed_service_resumes_its_restore_with_either_method() {
         service = Some(TestService::start(config.clone()).await);
         let view = c.wait_job(&job_id, WAIT).await;
         assert_eq!(view.state, JobState::Completed, "{method}: {view:?}");
-        assert_restored(&read_all(&client, &target).await, &read_all(&client, "BIG").await);
+        assert_restored(
+            &read_all(&client, &target).await,
+            &read_all(&client, "BIG").await,
+        );
     }
     service.unwrap().stop().await;
 }

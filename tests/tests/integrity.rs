@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use cim_backup::config::StreamIntegrity;
-use cim_backup_contracts::integrity::{ChainBy, FindingKind, IntegrityReport, ProfileKind, ProjectionSpec};
+use cim_backup_contracts::integrity::{
+    ChainBy, FindingKind, IntegrityReport, ProfileKind, ProjectionSpec,
+};
 use cim_backup_contracts::subjects::{CMD_CHECK, CMD_START};
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, test_config};
@@ -17,7 +19,11 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn check(c: &Caller, body: Value) -> (JobView, Vec<IntegrityReport>) {
     let accepted = c.ok(CMD_CHECK, body).await;
     let view = c.wait_job(accepted["job_id"].as_str().unwrap(), WAIT).await;
-    assert_eq!(view.state, JobState::Completed, "a check that could walk the stream completes: {view:?}");
+    assert_eq!(
+        view.state,
+        JobState::Completed,
+        "a check that could walk the stream completes: {view:?}"
+    );
     let reports = view.reports.clone().expect("a completed check has reports");
     (view, reports)
 }
@@ -32,9 +38,24 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     let heads = publish_chained(&client, "cim.graph", 3_000, 50).await;
     // A projection that recorded the last event it applied per aggregate (the convention).
     let js = async_nats::jetstream::new(client.clone());
-    let kv = js.create_key_value(async_nats::jetstream::kv::Config { bucket: "GRAPH_VIEW".into(), ..Default::default() }).await.unwrap();
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "GRAPH_VIEW".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     for (a, (cid, seq)) in heads.iter().enumerate() {
-        kv.put(format!("node.{a}"), serde_json::to_vec(&json!({ "last_event_cid": cid, "last_event_seq": seq, "label": "x" })).unwrap().into()).await.unwrap();
+        kv.put(
+            format!("node.{a}"),
+            serde_json::to_vec(
+                &json!({ "last_event_cid": cid, "last_event_seq": seq, "label": "x" }),
+            )
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
     }
     let mut config = test_config(&nats.url(), archive.path(), "node-a");
     config.integrity.streams.insert(
@@ -45,7 +66,12 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
             cid_field: None,
             previous_field: None,
             sequence_field: None,
-            projections: vec![ProjectionSpec { bucket: "GRAPH_VIEW".into(), key_prefix: "node.".into(), cid_field: None, seq_field: None }],
+            projections: vec![ProjectionSpec {
+                bucket: "GRAPH_VIEW".into(),
+                key_prefix: "node.".into(),
+                cid_field: None,
+                seq_field: None,
+            }],
             projectors: vec!["graph-projector".into()],
         },
     );
@@ -56,9 +82,16 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     let (_, reports) = check(&c, json!({ "deep": true })).await;
     let r = &reports[0];
     assert!(r.is_clean(), "{:?}", r.summary_lines());
-    assert_eq!((r.messages_checked, r.chains, r.first_seq, r.last_seq), (3_000, 50, 1, 3_000));
+    assert_eq!(
+        (r.messages_checked, r.chains, r.first_seq, r.last_seq),
+        (3_000, 50, 1, 3_000)
+    );
     assert_eq!(r.projections.as_ref().unwrap().entries_checked, 50);
-    assert!(r.summary_lines()[0].starts_with("Event Stream: OK"), "{:?}", r.summary_lines());
+    assert!(
+        r.summary_lines()[0].starts_with("Event Stream: OK"),
+        "{:?}",
+        r.summary_lines()
+    );
 
     // A projector that is caught up: nothing left to deliver.
     use async_nats::jetstream::consumer;
@@ -82,57 +115,136 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     assert_eq!(pending("graph-projector").await, 0);
 
     // Replay from 2,000: every event is valid, so the projector is reset to replay them.
-    let (view, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 2_000, "replay_consumers": [] })).await;
+    let (view, reports) = check(
+        &c,
+        json!({ "streams": ["GRAPH"], "start_seq": 2_000, "replay_consumers": [] }),
+    )
+    .await;
     assert!(reports[0].is_clean());
     assert_eq!(view.replayed, vec!["graph-projector".to_string()]);
     assert_eq!(pending("graph-projector").await, 1_001);
 
     // A backup of the clean stream, for later.
     let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
-    let backup = c.wait_job(backup["job_id"].as_str().unwrap(), WAIT).await.backup_id.unwrap().to_string();
+    let backup = c
+        .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
+        .await
+        .backup_id
+        .unwrap()
+        .to_string();
 
     // Corruption: an event of aggregate 7 vanishes (seq 1_208 = its 25th event); a producer
     // writes an event whose content does not match its CID (aggregate 3); a projection lies.
-    js.get_stream("GRAPH").await.unwrap().delete_message(1_208).await.unwrap();
-    let (genuine, _) = chained_content(&json!({ "node": 3, "label": "real" }), Some(heads[3].0.as_str()), 60);
-    let tampered = String::from_utf8(genuine.to_vec()).unwrap().replace("\"real\"", "\"fake\"");
-    let tampered_seq = js.publish("cim.graph.3", tampered.into()).await.unwrap().await.unwrap().sequence;
-    kv.put("node.11", serde_json::to_vec(&json!({ "last_event_cid": "bafkwrong", "last_event_seq": 1 })).unwrap().into()).await.unwrap();
+    js.get_stream("GRAPH")
+        .await
+        .unwrap()
+        .delete_message(1_208)
+        .await
+        .unwrap();
+    let (genuine, _) = chained_content(
+        &json!({ "node": 3, "label": "real" }),
+        Some(heads[3].0.as_str()),
+        60,
+    );
+    let tampered = String::from_utf8(genuine.to_vec())
+        .unwrap()
+        .replace("\"real\"", "\"fake\"");
+    let tampered_seq = js
+        .publish("cim.graph.3", tampered.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    kv.put(
+        "node.11",
+        serde_json::to_vec(&json!({ "last_event_cid": "bafkwrong", "last_event_seq": 1 }))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap();
 
     let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "deep": true })).await;
     let r = &reports[0];
     assert!(!r.is_clean());
-    let found: Vec<(FindingKind, u64)> = r.findings.iter().map(|f| (f.kind, f.stream_seq)).collect();
-    assert_eq!(found, vec![(FindingKind::SequenceGap, 1_258), (FindingKind::CidMismatch, tampered_seq)]);
+    let found: Vec<(FindingKind, u64)> =
+        r.findings.iter().map(|f| (f.kind, f.stream_seq)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (FindingKind::SequenceGap, 1_258),
+            (FindingKind::CidMismatch, tampered_seq)
+        ]
+    );
     assert_eq!(r.findings[0].aggregate.as_deref(), Some("7"));
-    assert_eq!(r.findings[0].last_good_seq, Some(1_158), "aggregate 7's event before the missing one");
+    assert_eq!(
+        r.findings[0].last_good_seq,
+        Some(1_158),
+        "aggregate 7's event before the missing one"
+    );
     assert!(r.findings[0].last_good_time.is_some());
-    assert_eq!(r.summary_lines()[0].split(" (").next().unwrap(), "Event Stream: CORRUPTED - CID chain broken at seq 1258");
+    assert_eq!(
+        r.summary_lines()[0].split(" (").next().unwrap(),
+        "Event Stream: CORRUPTED - CID chain broken at seq 1258"
+    );
     let p = r.projections.as_ref().unwrap();
     let mut aggregates: Vec<&str> = p.findings.iter().map(|f| f.aggregate.as_str()).collect();
     aggregates.sort();
     // 11 lies; 7 was built past the break in its chain. 3 is consistent: it applied the last
     // genuine event, not the tampered one that came after.
     assert_eq!(aggregates, ["11", "7"], "{:?}", p.findings);
-    assert_eq!(r.summary_lines()[1], "Projections: INCONSISTENT - 2 aggregates affected");
+    assert_eq!(
+        r.summary_lines()[1],
+        "Projections: INCONSISTENT - 2 aggregates affected"
+    );
 
     // find-corruption-point: from a suspected start, the first break. Chains are anchored at
     // their first event in the range, so the start must precede the missing event's predecessor.
-    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_100, "max_findings": 1 })).await;
+    let (_, reports) = check(
+        &c,
+        json!({ "streams": ["GRAPH"], "start_seq": 1_100, "max_findings": 1 }),
+    )
+    .await;
     let r = &reports[0];
     assert_eq!(r.first_seq, 1_100);
     assert_eq!(r.findings.len(), 1, "bounded");
-    assert_eq!((r.findings[0].kind, r.findings[0].stream_seq), (FindingKind::SequenceGap, 1_258));
+    assert_eq!(
+        (r.findings[0].kind, r.findings[0].stream_seq),
+        (FindingKind::SequenceGap, 1_258)
+    );
     assert_eq!(r.findings_total, 2, "all counted: {:?}", r.findings_by_kind);
     let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_260 })).await;
-    assert_eq!(reports[0].findings.iter().map(|f| f.stream_seq).collect::<Vec<_>>(), vec![tampered_seq], "past the gap only the tampered event");
+    assert_eq!(
+        reports[0]
+            .findings
+            .iter()
+            .map(|f| f.stream_seq)
+            .collect::<Vec<_>>(),
+        vec![tampered_seq],
+        "past the gap only the tampered event"
+    );
 
     // A replay across the corruption stops at the first invalid event and resets nothing.
     let (view, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 1_100, "replay_consumers": ["graph-projector"] })).await;
-    assert_eq!((reports[0].findings[0].kind, reports[0].findings[0].stream_seq), (FindingKind::SequenceGap, 1_258));
-    assert!(reports[0].last_seq == 1_258, "stopped there: {}", reports[0].last_seq);
+    assert_eq!(
+        (
+            reports[0].findings[0].kind,
+            reports[0].findings[0].stream_seq
+        ),
+        (FindingKind::SequenceGap, 1_258)
+    );
+    assert!(
+        reports[0].last_seq == 1_258,
+        "stopped there: {}",
+        reports[0].last_seq
+    );
     assert!(view.replayed.is_empty());
-    assert_eq!(pending("graph-projector").await, 1_002, "untouched: the 1,001 it had plus the tampered event");
+    assert_eq!(
+        pending("graph-projector").await,
+        1_002,
+        "untouched: the 1,001 it had plus the tampered event"
+    );
 
     // The backup taken before the corruption is clean.
     let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "backup": backup })).await;

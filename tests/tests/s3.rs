@@ -35,12 +35,21 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
         allow_http: true,
         retry_timeout_secs: Some(5),
     };
-    config.destinations.insert("offsite".into(), on_moto("s3://cim-backups/events"));
-    config.destinations.insert("ghost".into(), on_moto("s3://no-such-bucket/x"));
+    config
+        .destinations
+        .insert("offsite".into(), on_moto("s3://cim-backups/events"));
+    config
+        .destinations
+        .insert("ghost".into(), on_moto("s3://no-such-bucket/x"));
     let service = TestService::start(config).await;
     let c = Caller::connect(&nats.url()).await;
 
-    let job = c.ok(CMD_START, json!({ "streams": ["EVENTS"], "destination": "offsite" })).await;
+    let job = c
+        .ok(
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "offsite" }),
+        )
+        .await;
     let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(view.state, JobState::Completed, "{view:?}");
     assert_eq!(view.location, "s3://cim-backups/events");
@@ -48,9 +57,20 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
 
     // The objects really are in the bucket, under the prefix, named by CID.
     let bucket = moto.store("cim-backups");
-    let keys: Vec<String> = bucket.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
-    assert!(keys.contains(&format!("events/manifests/{backup_id}")), "{keys:?}");
-    let segments: Vec<&String> = keys.iter().filter(|k| k.starts_with("events/segments/")).collect();
+    let keys: Vec<String> = bucket
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        keys.contains(&format!("events/manifests/{backup_id}")),
+        "{keys:?}"
+    );
+    let segments: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("events/segments/"))
+        .collect();
     assert_eq!(segments.len() as u64, view.progress.objects_done - 1);
 
     // Listing the destination finds it; the catalog too. Both say the same.
@@ -59,16 +79,31 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     assert_eq!(listed, catalog);
 
     let verify = c.ok(CMD_VERIFY, json!({ "backup": backup_id })).await;
-    assert_eq!(c.wait_job(verify["job_id"].as_str().unwrap(), WAIT).await.state, JobState::Completed);
+    assert_eq!(
+        c.wait_job(verify["job_id"].as_str().unwrap(), WAIT)
+            .await
+            .state,
+        JobState::Completed
+    );
 
     let restore = c.ok(CMD_RESTORE, json!({ "backup": "latest", "stream": "EVENTS", "as": "EVENTS_S3", "source": "offsite" })).await;
     let restored = c.wait_job(restore["job_id"].as_str().unwrap(), WAIT).await;
     assert_eq!(restored.state, JobState::Completed, "{restored:?}");
-    assert_same_messages(&read_all(&client, "EVENTS_S3").await, &read_all(&client, "EVENTS").await);
+    assert_same_messages(
+        &read_all(&client, "EVENTS_S3").await,
+        &read_all(&client, "EVENTS").await,
+    );
 
     // Tamper with one object in the bucket: verify names it.
     let victim = object_store::path::Path::from(segments[0].as_str());
-    let mut bytes = bucket.get(&victim).await.unwrap().bytes().await.unwrap().to_vec();
+    let mut bytes = bucket
+        .get(&victim)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
     bytes[10] ^= 0xff;
     bucket.put(&victim, PutPayload::from(bytes)).await.unwrap();
     let verify = c.ok(CMD_VERIFY, json!({ "backup": backup_id })).await;
@@ -78,7 +113,12 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     assert_eq!(format!("events/{object}"), *segments[0]);
 
     // A bucket that does not exist is refused up front, naming the destination.
-    let (status, message) = c.err(CMD_START, json!({ "streams": ["EVENTS"], "destination": "ghost" })).await;
+    let (status, message) = c
+        .err(
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "ghost" }),
+        )
+        .await;
     assert_eq!(status, 503, "{message}");
     assert!(message.contains("s3://no-such-bucket/x"), "{message}");
     service.stop().await;
@@ -110,7 +150,12 @@ async fn an_object_store_that_goes_down_fails_the_backup_clearly() {
     );
     let service = TestService::start(config).await;
     let c = Caller::connect(&nats.url()).await;
-    let job = c.ok(CMD_START, json!({ "streams": ["BIG"], "destination": "offsite" })).await;
+    let job = c
+        .ok(
+            CMD_START,
+            json!({ "streams": ["BIG"], "destination": "offsite" }),
+        )
+        .await;
     let job_id = job["job_id"].as_str().unwrap().to_owned();
     cim_backup_tests::eventually(WAIT, "segments to be stored", || async {
         let v = c.job(&job_id).await;
@@ -123,7 +168,15 @@ async fn an_object_store_that_goes_down_fails_the_backup_clearly() {
     assert_eq!(view.state, JobState::Failed, "{view:?}");
     let error = view.error.unwrap();
     assert_eq!(error.code, cim_backup_contracts::ErrorCode::Unavailable);
-    assert!(error.message.contains("object store failed"), "{}", error.message);
-    assert_eq!(c.ok(QRY_BACKUPS, json!({})).await, json!([]), "no backup in the catalog");
+    assert!(
+        error.message.contains("object store failed"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        c.ok(QRY_BACKUPS, json!({})).await,
+        json!([]),
+        "no backup in the catalog"
+    );
     service.stop().await;
 }

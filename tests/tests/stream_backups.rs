@@ -7,7 +7,9 @@ use std::time::Duration;
 use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY, QRY_BACKUPS};
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, test_config};
-use cim_backup_tests::streams::{StoredMessage, assert_same_messages, create_stream, publish_events, read_all, state};
+use cim_backup_tests::streams::{
+    StoredMessage, assert_same_messages, create_stream, publish_events, read_all, state,
+};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::{Value, json};
 
@@ -39,7 +41,13 @@ async fn env() -> Env {
     let client = nats.client().await;
     let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
     let c = Caller::connect(&nats.url()).await;
-    Env { nats, archive, service, c, client }
+    Env {
+        nats,
+        archive,
+        service,
+        c,
+        client,
+    }
 }
 
 #[tokio::test]
@@ -53,30 +61,55 @@ async fn incremental_backups_store_only_new_messages_and_restore_as_a_chain() {
     publish_events(&e.client, "events.node", 3_000, 30, 20).await; // 1% more
     let inc = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
     let inc_id = inc.backup_id.unwrap().to_string();
-    assert_eq!(inc.progress.messages_done, 30, "only the new messages are stored");
+    assert_eq!(
+        inc.progress.messages_done, 30,
+        "only the new messages are stored"
+    );
 
     let catalog = e.c.ok(QRY_BACKUPS, json!({ "stream": "EVENTS" })).await;
     assert_eq!(catalog[0]["backup_id"], json!(inc_id));
     assert_eq!(catalog[0]["streams"][0]["parent"], json!(full_id));
     assert_eq!(catalog[0]["streams"][0]["first_seq"], json!(3_001));
     assert_eq!(catalog[1]["streams"][0]["parent"], Value::Null);
-    assert!(catalog[0]["stored_bytes"].as_u64().unwrap() * 20 < catalog[1]["stored_bytes"].as_u64().unwrap());
+    assert!(
+        catalog[0]["stored_bytes"].as_u64().unwrap() * 20
+            < catalog[1]["stored_bytes"].as_u64().unwrap()
+    );
 
     // Verify walks the chain; restore of the incremental brings the whole stream back.
     let verified = completed(&e.c, CMD_VERIFY, json!({ "backup": inc_id })).await;
-    assert_eq!(verified.progress.messages_done, 3_030, "records of both backups checked");
-    completed(&e.c, CMD_RESTORE, json!({ "backup": inc_id, "stream": "EVENTS", "as": "EVENTS_R" })).await;
-    assert_same_messages(&read_all(&e.client, "EVENTS_R").await, &read_all(&e.client, "EVENTS").await);
+    assert_eq!(
+        verified.progress.messages_done, 3_030,
+        "records of both backups checked"
+    );
+    completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": inc_id, "stream": "EVENTS", "as": "EVENTS_R" }),
+    )
+    .await;
+    assert_same_messages(
+        &read_all(&e.client, "EVENTS_R").await,
+        &read_all(&e.client, "EVENTS").await,
+    );
 
     // An explicit full backup has no parent; a recreated stream starts a new chain.
-    let forced = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"], "full": true })).await;
+    let forced = completed(
+        &e.c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "full": true }),
+    )
+    .await;
     assert_eq!(forced.progress.messages_done, 3_030);
     let js = async_nats::jetstream::new(e.client.clone());
     js.delete_stream("EVENTS").await.unwrap();
     create_stream(&e.client, "EVENTS", &["events.>"]).await;
     publish_events(&e.client, "events.node", 0, 5_000, 20).await;
     let renewed = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
-    assert_eq!(renewed.progress.messages_done, 5_000, "recreated stream: full backup");
+    assert_eq!(
+        renewed.progress.messages_done, 5_000,
+        "recreated stream: full backup"
+    );
     let catalog = e.c.ok(QRY_BACKUPS, json!({ "stream": "EVENTS" })).await;
     assert_eq!(catalog[0]["streams"][0]["parent"], Value::Null);
     let _ = (&e.nats, &e.archive);
@@ -104,7 +137,12 @@ async fn a_multi_stream_cut_holds_while_producers_keep_publishing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let view = completed(&e.c, CMD_START, json!({ "streams": ["ORDERS", "PAYMENTS"] })).await;
+    let view = completed(
+        &e.c,
+        CMD_START,
+        json!({ "streams": ["ORDERS", "PAYMENTS"] }),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer.await.unwrap();
     let backup_id = view.backup_id.unwrap().to_string();
@@ -113,11 +151,23 @@ async fn a_multi_stream_cut_holds_while_producers_keep_publishing() {
         let summary = &catalog[0]["streams"][i];
         assert_eq!(summary["stream"], *stream);
         let last = summary["last_seq"].as_u64().unwrap();
-        assert!(state(&e.client, stream).await.last_seq > last, "{stream} grew past the cut during the backup");
+        assert!(
+            state(&e.client, stream).await.last_seq > last,
+            "{stream} grew past the cut during the backup"
+        );
         // Exactly the prefix up to the cut: restore and compare with the live stream's prefix.
         let target = format!("{stream}_CUT");
-        completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": stream, "as": target })).await;
-        let live: Vec<StoredMessage> = read_all(&e.client, stream).await.into_iter().filter(|m| m.seq <= last).collect();
+        completed(
+            &e.c,
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": stream, "as": target }),
+        )
+        .await;
+        let live: Vec<StoredMessage> = read_all(&e.client, stream)
+            .await
+            .into_iter()
+            .filter(|m| m.seq <= last)
+            .collect();
         assert_eq!(summary["messages"].as_u64().unwrap(), live.len() as u64);
         assert_same_messages(&read_all(&e.client, &target).await, &live);
     }
@@ -138,7 +188,11 @@ async fn consumers_are_saved_and_restored_at_their_ack_floor() {
     let js = async_nats::jetstream::new(e.client.clone());
     let stream = js.get_stream("EVENTS").await.unwrap();
     let projector: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config { durable_name: Some("projector".into()), ack_policy: AckPolicy::Explicit, ..Default::default() })
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("projector".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
         .await
         .unwrap();
     // Ack 40, receive 10 more without acking them.
@@ -157,15 +211,31 @@ async fn consumers_are_saved_and_restored_at_their_ack_floor() {
 
     for method in ["server-archive", "publish"] {
         let target = format!("EVENTS_{}", method.replace('-', "_").to_uppercase());
-        let restore = completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": target, "method": method })).await;
+        let restore = completed(
+            &e.c,
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "EVENTS", "as": target, "method": method }),
+        )
+        .await;
         let _ = restore;
         let restored = js.get_stream(&target).await.unwrap();
-        let mut c: consumer::PullConsumer = restored.get_consumer("projector").await.unwrap_or_else(|e| panic!("{method}: consumer missing: {e}"));
+        let mut c: consumer::PullConsumer = restored
+            .get_consumer("projector")
+            .await
+            .unwrap_or_else(|e| panic!("{method}: consumer missing: {e}"));
         let info = c.info().await.unwrap().clone();
-        assert_eq!(info.num_pending + info.num_ack_pending as u64, 60, "{method}: everything after the ack floor is to be delivered: {info:?}");
+        assert_eq!(
+            info.num_pending + info.num_ack_pending as u64,
+            60,
+            "{method}: everything after the ack floor is to be delivered: {info:?}"
+        );
         let mut first = c.fetch().max_messages(1).messages().await.unwrap();
         let m = first.next().await.unwrap().unwrap();
-        assert_eq!(m.info().unwrap().stream_sequence, 41, "{method}: starts after the ack floor");
+        assert_eq!(
+            m.info().unwrap().stream_sequence,
+            41,
+            "{method}: starts after the ack floor"
+        );
     }
     e.service.stop().await;
 }
@@ -182,29 +252,62 @@ async fn restores_select_by_time_sequence_and_subject_fetching_only_needed_segme
     let view = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
     let backup_id = view.backup_id.unwrap().to_string();
     let all = read_all(&e.client, "EVENTS").await;
-    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
 
     // Dry run: exact numbers, nothing written (no job, no stream).
     let plan = e.c.ok(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_T", "end": rfc(middle), "dry_run": true })).await;
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["messages"], 1_000);
-    assert_eq!((plan["first_seq"].as_u64(), plan["last_seq"].as_u64()), (Some(1), Some(1_000)));
-    assert!(plan["segments"].as_u64().unwrap() < view.progress.objects_done - 1, "fewer segments than the backup has");
+    assert_eq!(
+        (plan["first_seq"].as_u64(), plan["last_seq"].as_u64()),
+        (Some(1), Some(1_000))
+    );
+    assert!(
+        plan["segments"].as_u64().unwrap() < view.progress.objects_done - 1,
+        "fewer segments than the backup has"
+    );
     let js = async_nats::jetstream::new(e.client.clone());
-    assert!(js.get_stream("EVENTS_T").await.is_err(), "a dry run writes nothing");
-    assert_eq!(e.c.ok("cim.backup.qry.jobs", json!({ "kind": "restore" })).await, json!([]));
+    assert!(
+        js.get_stream("EVENTS_T").await.is_err(),
+        "a dry run writes nothing"
+    );
+    assert_eq!(
+        e.c.ok("cim.backup.qry.jobs", json!({ "kind": "restore" }))
+            .await,
+        json!([])
+    );
 
     // Only the needed segments are fetched: remove every segment that starts at or after the
     // end of the range (found in the manifest), and the restore still completes.
     let store = cim_backup::archive::ArchiveStore::new(
-        std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(e.archive.path()).unwrap()),
+        std::sync::Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(e.archive.path()).unwrap(),
+        ),
         object_store::path::Path::default(),
         "test".into(),
     );
-    let (manifest, _) = store.get_manifest(&backup_id.parse::<cim_backup_contracts::BackupId>().unwrap().0).await.unwrap();
-    let unneeded: Vec<_> = manifest.streams[0].segments.iter().filter(|s| s.first_time >= middle).collect();
+    let (manifest, _) = store
+        .get_manifest(
+            &backup_id
+                .parse::<cim_backup_contracts::BackupId>()
+                .unwrap()
+                .0,
+        )
+        .await
+        .unwrap();
+    let unneeded: Vec<_> = manifest.streams[0]
+        .segments
+        .iter()
+        .filter(|s| s.first_time >= middle)
+        .collect();
     assert!(!unneeded.is_empty());
-    assert_eq!(plan["segments"].as_u64().unwrap() as usize, manifest.streams[0].segments.len() - unneeded.len());
+    assert_eq!(
+        plan["segments"].as_u64().unwrap() as usize,
+        manifest.streams[0].segments.len() - unneeded.len()
+    );
     let moved: Vec<_> = unneeded
         .iter()
         .map(|s| {
@@ -214,7 +317,12 @@ async fn restores_select_by_time_sequence_and_subject_fetching_only_needed_segme
             (path, bytes)
         })
         .collect();
-    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_T", "end": rfc(middle) })).await;
+    completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_T", "end": rfc(middle) }),
+    )
+    .await;
     assert_same_messages(&read_all(&e.client, "EVENTS_T").await, &all[..1_000]);
     for (p, bytes) in moved {
         std::fs::write(p, bytes).unwrap();
@@ -225,7 +333,11 @@ async fn restores_select_by_time_sequence_and_subject_fetching_only_needed_segme
     assert_same_messages(&read_all(&e.client, "EVENTS_LATE").await, &all[1_000..]);
     completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_SEQ", "start_seq": 500, "end_seq": 1_499 })).await;
     assert_same_messages(&read_all(&e.client, "EVENTS_SEQ").await, &all[499..1_499]);
-    let node3: Vec<StoredMessage> = all.iter().filter(|m| m.subject == "events.node.3").cloned().collect();
+    let node3: Vec<StoredMessage> = all
+        .iter()
+        .filter(|m| m.subject == "events.node.3")
+        .cloned()
+        .collect();
     completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_N3", "subjects": ["events.node.3"], "method": "publish" })).await;
     let got: Vec<StoredMessage> = read_all(&e.client, "EVENTS_N3")
         .await
@@ -239,7 +351,10 @@ async fn restores_select_by_time_sequence_and_subject_fetching_only_needed_segme
 
     // The runbook's restore-events: time window from a location.
     let s = state(&e.client, "EVENTS_N3").await;
-    assert_eq!((s.first_seq, s.last_seq, s.messages), (node3[0].seq, node3.last().unwrap().seq, node3.len() as u64));
+    assert_eq!(
+        (s.first_seq, s.last_seq, s.messages),
+        (node3[0].seq, node3.last().unwrap().seq, node3.len() as u64)
+    );
     e.service.stop().await;
 }
 
@@ -252,7 +367,12 @@ async fn a_non_empty_target_is_refused_unless_appending() {
     let backup_id = view.backup_id.unwrap().to_string();
     let original = read_all(&e.client, "EVENTS").await;
     create_stream(&e.client, "ARCHIVE", &["archive.>"]).await;
-    let (status, message) = e.c.err(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "ARCHIVE" })).await;
+    let (status, message) =
+        e.c.err(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "EVENTS", "as": "ARCHIVE" }),
+        )
+        .await;
     assert_eq!(status, 409);
     assert!(message.contains("append"), "{message}");
     // After losing the stream: a new EVENTS has taken new messages; append the backup after
@@ -265,16 +385,29 @@ async fn a_non_empty_target_is_refused_unless_appending() {
         .unwrap();
     publish_events(&e.client, "events.node", 500, 3, 5).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let appended = completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "method": "append" })).await;
+    let appended = completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "method": "append" }),
+    )
+    .await;
     assert_eq!(appended.progress.messages_done, 200);
     let s = state(&e.client, "EVENTS").await;
-    assert_eq!((s.messages, s.first_seq, s.last_seq), (203, 1, 203), "the 3 new messages kept, the 200 appended after them");
+    assert_eq!(
+        (s.messages, s.first_seq, s.last_seq),
+        (203, 1, 203),
+        "the 3 new messages kept, the 200 appended after them"
+    );
     let after = read_all(&e.client, "EVENTS").await;
     assert_eq!(after[3].payload, original[0].payload);
-    assert!(after[3].headers.iter().any(|(n, _)| n == "Cim-Original-Time"));
+    assert!(
+        after[3]
+            .headers
+            .iter()
+            .any(|(n, _)| n == "Cim-Original-Time")
+    );
     e.service.stop().await;
 }
-
 
 #[tokio::test]
 async fn server_snapshot_mode_stores_and_restores_a_full_fidelity_image() {
@@ -286,25 +419,64 @@ async fn server_snapshot_mode_stores_and_restores_a_full_fidelity_image() {
     let stream = js.get_stream("EVENTS").await.unwrap();
     stream.delete_message(17).await.unwrap();
     let _: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config { durable_name: Some("audit".into()), ack_policy: AckPolicy::Explicit, ..Default::default() })
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("audit".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let view = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"], "mode": "snapshot" })).await;
+    let view = completed(
+        &e.c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "mode": "snapshot" }),
+    )
+    .await;
     let backup_id = view.backup_id.unwrap().to_string();
-    assert!(std::fs::read_dir(e.archive.path().join("parts")).unwrap().count() > 1, "stored as several parts");
-    assert!(!e.archive.path().join("segments").exists(), "no per-message segments");
+    assert!(
+        std::fs::read_dir(e.archive.path().join("parts"))
+            .unwrap()
+            .count()
+            > 1,
+        "stored as several parts"
+    );
+    assert!(
+        !e.archive.path().join("segments").exists(),
+        "no per-message segments"
+    );
     let catalog = e.c.ok(QRY_BACKUPS, json!({})).await;
     assert_eq!(catalog[0]["streams"][0]["messages"], 2_999);
-    assert_eq!(completed(&e.c, CMD_VERIFY, json!({ "backup": backup_id })).await.progress.objects_done, view.progress.objects_done);
-    completed(&e.c, CMD_VERIFY, json!({ "backup": backup_id, "mode": "structural" })).await;
+    assert_eq!(
+        completed(&e.c, CMD_VERIFY, json!({ "backup": backup_id }))
+            .await
+            .progress
+            .objects_done,
+        view.progress.objects_done
+    );
+    completed(
+        &e.c,
+        CMD_VERIFY,
+        json!({ "backup": backup_id, "mode": "structural" }),
+    )
+    .await;
 
     // Selections make no sense for an image: refused by name.
-    let (status, message) = e.c.err(CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "X", "start_seq": 5 })).await;
+    let (status, message) =
+        e.c.err(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "EVENTS", "as": "X", "start_seq": 5 }),
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(message.contains("restores whole"), "{message}");
 
     // Under a new name (nats-server 2.15 restores per-message archives) and under its own.
-    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_IMG" })).await;
+    completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "EVENTS_IMG" }),
+    )
+    .await;
     let original = read_all(&e.client, "EVENTS").await;
     assert_same_messages(&read_all(&e.client, "EVENTS_IMG").await, &original);
     let times = |name: &'static str| {
@@ -318,12 +490,27 @@ async fn server_snapshot_mode_stores_and_restores_a_full_fidelity_image() {
             out
         }
     };
-    assert_eq!(times("EVENTS_IMG").await, times("EVENTS").await, "original timestamps");
+    assert_eq!(
+        times("EVENTS_IMG").await,
+        times("EVENTS").await,
+        "original timestamps"
+    );
     js.delete_stream("EVENTS").await.unwrap();
-    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "EVENTS" })).await;
+    completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS" }),
+    )
+    .await;
     assert_same_messages(&read_all(&e.client, "EVENTS").await, &original);
     let restored = js.get_stream("EVENTS").await.unwrap();
-    assert!(restored.get_consumer::<consumer::pull::Config>("audit").await.is_ok(), "the consumer came back with the image");
+    assert!(
+        restored
+            .get_consumer::<consumer::pull::Config>("audit")
+            .await
+            .is_ok(),
+        "the consumer came back with the image"
+    );
     e.service.stop().await;
 }
 
@@ -332,23 +519,44 @@ async fn object_stores_round_trip_and_the_catalog_names_buckets() {
     let e = env().await;
     let js = async_nats::jetstream::new(e.client.clone());
     let models = js
-        .create_object_store(async_nats::jetstream::object_store::Config { bucket: "models".into(), ..Default::default() })
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: "models".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     // A 600 KiB "model" spans several chunks; bytes vary so compression cannot hide a mistake.
-    let weights: Vec<u8> = (0..600 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    models.put("llama3-fine-tuned-v2", &mut weights.as_slice()).await.unwrap();
+    let weights: Vec<u8> = (0..600 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    models
+        .put("llama3-fine-tuned-v2", &mut weights.as_slice())
+        .await
+        .unwrap();
     let view = completed(&e.c, CMD_START, json!({ "streams": ["OBJ_models"] })).await;
     let backup_id = view.backup_id.unwrap().to_string();
     let catalog = e.c.ok(QRY_BACKUPS, json!({})).await;
-    assert_eq!(catalog[0]["buckets"], json!([{ "stream": "OBJ_models", "kind": "object_store", "name": "models" }]));
+    assert_eq!(
+        catalog[0]["buckets"],
+        json!([{ "stream": "OBJ_models", "kind": "object_store", "name": "models" }])
+    );
 
     js.delete_object_store("models").await.unwrap();
-    completed(&e.c, CMD_RESTORE, json!({ "backup": backup_id, "stream": "OBJ_models" })).await;
+    completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "OBJ_models" }),
+    )
+    .await;
     let models = js.get_object_store("models").await.unwrap();
     let mut object = models.get("llama3-fine-tuned-v2").await.unwrap();
     let mut restored = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut restored).await.unwrap();
-    assert_eq!(restored, weights, "the object's bytes (and digest check) came back");
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut restored)
+        .await
+        .unwrap();
+    assert_eq!(
+        restored, weights,
+        "the object's bytes (and digest check) came back"
+    );
     e.service.stop().await;
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 use async_nats::jetstream::consumer;
 use cim_backup_contracts::cid::dag_cbor_cid;
 use cim_backup_contracts::events::EventEnvelope;
-use cim_backup_contracts::subjects::{CATALOG_BUCKET, CMD_START, CMD_VERIFY, EVENTS_STREAM, JOBS_BUCKET, QRY_BACKUPS, QRY_JOBS};
-use cim_backup_contracts::views::JobState;
 use cim_backup_contracts::integrity::ChainProfile;
+use cim_backup_contracts::subjects::{
+    CATALOG_BUCKET, CMD_START, CMD_VERIFY, EVENTS_STREAM, JOBS_BUCKET, QRY_BACKUPS, QRY_JOBS,
+};
+use cim_backup_contracts::views::JobState;
 use cim_backup_domain::chain::{ChainItem, ChainWalker, profile};
 use cim_backup_tests::service::{Caller, TestService, test_config};
 use cim_backup_tests::streams::{create_stream, publish_events};
@@ -41,7 +43,11 @@ async fn deleting_the_view_buckets_and_rebuilding_gives_the_same_views() {
     // Views are written by the projector; wait until they show every job as finished.
     let jobs_before = eventually(WAIT, "views to settle", || async {
         let jobs = c.ok(QRY_JOBS, json!({})).await;
-        let all_done = jobs.as_array().unwrap().iter().all(|j| j["state"] == "completed");
+        let all_done = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "completed");
         (jobs.as_array().unwrap().len() == 3 && all_done).then_some(jobs)
     })
     .await;
@@ -78,7 +84,12 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
         let job = c.ok(CMD_START, json!({ "streams": ["EVENTS"] })).await;
         let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
         assert_eq!(view.state, JobState::Completed);
-        let verify = c.ok(CMD_VERIFY, json!({ "backup": view.backup_id.unwrap().to_string() })).await;
+        let verify = c
+            .ok(
+                CMD_VERIFY,
+                json!({ "backup": view.backup_id.unwrap().to_string() }),
+            )
+            .await;
         c.wait_job(verify["job_id"].as_str().unwrap(), WAIT).await;
     }
     service.stop().await;
@@ -86,11 +97,17 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(EVENTS_STREAM).await.unwrap();
     let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig { deliver_subject: client.new_inbox(), ..Default::default() })
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let total = consumer.cached_info().num_pending;
-    assert!(total >= 6 * 3, "every job leaves several events, got {total}");
+    assert!(
+        total >= 6 * 3,
+        "every job leaves several events, got {total}"
+    );
     let mut messages = consumer.messages().await.unwrap();
     let mut walker = ChainWalker::new(profile(&ChainProfile::native()));
     let mut findings = Vec::new();
@@ -100,14 +117,39 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
         let headers = m.headers.clone().expect("events carry headers");
         let cid = dag_cbor_cid(&m.payload).to_string();
         let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
-        assert_eq!(header("Cim-Cid").as_deref(), Some(cid.as_str()), "Cim-Cid at {seq}");
-        assert_eq!(header("Nats-Msg-Id").as_deref(), Some(cid.as_str()), "Nats-Msg-Id at {seq}");
+        assert_eq!(
+            header("Cim-Cid").as_deref(),
+            Some(cid.as_str()),
+            "Cim-Cid at {seq}"
+        );
+        assert_eq!(
+            header("Nats-Msg-Id").as_deref(),
+            Some(cid.as_str()),
+            "Nats-Msg-Id at {seq}"
+        );
         let envelope = EventEnvelope::decode(&m.payload).unwrap();
-        assert_eq!(header("Cim-Prev-Cid"), envelope.prev.map(|p| p.to_string()), "Cim-Prev-Cid at {seq}");
-        assert_eq!(header("Cim-Event-Type").as_deref(), Some(envelope.event.event_type()));
-        assert!(m.subject.ends_with(envelope.event.event_type()), "subject {} names the event type", m.subject);
+        assert_eq!(
+            header("Cim-Prev-Cid"),
+            envelope.prev.map(|p| p.to_string()),
+            "Cim-Prev-Cid at {seq}"
+        );
+        assert_eq!(
+            header("Cim-Event-Type").as_deref(),
+            Some(envelope.event.event_type())
+        );
+        assert!(
+            m.subject.ends_with(envelope.event.event_type()),
+            "subject {} names the event type",
+            m.subject
+        );
         let lookup = |name: &str| headers.get(name).map(|v| v.as_str());
-        findings.extend(walker.check(ChainItem { stream_seq: seq, time_ns: 0, subject: m.subject.as_str(), headers: &lookup, payload: &m.payload }));
+        findings.extend(walker.check(ChainItem {
+            stream_seq: seq,
+            time_ns: 0,
+            subject: m.subject.as_str(),
+            headers: &lookup,
+            payload: &m.payload,
+        }));
     }
     assert_eq!(findings, vec![], "the service's own chains are intact");
     assert_eq!(walker.chains(), 6, "three backups and three verifies");

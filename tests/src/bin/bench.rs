@@ -16,9 +16,9 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use cim_backup::jsapi::JsApi;
 use cim_backup_contracts::subjects::{CMD_RESTORE, CMD_START, CMD_VERIFY};
+use cim_backup_tests::NatsServer;
 use cim_backup_tests::service::Caller;
 use cim_backup_tests::streams::{create_stream, publish_events, state};
-use cim_backup_tests::NatsServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -46,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
     publish_events(&client, "bench.node", 0, messages, 1_000).await;
     let publish_s = t.elapsed().as_secs_f64();
     let source = state(&client, "BENCH").await;
-    eprintln!("published {messages} events ({} bytes) in {publish_s:.1} s", source.bytes);
+    eprintln!(
+        "published {messages} events ({} bytes) in {publish_s:.1} s",
+        source.bytes
+    );
 
     let archive = tempfile::tempdir()?;
     let service = ServiceProcess(spawn_service(&nats.url(), archive.path())?);
@@ -55,20 +58,38 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     let (view, seconds) = run_job(&caller, CMD_START, json!({ "streams": ["BENCH"] })).await;
-    let backup_id = view["backup_id"].as_str().expect("backup completed").to_owned();
+    let backup_id = view["backup_id"]
+        .as_str()
+        .expect("backup completed")
+        .to_owned();
     let stored = dir_size(archive.path());
     rows.push(Row {
         what: "cim-backup full backup",
         seconds,
         messages,
         bytes: source.bytes,
-        note: format!("{} stored ({:.2}x smaller than the stream)", human(stored), source.bytes as f64 / stored as f64),
+        note: format!(
+            "{} stored ({:.2}x smaller than the stream)",
+            human(stored),
+            source.bytes as f64 / stored as f64
+        ),
     });
 
     let (_, seconds) = run_job(&caller, CMD_VERIFY, json!({ "backup": backup_id })).await;
-    rows.push(Row { what: "cim-backup verify (deep)", seconds, messages, bytes: stored, note: "re-hash, decompress, check every record".into() });
+    rows.push(Row {
+        what: "cim-backup verify (deep)",
+        seconds,
+        messages,
+        bytes: stored,
+        note: "re-hash, decompress, check every record".into(),
+    });
 
-    let (_, seconds) = run_job(&caller, CMD_RESTORE, json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R" })).await;
+    let (_, seconds) = run_job(
+        &caller,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R" }),
+    )
+    .await;
     rows.push(Row {
         what: "cim-backup restore (server-archive)",
         seconds,
@@ -77,8 +98,19 @@ async fn main() -> anyhow::Result<()> {
         note: "sequences, gaps, timestamps, headers exact".into(),
     });
     api.delete_stream("BENCH_R").await?;
-    let (_, seconds) = run_job(&caller, CMD_RESTORE, json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R", "method": "publish" })).await;
-    rows.push(Row { what: "cim-backup restore (publish)", seconds, messages, bytes: source.bytes, note: "the path for servers before 2.15".into() });
+    let (_, seconds) = run_job(
+        &caller,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "BENCH", "as": "BENCH_R", "method": "publish" }),
+    )
+    .await;
+    rows.push(Row {
+        what: "cim-backup restore (publish)",
+        seconds,
+        messages,
+        bytes: source.bytes,
+        note: "the path for servers before 2.15".into(),
+    });
     api.delete_stream("BENCH_R").await?;
 
     // 1% more, then an incremental backup: its time should follow the delta, not the stream.
@@ -86,7 +118,10 @@ async fn main() -> anyhow::Result<()> {
     publish_events(&client, "bench.node", messages, delta, 1_000).await;
     let before = dir_size(archive.path());
     let (view, seconds) = run_job(&caller, CMD_START, json!({ "streams": ["BENCH"] })).await;
-    assert_eq!(view["progress"]["messages_done"], delta, "incremental stores only the delta");
+    assert_eq!(
+        view["progress"]["messages_done"], delta,
+        "incremental stores only the delta"
+    );
     rows.push(Row {
         what: "cim-backup incremental backup (+1%)",
         seconds,
@@ -105,14 +140,26 @@ async fn main() -> anyhow::Result<()> {
     let chunks = server_snapshot(&client, "BENCH").await?;
     let seconds = t.elapsed().as_secs_f64();
     let snapshot_bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-    rows.push(Row { what: "server snapshot ($JS.API.STREAM.SNAPSHOT)", seconds, messages, bytes: source.bytes, note: format!("{} archive", human(snapshot_bytes)) });
+    rows.push(Row {
+        what: "server snapshot ($JS.API.STREAM.SNAPSHOT)",
+        seconds,
+        messages,
+        bytes: source.bytes,
+        note: format!("{} archive", human(snapshot_bytes)),
+    });
     js.delete_stream("BENCH").await?;
     let t = Instant::now();
     server_restore(&client, &info.config, &chunks).await?;
     let seconds = t.elapsed().as_secs_f64();
     let restored = state(&client, "BENCH").await;
     assert_eq!(restored.messages, messages, "server restore is complete");
-    rows.push(Row { what: "server restore ($JS.API.STREAM.RESTORE)", seconds, messages, bytes: source.bytes, note: String::new() });
+    rows.push(Row {
+        what: "server restore ($JS.API.STREAM.RESTORE)",
+        seconds,
+        messages,
+        bytes: source.bytes,
+        note: String::new(),
+    });
 
     println!("{}", machine());
     println!(
@@ -133,7 +180,12 @@ async fn main() -> anyhow::Result<()> {
             r.note
         );
     }
-    let rate = |name: &str| rows.iter().find(|r| r.what.starts_with(name)).map(|r| r.messages as f64 / r.seconds).unwrap();
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.what.starts_with(name))
+            .map(|r| r.messages as f64 / r.seconds)
+            .unwrap()
+    };
     println!(
         "\nratios (our msg/s ÷ the server's, same run): backup / server snapshot = {:.2}; restore (server-archive) / server restore = {:.2}; restore (publish) / server restore = {:.2}; service peak RSS {} MiB",
         rate("cim-backup full") / rate("server snapshot"),
@@ -156,9 +208,20 @@ impl Drop for ServiceProcess {
 
 fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("cim-backup");
-    anyhow::ensure!(bin.exists(), "{} missing: run `cargo build --release -p cim-backup` first", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: run `cargo build --release -p cim-backup` first",
+        bin.display()
+    );
     Ok(Command::new(bin)
-        .args(["--nats-url", url, "serve", "--instance", "bench", "--destination"])
+        .args([
+            "--nats-url",
+            url,
+            "serve",
+            "--instance",
+            "bench",
+            "--destination",
+        ])
         .arg(format!("file://{}", archive.display()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -167,7 +230,11 @@ fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Child> 
 
 async fn wait_ready(caller: &Caller) {
     for _ in 0..200 {
-        if caller.request("cim.backup.qry.jobs", &json!({})).await.is_ok() {
+        if caller
+            .request("cim.backup.qry.jobs", &json!({}))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -180,14 +247,22 @@ async fn run_job(caller: &Caller, subject: &str, body: Value) -> (Value, f64) {
     let accepted = caller.ok(subject, body).await;
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
     let view = loop {
-        let view = caller.ok("cim.backup.qry.job", json!({ "job_id": job_id })).await;
+        let view = caller
+            .ok("cim.backup.qry.job", json!({ "job_id": job_id }))
+            .await;
         if ["completed", "failed", "cancelled"].contains(&view["state"].as_str().unwrap()) {
             break view;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(view["state"], "completed", "{view}");
-    let t = |k: &str| time::OffsetDateTime::parse(view[k].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let t = |k: &str| {
+        time::OffsetDateTime::parse(
+            view[k].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
     let seconds = (t("finished_at") - t("accepted_at")).as_seconds_f64();
     (view, seconds)
 }
@@ -196,7 +271,12 @@ async fn server_snapshot(client: &async_nats::Client, stream: &str) -> anyhow::R
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await?;
     let body = json!({ "deliver_subject": inbox, "no_consumers": true, "chunk_size": 128 * 1024, "jsck": false });
-    let reply = client.request(format!("$JS.API.STREAM.SNAPSHOT.{stream}"), serde_json::to_vec(&body)?.into()).await?;
+    let reply = client
+        .request(
+            format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?;
     let reply: Value = serde_json::from_slice(&reply.payload)?;
     anyhow::ensure!(reply.get("error").is_none(), "snapshot refused: {reply}");
     let mut chunks = Vec::new();
@@ -212,16 +292,32 @@ async fn server_snapshot(client: &async_nats::Client, stream: &str) -> anyhow::R
     Ok(chunks)
 }
 
-async fn server_restore(client: &async_nats::Client, config: &Value, chunks: &[Bytes]) -> anyhow::Result<()> {
+async fn server_restore(
+    client: &async_nats::Client,
+    config: &Value,
+    chunks: &[Bytes],
+) -> anyhow::Result<()> {
     let name = config["name"].as_str().unwrap();
     let body = json!({ "config": config, "state": {} });
-    let reply = client.request(format!("$JS.API.STREAM.RESTORE.{name}"), serde_json::to_vec(&body)?.into()).await?;
+    let reply = client
+        .request(
+            format!("$JS.API.STREAM.RESTORE.{name}"),
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?;
     let reply: Value = serde_json::from_slice(&reply.payload)?;
-    let deliver = reply["deliver_subject"].as_str().ok_or_else(|| anyhow::anyhow!("restore refused: {reply}"))?.to_owned();
+    let deliver = reply["deliver_subject"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("restore refused: {reply}"))?
+        .to_owned();
     for chunk in chunks {
         client.request(deliver.clone(), chunk.clone()).await?;
     }
-    let done = tokio::time::timeout(Duration::from_secs(600), client.request(deliver, Bytes::new())).await??;
+    let done = tokio::time::timeout(
+        Duration::from_secs(600),
+        client.request(deliver, Bytes::new()),
+    )
+    .await??;
     let done: Value = serde_json::from_slice(&done.payload)?;
     anyhow::ensure!(done.get("error").is_none(), "restore failed: {done}");
     Ok(())
@@ -230,7 +326,11 @@ async fn server_restore(client: &async_nats::Client, config: &Value, chunks: &[B
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -239,7 +339,13 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .map(|entries| {
             entries
                 .flatten()
-                .map(|e| if e.path().is_dir() { dir_size(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+                .map(|e| {
+                    if e.path().is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -252,9 +358,20 @@ fn human(bytes: u64) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let server = Command::new(cim_backup_tests::nats::nats_server_bin()).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let server = Command::new(cim_backup_tests::nats::nats_server_bin())
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!("machine: {cores} cores, {cpu}; {server}")
 }
