@@ -127,7 +127,13 @@ fn default_nats_url() -> String {
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        NatsConfig { url: default_nats_url(), creds: None, token: None, user: None, password: None }
+        NatsConfig {
+            url: default_nats_url(),
+            creds: None,
+            token: None,
+            user: None,
+            password: None,
+        }
     }
 }
 
@@ -145,7 +151,11 @@ pub struct ServiceConfig {
 fn default_instance() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "cim-backup".to_owned())
 }
@@ -156,7 +166,10 @@ fn one() -> usize {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { instance: default_instance(), events_replicas: 1 }
+        ServiceConfig {
+            instance: default_instance(),
+            events_replicas: 1,
+        }
     }
 }
 
@@ -233,7 +246,9 @@ impl DestinationConfig {
     pub fn apply_s3(&self, mut b: AmazonS3Builder) -> AmazonS3Builder {
         if let Some(endpoint) = &self.endpoint {
             // A custom endpoint (MinIO, moto, Ceph) almost always wants path-style requests.
-            b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+            b = b
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
         }
         if let Some(region) = &self.region {
             b = b.with_region(region);
@@ -244,7 +259,8 @@ impl DestinationConfig {
         if let Some(secret) = &self.secret_access_key {
             b = b.with_secret_access_key(secret);
         }
-        b.with_allow_http(self.allow_http).with_retry(retry_config(self.retry_timeout_secs))
+        b.with_allow_http(self.allow_http)
+            .with_retry(retry_config(self.retry_timeout_secs))
     }
 }
 
@@ -260,9 +276,14 @@ pub fn retry_config(timeout_secs: Option<u64>) -> object_store::RetryConfig {
 impl Config {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_owned(), message: e.to_string() })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
@@ -279,10 +300,14 @@ impl Config {
             }
         }
         if self.defaults.segment_bytes < 4096 {
-            return Err(ConfigError::Invalid("defaults.segment_bytes must be at least 4096".into()));
+            return Err(ConfigError::Invalid(
+                "defaults.segment_bytes must be at least 4096".into(),
+            ));
         }
         if self.defaults.upload_concurrency == 0 {
-            return Err(ConfigError::Invalid("defaults.upload_concurrency must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "defaults.upload_concurrency must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -306,16 +331,32 @@ mod tests {
         let config = Config::from_toml(&example).unwrap();
         config.validate().unwrap();
         assert_eq!(config.service.events_replicas, 3);
-        assert_eq!(config.destinations["offsite"].region.as_deref(), Some("eu-central-1"));
+        assert_eq!(
+            config.destinations["offsite"].region.as_deref(),
+            Some("eu-central-1")
+        );
         let events = &config.integrity.streams["EVENTS"];
-        assert_eq!(events.chain_by, Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(2)));
+        assert_eq!(
+            events.chain_by,
+            Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(2))
+        );
         assert_eq!(events.projections[0].key_prefix, "graph.");
     }
 
     #[test]
     fn unknown_keys_and_bad_defaults_are_errors() {
-        assert!(Config::from_toml("[nats]\nurll = \"x\"").unwrap_err().contains("urll"));
+        assert!(
+            Config::from_toml("[nats]\nurll = \"x\"")
+                .unwrap_err()
+                .contains("urll")
+        );
         let config = Config::from_toml("[defaults]\ndestination = \"nowhere\"").unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("nowhere"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("nowhere")
+        );
     }
 }

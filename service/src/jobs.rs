@@ -1,8 +1,8 @@
 //! Running commands against job aggregates: load → handle → append → apply, with optimistic
 //! concurrency. This is the only place where the pure domain meets the event store.
 
-use cim_backup_contracts::events::{EventMeta, JobEvent};
 use cim_backup_contracts::JobId;
+use cim_backup_contracts::events::{EventMeta, JobEvent};
 use cim_backup_domain::{Aggregate, DomainError};
 use time::OffsetDateTime;
 
@@ -36,7 +36,13 @@ pub struct Job<A: Aggregate> {
 impl<A: Aggregate> Job<A> {
     /// A job that does not exist yet.
     pub fn new(id: JobId, correlation_id: String) -> Self {
-        Job { id, state: A::default(), version: Version::default(), correlation_id, last_event_id: None }
+        Job {
+            id,
+            state: A::default(),
+            version: Version::default(),
+            correlation_id,
+            last_event_id: None,
+        }
     }
 
     fn apply_stored(&mut self, stored: &[StoredEvent]) {
@@ -44,16 +50,25 @@ impl<A: Aggregate> Job<A> {
             if let Some(event) = A::unwrap(&s.envelope.event) {
                 self.state = std::mem::take(&mut self.state).apply(event);
             }
-            self.version = Version { sequence: s.envelope.sequence, head: Some(s.cid), last_stream_seq: s.stream_seq };
+            self.version = Version {
+                sequence: s.envelope.sequence,
+                head: Some(s.cid),
+                last_stream_seq: s.stream_seq,
+            };
             self.last_event_id = Some(s.envelope.meta.event_id.clone());
         }
     }
 }
 
 /// Loads a job from its events; `None` if it has none.
-pub async fn load<A: Aggregate>(store: &EventStore, id: &JobId) -> Result<Option<Job<A>>, EventStoreError> {
+pub async fn load<A: Aggregate>(
+    store: &EventStore,
+    id: &JobId,
+) -> Result<Option<Job<A>>, EventStoreError> {
     let stored = store.load(A::KIND, id).await?;
-    let Some(first) = stored.first() else { return Ok(None) };
+    let Some(first) = stored.first() else {
+        return Ok(None);
+    };
     let mut job = Job::new(id.clone(), first.envelope.meta.correlation_id.clone());
     job.apply_stored(&stored);
     Ok(Some(job))
@@ -96,7 +111,10 @@ where
                 (A::wrap(e), meta)
             })
             .collect();
-        match store.append(A::KIND, &job.id, &job.version, with_meta).await {
+        match store
+            .append(A::KIND, &job.id, &job.version, with_meta)
+            .await
+        {
             Ok((_, stored)) => {
                 job.apply_stored(&stored);
                 return Ok(stored);
@@ -107,7 +125,13 @@ where
                 tokio::time::sleep(std::time::Duration::from_millis(10 << attempt.min(6))).await;
                 match load::<A>(store, &job.id).await? {
                     Some(fresh) => *job = fresh,
-                    None => return Err(EventStoreError::Nats(format!("job {} vanished during a conflict", job.id)).into()),
+                    None => {
+                        return Err(EventStoreError::Nats(format!(
+                            "job {} vanished during a conflict",
+                            job.id
+                        ))
+                        .into());
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

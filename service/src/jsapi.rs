@@ -17,7 +17,11 @@ pub enum JsApiError {
     Transport { subject: String, message: String },
     /// The server answered with an API error.
     #[error("{description} (JetStream error {err_code})")]
-    Api { code: u64, err_code: u64, description: String },
+    Api {
+        code: u64,
+        err_code: u64,
+        description: String,
+    },
 }
 
 impl JsApiError {
@@ -77,22 +81,36 @@ pub struct JsApi {
 
 impl JsApi {
     pub fn new(client: Client) -> Self {
-        JsApi { client, timeout: Duration::from_secs(10) }
+        JsApi {
+            client,
+            timeout: Duration::from_secs(10),
+        }
     }
 
     async fn request(&self, subject: String, body: Value) -> Result<Value, JsApiError> {
-        let transport = |message: String| JsApiError::Transport { subject: subject.clone(), message };
+        let transport = |message: String| JsApiError::Transport {
+            subject: subject.clone(),
+            message,
+        };
         let payload = serde_json::to_vec(&body).expect("JSON values serialize");
-        let reply = tokio::time::timeout(self.timeout, self.client.request(subject.clone(), payload.into()))
-            .await
-            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| transport(e.to_string()))?;
-        let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| transport(format!("bad JSON reply: {e}")))?;
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.client.request(subject.clone(), payload.into()),
+        )
+        .await
+        .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
+        .map_err(|e| transport(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| transport(format!("bad JSON reply: {e}")))?;
         if let Some(error) = value.get("error") {
             return Err(JsApiError::Api {
                 code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
                 err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
-                description: error.get("description").and_then(Value::as_str).unwrap_or("unknown error").to_owned(),
+                description: error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_owned(),
             });
         }
         Ok(value)
@@ -100,25 +118,44 @@ impl JsApi {
 
     /// A stream's config and state; `None` if it does not exist.
     pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, JsApiError> {
-        match self.request(format!("$JS.API.STREAM.INFO.{stream}"), json!({})).await {
+        match self
+            .request(format!("$JS.API.STREAM.INFO.{stream}"), json!({}))
+            .await
+        {
             Ok(mut value) => {
-                let created = value
-                    .get("created")
-                    .and_then(Value::as_str)
-                    .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+                let created = value.get("created").and_then(Value::as_str).and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
                 let replicas_current = value
                     .pointer("/cluster/replicas")
                     .and_then(Value::as_array)
-                    .is_none_or(|rs| rs.iter().all(|r| r["current"] == Value::Bool(true) && r.get("lag").and_then(Value::as_u64).unwrap_or(0) == 0));
-                let config = value.get_mut("config").map(Value::take).unwrap_or(Value::Null);
+                    .is_none_or(|rs| {
+                        rs.iter().all(|r| {
+                            r["current"] == Value::Bool(true)
+                                && r.get("lag").and_then(Value::as_u64).unwrap_or(0) == 0
+                        })
+                    });
+                let config = value
+                    .get_mut("config")
+                    .map(Value::take)
+                    .unwrap_or(Value::Null);
                 let state = value
                     .get_mut("state")
                     .map(Value::take)
                     .map(serde_json::from_value)
                     .transpose()
-                    .map_err(|e| JsApiError::Transport { subject: format!("$JS.API.STREAM.INFO.{stream}"), message: e.to_string() })?
+                    .map_err(|e| JsApiError::Transport {
+                        subject: format!("$JS.API.STREAM.INFO.{stream}"),
+                        message: e.to_string(),
+                    })?
                     .unwrap_or_default();
-                Ok(Some(StreamInfo { config, state, created, replicas_current }))
+                Ok(Some(StreamInfo {
+                    config,
+                    state,
+                    created,
+                    replicas_current,
+                }))
             }
             Err(e) if e.err_code() == Some(STREAM_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -127,18 +164,30 @@ impl JsApi {
 
     /// Creates a stream from a verbatim config.
     pub async fn create_stream(&self, config: &Value) -> Result<(), JsApiError> {
-        let name = config.get("name").and_then(Value::as_str).unwrap_or_default();
-        self.request(format!("$JS.API.STREAM.CREATE.{name}"), config.clone()).await.map(|_| ())
+        let name = config
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.request(format!("$JS.API.STREAM.CREATE.{name}"), config.clone())
+            .await
+            .map(|_| ())
     }
 
     /// Replaces a stream's config.
     pub async fn update_stream(&self, config: &Value) -> Result<(), JsApiError> {
-        let name = config.get("name").and_then(Value::as_str).unwrap_or_default();
-        self.request(format!("$JS.API.STREAM.UPDATE.{name}"), config.clone()).await.map(|_| ())
+        let name = config
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.request(format!("$JS.API.STREAM.UPDATE.{name}"), config.clone())
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_stream(&self, stream: &str) -> Result<(), JsApiError> {
-        self.request(format!("$JS.API.STREAM.DELETE.{stream}"), json!({})).await.map(|_| ())
+        self.request(format!("$JS.API.STREAM.DELETE.{stream}"), json!({}))
+            .await
+            .map(|_| ())
     }
 
     /// Purges the messages on `filter` (all messages if `None`); returns how many went.
@@ -147,7 +196,9 @@ impl JsApi {
             Some(f) => json!({ "filter": f }),
             None => json!({}),
         };
-        let reply = self.request(format!("$JS.API.STREAM.PURGE.{stream}"), body).await?;
+        let reply = self
+            .request(format!("$JS.API.STREAM.PURGE.{stream}"), body)
+            .await?;
         Ok(reply.get("purged").and_then(Value::as_u64).unwrap_or(0))
     }
 
@@ -157,13 +208,28 @@ impl JsApi {
         let mut consumers = Vec::new();
         let mut offset = 0u64;
         loop {
-            let reply = self.request(format!("$JS.API.CONSUMER.LIST.{stream}"), json!({ "offset": offset })).await?;
-            let page = reply.get("consumers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let reply = self
+                .request(
+                    format!("$JS.API.CONSUMER.LIST.{stream}"),
+                    json!({ "offset": offset }),
+                )
+                .await?;
+            let page = reply
+                .get("consumers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0);
             offset += page.len() as u64;
             for info in page {
                 let config = info.get("config").cloned().unwrap_or(Value::Null);
-                let Some(durable) = config.get("durable_name").and_then(Value::as_str).map(str::to_owned) else { continue };
+                let Some(durable) = config
+                    .get("durable_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
                 let seq = |path: &str| info.pointer(path).and_then(Value::as_u64).unwrap_or(0);
                 consumers.push(ConsumerInfo {
                     name: durable,
@@ -182,16 +248,26 @@ impl JsApi {
     }
 
     /// Creates (or updates to the same config) a durable consumer.
-    pub async fn create_consumer(&self, stream: &str, name: &str, config: &Value) -> Result<(), JsApiError> {
+    pub async fn create_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        config: &Value,
+    ) -> Result<(), JsApiError> {
         let body = json!({ "stream_name": stream, "config": config });
-        self.request(format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"), body).await.map(|_| ())
+        self.request(format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"), body)
+            .await
+            .map(|_| ())
     }
 
     /// The JetStream API level the server implements (0 if it does not say: before 2.11).
     /// Level 5 (nats-server 2.15) restores per-message archives (ADR-63).
     pub async fn api_level(&self) -> Result<u64, JsApiError> {
         let reply = self.request("$JS.API.INFO".to_owned(), json!({})).await?;
-        Ok(reply.pointer("/api/level").and_then(Value::as_u64).unwrap_or(0))
+        Ok(reply
+            .pointer("/api/level")
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
     }
 
     /// Sends a raw request and returns the JSON reply, API errors included as errors.
@@ -205,11 +281,21 @@ impl JsApi {
 
     /// Names of the streams whose subjects overlap `subject`.
     pub async fn streams_for_subject(&self, subject: &str) -> Result<Vec<String>, JsApiError> {
-        let reply = self.request("$JS.API.STREAM.NAMES".to_owned(), json!({ "subject": subject })).await?;
+        let reply = self
+            .request(
+                "$JS.API.STREAM.NAMES".to_owned(),
+                json!({ "subject": subject }),
+            )
+            .await?;
         Ok(reply
             .get("streams")
             .and_then(Value::as_array)
-            .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }

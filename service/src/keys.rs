@@ -45,7 +45,10 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("recipients", &self.recipients).field("identities", &self.identities.len()).finish()
+        f.debug_struct("Keys")
+            .field("recipients", &self.recipients)
+            .field("identities", &self.identities.len())
+            .finish()
     }
 }
 
@@ -56,28 +59,49 @@ impl Keys {
         }
         let mut identities = Vec::new();
         for path in &config.identity_files {
-            let err = |message: String| KeyError::Identity { path: path.clone(), message };
-            let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|e| err(e.to_string()))?;
+            let err = |message: String| KeyError::Identity {
+                path: path.clone(),
+                message,
+            };
+            let file = age::IdentityFile::from_file(path.display().to_string())
+                .map_err(|e| err(e.to_string()))?;
             identities.extend(file.into_identities().map_err(|e| err(e.to_string()))?);
         }
-        Ok(Keys { recipients: config.recipients.clone(), identities })
+        Ok(Keys {
+            recipients: config.recipients.clone(),
+            identities,
+        })
     }
 
     /// The configured recipients (for a new encrypted backup).
     pub fn recipients(&self) -> Result<Vec<String>, KeyError> {
-        if self.recipients.is_empty() { Err(KeyError::NoRecipients) } else { Ok(self.recipients.clone()) }
+        if self.recipients.is_empty() {
+            Err(KeyError::NoRecipients)
+        } else {
+            Ok(self.recipients.clone())
+        }
     }
 
     /// Encrypts `plain` to `recipients` as one age file.
     pub fn encrypt(recipients: &[String], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         use std::io::Write;
-        let parsed = recipients.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>, _>>()?;
-        let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| KeyError::Encrypt(e.to_string()))?;
+        let parsed = recipients
+            .iter()
+            .map(|r| parse_recipient(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let encryptor =
+            age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| KeyError::Encrypt(e.to_string()))?;
         let mut out = Vec::with_capacity(plain.len() + plain.len() / 1000 + 256);
-        let mut writer = encryptor.wrap_output(&mut out).map_err(|e| KeyError::Encrypt(e.to_string()))?;
-        writer.write_all(plain).map_err(|e| KeyError::Encrypt(e.to_string()))?;
-        writer.finish().map_err(|e| KeyError::Encrypt(e.to_string()))?;
+        let mut writer = encryptor
+            .wrap_output(&mut out)
+            .map_err(|e| KeyError::Encrypt(e.to_string()))?;
+        writer
+            .write_all(plain)
+            .map_err(|e| KeyError::Encrypt(e.to_string()))?;
+        writer
+            .finish()
+            .map_err(|e| KeyError::Encrypt(e.to_string()))?;
         Ok(out)
     }
 
@@ -88,13 +112,26 @@ impl Keys {
         if self.identities.is_empty() {
             return Err(KeyError::Decrypt("the backup is encrypted and this service has no identity ([encryption] identity_files)".into()));
         }
-        let decryptor = age::Decryptor::new_buffered(cipher).map_err(|e| KeyError::Decrypt(format!("not an age file: {e}")))?;
-        let mut reader = decryptor.decrypt(self.identities.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => KeyError::Decrypt("none of this service's identities can decrypt it (wrong key)".into()),
-            other => KeyError::Decrypt(format!("cannot decrypt: {other}")),
-        })?;
+        let decryptor = age::Decryptor::new_buffered(cipher)
+            .map_err(|e| KeyError::Decrypt(format!("not an age file: {e}")))?;
+        let mut reader = decryptor
+            .decrypt(
+                self.identities
+                    .iter()
+                    .map(|i| i.as_ref() as &dyn age::Identity),
+            )
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => KeyError::Decrypt(
+                    "none of this service's identities can decrypt it (wrong key)".into(),
+                ),
+                other => KeyError::Decrypt(format!("cannot decrypt: {other}")),
+            })?;
         let mut plain = Vec::with_capacity(cipher.len());
-        reader.read_to_end(&mut plain).map_err(|e| KeyError::Decrypt(format!("authentication failed (tampered or truncated): {e}")))?;
+        reader.read_to_end(&mut plain).map_err(|e| {
+            KeyError::Decrypt(format!(
+                "authentication failed (tampered or truncated): {e}"
+            ))
+        })?;
         Ok(plain)
     }
 }
@@ -121,20 +158,48 @@ mod tests {
         let (public, secret) = keypair(&dir, "right.key");
         let (_, other) = keypair(&dir, "wrong.key");
         let cipher = Keys::encrypt(&[public.clone()], b"segment bytes").unwrap();
-        let right = Keys::load(&EncryptionConfig { recipients: vec![public], identity_files: vec![secret] }).unwrap();
+        let right = Keys::load(&EncryptionConfig {
+            recipients: vec![public],
+            identity_files: vec![secret],
+        })
+        .unwrap();
         assert_eq!(right.decrypt(&cipher).unwrap(), b"segment bytes");
 
-        let wrong = Keys::load(&EncryptionConfig { recipients: vec![], identity_files: vec![other] }).unwrap();
-        assert!(wrong.decrypt(&cipher).unwrap_err().to_string().contains("wrong key"));
+        let wrong = Keys::load(&EncryptionConfig {
+            recipients: vec![],
+            identity_files: vec![other],
+        })
+        .unwrap();
+        assert!(
+            wrong
+                .decrypt(&cipher)
+                .unwrap_err()
+                .to_string()
+                .contains("wrong key")
+        );
         let none = Keys::load(&EncryptionConfig::default()).unwrap();
-        assert!(none.decrypt(&cipher).unwrap_err().to_string().contains("no identity"));
+        assert!(
+            none.decrypt(&cipher)
+                .unwrap_err()
+                .to_string()
+                .contains("no identity")
+        );
         assert!(matches!(none.recipients(), Err(KeyError::NoRecipients)));
 
         let mut tampered = cipher.clone();
         let last = tampered.len() - 3;
         tampered[last] ^= 1;
-        assert!(right.decrypt(&tampered).unwrap_err().to_string().contains("tampered"));
-        assert!(matches!(Keys::encrypt(&["age1nope".into()], b"x"), Err(KeyError::BadRecipient(_))));
+        assert!(
+            right
+                .decrypt(&tampered)
+                .unwrap_err()
+                .to_string()
+                .contains("tampered")
+        );
+        assert!(matches!(
+            Keys::encrypt(&["age1nope".into()], b"x"),
+            Err(KeyError::BadRecipient(_))
+        ));
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -13,12 +13,14 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use cim_backup_contracts::subjects::{CATALOG_BUCKET, EVENTS_STREAM_SUBJECTS, JOBS_BUCKET, projector_durable};
-use cim_backup_contracts::views::{CatalogEntry, JobView};
 use cim_backup_contracts::JobId;
+use cim_backup_contracts::subjects::{
+    CATALOG_BUCKET, EVENTS_STREAM_SUBJECTS, JOBS_BUCKET, projector_durable,
+};
+use cim_backup_contracts::views::{CatalogEntry, JobView};
+use cim_backup_projections::ProjectionError;
 use cim_backup_projections::catalog;
 use cim_backup_projections::job_view::{self, Fold};
-use cim_backup_projections::ProjectionError;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -47,12 +49,25 @@ impl Views {
     /// Opens the view buckets, creating them if needed. Returns whether either bucket was new
     /// (then the projector must replay the whole event log; both views are rebuilt, since a
     /// catalog entry is only written while folding its job).
-    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(Views, bool), ViewError> {
-        let (jobs, jobs_new) = open_bucket(js, JOBS_BUCKET, "cim-backup job views", replicas).await?;
-        let (catalog, catalog_new) = open_bucket(js, CATALOG_BUCKET, "cim-backup backup catalog", replicas).await?;
+    pub async fn open(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<(Views, bool), ViewError> {
+        let (jobs, jobs_new) =
+            open_bucket(js, JOBS_BUCKET, "cim-backup job views", replicas).await?;
+        let (catalog, catalog_new) =
+            open_bucket(js, CATALOG_BUCKET, "cim-backup backup catalog", replicas).await?;
         if jobs_new != catalog_new {
             // Replay rebuilds both; start both from empty so the folds see every event once.
-            purge_bucket(js, if jobs_new { CATALOG_BUCKET } else { JOBS_BUCKET }).await?;
+            purge_bucket(
+                js,
+                if jobs_new {
+                    CATALOG_BUCKET
+                } else {
+                    JOBS_BUCKET
+                },
+            )
+            .await?;
         }
         Ok((Views { jobs, catalog }, jobs_new || catalog_new))
     }
@@ -62,19 +77,27 @@ impl Views {
     }
 
     async fn job_entry(&self, id: &JobId) -> Result<Option<(JobView, u64)>, ViewError> {
-        let Some(entry) = self.jobs.entry(id.as_str()).await.map_err(nats)? else { return Ok(None) };
+        let Some(entry) = self.jobs.entry(id.as_str()).await.map_err(nats)? else {
+            return Ok(None);
+        };
         if !matches!(entry.operation, kv::Operation::Put) {
             return Ok(None);
         }
-        let view = serde_json::from_slice(&entry.value)
-            .map_err(|e| ViewError::Corrupt { key: id.to_string(), message: e.to_string() })?;
+        let view = serde_json::from_slice(&entry.value).map_err(|e| ViewError::Corrupt {
+            key: id.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(Some((view, entry.revision)))
     }
 
     /// Every job view, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobView>, ViewError> {
         let mut views: Vec<JobView> = all_values(&self.jobs).await?;
-        views.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at).then_with(|| a.job_id.cmp(&b.job_id)));
+        views.sort_by(|a, b| {
+            b.accepted_at
+                .cmp(&a.accepted_at)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+        });
         Ok(views)
     }
 
@@ -87,7 +110,11 @@ impl Views {
     /// compare-and-set; catalog entries the events create are written too. Returns how many
     /// leading events were folded: the rest (from the first one that cannot be folded yet, a
     /// gap) must be retried later, with the error.
-    pub async fn apply_job(&self, id: &JobId, events: &[StoredEvent]) -> Result<(usize, Option<ProjectionError>), ViewError> {
+    pub async fn apply_job(
+        &self,
+        id: &JobId,
+        events: &[StoredEvent],
+    ) -> Result<(usize, Option<ProjectionError>), ViewError> {
         loop {
             let current = self.job_entry(id).await?;
             let mut view = current.as_ref().map(|(v, _)| v.clone());
@@ -115,18 +142,34 @@ impl Views {
             // a failure here would be lost: the redelivered event is already in the view.
             for entry in &entries {
                 let bytes = serde_json::to_vec(entry).expect("catalog entries serialize");
-                self.catalog.put(entry.backup_id.to_string(), bytes.into()).await.map_err(nats)?;
+                self.catalog
+                    .put(entry.backup_id.to_string(), bytes.into())
+                    .await
+                    .map_err(nats)?;
             }
             if let (true, Some(view)) = (changed, &view) {
                 let bytes = serde_json::to_vec(view).expect("views serialize");
                 let written = match &current {
-                    Some((_, revision)) => self.jobs.update(id.as_str(), bytes.into(), *revision).await.map(|_| ()).map_err(|e| e.to_string()),
-                    None => self.jobs.create(id.as_str(), bytes.into()).await.map(|_| ()).map_err(|e| e.to_string()),
+                    Some((_, revision)) => self
+                        .jobs
+                        .update(id.as_str(), bytes.into(), *revision)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => self
+                        .jobs
+                        .create(id.as_str(), bytes.into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                 };
                 if let Err(e) = written {
                     // Another instance's projector wrote this view meanwhile: read it again
                     // and fold again (folds are idempotent).
-                    if e.contains("wrong last sequence") || e.contains("already exists") || e.contains("revision") {
+                    if e.contains("wrong last sequence")
+                        || e.contains("already exists")
+                        || e.contains("revision")
+                    {
                         continue;
                     }
                     return Err(ViewError::Nats(e));
@@ -137,34 +180,57 @@ impl Views {
     }
 }
 
-async fn open_bucket(js: &jetstream::Context, bucket: &str, description: &str, replicas: usize) -> Result<(kv::Store, bool), ViewError> {
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<(kv::Store, bool), ViewError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok((store, false));
     }
-    let store = js.create_key_value(kv::Config {
-        bucket: bucket.to_owned(),
-        description: description.to_owned(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats)?;
+    let store = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
     Ok((store, true))
 }
 
 /// Empties a view bucket (its backing stream) before a replay refills it.
 async fn purge_bucket(js: &jetstream::Context, bucket: &str) -> Result<(), ViewError> {
-    crate::jsapi::JsApi::new(js.client()).purge(&format!("KV_{bucket}"), None).await.map(|_| ()).map_err(nats)
+    crate::jsapi::JsApi::new(js.client())
+        .purge(&format!("KV_{bucket}"), None)
+        .await
+        .map(|_| ())
+        .map_err(nats)
 }
 
-async fn all_values<T: serde::de::DeserializeOwned>(store: &kv::Store) -> Result<Vec<T>, ViewError> {
-    let keys: Vec<String> = store.keys().await.map_err(nats)?.filter_map(|k| async move { k.ok() }).collect().await;
+async fn all_values<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+) -> Result<Vec<T>, ViewError> {
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(nats)?
+        .filter_map(|k| async move { k.ok() })
+        .collect()
+        .await;
     let mut values = Vec::with_capacity(keys.len());
     for key in keys {
         if let Some(bytes) = store.get(&key).await.map_err(nats)? {
-            values.push(serde_json::from_slice(&bytes).map_err(|e| ViewError::Corrupt { key, message: e.to_string() })?);
+            values.push(
+                serde_json::from_slice(&bytes).map_err(|e| ViewError::Corrupt {
+                    key,
+                    message: e.to_string(),
+                })?,
+            );
         }
     }
     Ok(values)
@@ -186,13 +252,24 @@ pub struct Projector {
 impl Projector {
     /// Prepares the durable consumer. `replay` rewinds it to the first event (after the view
     /// buckets were created fresh).
-    pub async fn new(js: jetstream::Context, views: Views, stream: &str, instance: &str, replay: bool) -> Result<Projector, ViewError> {
+    pub async fn new(
+        js: jetstream::Context,
+        views: Views,
+        stream: &str,
+        instance: &str,
+        replay: bool,
+    ) -> Result<Projector, ViewError> {
         let durable = projector_durable(instance);
         if replay {
             // Absent consumer is fine: it will be created from the first event.
             let _ = js.delete_consumer_from_stream(&durable, stream).await;
         }
-        let projector = Projector { js, views, stream: stream.to_owned(), durable };
+        let projector = Projector {
+            js,
+            views,
+            stream: stream.to_owned(),
+            durable,
+        };
         projector.consumer().await?;
         Ok(projector)
     }
@@ -245,7 +322,9 @@ impl Projector {
                 _ = shutdown.cancelled() => return Ok(()),
                 b = batches.next() => b,
             };
-            let Some(batch) = batch else { return Err(ViewError::Nats("consumer closed".into())) };
+            let Some(batch) = batch else {
+                return Err(ViewError::Nats("consumer closed".into()));
+            };
             let mut by_job: Vec<(JobId, Vec<(StoredEvent, jetstream::Message, i64)>)> = Vec::new();
             for message in batch {
                 let message = message.map_err(nats)?;
@@ -263,7 +342,10 @@ impl Projector {
                     }
                     Err(e) => {
                         tracing::error!(seq, error = %e, "damaged event in the log; skipping it");
-                        message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
+                        message
+                            .ack_with(jetstream::AckKind::Term)
+                            .await
+                            .map_err(nats)?;
                     }
                 }
             }
@@ -280,13 +362,19 @@ impl Projector {
                         Some(e @ ProjectionError::Gap { .. }) if delivered < GAP_RETRIES => {
                             // An earlier event of this job has not been folded yet: retry soon.
                             tracing::debug!(seq, error = %e, "event arrived before its predecessor");
-                            message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(100)))).await.map_err(nats)?;
+                            message
+                                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(100))))
+                                .await
+                                .map_err(nats)?;
                         }
                         Some(e) => {
                             // The missing event never came (terminated as damaged), or the
                             // log contradicts itself: give up on this one, loudly.
                             tracing::error!(seq, error = %e, "event cannot be projected; skipping it");
-                            message.ack_with(jetstream::AckKind::Term).await.map_err(nats)?;
+                            message
+                                .ack_with(jetstream::AckKind::Term)
+                                .await
+                                .map_err(nats)?;
                         }
                         None => message.ack().await.map_err(nats)?,
                     }
@@ -300,7 +388,8 @@ impl Projector {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
-            let mut consumer: consumer::PullConsumer = stream.get_consumer(&self.durable).await.map_err(nats)?;
+            let mut consumer: consumer::PullConsumer =
+                stream.get_consumer(&self.durable).await.map_err(nats)?;
             let info = consumer.info().await.map_err(nats)?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(true);

@@ -12,12 +12,22 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_cim-backup");
 
 fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(BIN).arg("--nats-url").arg(url).args(args).env("RUST_LOG", "warn").output().expect("run cim-backup")
+    Command::new(BIN)
+        .arg("--nats-url")
+        .arg(url)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cim-backup")
 }
 
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     })
 }
 
@@ -34,11 +44,28 @@ async fn the_runbook_commands_work_end_to_end() {
     let u = url.clone();
     let run = move |args: Vec<&'static str>| {
         let u = u.clone();
-        async move { tokio::task::spawn_blocking(move || cli(&u, &args)).await.unwrap() }
+        async move {
+            tokio::task::spawn_blocking(move || cli(&u, &args))
+                .await
+                .unwrap()
+        }
     };
 
-    let out = run(vec!["--json", "backup-event-streams", "--streams", "EVENTS", "--compress", "zstd", "--wait"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(vec![
+        "--json",
+        "backup-event-streams",
+        "--streams",
+        "EVENTS",
+        "--compress",
+        "zstd",
+        "--wait",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let view = json(&out);
     assert_eq!(view["state"], "completed");
     assert_eq!(view["progress"]["messages_done"], 800);
@@ -52,7 +79,10 @@ async fn the_runbook_commands_work_end_to_end() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("completed") && text.contains(&backup_id), "{text}");
+    assert!(
+        text.contains("completed") && text.contains(&backup_id),
+        "{text}"
+    );
 
     let out = run(vec!["--json", "list-backups", "--stream", "EVENTS"]).await;
     assert_eq!(json(&out)[0]["backup_id"], backup_id.as_str());
@@ -63,17 +93,42 @@ async fn the_runbook_commands_work_end_to_end() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The runbook's shape: --source is where the backups are (a directory here).
     let out = tokio::task::spawn_blocking({
         let (url, dir) = (url.clone(), archive.path().display().to_string());
-        move || cli(&url, &["restore-events", "--stream", "EVENTS", "--as", "EVENTS_CLI", "--source", &dir, "--wait"])
+        move || {
+            cli(
+                &url,
+                &[
+                    "restore-events",
+                    "--stream",
+                    "EVENTS",
+                    "--as",
+                    "EVENTS_CLI",
+                    "--source",
+                    &dir,
+                    "--wait",
+                ],
+            )
+        }
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_same_messages(&read_all(&client, "EVENTS_CLI").await, &read_all(&client, "EVENTS").await);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_messages(
+        &read_all(&client, "EVENTS_CLI").await,
+        &read_all(&client, "EVENTS").await,
+    );
 
     // Exit codes: 3 for a rejected request, 2 for bad usage, 1 for a job that did not complete.
     let out = run(vec!["backup-event-streams", "--streams", "NOPE"]).await;
@@ -88,7 +143,12 @@ async fn the_runbook_commands_work_end_to_end() {
     })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
     service.stop().await;
 
@@ -103,7 +163,14 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let port = cim_backup_tests::nats::free_port();
     let mut child = Command::new(BIN)
-        .args(["serve", "--embedded", "--nats-port", &port.to_string(), "--instance", "embedded-test"])
+        .args([
+            "serve",
+            "--embedded",
+            "--nats-port",
+            &port.to_string(),
+            "--instance",
+            "embedded-test",
+        ])
         .arg("--data-dir")
         .arg(data.path())
         .stdout(Stdio::null())
@@ -118,21 +185,55 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
             assert_eq!(json(&out), Value::Array(vec![]));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "embedded service not ready: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "embedded service not ready: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The default destination is the data directory's archive.
     let client = async_nats::connect(&url).await.unwrap();
     create_stream(&client, "DEMO", &["demo.>"]).await;
     publish_events(&client, "demo.x", 0, 50, 2).await;
-    let out = cli(&url, &["--json", "backup-event-streams", "--streams", "DEMO", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(data.path().join("archive/manifests").read_dir().unwrap().count() == 1);
+    let out = cli(
+        &url,
+        &[
+            "--json",
+            "backup-event-streams",
+            "--streams",
+            "DEMO",
+            "--wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        data.path()
+            .join("archive/manifests")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
     drop(client);
 
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
-    assert!(status.success(), "serve exits cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "serve exits cleanly on SIGTERM: {status:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "embedded nats-server stopped");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "embedded nats-server stopped"
+    );
 }

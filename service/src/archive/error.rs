@@ -9,7 +9,11 @@ pub enum ArchiveError {
     #[error("object {object} is missing")]
     Missing { object: String },
     #[error("object {object} is corrupt: {message}")]
-    Corrupt { object: String, record: Option<u64>, message: String },
+    Corrupt {
+        object: String,
+        record: Option<u64>,
+        message: String,
+    },
     #[error("object store failed on {object}: {message}")]
     Store { object: String, message: String },
     /// An encrypted object this service cannot open (no identity, wrong key).
@@ -19,7 +23,11 @@ pub enum ArchiveError {
 
 impl ArchiveError {
     pub fn corrupt(object: impl Into<String>, message: impl Into<String>) -> Self {
-        ArchiveError::Corrupt { object: object.into(), record: None, message: message.into() }
+        ArchiveError::Corrupt {
+            object: object.into(),
+            record: None,
+            message: message.into(),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {

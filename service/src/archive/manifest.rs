@@ -6,7 +6,8 @@
 
 use cim_backup_contracts::cid::{Cid, dag_cbor_cid, verifies};
 use cim_backup_contracts::events::{
-    Compression, ConsumerPosition, ENCRYPTION_AGE, Encryption, PartInfo, SegmentInfo, StreamCut, StreamSummary,
+    Compression, ConsumerPosition, ENCRYPTION_AGE, Encryption, PartInfo, SegmentInfo, StreamCut,
+    StreamSummary,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -74,7 +75,8 @@ impl StreamArchive {
             raw_bytes: self.raw_bytes,
             stored_bytes: self.stored_bytes,
             // Stored objects of the stream: segments, or a snapshot's parts.
-            segments: self.segments.len() as u64 + self.snapshot.as_ref().map_or(0, |s| s.parts.len() as u64),
+            segments: self.segments.len() as u64
+                + self.snapshot.as_ref().map_or(0, |s| s.parts.len() as u64),
             parent: self.parent,
         }
     }
@@ -92,16 +94,25 @@ impl Manifest {
     pub fn decode(bytes: &[u8], expected: &Cid) -> Result<Manifest, ArchiveError> {
         let object = key(expected);
         if !verifies(expected, bytes) {
-            return Err(ArchiveError::corrupt(&object, "content does not match its CID (tampered or damaged)"));
+            return Err(ArchiveError::corrupt(
+                &object,
+                "content does not match its CID (tampered or damaged)",
+            ));
         }
         let manifest: Manifest = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| ArchiveError::corrupt(&object, format!("not a manifest: {e}")))?;
         if manifest.format != MANIFEST_FORMAT {
-            return Err(ArchiveError::corrupt(&object, format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format)));
+            return Err(ArchiveError::corrupt(
+                &object,
+                format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format),
+            ));
         }
         if let Some(e) = &manifest.encryption {
             if e.scheme != ENCRYPTION_AGE {
-                return Err(ArchiveError::corrupt(&object, format!("encryption scheme {:?} is not supported", e.scheme)));
+                return Err(ArchiveError::corrupt(
+                    &object,
+                    format!("encryption scheme {:?} is not supported", e.scheme),
+                ));
             }
         }
         Ok(manifest)
@@ -113,7 +124,13 @@ impl Manifest {
 
     /// Objects of the backup (segments or parts, plus this manifest) and their stored bytes.
     pub fn objects(&self) -> (u64, u64) {
-        let stored: u64 = self.streams.iter().map(|s| s.segments.len() as u64 + s.snapshot.as_ref().map_or(0, |x| x.parts.len() as u64)).sum();
+        let stored: u64 = self
+            .streams
+            .iter()
+            .map(|s| {
+                s.segments.len() as u64 + s.snapshot.as_ref().map_or(0, |x| x.parts.len() as u64)
+            })
+            .sum();
         let bytes: u64 = self.streams.iter().map(|s| s.stored_bytes).sum();
         (stored + 1, bytes)
     }
@@ -136,7 +153,10 @@ mod tests {
             tool: "cim-backup test".into(),
             job_id: "j".into(),
             created: OffsetDateTime::UNIX_EPOCH,
-            compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 },
+            compression: Compression {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: 3,
+            },
             encryption: None,
             streams: vec![StreamArchive {
                 name: "EVENTS".into(),
@@ -195,7 +215,10 @@ mod tests {
         let (bytes, _) = manifest().encode();
         let wrong = dag_cbor_cid(b"other");
         let err = Manifest::decode(&bytes, &wrong).unwrap_err();
-        assert!(err.to_string().contains(&format!("manifests/{wrong}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("manifests/{wrong}")),
+            "{err}"
+        );
     }
 }
 
@@ -211,15 +234,27 @@ mod golden {
 
     #[test]
     fn the_documented_example_backup_is_reproduced_byte_for_byte() {
-        let none = Compression { algorithm: CompressionAlgorithm::None, level: 0 };
+        let none = Compression {
+            algorithm: CompressionAlgorithm::None,
+            level: 0,
+        };
         let mut builder = SegmentBuilder::with_capacity(64);
-        builder.push(&Record { seq: 1, time_ns: 0, subject: "a", headers: b"", payload: b"x" });
+        builder.push(&Record {
+            seq: 1,
+            time_ns: 0,
+            subject: "a",
+            headers: b"",
+            payload: b"x",
+        });
         let segment = builder.seal(none, None).unwrap();
         assert_eq!(
             hex(&segment.bytes),
             "43494d53454700011c000000010000000000000000000000000000000100610000000001000000786b79fb47"
         );
-        assert_eq!(segment.info.cid.to_string(), "bafkreifgcoxeh4jlcdo7wckg5xmac7qtmb5zudt5fbf5hse4ocbzwgmv6u");
+        assert_eq!(
+            segment.info.cid.to_string(),
+            "bafkreifgcoxeh4jlcdo7wckg5xmac7qtmb5zudt5fbf5hse4ocbzwgmv6u"
+        );
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             tool: "cim-backup 0.1.0".into(),
@@ -252,7 +287,10 @@ mod golden {
         };
         let (bytes, cid) = manifest.encode();
         assert_eq!(hex(&bytes), include_str!("golden/manifest_v1.hex").trim());
-        assert_eq!(cid.to_string(), "bafyreibtgq5ff3peyv77nipssyvl2774tr6cbrqzunw3v4ctzfqx4z4gdy");
+        assert_eq!(
+            cid.to_string(),
+            "bafyreibtgq5ff3peyv77nipssyvl2774tr6cbrqzunw3v4ctzfqx4z4gdy"
+        );
     }
 
     fn hex(bytes: &[u8]) -> String {

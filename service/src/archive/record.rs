@@ -49,7 +49,11 @@ pub fn encode(out: &mut Vec<u8>, record: &Record<'_>) {
     let start = out.len();
     out.extend_from_slice(&record.seq.to_le_bytes());
     out.extend_from_slice(&record.time_ns.to_le_bytes());
-    out.extend_from_slice(&u16::try_from(record.subject.len()).expect("subject fits u16").to_le_bytes());
+    out.extend_from_slice(
+        &u16::try_from(record.subject.len())
+            .expect("subject fits u16")
+            .to_le_bytes(),
+    );
     out.extend_from_slice(record.subject.as_bytes());
     out.extend_from_slice(&(record.headers.len() as u32).to_le_bytes()); // < body_len, fits
     out.extend_from_slice(record.headers);
@@ -77,16 +81,28 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Records { buf, pos: 0, failed: false }
+        Records {
+            buf,
+            pos: 0,
+            failed: false,
+        }
     }
 
     fn next_record(&mut self) -> Result<Record<'a>, RecordError> {
         let offset = self.pos;
-        let err = |seq, message: String| RecordError { offset, seq, message };
+        let err = |seq, message: String| RecordError {
+            offset,
+            seq,
+            message,
+        };
         let rest = &self.buf[self.pos..];
-        let body_len = read_u32(rest, 0).ok_or_else(|| err(None, "truncated length".into()))? as usize;
+        let body_len =
+            read_u32(rest, 0).ok_or_else(|| err(None, "truncated length".into()))? as usize;
         if body_len < FIXED || rest.len() < 4 + body_len + 4 {
-            return Err(err(None, format!("length {body_len} runs past the end of the segment")));
+            return Err(err(
+                None,
+                format!("length {body_len} runs past the end of the segment"),
+            ));
         }
         let body = &rest[4..4 + body_len];
         let seq = u64::from_le_bytes(body[0..8].try_into().unwrap());
@@ -98,21 +114,39 @@ impl<'a> Records<'a> {
         let mut at = 16;
         let subject_len = u16::from_le_bytes(body[at..at + 2].try_into().unwrap()) as usize;
         at += 2;
-        let subject = body.get(at..at + subject_len).ok_or_else(|| err(Some(seq), "subject overruns".into()))?;
-        let subject = std::str::from_utf8(subject).map_err(|_| err(Some(seq), "subject is not UTF-8".into()))?;
+        let subject = body
+            .get(at..at + subject_len)
+            .ok_or_else(|| err(Some(seq), "subject overruns".into()))?;
+        let subject = std::str::from_utf8(subject)
+            .map_err(|_| err(Some(seq), "subject is not UTF-8".into()))?;
         at += subject_len;
-        let headers_len = read_u32(body, at).ok_or_else(|| err(Some(seq), "headers length overruns".into()))? as usize;
+        let headers_len = read_u32(body, at)
+            .ok_or_else(|| err(Some(seq), "headers length overruns".into()))?
+            as usize;
         at += 4;
-        let headers = body.get(at..at + headers_len).ok_or_else(|| err(Some(seq), "headers overrun".into()))?;
+        let headers = body
+            .get(at..at + headers_len)
+            .ok_or_else(|| err(Some(seq), "headers overrun".into()))?;
         at += headers_len;
-        let payload_len = read_u32(body, at).ok_or_else(|| err(Some(seq), "payload length overruns".into()))? as usize;
+        let payload_len = read_u32(body, at)
+            .ok_or_else(|| err(Some(seq), "payload length overruns".into()))?
+            as usize;
         at += 4;
         if at + payload_len != body.len() {
-            return Err(err(Some(seq), "payload length does not match the record length".into()));
+            return Err(err(
+                Some(seq),
+                "payload length does not match the record length".into(),
+            ));
         }
         let payload = &body[at..];
         self.pos += 4 + body_len + 4;
-        Ok(Record { seq, time_ns, subject, headers, payload })
+        Ok(Record {
+            seq,
+            time_ns,
+            subject,
+            headers,
+            payload,
+        })
     }
 }
 
@@ -136,7 +170,9 @@ impl<'a> Iterator for Records<'a> {
 /// Encodes a header map as a NATS header block with names sorted (values keep their order).
 pub fn encode_headers(headers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.clear();
-    let Some(headers) = headers.filter(|h| !h.is_empty()) else { return };
+    let Some(headers) = headers.filter(|h| !h.is_empty()) else {
+        return;
+    };
     let mut entries: Vec<_> = headers.iter().collect();
     entries.sort_by(|a, b| AsRef::<str>::as_ref(a.0).cmp(AsRef::<str>::as_ref(b.0)));
     out.extend_from_slice(b"NATS/1.0\r\n");
@@ -157,12 +193,16 @@ pub fn validate_headers(block: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     let text = std::str::from_utf8(block).map_err(|_| "header block is not UTF-8".to_owned())?;
-    let body = text.strip_prefix("NATS/1.0").ok_or("header block does not start with NATS/1.0")?;
+    let body = text
+        .strip_prefix("NATS/1.0")
+        .ok_or("header block does not start with NATS/1.0")?;
     if !body.ends_with("\r\n\r\n") {
         return Err("header block is not terminated by an empty line".into());
     }
     for line in body.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
-        let (name, _) = line.split_once(':').ok_or_else(|| format!("header line {line:?} has no colon"))?;
+        let (name, _) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header line {line:?} has no colon"))?;
         check_header_name(name)?;
     }
     Ok(())
@@ -190,9 +230,14 @@ pub fn decode_headers(block: &[u8]) -> Result<Option<HeaderMap>, String> {
     }
     let mut map = HeaderMap::new();
     for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or_else(|| format!("header line {line:?} has no colon"))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header line {line:?} has no colon"))?;
         check_header_name(name)?;
-        let value: async_nats::HeaderValue = value.trim_start().parse().map_err(|_| format!("header {name} has an invalid value"))?;
+        let value: async_nats::HeaderValue = value
+            .trim_start()
+            .parse()
+            .map_err(|_| format!("header {name} has an invalid value"))?;
         map.append(name, value);
     }
     Ok(Some(map))
@@ -256,16 +301,35 @@ mod tests {
         map.append("Multi", "b");
         let mut block = Vec::new();
         encode_headers(Some(&map), &mut block);
-        assert_eq!(block, b"NATS/1.0\r\nAlpha: two words\r\nMulti: a\r\nMulti: b\r\nZed: 1\r\n\r\n");
+        assert_eq!(
+            block,
+            b"NATS/1.0\r\nAlpha: two words\r\nMulti: a\r\nMulti: b\r\nZed: 1\r\n\r\n"
+        );
         let back = decode_headers(&block).unwrap().unwrap();
         assert_eq!(back.get("Alpha").unwrap().as_str(), "two words");
-        assert_eq!(back.get_all("Multi").map(|v| v.as_str().to_owned()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            back.get_all("Multi")
+                .map(|v| v.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(validate_headers(&block), Ok(()));
-        assert!(validate_headers(b"NATS/1.0\r\nno colon\r\n\r\n").unwrap_err().contains("no colon"));
+        assert!(
+            validate_headers(b"NATS/1.0\r\nno colon\r\n\r\n")
+                .unwrap_err()
+                .contains("no colon")
+        );
         assert!(validate_headers(b"HTTP/1.1\r\n\r\n").is_err());
         let bad_name = "NATS/1.0\r\nB\u{e4}d: x\r\n\r\n".as_bytes();
-        assert!(validate_headers(bad_name).unwrap_err().contains("not valid"));
-        assert!(decode_headers(bad_name).unwrap_err().contains("not valid"), "no panic, an error");
+        assert!(
+            validate_headers(bad_name)
+                .unwrap_err()
+                .contains("not valid")
+        );
+        assert!(
+            decode_headers(bad_name).unwrap_err().contains("not valid"),
+            "no panic, an error"
+        );
         encode_headers(None, &mut block);
         assert!(block.is_empty());
         assert!(decode_headers(b"").unwrap().is_none());

@@ -39,12 +39,20 @@ impl SegmentBuilder {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut raw = Vec::with_capacity(capacity + 64 * 1024);
         raw.extend_from_slice(&SEGMENT_MAGIC);
-        SegmentBuilder { raw, first: None, last: (0, 0), records: 0 }
+        SegmentBuilder {
+            raw,
+            first: None,
+            last: (0, 0),
+            records: 0,
+        }
     }
 
     /// Appends a record; records must come in increasing sequence order.
     pub fn push(&mut self, rec: &Record<'_>) {
-        debug_assert!(self.first.is_none() || rec.seq > self.last.0, "records out of order");
+        debug_assert!(
+            self.first.is_none() || rec.seq > self.last.0,
+            "records out of order"
+        );
         record::encode(&mut self.raw, rec);
         self.first.get_or_insert((rec.seq, rec.time_ns));
         self.last = (rec.seq, rec.time_ns);
@@ -62,13 +70,22 @@ impl SegmentBuilder {
 
     /// Compresses, encrypts (if `recipients` is given) and names the segment. CPU-bound: run it
     /// off the async executor.
-    pub fn seal(self, compression: Compression, recipients: Option<&[String]>) -> Result<SealedSegment, ArchiveError> {
+    pub fn seal(
+        self,
+        compression: Compression,
+        recipients: Option<&[String]>,
+    ) -> Result<SealedSegment, ArchiveError> {
         let (first_seq, first_ns) = self.first.expect("sealing an empty segment is a bug");
         let stored: Vec<u8> = match compression.algorithm {
             CompressionAlgorithm::Zstd => {
                 let mut compressor = zstd::bulk::Compressor::new(compression.level)
-                    .and_then(|mut c| c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).map(|_| c))
-                    .map_err(|e| ArchiveError::corrupt("(new segment)", format!("zstd setup: {e}")))?;
+                    .and_then(|mut c| {
+                        c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                            .map(|_| c)
+                    })
+                    .map_err(|e| {
+                        ArchiveError::corrupt("(new segment)", format!("zstd setup: {e}"))
+                    })?;
                 compressor
                     .compress(&self.raw)
                     .map_err(|e| ArchiveError::corrupt("(new segment)", format!("zstd: {e}")))?
@@ -76,8 +93,12 @@ impl SegmentBuilder {
             CompressionAlgorithm::None => self.raw.clone(),
         };
         let stored = match recipients {
-            Some(recipients) => crate::keys::Keys::encrypt(recipients, &stored)
-                .map_err(|e| ArchiveError::Key { object: "(new segment)".into(), message: e.to_string() })?,
+            Some(recipients) => {
+                crate::keys::Keys::encrypt(recipients, &stored).map_err(|e| ArchiveError::Key {
+                    object: "(new segment)".into(),
+                    message: e.to_string(),
+                })?
+            }
             None => stored,
         };
         let info = SegmentInfo {
@@ -90,7 +111,10 @@ impl SegmentBuilder {
             raw_bytes: self.raw.len() as u64,
             stored_bytes: stored.len() as u64,
         };
-        Ok(SealedSegment { bytes: Bytes::from(stored), info })
+        Ok(SealedSegment {
+            bytes: Bytes::from(stored),
+            info,
+        })
     }
 }
 
@@ -101,7 +125,8 @@ pub fn time_of(ns: i64) -> OffsetDateTime {
 
 /// Nanoseconds since the epoch of a time.
 pub fn nanos_of(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp_nanos().clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    t.unix_timestamp_nanos()
+        .clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 /// Object key of a segment relative to the destination prefix.
@@ -125,33 +150,52 @@ pub fn open(stored: &[u8], info: &SegmentInfo, codec: Codec<'_>) -> Result<Vec<u
     if stored.len() as u64 != info.stored_bytes {
         return Err(ArchiveError::corrupt(
             &object,
-            format!("size is {} bytes, the manifest says {}", stored.len(), info.stored_bytes),
+            format!(
+                "size is {} bytes, the manifest says {}",
+                stored.len(),
+                info.stored_bytes
+            ),
         ));
     }
     if !verifies(&info.cid, stored) {
-        return Err(ArchiveError::corrupt(&object, "content does not match its CID (tampered or damaged)"));
+        return Err(ArchiveError::corrupt(
+            &object,
+            "content does not match its CID (tampered or damaged)",
+        ));
     }
     let decrypted;
     let stored = match codec.keys {
         Some(keys) => {
-            decrypted = keys.decrypt(stored).map_err(|e| ArchiveError::Key { object: object.clone(), message: e.to_string() })?;
+            decrypted = keys.decrypt(stored).map_err(|e| ArchiveError::Key {
+                object: object.clone(),
+                message: e.to_string(),
+            })?;
             &decrypted[..]
         }
         None => stored,
     };
     let plain = match compression {
         CompressionAlgorithm::Zstd => zstd::bulk::decompress(stored, info.raw_bytes as usize)
-            .map_err(|e| ArchiveError::corrupt(&object, format!("zstd frame does not decompress: {e}")))?,
+            .map_err(|e| {
+                ArchiveError::corrupt(&object, format!("zstd frame does not decompress: {e}"))
+            })?,
         CompressionAlgorithm::None => stored.to_vec(),
     };
     if plain.len() as u64 != info.raw_bytes {
         return Err(ArchiveError::corrupt(
             &object,
-            format!("plaintext is {} bytes, the manifest says {}", plain.len(), info.raw_bytes),
+            format!(
+                "plaintext is {} bytes, the manifest says {}",
+                plain.len(),
+                info.raw_bytes
+            ),
         ));
     }
     if plain.get(..8) != Some(&SEGMENT_MAGIC[..]) {
-        return Err(ArchiveError::corrupt(&object, "not a cim-backup segment (bad magic)"));
+        return Err(ArchiveError::corrupt(
+            &object,
+            "not a cim-backup segment (bad magic)",
+        ));
     }
     Ok(plain)
 }
@@ -166,30 +210,54 @@ pub fn records(plain: &[u8]) -> Records<'_> {
 /// number of records.
 pub fn check_records(plain: &[u8], info: &SegmentInfo) -> Result<u64, ArchiveError> {
     let object = key(info);
-    let corrupt = |record: Option<u64>, message: String| ArchiveError::Corrupt { object: object.clone(), record, message };
+    let corrupt = |record: Option<u64>, message: String| ArchiveError::Corrupt {
+        object: object.clone(),
+        record,
+        message,
+    };
     let mut count = 0u64;
     let mut prev: Option<u64> = None;
     for rec in records(plain) {
         let rec = rec.map_err(|e| corrupt(e.seq, e.to_string()))?;
         record::validate_headers(rec.headers).map_err(|m| corrupt(Some(rec.seq), m))?;
         if rec.seq < info.first_seq || rec.seq > info.last_seq {
-            return Err(corrupt(Some(rec.seq), format!("seq {} is outside {}..={}", rec.seq, info.first_seq, info.last_seq)));
+            return Err(corrupt(
+                Some(rec.seq),
+                format!(
+                    "seq {} is outside {}..={}",
+                    rec.seq, info.first_seq, info.last_seq
+                ),
+            ));
         }
         if let Some(p) = prev {
             if rec.seq <= p {
-                return Err(corrupt(Some(rec.seq), format!("seq {} follows {p}", rec.seq)));
+                return Err(corrupt(
+                    Some(rec.seq),
+                    format!("seq {} follows {p}", rec.seq),
+                ));
             }
         } else if rec.seq != info.first_seq || rec.time_ns != nanos_of(info.first_time) {
-            return Err(corrupt(Some(rec.seq), "first record does not match the manifest".into()));
+            return Err(corrupt(
+                Some(rec.seq),
+                "first record does not match the manifest".into(),
+            ));
         }
         prev = Some(rec.seq);
         count += 1;
-        if count == info.records && (rec.seq != info.last_seq || rec.time_ns != nanos_of(info.last_time)) {
-            return Err(corrupt(Some(rec.seq), "last record does not match the manifest".into()));
+        if count == info.records
+            && (rec.seq != info.last_seq || rec.time_ns != nanos_of(info.last_time))
+        {
+            return Err(corrupt(
+                Some(rec.seq),
+                "last record does not match the manifest".into(),
+            ));
         }
     }
     if count != info.records {
-        return Err(corrupt(prev, format!("holds {count} records, the manifest says {}", info.records)));
+        return Err(corrupt(
+            prev,
+            format!("holds {count} records, the manifest says {}", info.records),
+        ));
     }
     Ok(count)
 }
@@ -198,10 +266,16 @@ pub fn check_records(plain: &[u8], info: &SegmentInfo) -> Result<u64, ArchiveErr
 mod tests {
     use super::*;
 
-    const ZSTD: Codec<'static> = Codec { compression: CompressionAlgorithm::Zstd, keys: None };
+    const ZSTD: Codec<'static> = Codec {
+        compression: CompressionAlgorithm::Zstd,
+        keys: None,
+    };
 
     fn zstd() -> Compression {
-        Compression { algorithm: CompressionAlgorithm::Zstd, level: 3 }
+        Compression {
+            algorithm: CompressionAlgorithm::Zstd,
+            level: 3,
+        }
     }
 
     fn build(seqs: &[u64]) -> SealedSegment {
@@ -221,7 +295,10 @@ mod tests {
     #[test]
     fn a_sealed_segment_opens_and_checks() {
         let seg = build(&[3, 4, 7]);
-        assert_eq!((seg.info.first_seq, seg.info.last_seq, seg.info.records), (3, 7, 3));
+        assert_eq!(
+            (seg.info.first_seq, seg.info.last_seq, seg.info.records),
+            (3, 7, 3)
+        );
         let plain = open(&seg.bytes, &seg.info, ZSTD).unwrap();
         assert_eq!(check_records(&plain, &seg.info).unwrap(), 3);
         let seqs: Vec<u64> = records(&plain).map(|r| r.unwrap().seq).collect();
@@ -251,7 +328,12 @@ mod tests {
         let plain = open(&seg.bytes, &seg.info, ZSTD).unwrap();
         let mut info = seg.info.clone();
         info.records = 4;
-        assert!(check_records(&plain, &info).unwrap_err().to_string().contains("holds 3 records"));
+        assert!(
+            check_records(&plain, &info)
+                .unwrap_err()
+                .to_string()
+                .contains("holds 3 records")
+        );
         let mut info = seg.info.clone();
         info.last_seq = 2;
         assert_eq!(check_records(&plain, &info).unwrap_err().record(), Some(3));
@@ -260,9 +342,31 @@ mod tests {
     #[test]
     fn uncompressed_segments_work_too() {
         let mut b = SegmentBuilder::with_capacity(64);
-        b.push(&Record { seq: 1, time_ns: 5, subject: "a", headers: b"", payload: b"x" });
-        let seg = b.seal(Compression { algorithm: CompressionAlgorithm::None, level: 0 }, None).unwrap();
-        let plain = open(&seg.bytes, &seg.info, Codec { compression: CompressionAlgorithm::None, keys: None }).unwrap();
+        b.push(&Record {
+            seq: 1,
+            time_ns: 5,
+            subject: "a",
+            headers: b"",
+            payload: b"x",
+        });
+        let seg = b
+            .seal(
+                Compression {
+                    algorithm: CompressionAlgorithm::None,
+                    level: 0,
+                },
+                None,
+            )
+            .unwrap();
+        let plain = open(
+            &seg.bytes,
+            &seg.info,
+            Codec {
+                compression: CompressionAlgorithm::None,
+                keys: None,
+            },
+        )
+        .unwrap();
         assert_eq!(check_records(&plain, &seg.info).unwrap(), 1);
     }
 }

@@ -26,14 +26,21 @@ pub struct ArchiveStore {
 
 impl std::fmt::Debug for ArchiveStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArchiveStore").field("url", &self.url).finish()
+        f.debug_struct("ArchiveStore")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
 fn store_error(object: &str, e: object_store::Error) -> ArchiveError {
     match e {
-        object_store::Error::NotFound { .. } => ArchiveError::Missing { object: object.to_owned() },
-        other => ArchiveError::Store { object: object.to_owned(), message: other.to_string() },
+        object_store::Error::NotFound { .. } => ArchiveError::Missing {
+            object: object.to_owned(),
+        },
+        other => ArchiveError::Store {
+            object: object.to_owned(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -62,7 +69,10 @@ impl ArchiveStore {
             .list_with_delimiter(Some(&self.prefix))
             .await
             .map(|_| ())
-            .map_err(|e| ArchiveError::Store { object: self.url.clone(), message: e.to_string() })
+            .map_err(|e| ArchiveError::Store {
+                object: self.url.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// The size of `key`, or `None` if it does not exist (one HEAD request, nothing read).
@@ -93,11 +103,16 @@ impl ArchiveStore {
     }
 
     pub async fn put_segment(&self, sealed: &SealedSegment) -> Result<bool, ArchiveError> {
-        self.put_if_absent(&segment::key(&sealed.info), sealed.bytes.clone()).await
+        self.put_if_absent(&segment::key(&sealed.info), sealed.bytes.clone())
+            .await
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
-        let result = self.store.get(&self.path(key)).await.map_err(|e| store_error(key, e))?;
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| store_error(key, e))?;
         result.bytes().await.map_err(|e| store_error(key, e))
     }
 
@@ -105,7 +120,8 @@ impl ArchiveStore {
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(Cid, u64), ArchiveError> {
         let (bytes, cid) = manifest.encode();
         let size = bytes.len() as u64;
-        self.put_if_absent(&manifest::key(&cid), Bytes::from(bytes)).await?;
+        self.put_if_absent(&manifest::key(&cid), Bytes::from(bytes))
+            .await?;
         Ok((cid, size))
     }
 
@@ -124,17 +140,31 @@ impl ArchiveStore {
             .try_collect()
             .await
             .map_err(|e| store_error("manifests/", e))?;
-        Ok(metas.iter().filter_map(|m| m.location.filename().and_then(|name| Cid::try_from(name).ok())).collect())
+        Ok(metas
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(|name| Cid::try_from(name).ok())
+            })
+            .collect())
     }
 
     /// Deletes an object (used by tests and by cleanup of cancelled jobs' manifests; segments
     /// are content-addressed and may be shared, so they are never deleted by a job).
     pub async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
-        self.store.delete(&self.path(key)).await.map_err(|e| store_error(key, e))
+        self.store
+            .delete(&self.path(key))
+            .await
+            .map_err(|e| store_error(key, e))
     }
 
     /// Overwrites an object unconditionally (tests use it to tamper with backups).
     pub async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
-        self.store.put(&self.path(key), PutPayload::from_bytes(bytes)).await.map(|_| ()).map_err(|e| store_error(key, e))
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error(key, e))
     }
 }
