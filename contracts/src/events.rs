@@ -105,6 +105,16 @@ struct WireEnvelope {
     data: Ipld,
 }
 
+/// The chain-placing fields of an envelope ([`EventEnvelope::decode_head`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnvelopeHead {
+    pub v: u32,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: u64,
+    pub prev: Option<Cid>,
+}
+
 impl JobEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -189,6 +199,17 @@ impl EventEnvelope {
         let bytes = self.encode();
         let cid = EventCid(dag_cbor_cid(&bytes));
         (bytes, cid)
+    }
+
+    /// Decodes only what places an event in its chain (aggregate, sequence, `prev`), skipping
+    /// its data: what a chain walk needs, at a fraction of the cost of [`Self::decode`].
+    pub fn decode_head(bytes: &[u8]) -> Result<EnvelopeHead, EventDecodeError> {
+        let head: EnvelopeHead = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| EventDecodeError::Cbor(e.to_string()))?;
+        if head.v > ENVELOPE_VERSION {
+            return Err(EventDecodeError::EnvelopeVersion(head.v));
+        }
+        Ok(head)
     }
 
     /// Decodes an event payload. Does not check the CID; see [`crate::cid::verifies`].

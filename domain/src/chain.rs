@@ -126,7 +126,7 @@ impl Profile for Native {
         Some(1)
     }
     fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
-        let envelope = EventEnvelope::decode(item.payload).map_err(|e| e.to_string())?;
+        let envelope = EventEnvelope::decode_head(item.payload).map_err(|e| e.to_string())?;
         let cid = dag_cbor_cid(item.payload).to_string();
         let content = (item.headers)("Cim-Cid").map(|claimed| {
             if claimed == cid {
@@ -406,8 +406,9 @@ impl ChainWalker {
                 return vec![self.finding(&item, None, FindingKind::Undecodable, detail, None)];
             }
         };
-        let head = self.heads.get(&link.chain).cloned();
-        let last_good = head.as_ref().map(|h| (h.stream_seq, h.time_ns));
+        // The head is only read here; cloning it per message would cost more than the check.
+        let head = self.heads.get(&link.chain);
+        let last_good = head.map(|h| (h.stream_seq, h.time_ns));
         if let Some(Err(detail)) = &link.content {
             // Content that does not match its CID cannot become the chain's head: the next
             // event must link to the genuine predecessor.
@@ -421,7 +422,7 @@ impl ChainWalker {
             return vec![finding];
         }
         let mut found = None;
-        match &head {
+        match head {
             None if self.anchored => {}
             None => {
                 let genesis = self.profile.genesis_sequence();
@@ -472,15 +473,18 @@ impl ChainWalker {
             .map(|(kind, detail)| self.finding(&item, Some(&link.chain), kind, detail, last_good))
             .into_iter()
             .collect();
-        self.heads.insert(
-            link.chain,
-            Head {
-                cid: link.cid,
-                sequence: link.sequence,
-                stream_seq: item.stream_seq,
-                time_ns: item.time_ns,
-            },
-        );
+        let next = Head {
+            cid: link.cid,
+            sequence: link.sequence,
+            stream_seq: item.stream_seq,
+            time_ns: item.time_ns,
+        };
+        match self.heads.get_mut(&link.chain) {
+            Some(head) => *head = next,
+            None => {
+                self.heads.insert(link.chain, next);
+            }
+        }
         findings
     }
 

@@ -13,6 +13,7 @@
 //!   request helper that speaks the contract as a foreign client would.
 //! - [`streams`] — builders for CIM-like test streams and helpers to compare streams.
 
+pub mod bench;
 pub mod nats;
 pub mod s3;
 pub mod service;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::error::EngineError;
-use super::reader::RangeReader;
+use super::reader::ReadAhead;
 use super::restore::plan::{Chain, Plan, codec};
 use crate::archive::record::decode_headers;
 use crate::archive::{ArchiveError, segment};
@@ -294,29 +294,28 @@ async fn walk_live(
     if first > last {
         return Ok(());
     }
-    let mut reader = RangeReader::open(&ctx.js, &walk.stream, first, last).await?;
-    let mut n = 0u64;
-    while let Some(read) = reader.next().await {
-        let read = read?;
-        n += 1;
-        if n % 1024 == 0 && cancel.is_cancelled() {
+    let mut reader = ReadAhead::spawn(&ctx.js, &walk.stream, first, last);
+    while let Some(batch) = reader.next_batch().await {
+        if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let headers = read.message.headers.as_ref();
-        let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let item = ChainItem {
-            stream_seq: read.seq,
-            time_ns: read.time_ns,
-            subject: read.message.subject.as_str(),
-            headers: &lookup,
-            payload: &read.message.payload,
-        };
-        let found = walk.check(item);
-        if let Some((job, progress)) = job.as_mut() {
-            progress.tick(ctx, job, found).await?;
-        }
-        if walk.done() {
-            break;
+        for read in batch? {
+            let headers = read.message.headers.as_ref();
+            let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+            let item = ChainItem {
+                stream_seq: read.seq,
+                time_ns: read.time_ns,
+                subject: read.message.subject.as_str(),
+                headers: &lookup,
+                payload: &read.message.payload,
+            };
+            let found = walk.check(item);
+            if let Some((job, progress)) = job.as_mut() {
+                progress.tick(ctx, job, found).await?;
+            }
+            if walk.done() {
+                return Ok(());
+            }
         }
     }
     Ok(())

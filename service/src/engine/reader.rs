@@ -102,3 +102,63 @@ impl RangeReader {
         }))
     }
 }
+
+/// Messages per batch handed from a [`ReadAhead`]'s reading task to its consumer.
+const BATCH: usize = 256;
+
+/// A [`RangeReader`] on its own task, handing over batches: reading (the client's parsing)
+/// and the caller's per-message work (hashing, chain walking) then run on both cores instead
+/// of taking turns. Dropping it stops the reading task.
+pub struct ReadAhead {
+    batches: tokio::sync::mpsc::Receiver<Result<Vec<ReadMessage>, EngineError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadAhead {
+    pub fn spawn(js: &jetstream::Context, stream: &str, from: u64, until: u64) -> ReadAhead {
+        let (tx, batches) = tokio::sync::mpsc::channel(8);
+        let (js, stream) = (js.clone(), stream.to_owned());
+        let task = tokio::spawn(async move {
+            let mut reader = match RangeReader::open(&js, &stream, from, until).await {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut batch = Vec::with_capacity(BATCH);
+            while let Some(read) = reader.next().await {
+                match read {
+                    Ok(message) => batch.push(message),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if batch.len() == BATCH
+                    && tx
+                        .send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(Ok(batch)).await;
+            }
+        });
+        ReadAhead { batches, task }
+    }
+
+    /// The next batch of the range, in order, or `None` at its end.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<ReadMessage>, EngineError>> {
+        self.batches.recv().await
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
