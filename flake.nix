@@ -36,6 +36,10 @@
           "verify-backup"
           "restore-events"
           "cancel-job"
+          "check-data-integrity"
+          "find-corruption-point"
+          "restore-from-point"
+          "replay-corrupted-events"
         ];
         app = command: {
           type = "app";

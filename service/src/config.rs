@@ -30,10 +30,11 @@
 //! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
 //! identity_files = ["/etc/cim/backup.agekey"]                                  # to read
 //!
-//! [integrity.streams.EVENTS]            # how check walks this stream's CID chains
-//! profile = "cim-ipld"                  # native | cim-ipld | x-cid-headers | link-only
-//! chain_by = { subject_token = 2 }      # or { field = "aggregate_id" }, or "stream"
-//! projections = [{ bucket = "CIM_PROJECTIONS", key_prefix = "graph." }]
+//! [integrity.streams.EVENTS]          # how checks walk this stream (docs/INTEGRITY.md)
+//! profile = "cim-ipld"                # native | cim-ipld | x-cid-headers | link-only
+//! chain_by = { subject_token = 1 }    # or { field = "aggregate_id" }, or "stream"
+//! projections = [{ bucket = "EVENTS_VIEW", key_prefix = "order." }]
+//! projectors = ["orders-projector"]   # durable consumers replay-corrupted-events resets
 //! ```
 
 use std::collections::BTreeMap;
@@ -338,9 +339,10 @@ mod tests {
         let events = &config.integrity.streams["EVENTS"];
         assert_eq!(
             events.chain_by,
-            Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(2))
+            Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(1))
         );
-        assert_eq!(events.projections[0].key_prefix, "graph.");
+        assert_eq!(events.projections[0].key_prefix, "order.");
+        assert_eq!(events.projectors, ["orders-projector"]);
     }
 
     #[test]

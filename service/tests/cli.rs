@@ -237,3 +237,140 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
         "embedded nats-server stopped"
     );
 }
+
+/// The runbook's corruption scenario through the binary: check (exit 5), find the point,
+/// restore from it (refused without confirmation, the plan shown), check again (exit 0), replay.
+#[tokio::test]
+async fn the_corruption_runbook_works_through_the_binary() {
+    use cim_backup::config::StreamIntegrity;
+    use cim_backup_contracts::integrity::{ChainBy, ProfileKind};
+    use cim_backup_tests::streams::{api_level, publish_chained};
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    publish_chained(&client, "cim.graph", 600, 10).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.integrity.streams.insert(
+        "GRAPH".into(),
+        StreamIntegrity {
+            profile: ProfileKind::CimIpld,
+            chain_by: Some(ChainBy::SubjectToken(2)),
+            cid_field: None,
+            previous_field: None,
+            sequence_field: None,
+            projections: vec![],
+            projectors: vec![],
+        },
+    );
+    let service = TestService::start(config).await;
+    let url = nats.url();
+    let run = |args: Vec<String>| {
+        let u = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                cli(&u, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let out = run(args("backup-event-streams --streams GRAPH --wait")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(args("check-data-integrity")).await;
+    assert_eq!(out.status.code(), Some(0), "clean: {}", text(&out));
+    assert!(
+        text(&out).contains("Event Stream: OK - 600 messages in 10 chains verified"),
+        "{}",
+        text(&out)
+    );
+
+    js.get_stream("GRAPH")
+        .await
+        .unwrap()
+        .delete_message(305)
+        .await
+        .unwrap(); // aggregate 4's 31st event
+    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    assert_eq!(out.status.code(), Some(5), "corrupted: {}", text(&out));
+    assert!(
+        text(&out).contains("Event Stream: CORRUPTED - CID chain broken at seq 315"),
+        "{}",
+        text(&out)
+    );
+    let out = run(args(
+        "--json find-corruption-point --stream GRAPH --start-seq 200",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    // The report, then the error (both JSON).
+    let found: Value = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(found[0]["findings"][0]["stream_seq"], 315);
+    assert_eq!(found[0]["findings"][0]["last_good_seq"], 295);
+
+    if api_level(&client).await < 5 {
+        let out = run(args(
+            "restore-from-point --stream GRAPH --sequence 296 --dry-run",
+        ))
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "refused before 2.15: {}",
+            text(&out)
+        );
+        service.stop().await;
+        return;
+    }
+    // Not a terminal and no --confirm: the plan is shown, nothing changes (exit 2).
+    let out = run(args("restore-from-point --stream GRAPH --sequence 296")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("replaces  304 live messages from seq 296")
+            && text(&out).contains("--confirm"),
+        "{}",
+        text(&out)
+    );
+    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    assert_eq!(out.status.code(), Some(5), "unchanged: {}", text(&out));
+
+    let out = run(args(
+        "restore-from-point --stream GRAPH --sequence 296 --confirm",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("completed") && text(&out).contains("GRAPH_PRE_REPAIR_"),
+        "{}",
+        text(&out)
+    );
+    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    assert_eq!(out.status.code(), Some(0), "repaired: {}", text(&out));
+    let out = run(args(
+        "replay-corrupted-events --stream GRAPH --from-seq 296 --validate-cids --consumers none",
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "an unknown consumer is named: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("none"), "{}", text(&out));
+    service.stop().await;
+}
