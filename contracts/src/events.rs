@@ -107,10 +107,12 @@ struct WireEnvelope {
 
 /// The chain-placing fields of an envelope ([`EventEnvelope::decode_head`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct EnvelopeHead {
+pub struct EnvelopeHead<'a> {
     pub v: u32,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
+    #[serde(borrow)]
+    pub aggregate_type: &'a str,
+    #[serde(borrow)]
+    pub aggregate_id: &'a str,
     pub sequence: u64,
     pub prev: Option<Cid>,
 }
@@ -203,8 +205,8 @@ impl EventEnvelope {
 
     /// Decodes only what places an event in its chain (aggregate, sequence, `prev`), skipping
     /// its data: what a chain walk needs, at a fraction of the cost of [`Self::decode`].
-    pub fn decode_head(bytes: &[u8]) -> Result<EnvelopeHead, EventDecodeError> {
-        let head: EnvelopeHead = serde_ipld_dagcbor::from_slice(bytes)
+    pub fn decode_head(bytes: &[u8]) -> Result<EnvelopeHead<'_>, EventDecodeError> {
+        let head: EnvelopeHead<'_> = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| EventDecodeError::Cbor(e.to_string()))?;
         if head.v > ENVELOPE_VERSION {
             return Err(EventDecodeError::EnvelopeVersion(head.v));

@@ -12,7 +12,9 @@
 //!   `out_of_order` and one that skips is a `sequence_gap`; a predecessor link that does not name
 //!   the head is a `broken_link`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Write as _;
 
 use cim_backup_contracts::cid::{Cid, dag_cbor_cid};
 use cim_backup_contracts::events::EventEnvelope;
@@ -46,13 +48,59 @@ pub fn no_headers(_: &str) -> Option<&'static str> {
     None
 }
 
-/// What a profile reads from one message.
+/// A CID as a message carries it: parsed (the native envelope's tag-42 links, compared as
+/// binary, never encoded on the hot path) or text (JSON and header formats, compared as written).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub chain: String,
-    /// The event's CID as the message claims it (string form, compared as written).
-    pub cid: String,
-    pub prev: Option<String>,
+pub enum LinkCid<'a> {
+    Binary(Cid),
+    Text(Cow<'a, str>),
+}
+
+impl LinkCid<'_> {
+    /// Whether both name the same CID (binary with binary, text with text: a profile uses one).
+    pub fn same(&self, other: &LinkCid<'_>) -> bool {
+        match (self, other) {
+            (LinkCid::Binary(a), LinkCid::Binary(b)) => a == b,
+            (LinkCid::Text(a), LinkCid::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn into_owned(self) -> LinkCid<'static> {
+        match self {
+            LinkCid::Binary(c) => LinkCid::Binary(c),
+            LinkCid::Text(t) => LinkCid::Text(Cow::Owned(t.into_owned())),
+        }
+    }
+
+    /// Becomes `other`, reusing this one's text buffer (a chain's head changes every event).
+    fn set(&mut self, other: LinkCid<'_>) {
+        match (&mut *self, other) {
+            (LinkCid::Text(Cow::Owned(buffer)), LinkCid::Text(text)) => {
+                buffer.clear();
+                buffer.push_str(&text);
+            }
+            (_, other) => *self = other.into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkCid<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkCid::Binary(c) => write!(f, "{c}"),
+            LinkCid::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// What a profile reads from one message, borrowing from it where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub chain: Cow<'a, str>,
+    /// The event's CID as the message claims it.
+    pub cid: LinkCid<'a>,
+    pub prev: Option<LinkCid<'a>>,
     pub sequence: Option<u64>,
     /// `Some(Err)` when the content does not hash to `cid`; `None` when the profile cannot tell.
     pub content: Option<Result<(), String>>,
@@ -61,7 +109,7 @@ pub struct Link {
 /// A message format's view of chains.
 pub trait Profile {
     fn kind(&self) -> ProfileKind;
-    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String>;
+    fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String>;
     /// The sequence of a chain's first event, when the format numbers events.
     fn genesis_sequence(&self) -> Option<u64>;
 }
@@ -86,25 +134,25 @@ pub fn profile(spec: &ChainProfile) -> Box<dyn Profile + Send + Sync> {
 }
 
 /// The chain key of a message by subject token, field or stream.
-fn chain_key(
+fn chain_key<'a>(
     chain_by: &ChainBy,
-    item: &ChainItem<'_>,
+    item: &ChainItem<'a>,
     json: Option<&Value>,
-) -> Result<String, String> {
+) -> Result<Cow<'a, str>, String> {
     match chain_by {
-        ChainBy::Stream | ChainBy::Envelope => Ok(String::new()),
+        ChainBy::Stream | ChainBy::Envelope => Ok(Cow::Borrowed("")),
         ChainBy::SubjectToken(i) => item
             .subject
             .split('.')
             .nth(*i)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .ok_or_else(|| format!("subject {} has no token {i}", item.subject)),
         ChainBy::Field(path) => {
             let json = json.ok_or("the payload is not JSON")?;
             match field(json, path) {
-                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::String(s)) => Ok(Cow::Owned(s.clone())),
                 Some(Value::Null) | None => Err(format!("no field {path}")),
-                Some(other) => Ok(other.to_string()),
+                Some(other) => Ok(Cow::Owned(other.to_string())),
             }
         }
     }
@@ -125,11 +173,11 @@ impl Profile for Native {
     fn genesis_sequence(&self) -> Option<u64> {
         Some(1)
     }
-    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+    fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String> {
         let envelope = EventEnvelope::decode_head(item.payload).map_err(|e| e.to_string())?;
-        let cid = dag_cbor_cid(item.payload).to_string();
+        let cid = dag_cbor_cid(item.payload);
         let content = (item.headers)("Cim-Cid").map(|claimed| {
-            if claimed == cid {
+            if Cid::try_from(claimed).is_ok_and(|c| c == cid) {
                 Ok(())
             } else {
                 Err(format!(
@@ -138,9 +186,9 @@ impl Profile for Native {
             }
         });
         Ok(Link {
-            chain: format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id),
-            cid,
-            prev: envelope.prev.map(|p| p.to_string()),
+            chain: Cow::Owned(format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id)),
+            cid: LinkCid::Binary(cid),
+            prev: envelope.prev.map(LinkCid::Binary),
             sequence: Some(envelope.sequence),
             content,
         })
@@ -157,8 +205,10 @@ pub struct CimIpld {
 struct ChainedContent<'a> {
     #[serde(borrow)]
     content: &'a RawValue,
-    cid: String,
-    previous_cid: Option<String>,
+    #[serde(borrow)]
+    cid: Cow<'a, str>,
+    #[serde(borrow)]
+    previous_cid: Option<Cow<'a, str>>,
     sequence: u64,
 }
 
@@ -172,24 +222,18 @@ impl Profile for CimIpld {
     fn genesis_sequence(&self) -> Option<u64> {
         Some(0)
     }
-    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
-        let c: ChainedContent<'_> = serde_json::from_slice(item.payload)
+    fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String> {
+        let c: ChainedContent<'a> = serde_json::from_slice(item.payload)
             .map_err(|e| format!("not a ChainedContent: {e}"))?;
         // The hashed bytes are serde_json's of {content, previous_cid, sequence} in that order.
         let mut hashed = Vec::with_capacity(c.content.get().len() + 96);
         hashed.extend_from_slice(b"{\"content\":");
         hashed.extend_from_slice(c.content.get().as_bytes());
         hashed.extend_from_slice(b",\"previous_cid\":");
-        hashed.extend_from_slice(
-            serde_json::to_string(&c.previous_cid)
-                .expect("strings serialize")
-                .as_bytes(),
-        );
-        hashed.extend_from_slice(b",\"sequence\":");
-        hashed.extend_from_slice(c.sequence.to_string().as_bytes());
-        hashed.push(b'}');
+        serde_json::to_writer(&mut hashed, &c.previous_cid).expect("writing to memory");
+        write!(hashed, ",\"sequence\":{}}}", c.sequence).expect("writing to memory");
         let digest = blake3::hash(&hashed);
-        let content = match Cid::try_from(c.cid.as_str()) {
+        let content = match Cid::try_from(c.cid.as_ref()) {
             Err(e) => Err(format!("cid {:?} is not a CID: {e}", c.cid)),
             // The CID's codec label varies between cim-ipld versions; the multihash is what counts.
             Ok(claimed) if claimed.hash().code() != BLAKE3 => {
@@ -212,8 +256,8 @@ impl Profile for CimIpld {
         };
         Ok(Link {
             chain,
-            cid: c.cid,
-            prev: c.previous_cid,
+            cid: LinkCid::Text(c.cid),
+            prev: c.previous_cid.map(LinkCid::Text),
             sequence: Some(c.sequence),
             content: Some(content),
         })
@@ -232,14 +276,13 @@ impl Profile for XCidHeaders {
     fn genesis_sequence(&self) -> Option<u64> {
         None
     }
-    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+    fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String> {
         let cid = (item.headers)("X-CID")
             .filter(|c| !c.is_empty())
-            .ok_or("no X-CID header")?
-            .to_owned();
+            .ok_or("no X-CID header")?;
         let prev = (item.headers)("X-Parent-CID")
             .filter(|c| !c.is_empty())
-            .map(str::to_owned);
+            .map(|p| LinkCid::Text(Cow::Borrowed(p)));
         // The CID is over the stored event's JSON with its `cid` field empty.
         let text = std::str::from_utf8(item.payload).map_err(|_| "payload is not UTF-8")?;
         let needle = format!("\"cid\":\"{cid}\"");
@@ -248,7 +291,7 @@ impl Profile for XCidHeaders {
             Some(at) => {
                 let hashed = format!("{}\"cid\":\"\"{}", &text[..at], &text[at + needle.len()..]);
                 let computed = cim_backup_contracts::cid::raw_cid(hashed.as_bytes());
-                match Cid::try_from(cid.as_str()) {
+                match Cid::try_from(cid) {
                     Ok(claimed) if claimed.hash() == computed.hash() => Ok(()),
                     Ok(_) => Err(format!(
                         "X-CID {cid} does not match the content (sha2-256 gives {computed})"
@@ -266,7 +309,7 @@ impl Profile for XCidHeaders {
         let chain = chain_key(&self.chain_by, item, json.as_ref())?;
         Ok(Link {
             chain,
-            cid,
+            cid: LinkCid::Text(Cow::Borrowed(cid)),
             prev,
             sequence: None,
             content: Some(content),
@@ -289,7 +332,7 @@ impl Profile for LinkOnly {
     fn genesis_sequence(&self) -> Option<u64> {
         None
     }
-    fn link(&self, item: &ChainItem<'_>) -> Result<Link, String> {
+    fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String> {
         let json: Value = serde_json::from_slice(item.payload)
             .map_err(|e| format!("payload is not JSON: {e}"))?;
         let text = |path: &str| match field(&json, path) {
@@ -308,8 +351,8 @@ impl Profile for LinkOnly {
         let chain = chain_key(&self.chain_by, item, Some(&json))?;
         Ok(Link {
             chain,
-            cid,
-            prev: text(&self.previous_field),
+            cid: LinkCid::Text(Cow::Owned(cid)),
+            prev: text(&self.previous_field).map(|p| LinkCid::Text(Cow::Owned(p))),
             sequence,
             content: None,
         })
@@ -318,7 +361,7 @@ impl Profile for LinkOnly {
 
 #[derive(Debug, Clone)]
 struct Head {
-    cid: String,
+    cid: LinkCid<'static>,
     sequence: Option<u64>,
     stream_seq: u64,
     time_ns: i64,
@@ -389,7 +432,7 @@ impl ChainWalker {
             (
                 chain.as_str(),
                 ChainState {
-                    head_cid: h.cid.clone(),
+                    head_cid: h.cid.to_string(),
                     head_seq: h.stream_seq,
                     first_break: self.broken.get(chain).copied(),
                 },
@@ -407,7 +450,7 @@ impl ChainWalker {
             }
         };
         // The head is only read here; cloning it per message would cost more than the check.
-        let head = self.heads.get(&link.chain);
+        let head = self.heads.get(link.chain.as_ref());
         let last_good = head.map(|h| (h.stream_seq, h.time_ns));
         if let Some(Err(detail)) = &link.content {
             // Content that does not match its CID cannot become the chain's head: the next
@@ -436,7 +479,7 @@ impl ChainWalker {
                     found = Some((FindingKind::MissingPredecessor, detail));
                 }
             }
-            Some(h) if h.cid == link.cid => {
+            Some(h) if h.cid.same(&link.cid) => {
                 let finding = self.finding(
                     &item,
                     Some(&link.chain),
@@ -460,10 +503,11 @@ impl ChainWalker {
                 (Some(s), Some(hs)) if s > hs + 1 => {
                     found = Some((FindingKind::SequenceGap, format!("sequence {s} after {hs}")))
                 }
-                _ if link.prev.as_deref() != Some(h.cid.as_str()) => {
+                _ if !link.prev.as_ref().is_some_and(|p| p.same(&h.cid)) => {
+                    let named = link.prev.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
                     found = Some((
                         FindingKind::BrokenLink,
-                        format!("predecessor is {:?}, expected {}", link.prev, h.cid),
+                        format!("predecessor is {named}, expected {}", h.cid),
                     ));
                 }
                 _ => {}
@@ -473,16 +517,21 @@ impl ChainWalker {
             .map(|(kind, detail)| self.finding(&item, Some(&link.chain), kind, detail, last_good))
             .into_iter()
             .collect();
-        let next = Head {
-            cid: link.cid,
-            sequence: link.sequence,
-            stream_seq: item.stream_seq,
-            time_ns: item.time_ns,
-        };
-        match self.heads.get_mut(&link.chain) {
-            Some(head) => *head = next,
+        match self.heads.get_mut(link.chain.as_ref()) {
+            Some(head) => {
+                head.cid.set(link.cid);
+                head.sequence = link.sequence;
+                head.stream_seq = item.stream_seq;
+                head.time_ns = item.time_ns;
+            }
             None => {
-                self.heads.insert(link.chain, next);
+                let head = Head {
+                    cid: link.cid.into_owned(),
+                    sequence: link.sequence,
+                    stream_seq: item.stream_seq,
+                    time_ns: item.time_ns,
+                };
+                self.heads.insert(link.chain.into_owned(), head);
             }
         }
         findings

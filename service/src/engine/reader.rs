@@ -162,3 +162,13 @@ impl Drop for ReadAhead {
         self.task.abort();
     }
 }
+
+/// The first value of header `name` (exact name), found by comparing names: `HeaderMap::get`
+/// builds a `HeaderName` per call, which a chain walk would pay on every message.
+pub fn header<'h>(headers: Option<&'h async_nats::HeaderMap>, name: &str) -> Option<&'h str> {
+    headers?
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(*k) == name)
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
+}

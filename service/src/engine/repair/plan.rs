@@ -18,6 +18,7 @@ use crate::archive::record::{Record, decode_headers};
 use crate::archive::{ArchiveError, ArchiveStore, segment};
 use crate::engine::context::Context;
 use crate::engine::error::EngineError;
+use crate::engine::reader::header;
 use crate::engine::restore::plan::{Chain, Plan, Tally, codec};
 use crate::jsapi::StreamInfo;
 
@@ -128,12 +129,7 @@ impl Source {
                     continue;
                 };
                 let headers = decode_headers(record.headers).ok().flatten();
-                let lookup = |name: &str| {
-                    headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str())
-                };
+                let lookup = |name: &str| header(headers.as_ref(), name);
                 let item = ChainItem {
                     stream_seq: record.seq,
                     time_ns: record.time_ns,
