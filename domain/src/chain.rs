@@ -186,7 +186,10 @@ impl Profile for Native {
             }
         });
         Ok(Link {
-            chain: Cow::Owned(format!("{}.{}", envelope.aggregate_type, envelope.aggregate_id)),
+            chain: Cow::Owned(format!(
+                "{}.{}",
+                envelope.aggregate_type, envelope.aggregate_id
+            )),
             cid: LinkCid::Binary(cid),
             prev: envelope.prev.map(LinkCid::Binary),
             sequence: Some(envelope.sequence),
@@ -504,7 +507,10 @@ impl ChainWalker {
                     found = Some((FindingKind::SequenceGap, format!("sequence {s} after {hs}")))
                 }
                 _ if !link.prev.as_ref().is_some_and(|p| p.same(&h.cid)) => {
-                    let named = link.prev.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
+                    let named = link
+                        .prev
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), ToString::to_string);
                     found = Some((
                         FindingKind::BrokenLink,
                         format!("predecessor is {named}, expected {}", h.cid),

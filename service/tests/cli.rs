@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use cim_backup_tests::service::{TestService, test_config};
+use cim_backup_tests::service::{TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{assert_same_messages, create_stream, publish_events, read_all};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::Value;
@@ -242,8 +242,6 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
 /// restore from it (refused without confirmation, the plan shown), check again (exit 0), replay.
 #[tokio::test]
 async fn the_corruption_runbook_works_through_the_binary() {
-    use cim_backup::config::StreamIntegrity;
-    use cim_backup_contracts::integrity::{ChainBy, ProfileKind};
     use cim_backup_tests::streams::{api_level, publish_chained};
     init_tracing();
     let nats = NatsServer::start().await;
@@ -253,18 +251,10 @@ async fn the_corruption_runbook_works_through_the_binary() {
     publish_chained(&client, "cim.graph", 600, 10).await;
     let js = async_nats::jetstream::new(client.clone());
     let mut config = test_config(&nats.url(), archive.path(), "node-a");
-    config.integrity.streams.insert(
-        "GRAPH".into(),
-        StreamIntegrity {
-            profile: ProfileKind::CimIpld,
-            chain_by: Some(ChainBy::SubjectToken(2)),
-            cid_field: None,
-            previous_field: None,
-            sequence_field: None,
-            projections: vec![],
-            projectors: vec![],
-        },
-    );
+    config
+        .integrity
+        .streams
+        .insert("GRAPH".into(), ipld_chains_by_token_2(vec![], &[]));
     let service = TestService::start(config).await;
     let url = nats.url();
     let run = |args: Vec<String>| {

@@ -233,3 +233,20 @@ pub async fn stored_view(client: &async_nats::Client, job_id: &str) -> Option<Jo
     let bytes = bucket.get(job_id).await.ok()??;
     Some(serde_json::from_slice(&bytes).expect("stored job view"))
 }
+
+/// The integrity configuration of a stream of cim-ipld chains with one chain per subject token 2
+/// (`<a>.<b>.<aggregate>`, what `streams::publish_chained` writes).
+pub fn ipld_chains_by_token_2(
+    projections: Vec<cim_backup_contracts::integrity::ProjectionSpec>,
+    projectors: &[&str],
+) -> cim_backup::config::StreamIntegrity {
+    cim_backup::config::StreamIntegrity {
+        profile: cim_backup_contracts::integrity::ProfileKind::CimIpld,
+        chain_by: Some(cim_backup_contracts::integrity::ChainBy::SubjectToken(2)),
+        cid_field: None,
+        previous_field: None,
+        sequence_field: None,
+        projections,
+        projectors: projectors.iter().map(|p| p.to_string()).collect(),
+    }
+}

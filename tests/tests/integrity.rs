@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use cim_backup::config::StreamIntegrity;
-use cim_backup_contracts::integrity::{
-    ChainBy, FindingKind, IntegrityReport, ProfileKind, ProjectionSpec,
-};
+use cim_backup_contracts::integrity::{FindingKind, IntegrityReport, ProjectionSpec};
 use cim_backup_contracts::subjects::{CMD_CHECK, CMD_START};
 use cim_backup_contracts::views::{JobState, JobView};
-use cim_backup_tests::service::{Caller, TestService, test_config};
+use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{chained_content, create_stream, publish_chained};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::{Value, json};
@@ -60,20 +57,15 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     let mut config = test_config(&nats.url(), archive.path(), "node-a");
     config.integrity.streams.insert(
         "GRAPH".into(),
-        StreamIntegrity {
-            profile: ProfileKind::CimIpld,
-            chain_by: Some(ChainBy::SubjectToken(2)),
-            cid_field: None,
-            previous_field: None,
-            sequence_field: None,
-            projections: vec![ProjectionSpec {
+        ipld_chains_by_token_2(
+            vec![ProjectionSpec {
                 bucket: "GRAPH_VIEW".into(),
                 key_prefix: "node.".into(),
                 cid_field: None,
                 seq_field: None,
             }],
-            projectors: vec!["graph-projector".into()],
-        },
+            &["graph-projector"],
+        ),
     );
     let service = TestService::start(config).await;
     let c = Caller::connect(&nats.url()).await;

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use cim_backup::config::StreamIntegrity;
 use cim_backup::jsapi::JsApi;
-use cim_backup_contracts::integrity::{ChainBy, FindingKind, IntegrityReport, ProfileKind};
+use cim_backup_contracts::integrity::{FindingKind, IntegrityReport};
 use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_REPAIR, CMD_START};
 use cim_backup_contracts::views::{JobKind, JobState, JobView};
-use cim_backup_tests::service::{Caller, TestService, test_config};
+use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{
     api_level, assert_same_messages, chained_content, create_stream, publish_chained, read_all,
     state,
@@ -78,15 +77,7 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
     let mut config = test_config(&nats.url(), archive.path(), "node-a");
     config.integrity.streams.insert(
         "GRAPH".into(),
-        StreamIntegrity {
-            profile: ProfileKind::CimIpld,
-            chain_by: Some(ChainBy::SubjectToken(2)),
-            cid_field: None,
-            previous_field: None,
-            sequence_field: None,
-            projections: vec![],
-            projectors: vec!["graph-projector".into()],
-        },
+        ipld_chains_by_token_2(vec![], &["graph-projector"]),
     );
     let service = TestService::start(config).await;
     let c = Caller::connect(&nats.url()).await;

@@ -22,7 +22,7 @@ use super::context::Context;
 use super::error::EngineError;
 use super::reader::{ReadAhead, header};
 use super::restore::plan::{Chain, Plan, codec};
-use crate::archive::record::decode_headers;
+use crate::archive::record::{Record, decode_headers};
 use crate::archive::{ArchiveError, segment};
 use crate::jobs::{Job, execute};
 
@@ -194,9 +194,20 @@ impl Walk {
     }
 
     fn check(&mut self, item: ChainItem<'_>) -> u64 {
-        self.first_seq.get_or_insert(item.stream_seq);
-        self.last_seq = item.stream_seq;
+        let seq = item.stream_seq;
         let found = self.walker.check(item);
+        self.note(seq, found)
+    }
+
+    fn check_record(&mut self, record: &Record<'_>) -> u64 {
+        let found = check_record(&mut self.walker, record);
+        self.note(record.seq, found)
+    }
+
+    /// Counts what checking the message at `seq` found; keeps the first `max` findings.
+    fn note(&mut self, seq: u64, found: Vec<Finding>) -> u64 {
+        self.first_seq.get_or_insert(seq);
+        self.last_seq = seq;
         let n = found.len() as u64;
         for f in found {
             self.total += 1;
@@ -401,20 +412,24 @@ async fn walk_backup(
             if !plan.keeps(&record) {
                 continue;
             }
-            let headers = decode_headers(record.headers).ok().flatten();
-            let lookup = |name: &str| header(headers.as_ref(), name);
-            let item = ChainItem {
-                stream_seq: record.seq,
-                time_ns: record.time_ns,
-                subject: record.subject,
-                headers: &lookup,
-                payload: record.payload,
-            };
-            let found = walk.check(item);
+            let found = walk.check_record(&record);
             progress.tick(ctx, job, found).await?;
         }
     }
     Ok(())
+}
+
+/// Checks one archived record, with the headers decoded from its stored block.
+pub(crate) fn check_record(walker: &mut ChainWalker, record: &Record<'_>) -> Vec<Finding> {
+    let headers = decode_headers(record.headers).ok().flatten();
+    let lookup = |name: &str| header(headers.as_ref(), name);
+    walker.check(ChainItem {
+        stream_seq: record.seq,
+        time_ns: record.time_ns,
+        subject: record.subject,
+        headers: &lookup,
+        payload: record.payload,
+    })
 }
 
 /// Compares KV projections with the chains (the convention of docs/INTEGRITY.md): an entry

@@ -306,7 +306,7 @@ impl Repair<'_> {
             &[],
         )
         .await?;
-        let mut progress = Progress::new();
+        let mut progress = Progress::new(true);
         if plan.kept_live > 0 {
             self.copy_range(
                 job,
@@ -381,7 +381,7 @@ impl Repair<'_> {
                 payload: &read.message.payload,
             };
             upload.message(&record).await?;
-            if progress.tick(self.ctx, job).await? % 1024 == 0 {
+            if progress.tick(self.ctx, job).await? % 1024 == 0 && progress.cancellable {
                 self.check_cancel()?;
             }
         }
@@ -531,21 +531,11 @@ impl Repair<'_> {
                 &entries,
             )
             .await?;
-            let mut reader =
-                RangeReader::open(&self.ctx.js, &plan.staging, 1, plan.target_last_seq).await?;
-            let mut headers = Vec::new();
-            while let Some(read) = reader.next().await {
-                let read = read?;
-                encode_headers(read.message.headers.as_ref(), &mut headers);
-                let record = Record {
-                    seq: read.seq,
-                    time_ns: read.time_ns,
-                    subject: read.message.subject.as_str(),
-                    headers: &headers,
-                    payload: &read.message.payload,
-                };
-                upload.message(&record).await?;
-            }
+            // Past the point of no return: a late cancel signal must not stop this copy.
+            let mut progress = Progress::new(false);
+            let staged = (1, plan.target_last_seq);
+            self.copy_range(job, &mut upload, &plan.staging, staged, &mut progress)
+                .await?;
             upload.finish().await?;
         }
         let (_, report) = self.check_rebuilt(job, stream, plan).await?;
@@ -657,13 +647,16 @@ async fn undo(ctx: &Context, job: &Job<RepairJob>) {
 struct Progress {
     done: u64,
     last: tokio::time::Instant,
+    /// Whether a cancel may stop the copy (not once the live stream is being replaced).
+    cancellable: bool,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(cancellable: bool) -> Self {
         Progress {
             done: 0,
             last: tokio::time::Instant::now(),
+            cancellable,
         }
     }
 

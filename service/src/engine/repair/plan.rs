@@ -10,15 +10,15 @@ use cim_backup_contracts::JobId;
 use cim_backup_contracts::cid::Cid;
 use cim_backup_contracts::events::{RepairPlan, Selection};
 use cim_backup_contracts::integrity::ChainProfile;
-use cim_backup_domain::chain::{ChainItem, ChainWalker, profile};
+use cim_backup_domain::chain::{ChainWalker, profile};
 use serde_json::{Value, json};
 
 use super::streams;
-use crate::archive::record::{Record, decode_headers};
+use crate::archive::record::Record;
 use crate::archive::{ArchiveError, ArchiveStore, segment};
+use crate::engine::check::check_record;
 use crate::engine::context::Context;
 use crate::engine::error::EngineError;
-use crate::engine::reader::header;
 use crate::engine::restore::plan::{Chain, Plan, Tally, codec};
 use crate::jsapi::StreamInfo;
 
@@ -128,16 +128,7 @@ impl Source {
                 let Some(walker) = walker.as_mut() else {
                     continue;
                 };
-                let headers = decode_headers(record.headers).ok().flatten();
-                let lookup = |name: &str| header(headers.as_ref(), name);
-                let item = ChainItem {
-                    stream_seq: record.seq,
-                    time_ns: record.time_ns,
-                    subject: record.subject,
-                    headers: &lookup,
-                    payload: record.payload,
-                };
-                if let Some(finding) = walker.check(item).into_iter().next() {
+                if let Some(finding) = check_record(walker, &record).into_iter().next() {
                     return Err(EngineError::precondition(
                         ErrorCode::Corrupt,
                         format!(
