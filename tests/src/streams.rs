@@ -275,3 +275,29 @@ pub async fn publish_chained(
         .map(|(cid, _, seq)| (cid.unwrap_or_default(), seq))
         .collect()
 }
+
+/// Publishes, on `<prefix>.<aggregate>`, the next event of a cim-ipld chain whose content was
+/// changed after its CID was computed (a tampered event); returns its stream sequence.
+pub async fn publish_tampered(
+    client: &async_nats::Client,
+    prefix: &str,
+    aggregate: usize,
+    previous: &str,
+    sequence: u64,
+) -> u64 {
+    let (genuine, _) = chained_content(
+        &json!({ "node": aggregate, "label": "real" }),
+        Some(previous),
+        sequence,
+    );
+    let tampered = String::from_utf8(genuine.to_vec())
+        .unwrap()
+        .replace("\"real\"", "\"fake\"");
+    let js = jetstream::new(client.clone());
+    js.publish(format!("{prefix}.{aggregate}"), tampered.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence
+}

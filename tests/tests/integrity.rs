@@ -7,7 +7,7 @@ use cim_backup_contracts::integrity::{FindingKind, IntegrityReport, ProjectionSp
 use cim_backup_contracts::subjects::{CMD_CHECK, CMD_START};
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
-use cim_backup_tests::streams::{chained_content, create_stream, publish_chained};
+use cim_backup_tests::streams::{create_stream, publish_chained, publish_tampered};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::{Value, json};
 
@@ -133,21 +133,7 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
         .delete_message(1_208)
         .await
         .unwrap();
-    let (genuine, _) = chained_content(
-        &json!({ "node": 3, "label": "real" }),
-        Some(heads[3].0.as_str()),
-        60,
-    );
-    let tampered = String::from_utf8(genuine.to_vec())
-        .unwrap()
-        .replace("\"real\"", "\"fake\"");
-    let tampered_seq = js
-        .publish("cim.graph.3", tampered.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let tampered_seq = publish_tampered(&client, "cim.graph", 3, &heads[3].0, 60).await;
     kv.put(
         "node.11",
         serde_json::to_vec(&json!({ "last_event_cid": "bafkwrong", "last_event_seq": 1 }))

@@ -11,7 +11,7 @@ use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_REPAIR, CMD_STAR
 use cim_backup_contracts::views::{JobKind, JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{
-    api_level, assert_same_messages, chained_content, create_stream, publish_chained, read_all,
+    api_level, assert_same_messages, create_stream, publish_chained, publish_tampered, read_all,
     state,
 };
 use cim_backup_tests::{NatsServer, init_tracing};
@@ -107,21 +107,8 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
 
     // Corruption: aggregate 7 loses seq 1,208; a tampered event of aggregate 3 arrives at 3,001.
     stream.delete_message(1_208).await.unwrap();
-    let (genuine, _) = chained_content(
-        &json!({ "node": 3, "label": "real" }),
-        Some(heads[3].0.as_str()),
-        60,
-    );
-    let tampered = String::from_utf8(genuine.to_vec())
-        .unwrap()
-        .replace("\"real\"", "\"fake\"");
     assert_eq!(
-        js.publish("cim.graph.3", tampered.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence,
+        publish_tampered(&client, "cim.graph", 3, &heads[3].0, 60).await,
         3_001
     );
     let found = check(&c).await;
