@@ -302,3 +302,124 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
     assert_eq!(code, 409);
     service.stop().await;
 }
+
+/// A cancelled repair gives the stream back untouched; a repair whose service crashes resumes
+/// after its last recorded step and still ends with exactly the backup's records.
+#[tokio::test]
+async fn a_cancelled_repair_changes_nothing_and_a_crashed_one_resumes() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    if api_level(&client).await < 5 {
+        return; // refused up front on older servers (the first test asserts that)
+    }
+    let archive = tempfile::tempdir().unwrap();
+    let api = JsApi::new(client.clone());
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    publish_chained(&client, "cim.graph", 150_000, 100).await;
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config
+        .integrity
+        .streams
+        .insert("GRAPH".into(), ipld_chains_by_token_2(vec![], &[]));
+    let service = TestService::start(config.clone()).await;
+    let c = Caller::connect(&nats.url()).await;
+    let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
+    let backup = c
+        .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
+        .await
+        .backup_id
+        .unwrap()
+        .to_string();
+    let clean = read_all(&client, "GRAPH").await;
+    js_delete(&client, 10_050).await;
+    let corrupted = read_all(&client, "GRAPH").await;
+    let streams_before = stream_names(&api).await;
+    let body = json!({ "stream": "GRAPH", "sequence": 10_000, "backup": backup, "confirm": true });
+
+    // Cancel while it stages.
+    let accepted = c.ok(CMD_REPAIR, body.clone()).await;
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let running = |c: Caller, id: String| async move {
+        let v = c.job(&id).await;
+        (v.progress.objects_done >= 1 || v.state.is_terminal()).then_some(v)
+    };
+    let seen = cim_backup_tests::eventually(WAIT, "the safety copy", || {
+        running(c.clone(), job_id.clone())
+    })
+    .await;
+    assert!(!seen.state.is_terminal(), "too fast to cancel: {seen:?}");
+    c.ok(CMD_CANCEL, json!({ "job_id": job_id })).await;
+    let view = c.wait_job(&job_id, WAIT).await;
+    assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+    assert_eq!(
+        stream_names(&api).await,
+        streams_before,
+        "nothing left behind"
+    );
+    assert_same_messages(&read_all(&client, "GRAPH").await, &corrupted);
+    let info = api.stream_info("GRAPH").await.unwrap().unwrap();
+    assert_eq!(info.config["subjects"], json!(["cim.graph.>"]));
+
+    // Crash mid-way, restart: it resumes and completes with the backup's records.
+    let accepted = c.ok(CMD_REPAIR, json!({ "stream": "GRAPH", "sequence": 10_000, "backup": backup, "confirm": true, "idempotency_key": "second" })).await;
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let seen = cim_backup_tests::eventually(WAIT, "the safety copy", || {
+        running(c.clone(), job_id.clone())
+    })
+    .await;
+    assert!(!seen.state.is_terminal(), "too fast to crash: {seen:?}");
+    service.crash().await;
+    let service = TestService::start(config.clone()).await;
+    let view = c.wait_job(&job_id, WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_same_messages(&read_all(&client, "GRAPH").await, &clean);
+    assert!(check(&c).await.is_clean());
+    let names = stream_names(&api).await;
+    assert_eq!(
+        names.len(),
+        streams_before.len() + 1,
+        "the safety copy only: {names:?}"
+    );
+
+    // Crash while the live stream is being replaced (it is gone for a moment): the restarted
+    // service finishes the swap from the staging stream.
+    js_delete(&client, 20_050).await;
+    let body = json!({ "stream": "GRAPH", "sequence": 20_000, "backup": backup, "confirm": true, "keep_safety_copy": false });
+    let job_id = c.ok(CMD_REPAIR, body).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let swapping = |c: Caller, id: String| async move {
+        let v = c.job(&id).await;
+        (v.progress.objects_done >= 4 || v.state.is_terminal()).then_some(v)
+    };
+    let seen =
+        cim_backup_tests::eventually(WAIT, "the swap", || swapping(c.clone(), job_id.clone()))
+            .await;
+    assert!(!seen.state.is_terminal(), "too fast to crash: {seen:?}");
+    service.crash().await;
+    let service = TestService::start(config).await;
+    // Swapping, or already done: either way no cancelling.
+    let (code, message) = c.err(CMD_CANCEL, json!({ "job_id": job_id })).await;
+    assert_eq!(code, 409, "{message}");
+    let view = c.wait_job(&job_id, WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_same_messages(&read_all(&client, "GRAPH").await, &clean);
+    assert_eq!(
+        stream_names(&api).await,
+        names,
+        "staging and this repair's safety copy removed"
+    );
+    service.stop().await;
+}
+
+async fn js_delete(client: &async_nats::Client, seq: u64) {
+    jetstream::new(client.clone())
+        .get_stream("GRAPH")
+        .await
+        .unwrap()
+        .delete_message(seq)
+        .await
+        .unwrap();
+}

@@ -39,7 +39,7 @@ use super::context::Context;
 use super::error::EngineError;
 use super::reader::RangeReader;
 use super::restore::server_archive::{Upload, consumer_entry};
-use super::restore::{begin_upload, settled_info};
+use super::restore::settled_info;
 use crate::archive::record::{Record, encode_headers};
 use crate::jobs::{Job, execute};
 
@@ -298,8 +298,8 @@ impl Repair<'_> {
     async fn stage(&self, job: &mut Job<RepairJob>, plan: &RepairPlan) -> Result<(), EngineError> {
         self.remove_ours(&plan.staging, &job.id).await?;
         let config = streams::built(&self.original, &plan.staging, &job.id);
-        let mut upload = begin_upload(
-            self.ctx,
+        let mut upload = Upload::begin(
+            &self.ctx.api,
             &config,
             first_seq(plan),
             plan.target_last_seq,
@@ -523,8 +523,8 @@ impl Repair<'_> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let config = streams::built(&self.original, stream, &job.id);
-            let mut upload = begin_upload(
-                self.ctx,
+            let mut upload = Upload::begin(
+                &self.ctx.api,
                 &config,
                 first_seq(plan),
                 plan.target_last_seq,

@@ -559,8 +559,8 @@ async fn write_server_archive(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut upload = begin_upload(
-        ctx,
+    let mut upload = server_archive::Upload::begin(
+        &ctx.api,
         &target::quiet(final_config),
         first_seq,
         last_seq,
@@ -603,32 +603,6 @@ async fn write_server_archive(
     }
     upload.finish().await?;
     Ok(tally)
-}
-
-/// Starts a server restore, waiting out a previous interrupted one of the same stream (the
-/// server gives an abandoned upload 5 s before it lets go).
-pub(crate) async fn begin_upload(
-    ctx: &Context,
-    config: &Value,
-    first_seq: u64,
-    last_seq: u64,
-    consumers: &[(String, Value)],
-) -> Result<server_archive::Upload, EngineError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match server_archive::Upload::begin(&ctx.api, config, first_seq, last_seq, consumers).await
-        {
-            Ok(upload) => return Ok(upload),
-            Err(e)
-                if tokio::time::Instant::now() < deadline
-                    && e.to_string().contains("in progress") =>
-            {
-                tracing::info!(error = %e, "waiting for an earlier restore of the stream to be let go");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// The restored stream must hold exactly what was written, on every replica: "completed"

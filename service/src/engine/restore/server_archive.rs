@@ -104,6 +104,44 @@ impl Upload {
         }
         let body = serde_json::to_vec(&json!({ "config": config, "state": {} })).expect("json");
         let client = api.client().clone();
+        // The server lets an abandoned upload of the same stream go after 5 s without data
+        // (a restarted job meets its own): wait for that instead of failing.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let deliver = loop {
+            match Self::request(&client, &name, headers.clone(), body.clone()).await {
+                Err(e) if Instant::now() < deadline && e.to_string().contains("in progress") => {
+                    tracing::info!(stream = %name, error = %e, "waiting for an earlier restore of the stream to be let go");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        };
+        let inbox = client.new_inbox();
+        let acks = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(failed)?;
+        Ok(Upload {
+            client,
+            deliver,
+            encoder: snap::write::FrameEncoder::new(Vec::with_capacity(2 * CHUNK)),
+            inbox,
+            acks,
+            sent: 0,
+            acked: 0,
+            last_send: Instant::now(),
+            entry: Vec::with_capacity(64 * 1024),
+            archive: false,
+        })
+    }
+
+    /// Asks the server to restore a stream; returns the subject to send the data to.
+    async fn request(
+        client: &async_nats::Client,
+        name: &str,
+        headers: async_nats::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<String, EngineError> {
         let reply = tokio::time::timeout(
             Duration::from_secs(30),
             client.request_with_headers(
@@ -124,27 +162,10 @@ impl Upload {
                     .unwrap_or("refused"),
             ));
         }
-        let deliver = reply["deliver_subject"]
+        Ok(reply["deliver_subject"]
             .as_str()
             .ok_or_else(|| failed("no deliver subject in the reply"))?
-            .to_owned();
-        let inbox = client.new_inbox();
-        let acks = client
-            .subscribe(format!("{inbox}.*"))
-            .await
-            .map_err(failed)?;
-        Ok(Upload {
-            client,
-            deliver,
-            encoder: snap::write::FrameEncoder::new(Vec::with_capacity(2 * CHUNK)),
-            inbox,
-            acks,
-            sent: 0,
-            acked: 0,
-            last_send: Instant::now(),
-            entry: Vec::with_capacity(64 * 1024),
-            archive: false,
-        })
+            .to_owned())
     }
 
     /// Sends bytes as they are (passthrough uploads).
