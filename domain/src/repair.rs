@@ -118,6 +118,12 @@ impl RepairJob {
                 self.last_step()
             )));
         }
+        if done.step == RepairStep::Swapping && self.lifecycle.cancel_requested {
+            // The last moment a cancel can win: after this the live stream is replaced.
+            return Err(DomainError::invalid(
+                "step: a cancel is pending; the live stream is not replaced",
+            ));
+        }
         let plan = &self.started.as_ref().ok_or(DomainError::NotCreated)?.plan;
         if matches!(done.step, RepairStep::Verified | RepairStep::Swapped)
             && done.messages != plan.messages()
@@ -381,6 +387,28 @@ mod tests {
         given::<RepairJob>(history_up_to(RepairStep::Swapped))
             .when(RepairCommand::Complete(completed()))
             .then_expect(vec![RepairEvent::RepairCompleted(completed())]);
+    }
+
+    #[test]
+    fn a_pending_cancel_keeps_the_live_stream() {
+        let mut h = history_up_to(RepairStep::Verified);
+        h.push(RepairEvent::RepairCancelRequested(CancelRequested {
+            reason: None,
+        }));
+        given::<RepairJob>(h.clone())
+            .when(RepairCommand::Step(RepairStepDone {
+                step: RepairStep::Swapping,
+                stream: "EVENTS".into(),
+                messages: 200,
+                last_seq: 210,
+                consumers: vec![],
+            }))
+            .then_reject_containing("cancel is pending");
+        given::<RepairJob>(h)
+            .when(RepairCommand::ConfirmCancel(JobCancelled { reason: None }))
+            .then_expect(vec![RepairEvent::RepairCancelled(JobCancelled {
+                reason: None,
+            })]);
     }
 
     #[test]

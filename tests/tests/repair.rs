@@ -124,6 +124,8 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
         ]
     );
     let corrupted = read_all(&client, "GRAPH").await;
+    // A stream created without subjects takes messages on its name: it cannot be frozen.
+    create_stream(&client, "SOLO", &[]).await;
     let streams_before = stream_names(&api).await;
 
     // Bad requests change nothing.
@@ -152,6 +154,11 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
             json!({ "stream": "GRAPH", "sequence": 1_200, "backup": backup, "confirm": true, "keep": 1 }),
             400,
             "keep",
+        ),
+        (
+            json!({ "stream": "SOLO", "sequence": 1, "backup": backup, "dry_run": true }),
+            400,
+            "own name",
         ),
     ] {
         let (got, message) = c.err(CMD_REPAIR, body.clone()).await;

@@ -52,24 +52,30 @@ pub async fn run(
 ) -> Result<(), EngineError> {
     let result = repair(ctx, job, cancel).await;
     match result {
-        Err(e) if !job.state.swapping() => {
-            undo(ctx, job).await;
-            Err(e)
-        }
+        Err(e) if !job.state.swapping() => match undo(ctx, job).await {
+            Ok(()) => Err(e),
+            Err(stuck) => Err(EngineError::precondition(e.code(), format!("{e}; {stuck}"))),
+        },
         Err(e) => {
-            let (safety, staging) = streams::names(
-                &job.state
-                    .spec
-                    .as_ref()
-                    .map(|s| s.stream.clone())
-                    .unwrap_or_default(),
-                &job.id,
-            );
+            let stream = job
+                .state
+                .spec
+                .as_ref()
+                .map(|s| s.stream.clone())
+                .unwrap_or_default();
+            let (safety, staging) = streams::names(&stream, &job.id);
+            let where_ = if job.state.done(RepairStep::Swapped) {
+                format!(
+                    "{stream} holds the repaired content; clean-up did not finish: delete {staging} (and {safety} once not needed) if they remain"
+                )
+            } else {
+                format!(
+                    "while replacing {stream}: the stream as it was is in {safety}, the repaired content in {staging}"
+                )
+            };
             Err(EngineError::precondition(
                 e.code(),
-                format!(
-                    "{e} (while replacing the live stream: the stream as it was is in {safety}, the repaired content in {staging})"
-                ),
+                format!("{e} ({where_})"),
             ))
         }
         Ok(()) => Ok(()),
@@ -136,16 +142,25 @@ async fn repair(
     }
     if !job.state.done(RepairStep::Swapping) {
         r.check_cancel()?;
+        r.ready_to_swap(job, &plan).await?;
         let consumers = r.consumer_positions(&plan.stream).await?;
-        r.record(
-            job,
-            RepairStep::Swapping,
-            &plan.stream,
-            plan.messages(),
-            plan.target_last_seq,
-            consumers,
-        )
-        .await?;
+        let swapping = r
+            .record(
+                job,
+                RepairStep::Swapping,
+                &plan.stream,
+                plan.messages(),
+                plan.target_last_seq,
+                consumers,
+            )
+            .await;
+        match swapping {
+            // A cancel recorded since the last look wins: nothing has been replaced yet.
+            Err(EngineError::Rejected(_)) if job.state.lifecycle.cancel_requested => {
+                return Err(EngineError::Cancelled);
+            }
+            other => other?,
+        }
     }
     // From here on the live stream may be gone: no cancelling, finish or fail loudly.
     let mut report = None;
@@ -183,6 +198,9 @@ impl Repair<'_> {
                 format!("stream {stream} vanished before the repair started"),
             )
         })?;
+        if let Some(why) = plan::refuse(stream, &self.original) {
+            return Err(EngineError::precondition(ErrorCode::BadRequest, why));
+        }
         if !streams::frozen_by(&info.config, &job.id) {
             if !streams::same_config(&info.config, &self.original) {
                 return Err(EngineError::precondition(
@@ -389,12 +407,15 @@ impl Repair<'_> {
     }
 
     /// The stream holds exactly the plan; with a profile, its chains are walked.
+    /// The stream holds exactly the plan (on every replica); with a profile, its chains are
+    /// walked and must be clean.
     async fn check_rebuilt(
         &self,
         job: &Job<RepairJob>,
         stream: &str,
         plan: &RepairPlan,
-    ) -> Result<(u64, Option<IntegrityReport>), EngineError> {
+        cancel: &CancellationToken,
+    ) -> Result<Option<IntegrityReport>, EngineError> {
         let state = settled_info(self.ctx, stream).await?.state;
         if state.messages != plan.messages() || state.last_seq != plan.target_last_seq {
             return Err(EngineError::precondition(
@@ -408,34 +429,86 @@ impl Repair<'_> {
                 ),
             ));
         }
+        self.walk_chains(job, stream, plan, cancel).await
+    }
+
+    /// Walks the repaired range of `stream` (up to the plan's last sequence, whatever was
+    /// written after it) with the job's profile; any break is an error.
+    async fn walk_chains(
+        &self,
+        job: &Job<RepairJob>,
+        stream: &str,
+        plan: &RepairPlan,
+        cancel: &CancellationToken,
+    ) -> Result<Option<IntegrityReport>, EngineError> {
         let Some(profile) = job.state.spec.as_ref().and_then(|s| s.profile.as_ref()) else {
-            return Ok((state.first_seq, None));
+            return Ok(None);
         };
-        let range = (state.first_seq, plan.target_last_seq);
+        let first = settled_info(self.ctx, stream).await?.state.first_seq;
+        let range = (first, plan.target_last_seq);
         let report =
-            super::check::walk_stream(self.ctx, stream, profile, range, 10, self.cancel).await?;
-        if !report.is_clean() {
-            let first = &report.findings[0];
+            super::check::walk_stream(self.ctx, stream, profile, range, 10, cancel).await?;
+        if let Some(first) = report.findings.first() {
+            let hint = if first.stream_seq < plan.from_seq {
+                format!(
+                    " — before the repair point {}: repair from an earlier sequence",
+                    plan.from_seq
+                )
+            } else {
+                String::new()
+            };
             return Err(EngineError::precondition(
                 ErrorCode::Corrupt,
                 format!(
-                    "the repaired content in {stream} still has broken chains: {} finding(s), the first at seq {} ({:?}: {}){}",
-                    report.findings_total,
-                    first.stream_seq,
-                    first.kind,
-                    first.detail,
-                    if first.stream_seq < plan.from_seq {
-                        format!(
-                            " — before the repair point {}: repair from an earlier sequence",
-                            plan.from_seq
-                        )
+                    "the repaired content in {stream} still has broken chains: {} finding(s), the first at seq {} ({:?}: {}){hint}",
+                    report.findings_total, first.stream_seq, first.kind, first.detail
+                ),
+            ));
+        }
+        Ok(Some(report))
+    }
+
+    /// Before the point of no return: the frozen stream is exactly what was planned (nothing
+    /// written to it, nothing removed) and the verified staging stream is still there.
+    async fn ready_to_swap(
+        &self,
+        job: &Job<RepairJob>,
+        plan: &RepairPlan,
+    ) -> Result<(), EngineError> {
+        let live = settled_info(self.ctx, &plan.stream).await?;
+        let frozen = streams::frozen_by(&live.config, &job.id);
+        if !frozen
+            || live.state.messages != plan.live_messages
+            || live.state.last_seq != plan.live_last_seq
+        {
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!(
+                    "{} changed while frozen ({} messages up to seq {}, planned {} up to {}{}); it was not replaced",
+                    plan.stream,
+                    live.state.messages,
+                    live.state.last_seq,
+                    plan.live_messages,
+                    plan.live_last_seq,
+                    if frozen {
+                        ""
                     } else {
-                        String::new()
+                        ", and no longer carries this repair's freeze"
                     }
                 ),
             ));
         }
-        Ok((state.first_seq, Some(report)))
+        let staged = settled_info(self.ctx, &plan.staging).await?;
+        if !streams::built_by(&staged.config, &job.id) || staged.state.messages != plan.messages() {
+            return Err(EngineError::precondition(
+                ErrorCode::Conflict,
+                format!(
+                    "the staging stream {} changed after it was verified; {} was not replaced",
+                    plan.staging, plan.stream
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn verify_staging(
@@ -443,7 +516,8 @@ impl Repair<'_> {
         job: &mut Job<RepairJob>,
         plan: &RepairPlan,
     ) -> Result<(), EngineError> {
-        self.check_rebuilt(job, &plan.staging, plan).await?;
+        self.check_rebuilt(job, &plan.staging, plan, self.cancel)
+            .await?;
         self.record(
             job,
             RepairStep::Verified,
@@ -481,6 +555,9 @@ impl Repair<'_> {
         plan: &RepairPlan,
     ) -> Result<Option<IntegrityReport>, EngineError> {
         let stream = plan.stream.as_str();
+        // Nothing may stop the swap half-way: not a cancel signal, not a late progress event.
+        let never = CancellationToken::new();
+        let mut given_back = false;
         let upload_needed = match self.ctx.api.stream_info(stream).await? {
             None => true,
             Some(info) if streams::frozen_by(&info.config, &job.id) => {
@@ -496,6 +573,14 @@ impl Repair<'_> {
                     self.ctx.api.delete_stream(stream).await?;
                 }
                 !complete
+            }
+            // Rebuilt and given its configuration back before a restart: only the record is missing.
+            Some(info)
+                if streams::same_config(&info.config, &self.original)
+                    && info.state.last_seq >= plan.target_last_seq =>
+            {
+                given_back = true;
+                false
             }
             Some(_) => {
                 return Err(EngineError::precondition(
@@ -531,18 +616,20 @@ impl Repair<'_> {
                 &entries,
             )
             .await?;
-            // Past the point of no return: a late cancel signal must not stop this copy.
             let mut progress = Progress::new(false);
             let staged = (1, plan.target_last_seq);
             self.copy_range(job, &mut upload, &plan.staging, staged, &mut progress)
                 .await?;
             upload.finish().await?;
         }
-        let (_, report) = self.check_rebuilt(job, stream, plan).await?;
-        let current = settled_info(self.ctx, stream).await?.config;
-        if !streams::same_config(&current, &self.original) {
+        let report = if given_back {
+            // It takes writes again: walk the repaired range only.
+            self.walk_chains(job, stream, plan, &never).await?
+        } else {
+            let report = self.check_rebuilt(job, stream, plan, &never).await?;
             self.ctx.api.update_stream(&self.original).await?;
-        }
+            report
+        };
         self.record(
             job,
             RepairStep::Swapped,
@@ -565,8 +652,11 @@ impl Repair<'_> {
         let spec = job.state.spec.clone().expect("accepted");
         let report = match report {
             Some(r) => Some(r),
-            // Resumed after the swap: check again.
-            None if plan.chain_checked => self.check_rebuilt(job, &plan.stream, plan).await?.1,
+            // Resumed after the swap (the stream takes writes again): walk the repaired range.
+            None if plan.chain_checked => {
+                self.walk_chains(job, &plan.stream, plan, &CancellationToken::new())
+                    .await?
+            }
             None => None,
         };
         self.remove_ours(&plan.staging, &job.id).await?;
@@ -603,34 +693,48 @@ impl Repair<'_> {
 
 /// The first sequence the rebuilt stream holds (the server archive's `first_seq`).
 fn first_seq(plan: &RepairPlan) -> u64 {
-    if plan.kept_live > 0 {
+    if plan.messages() == 0 {
+        plan.target_last_seq + 1 // an empty stream's first sequence
+    } else if plan.kept_live > 0 {
         plan.live_first_seq
     } else if plan.from_backup > 0 {
         plan.backup_first_seq
     } else {
-        plan.from_seq
+        // Only newer live messages: they start after the backup's last sequence.
+        plan.from_seq.max(plan.backup_last_seq + 1)
     }
 }
 
 /// A failed or cancelled repair (before the swap) gives the live stream its subjects back and
 /// removes the streams it created. A repair stopped by a shutdown keeps them and resumes.
-async fn undo(ctx: &Context, job: &Job<RepairJob>) {
-    let Some(spec) = &job.state.spec else { return };
-    if let (Ok(Some(info)), Ok(original)) = (
-        ctx.api.stream_info(&spec.stream).await,
-        serde_json::from_str::<Value>(&spec.original_config),
-    ) {
-        if streams::frozen_by(&info.config, &job.id) {
-            match ctx.api.update_stream(&original).await {
-                Ok(()) => {
-                    tracing::info!(job = %job.id, stream = %spec.stream, "repair undone: the stream has its subjects back")
+async fn undo(ctx: &Context, job: &Job<RepairJob>) -> Result<(), String> {
+    let Some(spec) = &job.state.spec else {
+        return Ok(());
+    };
+    let original: Value = serde_json::from_str(&spec.original_config).map_err(|e| e.to_string())?;
+    // Giving the stream its subjects back matters more than anything else here: keep trying
+    // for a minute while NATS recovers, as the runner does for the job's last event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(200);
+    let given_back = loop {
+        let attempt = async {
+            match ctx.api.stream_info(&spec.stream).await? {
+                Some(info) if streams::frozen_by(&info.config, &job.id) => {
+                    ctx.api.update_stream(&original).await.map(|()| true)
                 }
-                Err(e) => {
-                    tracing::error!(job = %job.id, stream = %spec.stream, error = %e, "could not give the stream its subjects back")
-                }
+                _ => Ok(false),
             }
+        };
+        match attempt.await {
+            Ok(changed) => break Ok(changed),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(job = %job.id, stream = %spec.stream, error = %e, "cannot give the stream its subjects back yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => break Err(e),
         }
-    }
+    };
     let (safety, staging) = streams::names(&spec.stream, &job.id);
     for name in [safety, staging] {
         if let Ok(Some(info)) = ctx.api.stream_info(&name).await {
@@ -641,13 +745,24 @@ async fn undo(ctx: &Context, job: &Job<RepairJob>) {
             }
         }
     }
+    match given_back {
+        Ok(true) => {
+            tracing::info!(job = %job.id, stream = %spec.stream, "repair undone: the stream has its subjects back");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!(
+            "{} is still frozen (no subjects) and could not be given its configuration back ({e}): update it to the configuration recorded in the job's RepairAccepted event",
+            spec.stream
+        )),
+    }
 }
 
 /// Messages staged, reported every [`PROGRESS_EVERY`].
 struct Progress {
     done: u64,
     last: tokio::time::Instant,
-    /// Whether a cancel may stop the copy (not once the live stream is being replaced).
+    /// Staging: cancellable and reported. The swap: neither (the live stream is being replaced).
     cancellable: bool,
 }
 
@@ -662,7 +777,8 @@ impl Progress {
 
     async fn tick(&mut self, ctx: &Context, job: &mut Job<RepairJob>) -> Result<u64, EngineError> {
         self.done += 1;
-        if self.last.elapsed() >= PROGRESS_EVERY {
+        // The swap only counts: a slow or failed event append must not stall its upload.
+        if self.cancellable && self.done % 256 == 0 && self.last.elapsed() >= PROGRESS_EVERY {
             execute(
                 &ctx.events,
                 job,

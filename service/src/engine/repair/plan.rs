@@ -19,7 +19,7 @@ use crate::archive::{ArchiveError, ArchiveStore, segment};
 use crate::engine::check::check_record;
 use crate::engine::context::Context;
 use crate::engine::error::EngineError;
-use crate::engine::restore::plan::{Chain, Plan, Tally, codec};
+use crate::engine::restore::plan::{Chain, Plan, Tally, codec, subject_matches};
 use crate::jsapi::StreamInfo;
 
 /// The backup's records from the repair point on.
@@ -170,6 +170,24 @@ pub fn refuse(stream: &str, config: &Value) -> Option<String> {
             "stream {stream} is sealed or denies deletes; a repair must replace it"
         ));
     }
+    // A stream with no subjects answers to its own name, so taking its subjects away would not
+    // stop writes: the repair could not freeze it. (A stream this service froze is judged by
+    // the configuration it had.)
+    let frozen = config
+        .pointer(&format!("/metadata/{}", streams::FROZEN_BY))
+        .is_some();
+    let subjects: Vec<&str> = config
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !frozen && (subjects.is_empty() || subjects.iter().any(|s| subject_matches(s, stream))) {
+        return Some(format!(
+            "stream {stream} takes messages on its own name, so writes cannot be stopped while it is rebuilt; restore it under a new name instead (restore-events --as)"
+        ));
+    }
     None
 }
 
@@ -195,12 +213,19 @@ pub async fn make(
             ),
         ));
     }
-    let backup = source.verify(ctx, r.profile, r.backup).await?;
     let cut_last = source.cut_last_seq();
-    let live_from_point = count_from(ctx, stream, r.from_seq, state.last_seq).await?;
-    let newer = count_from(ctx, stream, cut_last + 1, state.last_seq).await?;
+    // Counted before the (long) read of the backup, next to the state they refer to. A frozen
+    // stream does not change; a live one (a dry run) may have grown: never count past the state.
+    let in_range = |from: u64| (state.last_seq + 1).saturating_sub(from);
+    let live_from_point = count_from(ctx, stream, r.from_seq, state.last_seq)
+        .await?
+        .min(in_range(r.from_seq));
+    let newer = count_from(ctx, stream, cut_last + 1, state.last_seq)
+        .await?
+        .min(in_range(cut_last + 1));
+    let backup = source.verify(ctx, r.profile, r.backup).await?;
     let kept_newer = if r.keep_newer { newer } else { 0 };
-    let replaced = live_from_point - kept_newer;
+    let replaced = live_from_point.saturating_sub(kept_newer);
     let (safety_copy, staging) = streams::names(stream, job);
     let consumers: Vec<String> = ctx
         .api
@@ -233,6 +258,17 @@ pub async fn make(
             r.from_seq
         ));
     }
+    if r.from_seq < state.first_seq {
+        notes.push(format!(
+            "the live stream's first message is seq {}: the backup's records from {} to {} come back (they were deleted, purged or expired; the stream's limits may remove them again)",
+            state.first_seq,
+            r.from_seq,
+            state.first_seq - 1
+        ));
+    }
+    if *job == JobId::dry_run() {
+        notes.push(format!("{stream} takes writes until the repair freezes it; the job plans again from the frozen stream"));
+    }
     if r.profile.is_none() {
         notes.push(format!(
             "no chain profile for {stream}: the repaired stream is checked by counts only"
@@ -244,7 +280,7 @@ pub async fn make(
         live_first_seq: state.first_seq,
         live_last_seq: state.last_seq,
         live_messages: state.messages,
-        kept_live: state.messages - live_from_point,
+        kept_live: state.messages.saturating_sub(live_from_point),
         from_backup: backup.messages,
         backup_first_seq: backup.first_seq().unwrap_or(0),
         backup_last_seq: backup.last_seq().unwrap_or(0),
