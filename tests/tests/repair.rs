@@ -59,21 +59,7 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
     let js = jetstream::new(client.clone());
     create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
     let heads = publish_chained(&client, "cim.graph", 3_000, 50).await;
-    // A projector that has processed up to seq 2,500 (past the corruption to come).
     let stream = js.get_stream("GRAPH").await.unwrap();
-    let mut projector: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("graph-projector".into()),
-            ack_policy: consumer::AckPolicy::All,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: 2_501,
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let position = projector.info().await.unwrap().ack_floor.stream_sequence;
-    assert_eq!(position, 2_500);
     let mut config = test_config(&nats.url(), archive.path(), "node-a");
     config.integrity.streams.insert(
         "GRAPH".into(),
@@ -96,6 +82,20 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
         return;
     }
 
+    // A projector that has processed up to seq 2,500 (past the corruption to come).
+    let mut projector: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("graph-projector".into()),
+            ack_policy: consumer::AckPolicy::All,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: 2_501,
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let position = projector.info().await.unwrap().ack_floor.stream_sequence;
+    assert_eq!(position, 2_500);
     let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
     let backup = c
         .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
@@ -317,10 +317,22 @@ async fn a_cancelled_repair_changes_nothing_and_a_crashed_one_resumes() {
     init_tracing();
     let nats = NatsServer::start().await;
     let client = nats.client().await;
-    if api_level(&client).await < 5 {
-        return; // refused up front on older servers (the first test asserts that)
-    }
     let archive = tempfile::tempdir().unwrap();
+    if api_level(&client).await < 5 {
+        // Refused before anything is recorded (the first test checks the message).
+        let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+        let c = Caller::connect(&nats.url()).await;
+        create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+        let (code, _) = c
+            .err(
+                CMD_REPAIR,
+                json!({ "stream": "GRAPH", "sequence": 1, "backup": "latest", "confirm": true }),
+            )
+            .await;
+        assert_eq!(code, 400);
+        service.stop().await;
+        return;
+    }
     let api = JsApi::new(client.clone());
     create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
     publish_chained(&client, "cim.graph", 150_000, 100).await;
