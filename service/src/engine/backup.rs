@@ -243,7 +243,7 @@ async fn archive_stream(
                         builder.seal(compression, recipients.as_deref())
                     })
                     .await
-                    .map_err(|e| EngineError::nats(format!("compression task failed: {e}")))??;
+                    .map_err(|e| EngineError::task("compression", e))??;
                     archive.put_segment(&sealed).await?;
                     Ok::<SealedSegment, EngineError>(sealed)
                 }
@@ -308,7 +308,7 @@ async fn snapshot_stream(
                 crate::archive::part::seal(raw, recipients.as_deref())
             })
             .await
-            .map_err(|e| EngineError::nats(format!("sealing task failed: {e}")))??;
+            .map_err(|e| EngineError::task("sealing", e))??;
             archive
                 .put_if_absent(&crate::archive::part::key(&info), stored)
                 .await?;

@@ -16,6 +16,10 @@ pub enum EngineError {
     /// The job was cancelled; not a failure.
     #[error("cancelled")]
     Cancelled,
+    /// The service is going down under the job (its runtime cancelled a task the job waited
+    /// for): not the job's fault, nothing is recorded, and the job resumes on restart.
+    #[error("interrupted: the service is stopping")]
+    Interrupted,
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -44,6 +48,16 @@ impl From<ExecuteError> for EngineError {
 }
 
 impl EngineError {
+    /// A blocking helper task ended without a result: cancelled means the runtime is shutting
+    /// down (interrupted); a panic is an internal error.
+    pub fn task(what: &str, e: tokio::task::JoinError) -> Self {
+        if e.is_cancelled() {
+            EngineError::Interrupted
+        } else {
+            EngineError::precondition(ErrorCode::Internal, format!("{what} task failed: {e}"))
+        }
+    }
+
     pub fn nats(e: impl std::fmt::Display) -> Self {
         EngineError::Nats(e.to_string())
     }
@@ -58,6 +72,7 @@ impl EngineError {
     pub fn code(&self) -> ErrorCode {
         match self {
             EngineError::Cancelled => ErrorCode::Conflict,
+            EngineError::Interrupted => ErrorCode::Unavailable,
             EngineError::Archive(a) => a.code(),
             EngineError::Destination(_) => ErrorCode::BadRequest,
             EngineError::Nats(_) | EngineError::JetStream(_) | EngineError::Events(_) => {

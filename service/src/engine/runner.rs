@@ -142,6 +142,10 @@ impl Runner {
     {
         let command = match outcome {
             Ok(()) => return,
+            Err(EngineError::Interrupted) => {
+                tracing::info!(job = %job.id, "job interrupted by the service stopping; it resumes on restart");
+                return;
+            }
             Err(EngineError::Cancelled) => {
                 self.await_cancel_request(job).await;
                 if job.state.lifecycle().cancel_requested {

@@ -52,6 +52,8 @@ pub async fn run(
 ) -> Result<(), EngineError> {
     let result = repair(ctx, job, cancel).await;
     match result {
+        // The service is stopping: keep everything as it is for the resume.
+        Err(EngineError::Interrupted) => Err(EngineError::Interrupted),
         Err(e) if !job.state.swapping() => match undo(ctx, job).await {
             Ok(()) => Err(e),
             Err(stuck) => Err(EngineError::precondition(e.code(), format!("{e}; {stuck}"))),

@@ -51,7 +51,11 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let result = restore(ctx, job, cancel).await;
-    if result.is_err() {
+    // Interrupted by the service stopping: the target stays for the resume.
+    if result
+        .as_ref()
+        .is_err_and(|e| !matches!(e, EngineError::Interrupted))
+    {
         remove_partial_target(ctx, job).await;
     }
     result
