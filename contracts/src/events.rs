@@ -926,6 +926,10 @@ pub struct RepairAccepted {
     /// The live stream's configuration when the repair was accepted (JSON): what it gets back,
     /// and what it must still be when the repair starts (else someone changed it meanwhile).
     pub original_config: String,
+    /// When the stream the live one continues was created (its own creation time, or the one a
+    /// previous repair carried over): the rebuilt stream carries it on, so backups keep matching.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub origin_created: Option<time::OffsetDateTime>,
     pub admission: Admission,
 }
 

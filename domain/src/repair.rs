@@ -301,6 +301,7 @@ mod tests {
             keep_newer: false,
             keep_safety_copy: true,
             original_config: "{}".into(),
+            origin_created: None,
             admission: admission(),
         }
     }

@@ -254,12 +254,17 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
     );
     let info = api.stream_info("GRAPH").await.unwrap().unwrap();
     assert_eq!(info.config["subjects"], json!(["cim.graph.>"]));
+    let metadata = info.config["metadata"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        info.config["metadata"]
-            .as_object()
-            .is_none_or(|m| m.keys().all(|k| !k.starts_with("cim-backup"))),
-        "{}",
-        info.config
+        metadata.keys().all(|k| !k.starts_with("cim-backup.repair")),
+        "no job markers left: {metadata:?}"
+    );
+    assert!(
+        metadata.contains_key("cim-backup.origin-created"),
+        "the rebuilt stream remembers which stream it continues: {metadata:?}"
     );
     assert!(check(&c).await.is_clean());
     assert_eq!(
@@ -430,6 +435,20 @@ async fn a_cancelled_repair_changes_nothing_and_a_crashed_one_resumes() {
         names,
         "staging and this repair's safety copy removed"
     );
+
+    // A stream deleted and created again under the same name is another stream: its
+    // sequences do not continue the backup's, so the backup is refused.
+    api.delete_stream("GRAPH").await.unwrap();
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    publish_chained(&client, "cim.graph", 100, 10).await;
+    let (code, message) = c
+        .err(
+            CMD_REPAIR,
+            json!({ "stream": "GRAPH", "sequence": 50, "backup": backup, "dry_run": true }),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(message.contains("another stream named GRAPH"), "{message}");
     service.stop().await;
 }
 

@@ -87,6 +87,9 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
     )
     .await
     .map_err(engine_error)?;
+    source
+        .same_stream(stream, &live, located.backup)
+        .map_err(engine_error)?;
     if cmd.dry_run {
         let request = plan::Request {
             stream,
@@ -136,6 +139,7 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
         keep_newer: cmd.keep_newer,
         keep_safety_copy,
         original_config: live.config.to_string(),
+        origin_created: streams::origin(&live.config, live.created),
         admission,
     };
     let (reply, job) = accept::<RepairJob>(

@@ -89,6 +89,8 @@ struct Repair<'a> {
     ctx: &'a Context,
     cancel: &'a CancellationToken,
     original: Value,
+    /// What the rebuilt stream is given: the original configuration carrying its origin.
+    given_back: Value,
     source: plan::Source,
 }
 
@@ -114,10 +116,12 @@ async fn repair(
         spec.from_seq,
     )
     .await?;
+    let given_back = streams::given_back(&original, spec.origin_created);
     let r = Repair {
         ctx,
         cancel,
         original,
+        given_back,
         source,
     };
     if job.state.lifecycle.state == Some(JobState::Accepted) {
@@ -578,7 +582,7 @@ impl Repair<'_> {
             }
             // Rebuilt and given its configuration back before a restart: only the record is missing.
             Some(info)
-                if streams::same_config(&info.config, &self.original)
+                if streams::same_config(&info.config, &self.given_back)
                     && info.state.last_seq >= plan.target_last_seq =>
             {
                 given_back = true;
@@ -629,7 +633,7 @@ impl Repair<'_> {
             self.walk_chains(job, stream, plan, &never).await?
         } else {
             let report = self.check_rebuilt(job, stream, plan, &never).await?;
-            self.ctx.api.update_stream(&self.original).await?;
+            self.ctx.api.update_stream(&self.given_back).await?;
             report
         };
         self.record(

@@ -73,6 +73,29 @@ impl Source {
         })
     }
 
+    /// The backup is of the live stream, not of an earlier one that had its name: both
+    /// continue the stream created at the same time (a repaired stream keeps its origin).
+    pub fn same_stream(
+        &self,
+        stream: &str,
+        live: &StreamInfo,
+        backup: Cid,
+    ) -> Result<(), EngineError> {
+        let latest = self.chain.latest();
+        let backup_config: Value = serde_json::from_str(&latest.config).unwrap_or(Value::Null);
+        let ours = streams::origin(&live.config, live.created);
+        let theirs = streams::origin(&backup_config, latest.cut.created);
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) if ours != theirs => Err(EngineError::precondition(
+                ErrorCode::BadRequest,
+                format!(
+                    "backup {backup} is of another stream named {stream} (created {theirs}); the live one was created {ours}, so their sequence numbers do not match"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The backup's last sequence (its cut): live messages after it are newer than the backup.
     pub fn cut_last_seq(&self) -> u64 {
         self.chain.latest().cut.last_seq
@@ -203,6 +226,7 @@ pub async fn make(
     if let Some(why) = refuse(stream, &live.config) {
         return Err(EngineError::precondition(ErrorCode::BadRequest, why));
     }
+    source.same_stream(stream, live, r.backup)?;
     let state = &live.state;
     if r.from_seq > state.last_seq {
         return Err(EngineError::precondition(

@@ -9,6 +9,8 @@
 
 use cim_backup_contracts::JobId;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::engine::restore::target;
 
@@ -87,6 +89,32 @@ pub fn built(original: &Value, name: &str, job: &JobId) -> Value {
     with_marker(&c, BUILT_BY, job)
 }
 
+/// Metadata key a rebuilt stream keeps: when the stream it continues was created (RFC 3339).
+/// A rebuilt stream is a new stream to the server (new creation time); this is how backups of
+/// the original are still recognised as its own.
+pub const ORIGIN_CREATED: &str = "cim-backup.origin-created";
+
+/// When the stream that `config` (created at `created`) continues was created.
+pub fn origin(config: &Value, created: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+    config
+        .pointer(&format!("/metadata/{ORIGIN_CREATED}"))
+        .and_then(Value::as_str)
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .or(created)
+}
+
+/// The configuration a repaired stream gets back: the original one, carrying its origin.
+pub fn given_back(original: &Value, origin: Option<OffsetDateTime>) -> Value {
+    let mut c = original.clone();
+    if let Some(t) = origin.and_then(|t| t.format(&Rfc3339).ok()) {
+        if c.get("metadata").is_none_or(Value::is_null) {
+            c["metadata"] = json!({});
+        }
+        c["metadata"][ORIGIN_CREATED] = json!(t);
+    }
+    c
+}
+
 /// Whether two stream configurations are the same, ignoring the fields the server fills in or
 /// changes by itself (so a repair can tell whether someone changed the stream meanwhile).
 pub fn same_config(a: &Value, b: &Value) -> bool {
@@ -118,6 +146,21 @@ mod tests {
                 && cim_backup_contracts::subjects::is_stream_name(&staging)
         );
         assert_eq!(names("ORDERS", &JobId::dry_run()).1, "ORDERS_REPAIR_DRYRUN");
+    }
+
+    #[test]
+    fn a_rebuilt_stream_carries_its_origin() {
+        let created = OffsetDateTime::parse("2026-01-02T03:04:05.123456789Z", &Rfc3339).unwrap();
+        let later = OffsetDateTime::parse("2026-11-25T00:00:00Z", &Rfc3339).unwrap();
+        let original = json!({ "name": "S", "subjects": ["s.>"] });
+        assert_eq!(origin(&original, Some(created)), Some(created));
+        let back = given_back(&original, Some(created));
+        assert_eq!(
+            origin(&back, Some(later)),
+            Some(created),
+            "the rebuilt stream's own creation time does not count"
+        );
+        assert_eq!(given_back(&original, None), original);
     }
 
     #[test]
