@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use super::error::EngineError;
 use super::reader::{ReadAhead, header};
-use super::restore::plan::{Chain, Plan, codec};
+use super::restore::plan::{Chain, Plan, kept_records, open_planned};
 use crate::archive::record::{Record, decode_headers};
-use crate::archive::{ArchiveError, segment};
+use crate::archive::segment;
 use crate::jobs::{Job, execute};
 
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -396,23 +396,10 @@ async fn walk_backup(
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let object = segment::key(&planned.info);
-        let stored = archive.get(&object).await?;
-        let plain = segment::open(
-            &stored,
-            &planned.info,
-            codec(&chain, planned.manifest, &ctx.keys),
-        )?;
-        for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt {
-                object: object.clone(),
-                record: e.seq,
-                message: e.to_string(),
-            })?;
-            if !plan.keeps(&record) {
-                continue;
-            }
-            let found = walk.check_record(&record);
+        let stored = archive.get(&segment::key(&planned.info)).await?;
+        let plain = open_planned(&chain, planned, &stored, &ctx.keys)?;
+        for record in kept_records(&plan, planned, &plain) {
+            let found = walk.check_record(&record?);
             progress.tick(ctx, job, found).await?;
         }
     }

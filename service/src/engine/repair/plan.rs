@@ -15,11 +15,13 @@ use serde_json::{Value, json};
 
 use super::streams;
 use crate::archive::record::Record;
-use crate::archive::{ArchiveError, ArchiveStore, segment};
+use crate::archive::{ArchiveStore, segment};
 use crate::engine::check::check_record;
 use crate::engine::context::Context;
 use crate::engine::error::EngineError;
-use crate::engine::restore::plan::{Chain, Plan, Tally, codec, subject_matches};
+use crate::engine::restore::plan::{
+    Chain, Plan, Tally, kept_records, open_planned, subject_matches,
+};
 use crate::jsapi::StreamInfo;
 
 /// The backup's records from the repair point on.
@@ -105,11 +107,7 @@ impl Source {
     pub async fn segment(&self, ctx: &Context, i: usize) -> Result<Vec<u8>, EngineError> {
         let planned = &self.plan.segments[i];
         let stored = self.archive.get(&segment::key(&planned.info)).await?;
-        Ok(segment::open(
-            &stored,
-            &planned.info,
-            codec(&self.chain, planned.manifest, &ctx.keys),
-        )?)
+        open_planned(&self.chain, planned, &stored, &ctx.keys)
     }
 
     /// The records of a fetched segment that the repair takes.
@@ -118,19 +116,7 @@ impl Source {
         i: usize,
         plain: &'a [u8],
     ) -> impl Iterator<Item = Result<Record<'a>, EngineError>> + 'a {
-        let object = segment::key(&self.plan.segments[i].info);
-        segment::records(plain)
-            .map(move |r| {
-                r.map_err(|e| {
-                    ArchiveError::Corrupt {
-                        object: object.clone(),
-                        record: e.seq,
-                        message: e.to_string(),
-                    }
-                    .into()
-                })
-            })
-            .filter(|r| r.as_ref().map_or(true, |r| self.plan.keeps(r)))
+        kept_records(&self.plan, &self.plan.segments[i], plain)
     }
 
     /// Reads every record the repair takes: counts them, and walks their chains with `profile`

@@ -35,12 +35,12 @@ use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use self::plan::{Chain, Plan, Tally, codec};
+use self::plan::{Chain, Plan, Tally};
 use self::progress::Progress;
 use super::context::Context;
 use super::error::EngineError;
 use crate::archive::manifest::StreamArchive;
-use crate::archive::{ArchiveError, ArchiveStore, segment};
+use crate::archive::{ArchiveStore, segment};
 use crate::jobs::{Job, execute};
 
 pub use self::plan::stream_entry;
@@ -585,21 +585,11 @@ async fn write_server_archive(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => upload.keepalive().await?,
             }
         };
-        let plain = segment::open(
-            &stored,
-            &planned.info,
-            codec(&p.chain, planned.manifest, &ctx.keys),
-        )?;
-        for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt {
-                object: object.clone(),
-                record: e.seq,
-                message: e.to_string(),
-            })?;
-            if p.plan.keeps(&record) {
-                tally.add(&record);
-                upload.message(&record).await?;
-            }
+        let plain = plan::open_planned(&p.chain, planned, &stored, &ctx.keys)?;
+        for record in plan::kept_records(&p.plan, planned, &plain) {
+            let record = record?;
+            tally.add(&record);
+            upload.message(&record).await?;
         }
         progress
             .segment_done(ctx, &tally, planned.info.raw_bytes, planned.info.last_seq)

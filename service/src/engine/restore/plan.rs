@@ -259,6 +259,41 @@ pub fn codec<'k>(chain: &Chain, i: usize, keys: &'k Keys) -> Codec<'k> {
     }
 }
 
+/// A fetched planned segment, opened: authenticated, decrypted and decompressed.
+pub fn open_planned(
+    chain: &Chain,
+    planned: &PlannedSegment,
+    stored: &[u8],
+    keys: &Keys,
+) -> Result<Vec<u8>, EngineError> {
+    Ok(segment::open(
+        stored,
+        &planned.info,
+        codec(chain, planned.manifest, keys),
+    )?)
+}
+
+/// The records of an opened planned segment that `plan` keeps, in order; a damaged record ends
+/// the iteration with an error naming its object.
+pub fn kept_records<'a>(
+    plan: &'a Plan,
+    planned: &PlannedSegment,
+    plain: &'a [u8],
+) -> impl Iterator<Item = Result<Record<'a>, EngineError>> + 'a {
+    let object = segment::key(&planned.info);
+    segment::records(plain)
+        .map(move |r| {
+            r.map_err(|e| {
+                EngineError::from(ArchiveError::Corrupt {
+                    object: object.clone(),
+                    record: e.seq,
+                    message: e.to_string(),
+                })
+            })
+        })
+        .filter(move |r| r.as_ref().map_or(true, |r| plan.keeps(r)))
+}
+
 /// Reads the planned segments and counts exactly what the selection keeps.
 pub async fn tally(
     archive: &ArchiveStore,
@@ -269,16 +304,9 @@ pub async fn tally(
     let mut tally = Tally::default();
     for planned in &plan.segments {
         let stored = archive.get(&segment::key(&planned.info)).await?;
-        let plain = segment::open(&stored, &planned.info, codec(chain, planned.manifest, keys))?;
-        for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt {
-                object: segment::key(&planned.info),
-                record: e.seq,
-                message: e.to_string(),
-            })?;
-            if plan.keeps(&record) {
-                tally.add(&record);
-            }
+        let plain = open_planned(chain, planned, &stored, keys)?;
+        for record in kept_records(plan, planned, &plain) {
+            tally.add(&record?);
         }
     }
     Ok(tally)

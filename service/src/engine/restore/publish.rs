@@ -30,7 +30,7 @@ use cim_backup_contracts::{ErrorCode, JobId};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{Chain, Plan, Tally, codec};
+use super::plan::{Chain, Plan, Tally, kept_records, open_planned};
 use super::progress::Progress;
 use crate::archive::record::{Record, decode_headers};
 use crate::archive::{ArchiveError, ArchiveStore, segment};
@@ -129,20 +129,9 @@ pub async fn write(
         let skipped = index < skip;
         let object = segment::key(&planned.info);
         let stored = archive.get(&object).await?;
-        let plain = segment::open(
-            &stored,
-            &planned.info,
-            codec(chain, planned.manifest, &ctx.keys),
-        )?;
-        for record in segment::records(&plain) {
-            let record = record.map_err(|e| ArchiveError::Corrupt {
-                object: object.clone(),
-                record: e.seq,
-                message: e.to_string(),
-            })?;
-            if !plan.keeps(&record) {
-                continue;
-            }
+        let plain = open_planned(chain, planned, &stored, &ctx.keys)?;
+        for record in kept_records(plan, planned, &plain) {
+            let record = record?;
             writer.tally.add(&record);
             if skipped {
                 continue;
