@@ -198,6 +198,23 @@ impl Caller {
             .expect("job view")
     }
 
+    /// Backs up `streams` to the default destination and returns the backup id (the backup
+    /// must complete within `timeout`).
+    pub async fn backup(&self, streams: &[&str], timeout: Duration) -> String {
+        let accepted = self
+            .ok(
+                cim_backup_contracts::subjects::CMD_START,
+                json!({ "streams": streams }),
+            )
+            .await;
+        let view = self
+            .wait_job(accepted["job_id"].as_str().unwrap(), timeout)
+            .await;
+        view.backup_id
+            .unwrap_or_else(|| panic!("the backup did not complete: {view:?}"))
+            .to_string()
+    }
+
     /// Waits until the job is in a terminal state and returns its view. Tolerates a service
     /// that is (re)connecting: "no responders" is retried until the deadline.
     pub async fn wait_job(&self, job_id: &str, timeout: Duration) -> JobView {

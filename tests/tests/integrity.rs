@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cim_backup_contracts::integrity::{FindingKind, IntegrityReport, ProjectionSpec};
-use cim_backup_contracts::subjects::{CMD_CHECK, CMD_START};
+use cim_backup_contracts::subjects::CMD_CHECK;
 use cim_backup_contracts::views::{JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{create_stream, publish_chained, publish_tampered};
@@ -117,13 +117,7 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     assert_eq!(pending("graph-projector").await, 1_001);
 
     // A backup of the clean stream, for later.
-    let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
-    let backup = c
-        .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
-        .await
-        .backup_id
-        .unwrap()
-        .to_string();
+    let backup = c.backup(&["GRAPH"], WAIT).await;
 
     // Corruption: an event of aggregate 7 vanishes (seq 1_208 = its 25th event); a producer
     // writes an event whose content does not match its CID (aggregate 3); a projection lies.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use cim_backup::jsapi::JsApi;
 use cim_backup_contracts::integrity::{FindingKind, IntegrityReport};
-use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_REPAIR, CMD_START};
+use cim_backup_contracts::subjects::{CMD_CANCEL, CMD_CHECK, CMD_REPAIR};
 use cim_backup_contracts::views::{JobKind, JobState, JobView};
 use cim_backup_tests::service::{Caller, TestService, ipld_chains_by_token_2, test_config};
 use cim_backup_tests::streams::{
@@ -96,13 +96,7 @@ async fn restore_from_point_rebuilds_a_corrupted_stream_from_a_clean_backup() {
         .unwrap();
     let position = projector.info().await.unwrap().ack_floor.stream_sequence;
     assert_eq!(position, 2_500);
-    let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
-    let backup = c
-        .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
-        .await
-        .backup_id
-        .unwrap()
-        .to_string();
+    let backup = c.backup(&["GRAPH"], WAIT).await;
     let clean = read_all(&client, "GRAPH").await;
 
     // Corruption: aggregate 7 loses seq 1,208; a tampered event of aggregate 3 arrives at 3,001.
@@ -348,13 +342,7 @@ async fn a_cancelled_repair_changes_nothing_and_a_crashed_one_resumes() {
         .insert("GRAPH".into(), ipld_chains_by_token_2(vec![], &[]));
     let service = TestService::start(config.clone()).await;
     let c = Caller::connect(&nats.url()).await;
-    let backup = c.ok(CMD_START, json!({ "streams": ["GRAPH"] })).await;
-    let backup = c
-        .wait_job(backup["job_id"].as_str().unwrap(), WAIT)
-        .await
-        .backup_id
-        .unwrap()
-        .to_string();
+    let backup = c.backup(&["GRAPH"], WAIT).await;
     let clean = read_all(&client, "GRAPH").await;
     js_delete(&client, 10_050).await;
     let corrupted = read_all(&client, "GRAPH").await;
