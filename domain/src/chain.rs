@@ -4,8 +4,10 @@
 //!
 //! Rules, the same for every profile (a profile only reads links and checks content hashes):
 //! - a message that cannot be read is `undecodable`;
-//! - content that does not hash to the CID it claims is a `cid_mismatch`, and does not become
-//!   the chain's head (the next event must link to the genuine predecessor);
+//! - content that does not hash to the CID it claims is a `cid_mismatch`, reported once: the
+//!   damaged event holds the place it claims (its CID and sequence) without becoming a trusted
+//!   head, so the next event may link either to that claimed place (the content was altered in
+//!   place) or to the last good event (the damaged message was inserted), and both are clean;
 //! - the first event of a chain must be a genesis (no predecessor; the profile's first
 //!   sequence), else `missing_predecessor`;
 //! - an event with the head's CID is a `duplicate`; with sequences, one that goes back is
@@ -175,22 +177,23 @@ impl Profile for Native {
     }
     fn link<'a>(&self, item: &ChainItem<'a>) -> Result<Link<'a>, String> {
         let envelope = EventEnvelope::decode_head(item.payload).map_err(|e| e.to_string())?;
-        let cid = dag_cbor_cid(item.payload);
-        let content = (item.headers)("Cim-Cid").map(|claimed| {
-            if Cid::try_from(claimed).is_ok_and(|c| c == cid) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "Cim-Cid header says {claimed}, payload hashes to {cid}"
-                ))
-            }
+        let computed = dag_cbor_cid(item.payload);
+        // The CID the event claims is its `Cim-Cid` header: that is what its successor links to,
+        // also when the payload was altered after it was written.
+        let header = (item.headers)("Cim-Cid");
+        let claimed = header.and_then(|h| Cid::try_from(h).ok());
+        let content = header.map(|text| match claimed {
+            Some(c) if c == computed => Ok(()),
+            _ => Err(format!(
+                "Cim-Cid header says {text}, payload hashes to {computed}"
+            )),
         });
         Ok(Link {
             chain: Cow::Owned(format!(
                 "{}.{}",
                 envelope.aggregate_type, envelope.aggregate_id
             )),
-            cid: LinkCid::Binary(cid),
+            cid: LinkCid::Binary(claimed.unwrap_or(computed)),
             prev: envelope.prev.map(LinkCid::Binary),
             sequence: Some(envelope.sequence),
             content,
@@ -286,13 +289,15 @@ impl Profile for XCidHeaders {
         let prev = (item.headers)("X-Parent-CID")
             .filter(|c| !c.is_empty())
             .map(|p| LinkCid::Text(Cow::Borrowed(p)));
-        // The CID is over the stored event's JSON with its `cid` field empty.
+        // cim-events hashes the stored event's JSON as serde_json writes it with `"cid":null`,
+        // then publishes the same JSON with the CID filled in: put the null back and hash.
+        // The top-level `cid` follows `event_data` and `header`, so the last occurrence is it.
         let text = std::str::from_utf8(item.payload).map_err(|_| "payload is not UTF-8")?;
         let needle = format!("\"cid\":\"{cid}\"");
-        let content = match text.find(&needle) {
+        let content = match text.rfind(&needle) {
             None => Err(format!("the payload does not carry its cid {cid}")),
             Some(at) => {
-                let hashed = format!("{}\"cid\":\"\"{}", &text[..at], &text[at + needle.len()..]);
+                let hashed = format!("{}\"cid\":null{}", &text[..at], &text[at + needle.len()..]);
                 let computed = cim_backup_contracts::cid::raw_cid(hashed.as_bytes());
                 match Cid::try_from(cid) {
                     Ok(claimed) if claimed.hash() == computed.hash() => Ok(()),
@@ -380,10 +385,20 @@ pub struct ChainState {
     pub first_break: Option<u64>,
 }
 
+/// The place a damaged event claims in its chain (after a `cid_mismatch`): its successor may
+/// link to it.
+#[derive(Debug, Clone)]
+struct Claimed {
+    cid: LinkCid<'static>,
+    sequence: Option<u64>,
+}
+
 /// Walks chains incrementally: feed messages in stream order, collect findings.
 pub struct ChainWalker {
     profile: Box<dyn Profile + Send + Sync>,
     heads: HashMap<String, Head>,
+    /// Chains whose latest event was damaged, with the place it claimed.
+    damaged: HashMap<String, Claimed>,
     broken: HashMap<String, u64>,
     checked: u64,
     /// Trust each chain's first event (a walk that starts mid-stream cannot see predecessors).
@@ -395,6 +410,7 @@ impl ChainWalker {
         ChainWalker {
             profile,
             heads: HashMap::new(),
+            damaged: HashMap::new(),
             broken: HashMap::new(),
             checked: 0,
             anchored: false,
@@ -456,8 +472,12 @@ impl ChainWalker {
         let head = self.heads.get(link.chain.as_ref());
         let last_good = head.map(|h| (h.stream_seq, h.time_ns));
         if let Some(Err(detail)) = &link.content {
-            // Content that does not match its CID cannot become the chain's head: the next
-            // event must link to the genuine predecessor.
+            // Content that does not match its CID is not trusted as the chain's head; the place
+            // it claims is remembered, so that its successor is not reported a second time.
+            let claimed = Claimed {
+                cid: link.cid.clone().into_owned(),
+                sequence: link.sequence,
+            };
             let finding = self.finding(
                 &item,
                 Some(&link.chain),
@@ -465,10 +485,25 @@ impl ChainWalker {
                 detail.clone(),
                 last_good,
             );
+            self.damaged.insert(link.chain.into_owned(), claimed);
             return vec![finding];
         }
+        // The event after a damaged one continues the chain cleanly when it links to the place
+        // the damaged event claimed (altered in place); otherwise it is judged against the last
+        // good event (the damaged message was an insertion).
+        let after_damage = match self.damaged.remove(link.chain.as_ref()) {
+            Some(claimed) => {
+                link.prev.as_ref().is_some_and(|p| p.same(&claimed.cid))
+                    && match (link.sequence, claimed.sequence) {
+                        (Some(s), Some(c)) => s == c + 1,
+                        _ => true,
+                    }
+            }
+            None => false,
+        };
         let mut found = None;
         match head {
+            _ if after_damage => {}
             None if self.anchored => {}
             None => {
                 let genesis = self.profile.genesis_sequence();

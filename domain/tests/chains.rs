@@ -114,22 +114,124 @@ fn cim_ipld(n: u64, aggregates: u64) -> Vec<Msg> {
         .collect()
 }
 
-/// cim-events: X-CID = CIDv1 raw sha2-256 over the event JSON with an empty cid field.
+/// cim-events' `StoredEvent` (cim repo, `modules/cim-events/src/event_store.rs`), field for
+/// field in its declaration order, as serde_json writes it: `sequence` is 0 (JetStream assigns
+/// it), `event_data` is a `serde_json::Value` (keys sorted), timestamps are chrono's RFC 3339.
+#[derive(serde::Serialize)]
+struct StoredEvent {
+    sequence: u64,
+    aggregate_id: String,
+    event_type: String,
+    event_data: serde_json::Value,
+    header: EventHeader,
+    cid: Option<String>,
+    parent_cid: Option<String>,
+    timestamp: String,
+}
+
+#[derive(serde::Serialize)]
+struct EventHeader {
+    message_id: String,
+    correlation_id: String,
+    causation_id: Option<String>,
+    timestamp: String,
+}
+
+/// What cim-events publishes for `event`: the CID is CIDv1 raw sha2-256 over the JSON with
+/// `"cid":null`, then the same JSON with the CID filled in is the payload, and the CIDs travel in
+/// `X-CID` / `X-Parent-CID` (absent for an aggregate's first event).
+fn publish_like_cim_events(mut event: StoredEvent) -> (String, Msg) {
+    assert!(event.cid.is_none());
+    let cid = raw_cid(&serde_json::to_vec(&event).unwrap()).to_string();
+    let mut headers = vec![
+        ("X-Message-ID".to_string(), event.header.message_id.clone()),
+        (
+            "X-Correlation-ID".to_string(),
+            event.header.correlation_id.clone(),
+        ),
+        ("X-CID".to_string(), cid.clone()),
+    ];
+    if let Some(parent) = &event.parent_cid {
+        headers.push(("X-Parent-CID".into(), parent.clone()));
+    }
+    let subject = format!("events.{}.{}", event.aggregate_id, event.event_type);
+    event.cid = Some(cid.clone());
+    let payload = serde_json::to_vec(&event).unwrap();
+    (
+        cid,
+        Msg {
+            subject,
+            headers,
+            payload,
+        },
+    )
+}
+
 fn x_cid(n: u64, aggregates: u64) -> Vec<Msg> {
     let mut prev: Vec<Option<String>> = vec![None; aggregates as usize];
     (0..n)
         .map(|i| {
             let a = (i % aggregates) as usize;
-            let body = |cid: &str| format!("{{\"event_id\":\"e{i}\",\"aggregate_id\":\"agg{a}\",\"payload\":{{\"value\":{i}}},\"cid\":\"{cid}\"}}");
-            let cid = raw_cid(body("").as_bytes()).to_string();
-            let mut headers = vec![("X-CID".to_string(), cid.clone()), ("X-Message-ID".to_string(), format!("e{i}"))];
-            if let Some(p) = &prev[a] {
-                headers.push(("X-Parent-CID".into(), p.clone()));
-            }
-            prev[a] = Some(cid.clone());
-            Msg { subject: format!("events.agg{a}.updated"), headers, payload: body(&cid).into_bytes() }
+            let event = StoredEvent {
+                sequence: 0,
+                aggregate_id: format!("agg{a}"),
+                event_type: "updated".into(),
+                event_data: json!({ "value": i, "label": format!("v{i}") }),
+                header: EventHeader {
+                    message_id: format!("00000000-0000-4000-8000-{i:012}"),
+                    correlation_id: format!("00000000-0000-4000-9000-{a:012}"),
+                    causation_id: None,
+                    timestamp: "2025-07-31T19:27:35.123456789Z".into(),
+                },
+                cid: None,
+                parent_cid: prev[a].clone(),
+                timestamp: format!("2025-07-31T19:27:{:02}.5Z", i % 60),
+            };
+            let (cid, msg) = publish_like_cim_events(event);
+            prev[a] = Some(cid);
+            msg
         })
         .collect()
+}
+
+#[test]
+fn x_cid_hashes_the_stored_event_with_a_null_cid_as_cim_events_does() {
+    // Pinned independently (Python: sha256 of these exact bytes, CIDv1 raw, base32):
+    // {"sequence":0,"aggregate_id":"order-1",...,"cid":null,"parent_cid":null,"timestamp":...}
+    let event = StoredEvent {
+        sequence: 0,
+        aggregate_id: "order-1".into(),
+        event_type: "OrderPlaced".into(),
+        event_data: json!({ "currency": "EUR", "amount": 42 }),
+        header: EventHeader {
+            message_id: "6f1c2d9e-8c43-4a8b-9d0e-2b7f1a3c5d47".into(),
+            correlation_id: "a3e9b0c1-5f6d-4e2a-8b7c-9d0e1f2a3b4c".into(),
+            causation_id: None,
+            timestamp: "2025-07-31T19:27:35.123456789Z".into(),
+        },
+        cid: None,
+        parent_cid: None,
+        timestamp: "2025-07-31T19:27:35.123457Z".into(),
+    };
+    let (cid, msg) = publish_like_cim_events(event);
+    assert_eq!(
+        cid,
+        "bafkreiffavcbpp4huviut2i25amsppzpnym4vosf2ihtic27fm4hfv4rn4"
+    );
+    let payload = String::from_utf8(msg.payload.clone()).unwrap();
+    assert!(
+        payload.contains(&format!(",\"cid\":\"{cid}\",\"parent_cid\":null,")),
+        "{payload}"
+    );
+    let spec = spec(ProfileKind::XCidHeaders, ChainBy::SubjectToken(1));
+    assert_eq!(
+        walk(&spec, std::slice::from_ref(&msg)),
+        vec![],
+        "a genuine event is clean"
+    );
+    // The rule is exactly "null": the same event hashed with an empty string is not it.
+    let empty = payload.replace(&format!("\"cid\":\"{cid}\""), "\"cid\":\"\"");
+    assert_ne!(raw_cid(empty.as_bytes()).to_string(), cid);
 }
 
 /// The old cim-domain store: {stored_event, event_with_cid: {event, cid, previous_cid}}.
@@ -207,9 +309,11 @@ fn a_flipped_payload_byte_is_a_cid_mismatch_where_content_is_hashed() {
         m.payload[at] = b'4';
         let found = kinds(&walk(&spec, &msgs));
         if hashed {
+            // One damaged event is one finding: the chain's next event (index 16, which links to
+            // the CID the damaged one claims) is clean.
             assert_eq!(
-                found.first(),
-                Some(&(FindingKind::CidMismatch, 14)),
+                found,
+                vec![(FindingKind::CidMismatch, 14)],
                 "{name}: {found:?}"
             );
         } else {
@@ -226,6 +330,32 @@ fn a_flipped_payload_byte_is_a_cid_mismatch_where_content_is_hashed() {
                 "{name}: the next event of that chain names the real cid"
             );
         }
+    }
+}
+
+#[test]
+fn an_inserted_damaged_copy_is_one_finding_and_the_chain_goes_on_from_the_last_good_event() {
+    for (name, generate, spec, _, hashed) in cases() {
+        if !hashed {
+            continue;
+        }
+        let mut msgs = generate(30, 3);
+        // A copy of event 13 with one byte changed, inserted before it: the copy is damaged; the
+        // genuine event 13 that follows links to the last good event of its chain.
+        let mut copy = msgs[13].clone();
+        let at = copy
+            .payload
+            .windows(3)
+            .position(|w| matches!(w[0], b'r' | b'-' | b':') && &w[1..] == b"13")
+            .unwrap()
+            + 2;
+        copy.payload[at] = b'4';
+        msgs.insert(13, copy);
+        assert_eq!(
+            kinds(&walk(&spec, &msgs)),
+            vec![(FindingKind::CidMismatch, 14)],
+            "{name}"
+        );
     }
 }
 
