@@ -44,8 +44,11 @@ pub struct StartBackup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<bool>,
     /// Encrypt segments to the recipients configured for the service (`[encryption]`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub encrypt: bool,
+    /// Absent: the destination's `encrypt` setting, else `[defaults] encrypt`, else what the
+    /// streams' existing chains in the destination are (an increment continues its chain's
+    /// encryption). `false` on an encrypted chain is refused unless `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<bool>,
     /// `messages` (default): the portable per-message archive. `snapshot`: the server's own
     /// snapshot (`$JS.API.STREAM.SNAPSHOT`), stored content-addressed — a full-fidelity image
     /// restored through the server's restore API (always full, no selections).
@@ -118,14 +121,14 @@ pub struct RestoreBackup {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
+        with = "rfc3339_option"
     )]
     pub start: Option<time::OffsetDateTime>,
     /// Only messages with original timestamp before this (RFC 3339, exclusive).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
+        with = "rfc3339_option"
     )]
     pub end: Option<time::OffsetDateTime>,
     /// Only messages from this stream sequence on (inclusive).
@@ -298,13 +301,101 @@ pub struct BackupsQuery {
     pub destination: Option<String>,
 }
 
-/// Parses a JSON request body, treating an empty body as `{}` for queries that take no fields.
-pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, serde_json::Error> {
+/// Most bytes a request body may have. Every field is small; a larger body is a mistake (and
+/// would make events and echoed errors exceed the server's payload limit).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Why a request body was refused. The message names the field at fault (`start: "yesterday"
+/// is not an RFC 3339 time …`), never a Rust type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// Parses a JSON request body: one JSON object (an empty body is `{}`, for queries that take no
+/// fields), at most [`MAX_REQUEST_BYTES`]. Arrays and other values are refused rather than read
+/// as positional fields.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BodyError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(BodyError(format!(
+            "the request body is {} bytes; at most {MAX_REQUEST_BYTES} are accepted",
+            body.len()
+        )));
+    }
     let trimmed = body.trim_ascii();
-    if trimmed.is_empty() {
-        serde_json::from_slice(b"{}")
-    } else {
-        serde_json::from_slice(trimmed)
+    let json: &[u8] = if trimmed.is_empty() { b"{}" } else { trimmed };
+    if json[0] != b'{' {
+        let what = match json[0] {
+            b'[' => "an array",
+            b'"' => "a string",
+            b't' | b'f' => "a boolean",
+            b'n' => "null",
+            b'-' | b'0'..=b'9' => "a number",
+            _ => "not JSON",
+        };
+        return Err(BodyError(format!(
+            "the request body must be a JSON object ({{\"field\": value, …}}); this one is {what}"
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        describe(&path, e.into_inner())
+    })?;
+    de.end().map_err(|e| describe(".", e))?;
+    Ok(value)
+}
+
+/// `field: what is wrong` for a value that does not fit its field; `invalid JSON: …` for text
+/// that is not JSON (with its position, which helps there).
+fn describe(path: &str, e: serde_json::Error) -> BodyError {
+    let text = e.to_string();
+    let message = match e.classify() {
+        serde_json::error::Category::Data => {
+            let bare = text
+                .rfind(" at line ")
+                .map_or(text.as_str(), |at| &text[..at]);
+            // An unknown field's path is the field itself, which the message names already.
+            if path == "." || bare.starts_with("unknown field") {
+                bare.to_owned()
+            } else {
+                format!("{path}: {bare}")
+            }
+        }
+        _ => format!("invalid JSON: {text}"),
+    };
+    // Unknown field names and values are the caller's and may be huge: keep the message short.
+    BodyError(match message.char_indices().nth(512) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message,
+    })
+}
+
+/// RFC 3339 times in requests, with an error that shows the value and an example.
+mod rfc3339_option {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<OffsetDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        time::serde::rfc3339::option::serialize(value, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+                    D::Error::custom(format!(
+                        "{} is not an RFC 3339 time (like 2026-11-25T11:00:00Z)",
+                        crate::text::echo(&text)
+                    ))
+                })
+            })
+            .transpose()
     }
 }
 
@@ -335,6 +426,43 @@ mod tests {
         assert_eq!(cmd.as_stream.as_deref(), Some("EVENTS_COPY"));
         let bad = parse_body::<RestoreBackup>(br#"{"backup":"nope","stream":"E"}"#).unwrap_err();
         assert!(bad.to_string().contains("nope"), "{bad}");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_arrays_are_refused() {
+        let err =
+            parse_body::<RestoreBackup>(br#"{"backup":"latest","stream":"E","start":"yesterday"}"#)
+                .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("start: \"yesterday\" is not an RFC 3339 time"),
+            "{err}"
+        );
+        let err = parse_body::<StartBackup>(br#"[["S"],"file:///x"]"#).unwrap_err();
+        assert!(err.0.contains("must be a JSON object"), "{err}");
+        assert!(err.0.contains("array"), "{err}");
+        let err = parse_body::<StartBackup>(br#"{"streams":"S"}"#).unwrap_err();
+        assert!(err.0.starts_with("streams: invalid type"), "{err}");
+        let err = parse_body::<StartBackup>(br#"{"streams":["S"]} x"#).unwrap_err();
+        assert!(err.0.starts_with("invalid JSON"), "{err}");
+        let huge = format!(
+            r#"{{"streams":["S"],"correlation_id":"{}"}}"#,
+            "c".repeat(70_000)
+        );
+        assert!(
+            parse_body::<StartBackup>(huge.as_bytes())
+                .unwrap_err()
+                .0
+                .contains("at most")
+        );
+        let field = format!(r#"{{"{}":1}}"#, "f".repeat(5000));
+        assert!(
+            parse_body::<StartBackup>(field.as_bytes())
+                .unwrap_err()
+                .0
+                .len()
+                < 600
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub enum ProfileKind {
     /// cim-ipld `ChainedContent`: JSON `{content, cid, previous_cid, sequence, timestamp}`, CID =
     /// CIDv1 over BLAKE3-256 of the serde_json bytes of `{"content","previous_cid","sequence"}`.
     CimIpld,
-    /// cim-events: headers `X-CID` / `X-Parent-CID`; CID = CIDv1 raw sha2-256 over the JSON
-    /// event with its `cid` field empty.
+    /// cim-events: headers `X-CID` / `X-Parent-CID`; CID = CIDv1 raw sha2-256 over the stored
+    /// event's JSON with `"cid":null` (as cim-events hashes it before filling the CID in).
     XCidHeaders,
     /// Only the links: JSON fields naming the event's CID and its predecessor's.
     LinkOnly,
@@ -77,7 +77,8 @@ impl ChainProfile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
-    /// The payload does not hash to the CID the message claims.
+    /// The payload does not hash to the CID the message claims. Reported once per damaged
+    /// event: its successor may link to the place it claims.
     CidMismatch,
     /// The link to the predecessor does not name the chain's previous event.
     BrokenLink,
@@ -148,6 +149,16 @@ pub struct ProjectionReport {
     pub inconsistent: u64,
     /// The first of them (bounded).
     pub findings: Vec<ProjectionFinding>,
+    /// Configured projection buckets that do not exist: a finding too (nothing of theirs could
+    /// be compared), reported without stopping the rest of the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_buckets: Vec<String>,
+}
+
+impl ProjectionReport {
+    pub fn is_consistent(&self) -> bool {
+        self.inconsistent == 0 && self.missing_buckets.is_empty()
+    }
 }
 
 /// The outcome of a check.
@@ -155,7 +166,17 @@ pub struct ProjectionReport {
 pub struct IntegrityReport {
     pub stream: String,
     pub profile: ProfileKind,
-    /// Stream sequences checked (0/0 when none).
+    /// The range the check was asked to cover (stream sequences, inclusive): what "clean" is
+    /// about.
+    #[serde(default)]
+    pub range_first: u64,
+    #[serde(default)]
+    pub range_last: u64,
+    /// The walk started after the stream's first message: each chain's first event in the range
+    /// was trusted as its anchor, so breaks before it are not visible.
+    #[serde(default)]
+    pub anchored: bool,
+    /// Stream sequences of the first and last message checked (0/0 when none).
     pub first_seq: u64,
     pub last_seq: u64,
     pub messages_checked: u64,
@@ -172,12 +193,31 @@ pub struct IntegrityReport {
 }
 
 impl IntegrityReport {
+    /// No finding in a range that held messages. A check of nothing is not clean.
     pub fn is_clean(&self) -> bool {
         self.findings_total == 0
+            && self.messages_checked > 0
             && self
                 .projections
                 .as_ref()
-                .is_none_or(|p| p.inconsistent == 0)
+                .is_none_or(ProjectionReport::is_consistent)
+    }
+
+    /// Nothing was checked: the range held no messages when it was walked.
+    pub fn checked_nothing(&self) -> bool {
+        self.messages_checked == 0 && self.findings_total == 0
+    }
+
+    /// `seq a..=b`, and how it was anchored: what the verdict covers.
+    pub fn range_text(&self) -> String {
+        let range = format!("seq {}..={}", self.range_first, self.range_last);
+        if self.anchored {
+            format!(
+                "{range}, anchored at each chain's first event in it (links into the range are not checked; start earlier to cover them)"
+            )
+        } else {
+            range
+        }
     }
 
     /// The human summary the runbook shows (`Event Stream: CORRUPTED - CID chain broken at seq
@@ -185,7 +225,16 @@ impl IntegrityReport {
     pub fn summary_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         match self.findings.first() {
-            None => lines.push(format!("Event Stream: OK - {} messages in {} chains verified", self.messages_checked, self.chains)),
+            None if self.checked_nothing() => lines.push(format!(
+                "Event Stream: NOT CHECKED - no messages in {}",
+                self.range_text()
+            )),
+            None => lines.push(format!(
+                "Event Stream: OK - {} messages in {} chains verified ({})",
+                self.messages_checked,
+                self.chains,
+                self.range_text()
+            )),
             Some(first) => lines.push(format!(
                 "Event Stream: CORRUPTED - CID chain broken at seq {} ({}, {} findings in {} chains)",
                 first.stream_seq,
@@ -195,14 +244,19 @@ impl IntegrityReport {
             )),
         }
         if let Some(p) = &self.projections {
-            if p.inconsistent == 0 {
+            let missing = match p.missing_buckets.as_slice() {
+                [] => String::new(),
+                [one] => format!("bucket {one} does not exist; "),
+                many => format!("buckets {} do not exist; ", many.join(", ")),
+            };
+            if p.is_consistent() {
                 lines.push(format!(
                     "Projections: OK - {} entries consistent",
                     p.entries_checked
                 ));
             } else {
                 lines.push(format!(
-                    "Projections: INCONSISTENT - {} aggregates affected",
+                    "Projections: INCONSISTENT - {missing}{} aggregates affected",
                     p.inconsistent
                 ));
             }

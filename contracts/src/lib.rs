@@ -16,6 +16,7 @@
 //! - [`views`] — the read models the queries return (job view, catalog entry).
 //! - [`integrity`] — chain profiles, findings and the integrity report.
 //! - [`headers`] — the `Cim-*` header names carried by every event message.
+//! - [`text`] — caller values echoed in messages and headers: cut, quoted, one line.
 
 pub mod cid;
 pub mod commands;
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod integrity;
 pub mod replies;
 pub mod subjects;
+pub mod text;
 pub mod views;
 
 pub use errors::ErrorCode;

@@ -138,6 +138,10 @@ pub struct JobView {
     pub version: u64,
     /// CID of the last event folded into this view: the head of the job's chain.
     pub head: EventCid,
+    /// Stream sequence of that event in the events stream (0 if unknown): where a reader that
+    /// finds the view behind the log continues folding.
+    #[serde(default)]
+    pub head_seq: u64,
     /// A finished check's reports (one per stream checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports: Option<Vec<crate::integrity::IntegrityReport>>,

@@ -96,6 +96,12 @@ impl CheckJob {
                     report.stream, target.stream
                 )));
             }
+            if (report.range_first, report.range_last) != (*first, *last) {
+                return Err(DomainError::invalid(format!(
+                    "completion: {} reports the range {}..={}, the check announced {first}..={last}",
+                    report.stream, report.range_first, report.range_last
+                )));
+            }
             if report.messages_checked > 0 && (report.first_seq < *first || report.last_seq > *last)
             {
                 return Err(DomainError::invalid(format!(
@@ -246,6 +252,9 @@ mod tests {
         IntegrityReport {
             stream: stream.into(),
             profile: cim_backup_contracts::integrity::ProfileKind::Native,
+            range_first: first,
+            range_last: last,
+            anchored: false,
             first_seq: first,
             last_seq: last,
             messages_checked: last - first + 1,
@@ -273,12 +282,23 @@ mod tests {
                 replayed: vec![],
             }))
             .then_reject_containing("1 reports for 2 streams");
+        let beyond = IntegrityReport {
+            range_last: 10,
+            ..report("A", 1, 11)
+        };
         given::<CheckJob>(history.clone())
             .when(CheckCommand::Complete(CheckCompleted {
-                reports: vec![report("A", 1, 11), report("B", 5, 9)],
+                reports: vec![beyond, report("B", 5, 9)],
                 replayed: vec![],
             }))
             .then_reject_containing("outside its range");
+        // A report must say the range it covers is the one announced: "clean" is about it.
+        given::<CheckJob>(history.clone())
+            .when(CheckCommand::Complete(CheckCompleted {
+                reports: vec![report("A", 2, 10), report("B", 5, 9)],
+                replayed: vec![],
+            }))
+            .then_reject_containing("reports the range 2..=10");
         let done = CheckCompleted {
             reports: vec![report("A", 1, 10), report("B", 5, 9)],
             replayed: vec![],
@@ -303,7 +323,11 @@ mod tests {
                 messages: 6,
             }),
         ];
-        let mut broken = report("A", 5, 7);
+        // A replay stops at the first invalid event: its range is the one announced.
+        let mut broken = IntegrityReport {
+            range_last: 10,
+            ..report("A", 5, 7)
+        };
         broken.findings_total = 1;
         given::<CheckJob>(history.clone())
             .when(CheckCommand::Complete(CheckCompleted {

@@ -276,6 +276,7 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         cancel_requested: false,
         version: 0,
         head: cid,
+        head_seq: 0,
         reports: None,
         replayed: Vec::new(),
         notes: Vec::new(),

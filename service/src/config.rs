@@ -9,12 +9,14 @@
 //! [service]
 //! instance = "backup-1"               # names the runner of jobs; default: host name
 //! events_replicas = 3                 # replicas of the event stream and view buckets
+//! file_roots = ["/backup"]            # file:// places a request may name (besides destinations)
 //!
 //! [defaults]
 //! destination = "local"
 //! compress = "zstd"
 //! zstd_level = 3
 //! segment_bytes = 8388608
+//! encrypt = false                     # for backups that do not say
 //!
 //! [destinations.local]
 //! url = "file:///var/lib/cim-backup/archive"
@@ -25,6 +27,7 @@
 //! region = "eu-central-1"
 //! access_key_id = "..."                                # or AWS_ACCESS_KEY_ID
 //! secret_access_key = "..."
+//! encrypt = true                                       # backups here are encrypted unless told
 //!
 //! [encryption]
 //! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
@@ -147,6 +150,11 @@ pub struct ServiceConfig {
     /// Replicas of the event stream and the view buckets (3 on a cluster).
     #[serde(default = "one")]
     pub events_replicas: usize,
+    /// Directories a request may name as a `file://` destination or source (below them, after
+    /// following symlinks). The directories of configured `file://` destinations are always
+    /// allowed; anything else is refused (403), so no request reads or writes an arbitrary path.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
 }
 
 fn default_instance() -> String {
@@ -170,6 +178,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             instance: default_instance(),
             events_replicas: 1,
+            file_roots: Vec::new(),
         }
     }
 }
@@ -188,6 +197,10 @@ pub struct Defaults {
     /// Segments compressed and uploaded at once per job.
     #[serde(default = "default_upload_concurrency")]
     pub upload_concurrency: usize,
+    /// Encrypt backups that do not say (`encrypt` absent), unless their destination says
+    /// otherwise (default false).
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 fn default_level() -> i32 {
@@ -208,6 +221,7 @@ impl Default for Defaults {
             zstd_level: default_level(),
             segment_bytes: default_segment_bytes(),
             upload_concurrency: default_upload_concurrency(),
+            encrypt: false,
         }
     }
 }
@@ -228,6 +242,14 @@ pub struct DestinationConfig {
     /// error (default 60 s): an unreachable store ends a job clearly, not never.
     #[serde(default)]
     pub retry_timeout_secs: Option<u64>,
+    /// S3 without keys: take credentials from the instance metadata service (EC2). Without
+    /// keys and without this, a request is refused with a clear "no credentials" error.
+    #[serde(default)]
+    pub instance_credentials: bool,
+    /// Encrypt backups written here that do not say (`encrypt` absent); overrides
+    /// `[defaults] encrypt`.
+    #[serde(default)]
+    pub encrypt: Option<bool>,
 }
 
 impl DestinationConfig {
@@ -240,6 +262,8 @@ impl DestinationConfig {
             secret_access_key: None,
             allow_http: false,
             retry_timeout_secs: None,
+            instance_credentials: false,
+            encrypt: None,
         }
     }
 

@@ -10,15 +10,17 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use cim_backup_contracts::events::{EventEnvelope, EventMeta, JobEvent};
 use cim_backup_contracts::headers;
 use cim_backup_contracts::subjects::{
-    EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, aggregate_wildcard, event_subject,
+    EVENT_PREFIX, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, aggregate_wildcard, event_subject,
+    parse_event_subject,
 };
 use cim_backup_contracts::views::JobKind;
 use cim_backup_contracts::{EventCid, JobId};
-use futures::StreamExt;
+
+use crate::lookup::Lookup;
 
 /// Where an aggregate's chain stands: what the next append must build on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub struct EventStore {
     js: jetstream::Context,
     /// The stream holding `cim.backup.evt.>`: ours, or one the deployment already has.
     stream: String,
+    /// Reads of that stream that leave nothing behind.
+    reads: Lookup,
 }
 
 impl EventStore {
@@ -102,9 +106,11 @@ impl EventStore {
             [one] if one == EVENTS_STREAM => {}
             [other] => {
                 tracing::warn!(stream = %other, "stream {other} already captures {EVENTS_STREAM_SUBJECTS}; storing events there (its limits and delete policy now apply to the audit log)");
+                let reads = Lookup::of(&api, other).await.map_err(nats)?;
                 return Ok(EventStore {
                     js,
                     stream: other.clone(),
+                    reads,
                 });
             }
             many => {
@@ -132,6 +138,7 @@ impl EventStore {
         Ok(EventStore {
             js,
             stream: EVENTS_STREAM.to_owned(),
+            reads: Lookup::of(&api, EVENTS_STREAM).await.map_err(nats)?,
         })
     }
 
@@ -215,44 +222,52 @@ impl EventStore {
             .await
     }
 
-    /// Every event on `filter` from stream sequence `from` on (used by rebuilds and audits).
+    /// Every event on `filter` from stream sequence `from` on, as the stream's leader has them;
+    /// a lookup, however many run at once, leaves nothing on the server ([`Lookup`]).
     pub async fn read(
         &self,
         filter: String,
         from: u64,
     ) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
-        let consumer = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.js.client().new_inbox(),
-                filter_subject: filter,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
+        self.reads
+            .all(&filter, from)
+            .await
+            .map_err(nats)?
+            .iter()
+            .map(|m| decode_stored(m.seq, &m.payload, m.headers.as_ref()))
+            .collect()
+    }
+
+    /// Which kind of job `id` is, from its newest event (one request); `None` if it has none.
+    pub async fn kind_of(&self, id: &JobId) -> Result<Option<JobKind>, EventStoreError> {
+        let last = self
+            .reads
+            .last(&format!("{EVENT_PREFIX}.*.{id}.*"))
             .await
             .map_err(nats)?;
-        let pending = consumer.cached_info().num_pending;
-        let mut events = Vec::with_capacity(pending as usize);
-        if pending == 0 {
-            return Ok(events);
-        }
-        let mut messages = consumer.messages().await.map_err(nats)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(nats)?;
-            let info = message.info().map_err(nats)?;
-            let (stream_seq, remaining) = (info.stream_sequence, info.pending);
-            events.push(decode_stored(
-                stream_seq,
-                &message.payload,
-                message.headers.as_ref(),
-            )?);
-            if remaining == 0 {
-                break;
-            }
-        }
-        Ok(events)
+        Ok(last.and_then(|m| {
+            parse_event_subject(&m.subject).and_then(|(kind, _, _)| kind.parse().ok())
+        }))
+    }
+
+    /// The per-aggregate sequence and stream sequence of a job's newest event (one request).
+    pub async fn head_of(
+        &self,
+        kind: JobKind,
+        id: &JobId,
+    ) -> Result<Option<(u64, u64)>, EventStoreError> {
+        let last = self
+            .reads
+            .last(&aggregate_wildcard(kind.as_str(), id.as_str()))
+            .await
+            .map_err(nats)?;
+        Ok(last.map(|m| {
+            let sequence = m
+                .header(headers::CIM_SEQUENCE)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (sequence, m.seq)
+        }))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`event_store`] — the JetStream event store with per-aggregate optimistic concurrency.
 //! - [`jobs`] — load → handle → append for the pure aggregates of `cim-backup-domain`.
 //! - [`keys`] — age recipients and identities for encrypted backups.
+//! - [`lookup`] — consistent reads of stored messages that leave no consumer behind: lookups and views.
 //! - [`jsapi`] — raw JetStream API calls where async-nats has no typed helper (verbatim configs).
 //! - [`engine`] — the work of backup, restore and verify jobs, and the runner that owns them.
 //! - [`projector`] — folds events into the job and catalog KV views; rebuilds them.
@@ -25,4 +26,5 @@ pub mod event_store;
 pub mod jobs;
 pub mod jsapi;
 pub mod keys;
+pub mod lookup;
 pub mod projector;

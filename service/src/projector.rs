@@ -25,6 +25,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::event_store::{StoredEvent, decode_stored};
+use crate::lookup::Lookup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -43,6 +44,9 @@ fn nats(e: impl std::fmt::Display) -> ViewError {
 pub struct Views {
     jobs: kv::Store,
     catalog: kv::Store,
+    /// Listing reads of the buckets' streams, without consumers.
+    jobs_reads: Lookup,
+    catalog_reads: Lookup,
 }
 
 impl Views {
@@ -69,7 +73,21 @@ impl Views {
             )
             .await?;
         }
-        Ok((Views { jobs, catalog }, jobs_new || catalog_new))
+        let api = crate::jsapi::JsApi::new(js.client());
+        let reads = |bucket: &str| {
+            let api = api.clone();
+            let stream = format!("KV_{bucket}");
+            async move { Lookup::of(&api, &stream).await.map_err(nats) }
+        };
+        Ok((
+            Views {
+                jobs,
+                catalog,
+                jobs_reads: reads(JOBS_BUCKET).await?,
+                catalog_reads: reads(CATALOG_BUCKET).await?,
+            },
+            jobs_new || catalog_new,
+        ))
     }
 
     pub async fn job(&self, id: &JobId) -> Result<Option<JobView>, ViewError> {
@@ -92,7 +110,7 @@ impl Views {
 
     /// Every job view, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobView>, ViewError> {
-        let mut views: Vec<JobView> = all_values(&self.jobs).await?;
+        let mut views: Vec<JobView> = all_values(&self.jobs_reads, JOBS_BUCKET).await?;
         views.sort_by(|a, b| {
             b.accepted_at
                 .cmp(&a.accepted_at)
@@ -103,7 +121,17 @@ impl Views {
 
     /// Every catalog entry (unordered; see `catalog::select`).
     pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, ViewError> {
-        all_values(&self.catalog).await
+        all_values(&self.catalog_reads, CATALOG_BUCKET).await
+    }
+
+    /// Writes one catalog entry (an idempotent put: the entry is a function of its events).
+    pub async fn put_catalog_entry(&self, entry: &CatalogEntry) -> Result<(), ViewError> {
+        let bytes = serde_json::to_vec(entry).expect("catalog entries serialize");
+        self.catalog
+            .put(entry.backup_id.to_string(), bytes.into())
+            .await
+            .map_err(nats)?;
+        Ok(())
     }
 
     /// Folds a job's events (in stream order) into its view and writes the view once, with
@@ -123,7 +151,7 @@ impl Views {
             let mut failure = None;
             let mut entries = Vec::new();
             for stored in events {
-                match job_view::fold(view.as_ref(), &stored.envelope, stored.cid) {
+                match fold_stored(view.as_ref(), stored) {
                     Ok(Fold::Updated(next)) => {
                         entries.extend(catalog::entry_for(&next, &stored.envelope));
                         view = Some(next);
@@ -141,11 +169,7 @@ impl Views {
             // a race or fails, a retry or redelivery writes them again. Written after the view,
             // a failure here would be lost: the redelivered event is already in the view.
             for entry in &entries {
-                let bytes = serde_json::to_vec(entry).expect("catalog entries serialize");
-                self.catalog
-                    .put(entry.backup_id.to_string(), bytes.into())
-                    .await
-                    .map_err(nats)?;
+                self.put_catalog_entry(entry).await?;
             }
             if let (true, Some(view)) = (changed, &view) {
                 let bytes = serde_json::to_vec(view).expect("views serialize");
@@ -180,6 +204,18 @@ impl Views {
     }
 }
 
+/// Folds one stored event into a view, noting where in the stream the view now stands.
+pub fn fold_stored(view: Option<&JobView>, stored: &StoredEvent) -> Result<Fold, ProjectionError> {
+    let folded = job_view::fold(view, &stored.envelope, stored.cid)?;
+    Ok(match folded {
+        Fold::Updated(mut next) => {
+            next.head_seq = stored.stream_seq;
+            Fold::Updated(next)
+        }
+        Fold::AlreadyApplied => Fold::AlreadyApplied,
+    })
+}
+
 async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
@@ -212,26 +248,28 @@ async fn purge_bucket(js: &jetstream::Context, bucket: &str) -> Result<(), ViewE
         .map_err(nats)
 }
 
+/// Every live value of a bucket, read as its leader has it and without leaving a consumer
+/// behind ([`Lookup`]). The buckets keep one revision per key, so the stream holds exactly the
+/// current values and the delete markers, which are skipped.
 async fn all_values<T: serde::de::DeserializeOwned>(
-    store: &kv::Store,
+    reads: &Lookup,
+    bucket: &str,
 ) -> Result<Vec<T>, ViewError> {
-    let keys: Vec<String> = store
-        .keys()
+    let messages = reads
+        .all(&format!("$KV.{bucket}.>"), 1)
         .await
-        .map_err(nats)?
-        .filter_map(|k| async move { k.ok() })
-        .collect()
-        .await;
-    let mut values = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(bytes) = store.get(&key).await.map_err(nats)? {
-            values.push(
-                serde_json::from_slice(&bytes).map_err(|e| ViewError::Corrupt {
-                    key,
-                    message: e.to_string(),
-                })?,
-            );
+        .map_err(nats)?;
+    let mut values = Vec::with_capacity(messages.len());
+    for m in messages {
+        if m.header("KV-Operation").is_some() {
+            continue; // DEL or PURGE
         }
+        values.push(
+            serde_json::from_slice(&m.payload).map_err(|e| ViewError::Corrupt {
+                key: m.subject.clone(),
+                message: e.to_string(),
+            })?,
+        );
     }
     Ok(values)
 }

@@ -221,6 +221,28 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
     );
     drop(client);
 
+    // A second `serve --embedded` on the same port must not serve on the first one's server
+    // (its backups would land in the first one's archive): it fails, naming the port.
+    let other = tempfile::tempdir().unwrap();
+    let second = Command::new(BIN)
+        .args(["serve", "--embedded", "--nats-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port}")) && !stderr.contains("service ready"),
+        "{stderr}"
+    );
+    assert!(
+        !other.path().join("archive").exists() && !other.path().join("nats").exists(),
+        "the second instance made nothing"
+    );
+    let out = cli(&url, &["--json", "list-jobs"]);
+    assert!(out.status.success(), "the first instance still serves");
+
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -115,7 +115,7 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
         garbage.body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("invalid request"),
+            .contains("invalid JSON"),
         "{}",
         garbage.body
     );
@@ -161,7 +161,7 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
             CMD_START,
             json!({ "streams": "EVENTS" }),
             400,
-            "invalid request",
+            "streams: invalid type",
         ),
         (
             QRY_JOB,
@@ -231,6 +231,145 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
             "{subject} {body}: {message:?} does not name {needle:?}"
         );
     }
+    assert_eq!(
+        event_count(&s).await,
+        before,
+        "rejected commands recorded events"
+    );
+    // Still serving.
+    let jobs = c.ok(QRY_JOBS, json!({})).await;
+    assert_eq!(jobs, json!([]));
+    s.service.stop().await;
+}
+
+/// What a fuzzer sends: positional arrays, huge and multi-line values, paths that climb out of
+/// the service's directories, URLs with a query, backups that are not where the request says.
+/// Each gets a named 4xx, nothing is recorded or created, and the service keeps serving.
+#[tokio::test]
+async fn hostile_requests_are_refused_by_name_and_leave_nothing_behind() {
+    let s = setup().await;
+    let before = event_count(&s).await;
+    let c = &s.caller;
+    let archive = s._archive.path().display().to_string();
+    let missing_dir = format!("{archive}/not-there");
+    let some_cid = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua";
+    let huge = "c".repeat(70_000);
+    let long_field = format!("f{}", "x".repeat(5_000));
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            CMD_START,
+            json!([["EVENTS"], format!("file://{archive}")]),
+            400,
+            "must be a JSON object",
+        ),
+        (QRY_JOBS, json!([]), 400, "array"),
+        (
+            CMD_RESTORE,
+            json!({ "backup": "latest", "stream": "EVENTS", "start": "yesterday" }),
+            400,
+            "start: \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "correlation_id": "a\r\nb" }),
+            400,
+            "correlation_id: contains",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "correlation_id": huge }),
+            400,
+            "at most",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "a\r\nb": 1 }),
+            400,
+            "unknown field",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], long_field: 1 }),
+            400,
+            "unknown field",
+        ),
+        (
+            CMD_CANCEL,
+            json!({ "job_id": "0193f1c2-0000-7000-8000-000000000000", "reason": "x\ny" }),
+            400,
+            "reason",
+        ),
+        (
+            CMD_VERIFY,
+            json!({ "backup": some_cid, "source": "local" }),
+            404,
+            "is not in",
+        ),
+        (
+            CMD_CHECK,
+            json!({ "streams": ["EVENTS"], "backup": some_cid, "source": "local", "profile": { "profile": "link-only" } }),
+            404,
+            "is not in",
+        ),
+        (
+            CMD_VERIFY,
+            json!({ "backup": some_cid, "source": "file:///../../etc/passwd" }),
+            403,
+            "file:///etc/passwd is outside",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "file:///etc" }),
+            403,
+            "outside",
+        ),
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": format!("file://{archive}?x=1#y") }),
+            400,
+            "no ?query",
+        ),
+        (
+            QRY_BACKUPS,
+            json!({ "destination": format!("file://{missing_dir}") }),
+            404,
+            "does not exist",
+        ),
+        (
+            CMD_CHECK,
+            json!({ "streams": ["EVENTS"], "start_seq": 5000, "profile": { "profile": "link-only" } }),
+            400,
+            "nothing to check: start_seq 5000 is after the last sequence 300",
+        ),
+    ];
+    for (subject, body, code, needle) in cases {
+        let reply = c
+            .request(subject, &body)
+            .await
+            .expect("a reply, not a timeout");
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(reply.status, Some(code), "{subject}: {message}");
+        assert!(
+            message.contains(needle),
+            "{subject}: {message:?} does not name {needle:?}"
+        );
+        assert!(
+            message.len() < 5_000,
+            "a bounded message: {} bytes",
+            message.len()
+        );
+        let header = reply
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Nats-Service-Error")
+            .unwrap();
+        assert!(!header.as_str().contains(['\r', '\n']) && header.as_str().len() <= 256);
+    }
+    assert!(
+        !std::path::Path::new(&missing_dir).exists(),
+        "a query created a directory"
+    );
     assert_eq!(
         event_count(&s).await,
         before,

@@ -34,6 +34,7 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
         secret_access_key: Some(SECRET_KEY.into()),
         allow_http: true,
         retry_timeout_secs: Some(5),
+        ..DestinationConfig::url(url)
     };
     config
         .destinations
@@ -146,6 +147,7 @@ async fn an_object_store_that_goes_down_fails_the_backup_clearly() {
             secret_access_key: Some(SECRET_KEY.into()),
             allow_http: true,
             retry_timeout_secs: Some(3),
+            ..DestinationConfig::url("s3://cim-backups/big")
         },
     );
     let service = TestService::start(config).await;

@@ -14,7 +14,7 @@ use cim_backup_contracts::events::{
 use cim_backup_contracts::replies::{Accepted, CancelAccepted, RestorePlan};
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
-use cim_backup_contracts::{JobId, headers};
+use cim_backup_contracts::{JobId, headers, text};
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
 use cim_backup_domain::check::{CheckCommand, CheckJob};
 use cim_backup_domain::repair::RepairJob;
@@ -26,14 +26,16 @@ use sha2::{Digest, Sha256};
 
 use super::Api;
 use super::reply::ApiError;
-use super::resolve::locate;
+use super::resolve::{locate, manifest_at, require_manifest};
 use crate::jobs::{self, ExecuteError, Job, execute};
 
 /// Parses a request body, naming what is wrong with it.
 pub fn parse<T: for<'de> serde::Deserialize<'de>>(request: &Request) -> Result<T, ApiError> {
-    parse_body(&request.message.payload)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+    parse_body(&request.message.payload).map_err(|e| ApiError::bad_request(e.0))
 }
+
+/// Longest idempotency key or correlation id accepted.
+const MAX_TOKEN: usize = 256;
 
 /// What every accepted command records about its request.
 pub(super) struct Intake {
@@ -57,17 +59,22 @@ impl Intake {
                 .map(|v| v.as_str().to_owned())
         };
         let idempotency_key = key.or_else(|| header(headers::IDEMPOTENCY_KEY));
-        if let Some(k) = &idempotency_key {
-            if k.is_empty() || k.len() > 256 {
-                return Err(ApiError::bad_request(
-                    "idempotency_key must be 1-256 characters",
-                ));
+        let correlation_id = correlation.or_else(|| header(headers::REQUEST_CORRELATION_ID));
+        // Both travel on: the correlation id in every event's header, the key in the
+        // accept event. Bounded and single-line, or the request is the caller's mistake.
+        for (field, value) in [
+            ("idempotency_key", &idempotency_key),
+            ("correlation_id", &correlation_id),
+        ] {
+            if let Some(value) = value {
+                text::check_token(value, MAX_TOKEN)
+                    .map_err(|why| ApiError::bad_request(format!("{field}: {why}")))?;
             }
         }
         Ok(Intake {
             request_id: uuid::Uuid::now_v7().to_string(),
             idempotency_key,
-            correlation_id: correlation.or_else(|| header(headers::REQUEST_CORRELATION_ID)),
+            correlation_id,
         })
     }
 
@@ -185,7 +192,6 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         }
     }
     let destination = ctx.destinations.resolve(cmd.destination.as_deref())?;
-    probe(api, &destination.url).await?;
     let algorithm = cmd.compress.unwrap_or(ctx.defaults.compress);
     let level = match algorithm {
         cim_backup_contracts::commands::CompressionAlgorithm::Zstd => {
@@ -204,7 +210,8 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         ));
     }
     let incremental = !cmd.full && cmd.incremental.unwrap_or(true) && mode == BackupMode::Messages;
-    let encryption = match cmd.encrypt {
+    let encrypt = decide_encryption(api, &cmd, &destination.url, incremental).await?;
+    let encryption = match encrypt {
         true => Some(Encryption {
             scheme: ENCRYPTION_AGE.to_owned(),
             recipients: ctx
@@ -214,6 +221,9 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         }),
         false => None,
     };
+    // Last, because it may create the destination's directory: nothing is made for a request
+    // that is refused for another reason.
+    probe(api, &destination.url).await?;
     let intake = Intake::new(
         request,
         cmd.idempotency_key.clone(),
@@ -256,17 +266,50 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     Ok(reply)
 }
 
+/// Whether a backup is encrypted: as asked; else as its destination or the defaults say; else
+/// as the streams' chains in the destination are. An unencrypted increment on an encrypted
+/// chain would store those messages in plaintext beside it, so that is refused.
+async fn decide_encryption(
+    api: &Api,
+    cmd: &StartBackup,
+    url: &str,
+    incremental: bool,
+) -> Result<bool, ApiError> {
+    let ctx = api.runner.context();
+    let configured = ctx
+        .destinations
+        .encrypt_setting(url)
+        .or(ctx.defaults.encrypt.then_some(true));
+    if !incremental {
+        return Ok(cmd.encrypt.or(configured).unwrap_or(false));
+    }
+    let entries = api.views.catalog().await?;
+    let encrypted_chain = cmd.streams.iter().find(|stream| {
+        cim_backup_projections::catalog::select(entries.clone(), Some(stream))
+            .into_iter()
+            .find(|e| e.destination == url)
+            .is_some_and(|e| e.encrypted)
+    });
+    match (cmd.encrypt.or(configured), encrypted_chain) {
+        (Some(false), Some(stream)) => Err(ApiError::bad_request(format!(
+            "encrypt: the backups of {stream} in {url} are encrypted, and an unencrypted increment would store its messages in plaintext beside them; encrypt it (\"encrypt\": true), or start a new unencrypted chain with \"full\": true"
+        ))),
+        (Some(asked), _) => Ok(asked),
+        (None, chain) => Ok(chain.is_some()),
+    }
+}
+
 pub(super) fn digest_in(admission: Option<&Admission>) -> Option<&str> {
     admission.map(|a| a.request_digest.as_str())
 }
 
 /// A destination must answer before a job is accepted for it.
 async fn probe(api: &Api, url: &str) -> Result<(), ApiError> {
-    let store = api.runner.context().destinations.open(url)?;
+    let store = api.runner.context().destinations.create(url)?;
     store
         .probe()
         .await
-        .map_err(|e| ApiError::unavailable(format!("destination {url} is not usable: {e}")))
+        .map_err(|e| ApiError::new(e.code, e.message))
 }
 
 /// A restore request is answered with the job, or with the plan for a dry run.
@@ -316,20 +359,19 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         )));
     }
     let located = locate(api, cmd.backup, Some(&cmd.stream), cmd.source.as_deref()).await?;
-    let store = ctx.destinations.open(&located.location.url)?;
-    let (manifest, _) = store
-        .get_manifest(&located.backup)
-        .await
-        .map_err(|e| match e {
-            crate::archive::ArchiveError::Missing { .. } => ApiError::not_found(format!(
-                "backup {} is not in {}",
-                located.backup, located.location.url
-            )),
-            other => other.into(),
-        })?;
+    let manifest = manifest_at(api, &located).await?;
     let entry = crate::engine::restore::stream_entry(&manifest, &cmd.stream)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     crate::engine::restore::validate_request(entry, &selection, &options).map_err(engine_error)?;
+    crate::engine::restore::check_request(
+        ctx,
+        &located.location.url,
+        located.backup,
+        &cmd.stream,
+        &selection,
+    )
+    .await
+    .map_err(engine_error)?;
     match (ctx.api.stream_info(&target).await?, options.method) {
         (None, RestoreMethod::Append) => {
             return Err(ApiError::not_found(format!(
@@ -453,6 +495,7 @@ pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> 
         cmd.source.as_deref(),
     )
     .await?;
+    require_manifest(api, &located).await?;
     let mode = cmd.mode.unwrap_or_default();
     let intake = Intake::new(
         request,
@@ -545,10 +588,23 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
             }
             let located =
                 locate(api, backup, Some(&targets[0].stream), cmd.source.as_deref()).await?;
+            manifest_at(api, &located).await?;
             (Some(located.backup), Some(located.location.url))
         }
         None => (None, None),
     };
+    // Every target must hold something in the range: a check of nothing is refused, not "clean".
+    for target in &targets {
+        crate::engine::check::target_range(
+            ctx,
+            &target.stream,
+            backup.zip(source_url.as_deref()),
+            cmd.start_seq,
+            cmd.end_seq,
+        )
+        .await
+        .map_err(engine_error)?;
+    }
     let max_findings = cmd.max_findings.unwrap_or(100) as u64;
     let replay = match &cmd.replay_consumers {
         None => None,
@@ -629,6 +685,10 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
 
 pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiError> {
     let cmd: CancelJob = parse(request)?;
+    if let Some(reason) = &cmd.reason {
+        text::check_line(reason, 1024)
+            .map_err(|why| ApiError::bad_request(format!("reason: {why}")))?;
+    }
     let kind = job_kind(api, &cmd.job_id).await?;
     let reason = CancelRequested { reason: cmd.reason };
     let requested = match kind {
@@ -645,24 +705,18 @@ pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiE
     })
 }
 
-/// Which kind of job an id names: from its view, or (not yet projected) from the event log.
+/// Which kind of job an id names: from its view, or (not yet projected) from its newest event.
+/// One request either way; an unknown id leaves nothing behind on the server.
 pub async fn job_kind(api: &Api, id: &JobId) -> Result<JobKind, ApiError> {
     if let Some(view) = api.views.job(id).await? {
         return Ok(view.kind);
     }
-    let events = &api.runner.context().events;
-    for kind in [
-        JobKind::Backup,
-        JobKind::Restore,
-        JobKind::Verify,
-        JobKind::Check,
-        JobKind::Repair,
-    ] {
-        if !events.load(kind, id).await?.is_empty() {
-            return Ok(kind);
-        }
-    }
-    Err(ApiError::not_found(format!("no job {id}")))
+    api.runner
+        .context()
+        .events
+        .kind_of(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
 async fn request_cancel<A>(api: &Api, id: &JobId, reason: CancelRequested) -> Result<bool, ApiError>

@@ -141,6 +141,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         destinations: Destinations::new(
             config.destinations.clone(),
             config.defaults.destination.clone(),
+            &config.service.file_roots,
         ),
         defaults: config.defaults.clone(),
         instance: config.service.instance.clone(),

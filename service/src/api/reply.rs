@@ -4,7 +4,8 @@
 //! `Nats-Service-Error-Code`) **and** the JSON body `{"error":{"code","kind","message"}}`, so a
 //! plain `nats req` shows the reason and generic micro-service tooling sees the code. Error
 //! counts per endpoint are reported in the `data` of `$SRV.STATS` (async-nats counts only
-//! errors sent without a body).
+//! errors sent without a body). Messages are bounded and the header holds one clean line of
+//! them, whatever values a caller sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use async_nats::service::Request;
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::errors::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use cim_backup_contracts::replies::ErrorReply;
+use cim_backup_contracts::text;
 use serde::Serialize;
 
 /// An error that goes back to the caller.
@@ -24,12 +26,22 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// Longest error message sent: far below the server's 1 MiB payload limit, whatever a caller's
+/// echoed values or a dependency's error text add up to.
+const MAX_MESSAGE: usize = 4096;
+
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (cut)");
         }
+        ApiError { code, message }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
@@ -68,7 +80,7 @@ impl From<crate::jsapi::JsApiError> for ApiError {
 
 impl From<crate::destination::DestinationError> for ApiError {
     fn from(e: crate::destination::DestinationError) -> Self {
-        ApiError::bad_request(e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
@@ -116,7 +128,10 @@ pub async fn send<T: Serialize>(
             tracing::debug!(endpoint, code = ?error.code, message = %error.message, "request rejected");
             counts.bump(endpoint);
             let mut headers = HeaderMap::new();
-            headers.insert(SERVICE_ERROR_HEADER, first_line(&error.message));
+            headers.insert(
+                SERVICE_ERROR_HEADER,
+                text::header_value(&error.message).as_str(),
+            );
             headers.insert(
                 SERVICE_ERROR_CODE_HEADER,
                 error.code.status().to_string().as_str(),
@@ -129,9 +144,4 @@ pub async fn send<T: Serialize>(
     if let Err(e) = sent {
         tracing::warn!(endpoint, error = %e, "could not send reply");
     }
-}
-
-/// Header values cannot hold line breaks.
-fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or("error")
 }

@@ -87,6 +87,44 @@ pub async fn locate(
     }
 }
 
+/// The manifest of a located backup, read (and checked against its id) before a job is accepted
+/// for it: a backup that is not where the request says is a 404 now, not a failed job later.
+pub async fn manifest_at(api: &Api, located: &Located) -> Result<Manifest, ApiError> {
+    let store = api
+        .runner
+        .context()
+        .destinations
+        .open(&located.location.url)?;
+    match store.get_manifest(&located.backup).await {
+        Ok((manifest, _)) => Ok(manifest),
+        Err(crate::archive::ArchiveError::Missing { .. }) => Err(ApiError::not_found(format!(
+            "backup {} is not in {}",
+            located.backup, located.location.url
+        ))),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Checks that a located backup's manifest is where the request says (one HEAD, nothing read):
+/// for a verify, which is there to find out whether the manifest is intact.
+pub async fn require_manifest(api: &Api, located: &Located) -> Result<(), ApiError> {
+    let store = api
+        .runner
+        .context()
+        .destinations
+        .open(&located.location.url)?;
+    match store
+        .size(&crate::archive::manifest::key(&located.backup))
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!(
+            "backup {} is not in {}",
+            located.backup, located.location.url
+        ))),
+    }
+}
+
 /// Reads every manifest in a location; returns catalog-shaped entries, newest first.
 pub async fn list_location(
     api: &Api,

@@ -16,6 +16,9 @@ pub enum ArchiveError {
     },
     #[error("object store failed on {object}: {message}")]
     Store { object: String, message: String },
+    /// The store refused the credentials for this object.
+    #[error("the store refused access to {object}: {message}")]
+    Denied { object: String, message: String },
     /// An encrypted object this service cannot open (no identity, wrong key).
     #[error("object {object}: {message}")]
     Key { object: String, message: String },
@@ -34,7 +37,7 @@ impl ArchiveError {
         match self {
             ArchiveError::Missing { .. } | ArchiveError::Corrupt { .. } => ErrorCode::Corrupt,
             ArchiveError::Store { .. } => ErrorCode::Unavailable,
-            ArchiveError::Key { .. } => ErrorCode::Forbidden,
+            ArchiveError::Key { .. } | ArchiveError::Denied { .. } => ErrorCode::Forbidden,
         }
     }
 
@@ -44,6 +47,7 @@ impl ArchiveError {
             ArchiveError::Missing { object }
             | ArchiveError::Corrupt { object, .. }
             | ArchiveError::Store { object, .. }
+            | ArchiveError::Denied { object, .. }
             | ArchiveError::Key { object, .. } => object,
         }
     }

@@ -37,11 +37,52 @@ fn store_error(object: &str, e: object_store::Error) -> ArchiveError {
         object_store::Error::NotFound { .. } => ArchiveError::Missing {
             object: object.to_owned(),
         },
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => ArchiveError::Denied {
+            object: object.to_owned(),
+            message: describe(&e),
+        },
         other => ArchiveError::Store {
             object: object.to_owned(),
-            message: other.to_string(),
+            message: describe(&other),
         },
     }
+}
+
+/// An object-store error in words: the service's own `Code: Message` from an S3 error body
+/// rather than the XML, and the cause chain otherwise.
+pub fn describe(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_owned())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => {
+            let mut parts = vec![text.clone()];
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let more = s.to_string();
+                if !parts.iter().any(|p| p.contains(&more)) {
+                    parts.push(more);
+                }
+                source = s.source();
+            }
+            parts.join(": ")
+        }
+    }
+}
+
+/// Why a destination cannot be used, with the code the caller gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Unusable {
+    pub code: cim_backup_contracts::ErrorCode,
+    pub message: String,
 }
 
 impl ArchiveStore {
@@ -63,16 +104,41 @@ impl ArchiveStore {
         path
     }
 
-    /// Checks that the destination answers (bucket exists, credentials work).
-    pub async fn probe(&self) -> Result<(), ArchiveError> {
-        self.store
-            .list_with_delimiter(Some(&self.prefix))
-            .await
-            .map(|_| ())
-            .map_err(|e| ArchiveError::Store {
-                object: self.url.clone(),
-                message: e.to_string(),
-            })
+    /// Checks that the destination answers (bucket exists, credentials work), saying which of
+    /// them it is when not: a missing bucket is 404, refused credentials 403, anything else 503.
+    pub async fn probe(&self) -> Result<(), Unusable> {
+        use cim_backup_contracts::ErrorCode;
+        let Err(e) = self.store.list_with_delimiter(Some(&self.prefix)).await else {
+            return Ok(());
+        };
+        let bucket = url::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let (code, message) = match &e {
+            object_store::Error::NotFound { .. } => (
+                ErrorCode::NotFound,
+                format!(
+                    "{}: the bucket {bucket} does not exist ({})",
+                    self.url,
+                    describe(&e)
+                ),
+            ),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => (
+                ErrorCode::Forbidden,
+                format!(
+                    "{}: the store refused these credentials ({})",
+                    self.url,
+                    describe(&e)
+                ),
+            ),
+            _ => (
+                ErrorCode::Unavailable,
+                format!("{} is not reachable: {}", self.url, describe(&e)),
+            ),
+        };
+        Err(Unusable { code, message })
     }
 
     /// The size of `key`, or `None` if it does not exist (one HEAD request, nothing read).

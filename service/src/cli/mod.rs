@@ -267,9 +267,14 @@ pub struct BackupArgs {
     /// Force a full backup (default: incremental where an earlier backup exists).
     #[arg(long)]
     pub full: bool,
-    /// Encrypt segments to the recipients configured for the service.
-    #[arg(long)]
+    /// Encrypt segments to the recipients configured for the service (default: as the
+    /// destination is configured, else as the streams' existing backups there are).
+    #[arg(long, conflicts_with = "no_encrypt")]
     pub encrypt: bool,
+    /// Do not encrypt (refused on a stream whose backups in the destination are encrypted,
+    /// unless --full).
+    #[arg(long)]
+    pub no_encrypt: bool,
     /// Store the server's own snapshot (full-fidelity image, restored by the server).
     #[arg(long)]
     pub snapshot: bool,
@@ -506,7 +511,11 @@ async fn client_command(cli: &Cli) -> Result<(), CliError> {
                 zstd_level: a.zstd_level,
                 full: a.full,
                 incremental: None,
-                encrypt: a.encrypt,
+                encrypt: match (a.encrypt, a.no_encrypt) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
                 mode: a.snapshot.then_some(BackupMode::Snapshot),
                 idempotency_key: a.idempotency_key.clone(),
                 correlation_id: None,

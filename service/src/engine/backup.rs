@@ -38,7 +38,7 @@ pub async fn run(
     let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
         cim_backup_domain::DomainError::NotCreated,
     ))?;
-    let archive = ctx.destinations.open(&spec.destination_url)?;
+    let archive = ctx.destinations.create(&spec.destination_url)?;
     let resumed = job.state.lifecycle.state == Some(JobState::Running);
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let started = take_cut(ctx, &spec, &archive).await?;

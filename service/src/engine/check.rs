@@ -40,40 +40,11 @@ pub async fn run(
         let mut ranges = Vec::new();
         let mut messages = 0;
         for target in &spec.targets {
-            let (first, last, count) = match (&spec.backup, &spec.source_url) {
-                (Some(backup), Some(url)) => {
-                    let archive = ctx.destinations.open(url)?;
-                    let chain = Chain::resolve(&archive, *backup, &target.stream).await?;
-                    let latest = chain.latest();
-                    (
-                        chain.floor(),
-                        latest.cut.last_seq.max(latest.last_seq),
-                        latest.cut.messages,
-                    )
-                }
-                _ => {
-                    let state = ctx
-                        .api
-                        .stream_info(&target.stream)
-                        .await?
-                        .ok_or_else(|| {
-                            EngineError::precondition(
-                                ErrorCode::NotFound,
-                                format!("stream {} does not exist", target.stream),
-                            )
-                        })?
-                        .state;
-                    (state.first_seq, state.last_seq, state.messages)
-                }
-            };
-            let first = spec.start_seq.map_or(first, |s| s.max(first));
-            let last = spec.end_seq.map_or(last, |e| e.min(last));
-            messages += if spec.start_seq.is_none() && spec.end_seq.is_none() {
-                count
-            } else {
-                (last + 1).saturating_sub(first)
-            };
-            ranges.push((first, last));
+            let backup = spec.backup.zip(spec.source_url.as_deref());
+            let range =
+                target_range(ctx, &target.stream, backup, spec.start_seq, spec.end_seq).await?;
+            messages += range.messages;
+            ranges.push((range.first, range.last));
         }
         execute(
             &ctx.events,
@@ -91,7 +62,8 @@ pub async fn run(
     };
     let mut reports = Vec::with_capacity(spec.targets.len());
     for (target, &(first, last)) in spec.targets.iter().zip(&plan.ranges) {
-        let mut walk = Walk::new(target, spec.max_findings as usize, spec.start_seq.is_some());
+        let anchored = spec.start_seq.is_some_and(|s| s > 1);
+        let mut walk = Walk::new(target, spec.max_findings as usize, (first, last), anchored);
         walk.stop_at_first = spec.replay.is_some();
         match (&spec.backup, &spec.source_url) {
             (Some(backup), Some(url)) => {
@@ -155,9 +127,114 @@ pub async fn run(
     Ok(())
 }
 
+/// What one target of a check covers: sequences `first..=last` and (an estimate of) the
+/// messages in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetRange {
+    pub first: u64,
+    pub last: u64,
+    pub messages: u64,
+}
+
+/// The range a check of `stream` covers (live, or in a stored backup), clipped to `start_seq`
+/// / `end_seq`. A range without messages is refused (400, saying why): a check of nothing must
+/// not read as "clean". A server-snapshot backup is refused too: its messages are in the
+/// server's own format.
+pub async fn target_range(
+    ctx: &Context,
+    stream: &str,
+    backup: Option<(cim_backup_contracts::cid::Cid, &str)>,
+    start_seq: Option<u64>,
+    end_seq: Option<u64>,
+) -> Result<TargetRange, EngineError> {
+    let (first, last, count, what) = match backup {
+        Some((backup, url)) => {
+            let archive = ctx.destinations.open(url)?;
+            let chain = Chain::resolve(&archive, backup, stream).await?;
+            let latest = chain.latest();
+            if latest.snapshot.is_some() {
+                return Err(EngineError::precondition(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "backup {backup} holds a server snapshot of {stream}, whose messages only nats-server reads: restore it under another name (restore-events --stream {stream} --as {stream}_CHECK) and check that stream"
+                    ),
+                ));
+            }
+            let messages: u64 = chain
+                .manifests
+                .iter()
+                .filter_map(|(_, m)| m.stream(stream))
+                .map(|s| s.messages)
+                .sum();
+            (
+                chain.floor().max(1),
+                latest.cut.last_seq.max(latest.last_seq),
+                messages,
+                format!("backup {backup} of {stream}"),
+            )
+        }
+        None => {
+            let state = ctx
+                .api
+                .stream_info(stream)
+                .await?
+                .ok_or_else(|| {
+                    EngineError::precondition(
+                        ErrorCode::NotFound,
+                        format!("stream {stream} does not exist"),
+                    )
+                })?
+                .state;
+            (
+                state.first_seq,
+                state.last_seq,
+                state.messages,
+                format!("stream {stream}"),
+            )
+        }
+    };
+    let nothing = |why: String| {
+        Err(EngineError::precondition(
+            ErrorCode::BadRequest,
+            format!("nothing to check: {why}"),
+        ))
+    };
+    if count == 0 {
+        return nothing(format!("{what} holds no messages"));
+    }
+    let from = start_seq.map_or(first, |s| s.max(first));
+    let to = end_seq.map_or(last, |e| e.min(last));
+    if start_seq.is_some_and(|s| s > last) {
+        return nothing(format!(
+            "start_seq {} is after the last sequence {last} of {what}",
+            start_seq.unwrap_or_default()
+        ));
+    }
+    if end_seq.is_some_and(|e| e < first) {
+        return nothing(format!(
+            "end_seq {} is before the first sequence {first} of {what}",
+            end_seq.unwrap_or_default()
+        ));
+    }
+    let messages = if from == first && to == last {
+        count
+    } else {
+        // Sequences in the range, at most the messages held: exact unless some were deleted.
+        (to + 1 - from).min(count)
+    };
+    Ok(TargetRange {
+        first: from,
+        last: to,
+        messages,
+    })
+}
+
 /// One target's walk: the walker and the (bounded) findings.
 struct Walk {
     stream: String,
+    /// The range asked for, and whether chains are anchored in it.
+    range: (u64, u64),
+    anchored: bool,
     walker: ChainWalker,
     findings: Vec<Finding>,
     total: u64,
@@ -174,11 +251,13 @@ impl Walk {
         self.stop_at_first && self.total > 0
     }
 
-    fn new(target: &CheckTarget, max: usize, mid_stream: bool) -> Walk {
+    fn new(target: &CheckTarget, max: usize, range: (u64, u64), anchored: bool) -> Walk {
         let profile = profile(&target.profile);
         Walk {
             stream: target.stream.clone(),
-            walker: if mid_stream {
+            range,
+            anchored,
+            walker: if anchored {
                 ChainWalker::anchored(profile)
             } else {
                 ChainWalker::new(profile)
@@ -223,6 +302,9 @@ impl Walk {
         IntegrityReport {
             stream: self.stream,
             profile: self.walker.kind(),
+            range_first: self.range.0,
+            range_last: self.range.1,
+            anchored: self.anchored,
             first_seq: self.first_seq.unwrap_or(0),
             last_seq: self.last_seq,
             messages_checked: self.walker.checked(),
@@ -291,7 +373,7 @@ pub async fn walk_stream(
         profile: profile.clone(),
         projections: Vec::new(),
     };
-    let mut walk = Walk::new(&target, max_findings, first > 1);
+    let mut walk = Walk::new(&target, max_findings, (first, last), first > 1);
     walk_live(ctx, None, &mut walk, first, last, cancel).await?;
     Ok(walk.report(None))
 }
@@ -433,12 +515,24 @@ async fn check_projections(
     let states: HashMap<&str, ChainState> = walker.chain_states().collect();
     let mut report = ProjectionReport::default();
     for spec in specs {
-        let kv = ctx.js.get_key_value(&spec.bucket).await.map_err(|e| {
-            EngineError::precondition(
-                ErrorCode::NotFound,
-                format!("projection bucket {}: {e}", spec.bucket),
-            )
-        })?;
+        // A missing bucket is a finding about the projections, not a reason to lose the
+        // verdict on the stream: report it and go on with the others.
+        if ctx
+            .api
+            .stream_info(&format!("KV_{}", spec.bucket))
+            .await?
+            .is_none()
+        {
+            if !report.missing_buckets.contains(&spec.bucket) {
+                report.missing_buckets.push(spec.bucket.clone());
+            }
+            continue;
+        }
+        let kv = ctx
+            .js
+            .get_key_value(&spec.bucket)
+            .await
+            .map_err(EngineError::nats)?;
         let cid_field = spec.cid_field.as_deref().unwrap_or("last_event_cid");
         let seq_field = spec.seq_field.as_deref().unwrap_or("last_event_seq");
         let keys: Vec<String> = kv

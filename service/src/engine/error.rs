@@ -74,7 +74,7 @@ impl EngineError {
             EngineError::Cancelled => ErrorCode::Conflict,
             EngineError::Interrupted => ErrorCode::Unavailable,
             EngineError::Archive(a) => a.code(),
-            EngineError::Destination(_) => ErrorCode::BadRequest,
+            EngineError::Destination(d) => d.code(),
             EngineError::Nats(_) | EngineError::JetStream(_) | EngineError::Events(_) => {
                 ErrorCode::Unavailable
             }

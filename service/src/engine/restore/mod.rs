@@ -116,6 +116,61 @@ async fn prepare(
     })
 }
 
+/// A selection that keeps nothing is refused before anything is created: a restore that
+/// "completes" with an empty stream would look like a restore of nothing that went well.
+/// `kept` is the exact count when it is known (after a tally), else the planned segments decide.
+fn refuse_empty_selection(
+    p: &Prepared,
+    selection: &Selection,
+    kept: Option<u64>,
+) -> Result<(), EngineError> {
+    let nothing = match kept {
+        Some(messages) => messages == 0,
+        None => p.plan.segments.is_empty(),
+    };
+    if selection.is_everything() || !nothing {
+        return Ok(());
+    }
+    let segments: Vec<_> = p
+        .chain
+        .manifests
+        .iter()
+        .filter_map(|(_, m)| m.stream(&p.chain.stream))
+        .flat_map(|s| s.segments.iter())
+        .collect();
+    let holds = match (segments.first(), segments.last()) {
+        (Some(first), Some(last)) => format!(
+            "it holds seq {}..={}, {} .. {}",
+            first.first_seq,
+            last.last_seq,
+            cim_backup_contracts::events::format_time(first.first_time),
+            cim_backup_contracts::events::format_time(last.last_time)
+        ),
+        _ => "it holds no messages".to_owned(),
+    };
+    Err(EngineError::precondition(
+        ErrorCode::NotFound,
+        format!(
+            "the selection matches no message of {} in backup {} ({holds}); nothing was restored",
+            p.chain.stream,
+            p.chain.ids().last().expect("a chain is never empty")
+        ),
+    ))
+}
+
+/// Checks a restore request against its backup before it is accepted: the chain resolves and
+/// links, and the selection keeps at least one segment.
+pub async fn check_request(
+    ctx: &Context,
+    source_url: &str,
+    backup: Cid,
+    stream: &str,
+    selection: &Selection,
+) -> Result<(), EngineError> {
+    let p = prepare(ctx, source_url, backup, stream, selection).await?;
+    refuse_empty_selection(&p, selection, None)
+}
+
 /// The method a restore uses, given what was asked and what the server and target are.
 async fn choose_method(
     ctx: &Context,
@@ -169,6 +224,17 @@ async fn bounds(ctx: &Context, p: &Prepared) -> Result<Tally, EngineError> {
     plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await
 }
 
+/// An append's exact tally, read with every kept record's subject checked against what the
+/// target captures: an append that would publish where the target does not listen is refused
+/// before its first message (and in its dry run).
+async fn append_tally(ctx: &Context, p: &Prepared, target: &str) -> Result<Tally, EngineError> {
+    let captures = publish::Captures::of(ctx, target).await?;
+    plan::tally_checked(&p.archive, &p.chain, &p.plan, &ctx.keys, |r| {
+        captures.check(r.subject)
+    })
+    .await
+}
+
 /// The target's last sequence: for a whole-stream restore the original's (trailing gaps
 /// kept, so new messages get the sequences they would have had); else the last one written.
 fn target_last_seq(selection: &Selection, latest: &StreamArchive, tally: &Tally) -> u64 {
@@ -201,7 +267,11 @@ async fn restore(
     }
     if job.state.lifecycle.state == Some(JobState::Accepted) {
         let method = choose_method(ctx, spec.options.method, &spec.target).await?;
-        let tally = bounds(ctx, &p).await?;
+        let tally = match method {
+            RestoreMethod::Append => append_tally(ctx, &p, &spec.target).await?,
+            _ => bounds(ctx, &p).await?,
+        };
+        refuse_empty_selection(&p, &spec.selection, Some(tally.messages))?;
         let started = RestoreStarted {
             method,
             chain: p.chain.ids(),
@@ -690,8 +760,10 @@ pub async fn dry_run(ctx: &Context, r: DryRun<'_>) -> Result<RestorePlan, Engine
             first: (p.latest.messages > 0).then_some((p.latest.first_seq, 0)),
             last: (p.latest.messages > 0).then_some((p.latest.last_seq, 0)),
         },
+        None if method == RestoreMethod::Append => append_tally(ctx, &p, r.target).await?,
         None => plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?,
     };
+    refuse_empty_selection(&p, r.selection, Some(tally.messages))?;
     let last_seq = target_last_seq(r.selection, &p.latest, &tally);
     let mut notes = Vec::new();
     if method != RestoreMethod::Append {

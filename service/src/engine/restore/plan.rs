@@ -301,12 +301,26 @@ pub async fn tally(
     plan: &Plan,
     keys: &Keys,
 ) -> Result<Tally, EngineError> {
+    tally_checked(archive, chain, plan, keys, |_| Ok(())).await
+}
+
+/// [`tally`], refusing the first kept record that `check` refuses (an append checks that the
+/// target captures every subject before anything is written).
+pub async fn tally_checked(
+    archive: &ArchiveStore,
+    chain: &Chain,
+    plan: &Plan,
+    keys: &Keys,
+    check: impl Fn(&Record<'_>) -> Result<(), EngineError>,
+) -> Result<Tally, EngineError> {
     let mut tally = Tally::default();
     for planned in &plan.segments {
         let stored = archive.get(&segment::key(&planned.info)).await?;
         let plain = open_planned(chain, planned, &stored, keys)?;
         for record in kept_records(plan, planned, &plain) {
-            tally.add(&record?);
+            let record = record?;
+            check(&record)?;
+            tally.add(&record);
         }
     }
     Ok(tally)

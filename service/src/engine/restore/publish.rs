@@ -46,6 +46,67 @@ pub const ORIGINAL_TIME_HEADER: &str = "Cim-Original-Time";
 /// Publishes awaiting their ack at once.
 const ACK_WINDOW: usize = 4096;
 
+/// The subjects a target stream captures. Every restore publish goes through [`Captures::check`]
+/// first: a message on a subject the target does not capture would land in whichever stream
+/// does (a live one, say) or nowhere, so it is refused before it is sent. JetStream forbids
+/// overlapping subjects, so a subject the target captures is captured by no other stream.
+#[derive(Debug, Clone)]
+pub struct Captures {
+    stream: String,
+    filters: Vec<String>,
+}
+
+impl Captures {
+    /// What `stream` captures now, from its configuration.
+    pub async fn of(ctx: &Context, stream: &str) -> Result<Captures, EngineError> {
+        let info = ctx
+            .api
+            .stream_info(stream)
+            .await?
+            .ok_or_else(|| vanished(stream))?;
+        Ok(Captures::from_config(stream, &info.config))
+    }
+
+    pub fn from_config(stream: &str, config: &Value) -> Captures {
+        let filters = config
+            .get("subjects")
+            .and_then(Value::as_array)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Captures {
+            stream: stream.to_owned(),
+            filters,
+        }
+    }
+
+    /// Refuses a subject the stream does not capture.
+    pub fn check(&self, subject: &str) -> Result<(), EngineError> {
+        if self
+            .filters
+            .iter()
+            .any(|f| super::plan::subject_matches(f, subject))
+        {
+            return Ok(());
+        }
+        Err(EngineError::precondition(
+            ErrorCode::Conflict,
+            format!(
+                "stream {} does not capture {subject} (its subjects: {}): published, the message would go to another stream or nowhere, so nothing is published; restore into a stream that captures the original subjects, or restore under a new name instead of appending",
+                self.stream,
+                if self.filters.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.filters.join(", ")
+                }
+            ),
+        ))
+    }
+}
+
 /// Where the records go and what they must look like there.
 pub enum Into<'a> {
     /// A new target created for this restore, reproducing sequences up to `last_seq`.
@@ -108,6 +169,7 @@ pub async fn write(
     let mut writer = Writer {
         ctx,
         target: target.to_owned(),
+        captures: Captures::of(ctx, target).await?,
         prefix,
         in_flight: VecDeque::new(),
         expect_seqs,
@@ -271,6 +333,8 @@ pub async fn create_consumers(
 struct Writer<'a> {
     ctx: &'a Context,
     target: String,
+    /// Checked before every publish: nothing goes to a subject the target does not capture.
+    captures: Captures,
     prefix: String,
     in_flight: VecDeque<(Option<u64>, PublishAckFuture)>,
     expect_seqs: bool,
@@ -290,6 +354,7 @@ impl Writer<'_> {
             self.settle_one().await?;
         }
         let subject = format!("{}{subject}", self.prefix);
+        self.captures.check(&subject)?;
         let js = &self.ctx.js;
         let ack = match headers {
             Some(h) if !h.is_empty() => js.publish_with_headers(subject, h, payload).await,
