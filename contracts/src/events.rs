@@ -567,6 +567,10 @@ pub struct BackupStarted {
     pub streams: Vec<StreamStart>,
     /// The writer, e.g. `cim-backup 0.1.0`.
     pub tool: String,
+    /// What the operator should know: a stream backed up in full although the job is
+    /// incremental, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,6 +85,7 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
                 consumers: vec![],
             }],
             tool: "cim-backup 0.1.0".into(),
+            notes: vec![],
         })),
         ..accepted()
     };

@@ -451,6 +451,7 @@ mod tests {
             taken_at: time::OffsetDateTime::UNIX_EPOCH,
             streams,
             tool: "test".into(),
+            notes: vec![],
         }
     }
 
@@ -610,6 +611,7 @@ mod tests {
             taken_at: time::OffsetDateTime::UNIX_EPOCH,
             streams: vec![start(cut("A", 1, 150), Some(100))],
             tool: "t".into(),
+            notes: vec![],
         };
         let history = vec![
             BackupEvent::BackupAccepted(spec.clone()),

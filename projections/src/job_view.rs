@@ -63,6 +63,7 @@ pub fn fold(
                 // new ones, so its total becomes exact at completion.
                 p.messages_total = s.streams.iter().map(|c| c.cut.messages).sum();
                 p.bytes_total = s.streams.iter().map(|c| c.cut.bytes).sum();
+                next.notes = s.notes.clone();
             }
             BackupEvent::SegmentStored(s) => {
                 p.messages_done += s.segment.records;

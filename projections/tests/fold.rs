@@ -88,6 +88,7 @@ fn history() -> Vec<BackupEvent> {
                 consumers: vec![],
             }],
             tool: "test".into(),
+            notes: vec![],
         }),
         BackupEvent::SegmentStored(SegmentStored {
             stream: "EVENTS".into(),

@@ -489,3 +489,56 @@ async fn events_live_in_an_existing_stream_that_captures_them() {
     );
     service.stop().await;
 }
+
+/// A fuzz run found each lookup of an unknown job leaving five consumers on the event stream
+/// (and each listing one on its bucket); 250 at once hit the consumer limit and broke other
+/// clients. Lookups are requests only now: a burst is answered correctly and leaves nothing.
+#[tokio::test]
+async fn a_burst_of_lookups_is_answered_and_leaves_no_consumers() {
+    let s = setup().await;
+    let c = &s.caller;
+    let api = cim_backup::jsapi::JsApi::new(c.client.clone());
+    let consumers = |stream: &'static str| {
+        let api = api.clone();
+        async move {
+            api.stream_info(stream)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+                .consumer_count
+        }
+    };
+    let streams = [EVENTS_STREAM, "KV_CIM_BACKUP_JOBS", "KV_CIM_BACKUP_CATALOG"];
+    let mut before = Vec::new();
+    for stream in streams {
+        before.push(consumers(stream).await);
+    }
+    let lookups = (0..250).map(|i| {
+        let c = c.clone();
+        async move {
+            let id = format!("0193f1c2-0000-7000-8000-{i:012}");
+            let (subject, body, expected) = match i % 4 {
+                0 => (QRY_JOB, json!({ "job_id": id }), Some(404)),
+                1 => (CMD_CANCEL, json!({ "job_id": id }), Some(404)),
+                2 => (QRY_JOBS, json!({}), None),
+                _ => (QRY_BACKUPS, json!({}), None),
+            };
+            let reply = c.request(subject, &body).await.expect("answered");
+            assert_eq!(reply.status, expected, "{subject}: {}", reply.body);
+        }
+    });
+    futures::future::join_all(lookups).await;
+    for (stream, before) in streams.into_iter().zip(before) {
+        assert_eq!(
+            consumers(stream).await,
+            before,
+            "lookups left consumers on {stream}"
+        );
+    }
+    // Still serving, and other work is unaffected.
+    let job = c.ok(CMD_START, json!({ "streams": ["EVENTS"] })).await;
+    let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed);
+    s.service.stop().await;
+}

@@ -225,3 +225,106 @@ async fn memory_destinations_work_within_one_service() {
     );
     service.stop().await;
 }
+
+/// An increment written without a word on an encrypted chain used to be stored in plaintext.
+/// Now it continues its chain's encryption; an explicit unencrypted increment is refused; a
+/// full backup may start a plaintext chain; a destination can make encryption its default; and
+/// an encrypted backup never continues a plaintext chain (it starts a new one, and says so).
+#[tokio::test]
+async fn increments_continue_their_chains_encryption_and_never_mix() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let sealed = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (public, identity) = keygen(keys.path(), "backup.key");
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 300, 10).await;
+    let mut cfg = config(&nats.url(), archive.path(), vec![public], vec![identity]);
+    let mut always =
+        cim_backup::config::DestinationConfig::url(&format!("file://{}", sealed.path().display()));
+    always.encrypt = Some(true);
+    cfg.destinations.insert("sealed".into(), always);
+    let service = TestService::start(cfg).await;
+    let c = Caller::connect(&nats.url()).await;
+    let newest = |c: &Caller| {
+        let c = c.clone();
+        async move { c.ok(QRY_BACKUPS, json!({ "stream": "EVENTS" })).await[0].clone() }
+    };
+
+    let first = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "encrypt": true }),
+    )
+    .await;
+    assert_eq!(first.state, JobState::Completed, "{first:?}");
+    publish_events(&client, "events.node", 300, 50, 10).await;
+    let second = job(&c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
+    assert_eq!(second.state, JobState::Completed, "{second:?}");
+    let entry = newest(&c).await;
+    assert_eq!(entry["encrypted"], true, "the increment inherits: {entry}");
+    assert_eq!(
+        entry["streams"][0]["parent"],
+        json!(first.backup_id.unwrap().to_string())
+    );
+
+    publish_events(&client, "events.node", 350, 50, 10).await;
+    let (status, message) = c
+        .err(
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "encrypt": false }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("are encrypted") && message.contains("\"full\""),
+        "{message}"
+    );
+    let plain = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "encrypt": false, "full": true }),
+    )
+    .await;
+    assert_eq!(plain.state, JobState::Completed, "{plain:?}");
+    let entry = newest(&c).await;
+    assert_eq!(
+        (
+            entry["encrypted"].clone(),
+            entry["streams"][0]["parent"].clone()
+        ),
+        (json!(false), Value::Null)
+    );
+
+    // Now the chain is plaintext: an encrypted backup starts its own chain, with a note.
+    let sealed_again = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "encrypt": true }),
+    )
+    .await;
+    assert_eq!(sealed_again.state, JobState::Completed, "{sealed_again:?}");
+    assert!(
+        sealed_again
+            .notes
+            .iter()
+            .any(|n| n.contains("full backup, not incremental") && n.contains("not encrypted")),
+        "{:?}",
+        sealed_again.notes
+    );
+    assert_eq!(newest(&c).await["streams"][0]["parent"], Value::Null);
+
+    // A destination configured to encrypt does so when the request does not say.
+    let view = job(
+        &c,
+        CMD_START,
+        json!({ "streams": ["EVENTS"], "destination": "sealed" }),
+    )
+    .await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    let listed = c.ok(QRY_BACKUPS, json!({ "destination": "sealed" })).await;
+    assert_eq!(listed[0]["encrypted"], true, "{listed}");
+    service.stop().await;
+}

@@ -224,3 +224,130 @@ async fn checks_find_the_exact_corruption_point_and_inconsistent_projections() {
     assert_eq!(reports[0].messages_checked, 3_000);
     service.stop().await;
 }
+
+/// "Clean" only means something for a stated range: a check of nothing is refused (past the
+/// end, an empty stream, a server-snapshot backup whose messages we cannot read), and a clean
+/// report says which range it covered and that a walk started mid-stream was anchored.
+#[tokio::test]
+async fn a_check_of_nothing_is_refused_and_clean_states_its_range() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    publish_chained(&client, "cim.graph", 300, 10).await;
+    create_stream(&client, "EMPTY", &["cim.empty.>"]).await;
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config
+        .integrity
+        .streams
+        .insert("GRAPH".into(), ipld_chains_by_token_2(vec![], &[]));
+    config
+        .integrity
+        .streams
+        .insert("EMPTY".into(), ipld_chains_by_token_2(vec![], &[]));
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+
+    let (status, message) = c
+        .err(
+            CMD_CHECK,
+            json!({ "streams": ["GRAPH"], "start_seq": 5_000 }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("nothing to check: start_seq 5000 is after the last sequence 300"),
+        "{message}"
+    );
+    let (status, message) = c.err(CMD_CHECK, json!({})).await;
+    assert_eq!(status, 400, "every configured stream, one of them empty");
+    assert!(
+        message.contains("stream EMPTY holds no messages"),
+        "{message}"
+    );
+
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"], "start_seq": 101 })).await;
+    let r = &reports[0];
+    assert!(r.is_clean());
+    assert_eq!((r.range_first, r.range_last, r.anchored), (101, 300, true));
+    let line = &r.summary_lines()[0];
+    assert!(
+        line.contains("seq 101..=300") && line.contains("anchored"),
+        "{line}"
+    );
+    let (_, reports) = check(&c, json!({ "streams": ["GRAPH"] })).await;
+    assert!(
+        !reports[0].anchored,
+        "a walk from the start is not anchored"
+    );
+
+    let snapshot = c
+        .ok(
+            cim_backup_contracts::subjects::CMD_START,
+            json!({ "streams": ["GRAPH"], "mode": "snapshot" }),
+        )
+        .await;
+    let view = c.wait_job(snapshot["job_id"].as_str().unwrap(), WAIT).await;
+    let backup = view
+        .backup_id
+        .expect("the snapshot backup completed")
+        .to_string();
+    let (status, message) = c
+        .err(CMD_CHECK, json!({ "streams": ["GRAPH"], "backup": backup }))
+        .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("server snapshot"), "{message}");
+    service.stop().await;
+}
+
+/// One missing projection bucket used to fail the whole deep check (exit 1), losing the
+/// verdict on the stream. Each part is reported on its own; the missing bucket is a finding.
+#[tokio::test]
+async fn a_missing_projection_bucket_is_a_finding_and_the_stream_verdict_stays() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "GRAPH", &["cim.graph.>"]).await;
+    let heads = publish_chained(&client, "cim.graph", 200, 5).await;
+    publish_tampered(&client, "cim.graph", 1, &heads[1].0, 40).await;
+    let spec = |bucket: &str| ProjectionSpec {
+        bucket: bucket.into(),
+        key_prefix: "node.".into(),
+        cid_field: None,
+        seq_field: None,
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "GRAPH_VIEW".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.integrity.streams.insert(
+        "GRAPH".into(),
+        ipld_chains_by_token_2(vec![spec("GRAPH_VIEW"), spec("NO_SUCH_VIEW")], &[]),
+    );
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+    let (_, reports) = check(&c, json!({ "deep": true })).await;
+    let r = &reports[0];
+    assert_eq!(
+        r.findings_total, 1,
+        "the stream's own verdict: {:?}",
+        r.findings
+    );
+    assert_eq!(r.findings[0].kind, FindingKind::CidMismatch);
+    let projections = r.projections.as_ref().expect("deep");
+    assert_eq!(projections.missing_buckets, vec!["NO_SUCH_VIEW".to_owned()]);
+    assert!(!r.is_clean());
+    let lines = r.summary_lines();
+    assert!(lines[0].starts_with("Event Stream: CORRUPTED"), "{lines:?}");
+    assert!(
+        lines[1].contains("bucket NO_SUCH_VIEW does not exist"),
+        "{lines:?}"
+    );
+    service.stop().await;
+}

@@ -42,6 +42,10 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     config
         .destinations
         .insert("ghost".into(), on_moto("s3://no-such-bucket/x"));
+    let mut keyless = on_moto("s3://cim-models");
+    keyless.access_key_id = None;
+    keyless.secret_access_key = None;
+    config.destinations.insert("keyless".into(), keyless);
     let service = TestService::start(config).await;
     let c = Caller::connect(&nats.url()).await;
 
@@ -113,15 +117,36 @@ async fn backups_to_s3_verify_restore_and_detect_tampering() {
     let object = failed.error.unwrap().object.unwrap();
     assert_eq!(format!("events/{object}"), *segments[0]);
 
-    // A bucket that does not exist is refused up front, naming the destination.
+    // A bucket that does not exist is refused up front, naming the destination and the bucket,
+    // for a backup and for a listing; so is an S3 destination without credentials (it used to
+    // end in an instance-metadata timeout).
+    for (subject, body) in [
+        (
+            CMD_START,
+            json!({ "streams": ["EVENTS"], "destination": "ghost" }),
+        ),
+        (QRY_BACKUPS, json!({ "destination": "ghost" })),
+    ] {
+        let (status, message) = c.err(subject, body).await;
+        assert_eq!(status, 404, "{message}");
+        assert!(
+            message.contains("s3://no-such-bucket/x: the bucket no-such-bucket does not exist"),
+            "{message}"
+        );
+        assert!(!message.contains('<'), "no raw XML: {message}");
+    }
     let (status, message) = c
         .err(
             CMD_START,
-            json!({ "streams": ["EVENTS"], "destination": "ghost" }),
+            json!({ "streams": ["EVENTS"], "destination": "keyless" }),
         )
         .await;
-    assert_eq!(status, 503, "{message}");
-    assert!(message.contains("s3://no-such-bucket/x"), "{message}");
+    assert_eq!(status, 400, "{message}");
+    assert!(
+        message.contains("no credentials for s3://cim-models"),
+        "{message}"
+    );
+    assert!(!message.contains("169.254"), "{message}");
     service.stop().await;
 }
 

@@ -560,3 +560,110 @@ async fn object_stores_round_trip_and_the_catalog_names_buckets() {
     );
     e.service.stop().await;
 }
+
+/// The defect from the runbook walk: a copy restored under a new name gets no subjects (the
+/// original owns them); appending to the copy must not publish on the original subjects, which
+/// would put duplicates into the live stream. Refused in the dry run and before the first
+/// message, and the live stream is untouched.
+#[tokio::test]
+async fn an_append_never_publishes_where_the_target_does_not_listen() {
+    let e = env().await;
+    create_stream(&e.client, "EVENTS", &["events.>"]).await;
+    publish_events(&e.client, "events.node", 0, 300, 5).await;
+    let view = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
+    let backup_id = view.backup_id.unwrap().to_string();
+    let copy = completed(
+        &e.c,
+        CMD_RESTORE,
+        json!({ "backup": backup_id, "stream": "EVENTS", "as": "COPY" }),
+    )
+    .await;
+    assert!(
+        copy.notes.iter().any(|n| n.contains("subjects")),
+        "the copy says it has no subjects: {:?}",
+        copy.notes
+    );
+    let live_before = state(&e.client, "EVENTS").await;
+    let copy_before = state(&e.client, "COPY").await;
+    let append = json!({
+        "backup": backup_id, "stream": "EVENTS", "as": "COPY", "method": "append",
+        "start_seq": 1, "end_seq": 5,
+    });
+    let mut dry = append.clone();
+    dry["dry_run"] = json!(true);
+    let (status, message) = e.c.err(CMD_RESTORE, dry).await;
+    assert_eq!(status, 409, "{message}");
+    assert!(
+        message.contains("COPY does not capture events.node"),
+        "{message}"
+    );
+    let failed = job(&e.c, CMD_RESTORE, append).await;
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_ref()
+            .is_some_and(|f| f.message.contains("does not capture")),
+        "{failed:?}"
+    );
+    let live_after = state(&e.client, "EVENTS").await;
+    assert_eq!(
+        (live_after.messages, live_after.last_seq),
+        (live_before.messages, live_before.last_seq),
+        "nothing was published into the live stream"
+    );
+    let copy_after = state(&e.client, "COPY").await;
+    assert_eq!(copy_after.messages, copy_before.messages);
+    e.service.stop().await;
+}
+
+/// A restore whose selection keeps nothing "completed" with an empty stream before: now it is
+/// refused at once (and its dry run too), and no stream is created.
+#[tokio::test]
+async fn a_selection_that_matches_nothing_is_refused_and_creates_nothing() {
+    let e = env().await;
+    create_stream(&e.client, "EVENTS", &["events.>"]).await;
+    publish_events(&e.client, "events.node", 0, 200, 5).await;
+    let view = completed(&e.c, CMD_START, json!({ "streams": ["EVENTS"] })).await;
+    let backup_id = view.backup_id.unwrap().to_string();
+    for selection in [
+        json!({ "start_seq": 5_000 }),
+        json!({ "start": "2001-01-01T00:00:00Z", "end": "2001-01-02T00:00:00Z" }),
+        json!({ "subjects": ["nothing.here.>"] }),
+    ] {
+        for dry_run in [true, false] {
+            let mut body = json!({ "backup": backup_id, "stream": "EVENTS", "as": "EMPTY", "dry_run": dry_run });
+            for (k, v) in selection.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let reply = e.c.request(CMD_RESTORE, &body).await.unwrap();
+            let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+            if reply.status.is_none() {
+                // A subject filter is only known to match nothing by reading: the job fails
+                // before it creates anything.
+                let failed =
+                    e.c.wait_job(reply.body["job_id"].as_str().unwrap(), WAIT)
+                        .await;
+                assert_eq!(failed.state, JobState::Failed, "{selection}: {failed:?}");
+                assert!(
+                    failed.error.unwrap().message.contains("matches no message"),
+                    "{selection}"
+                );
+            } else {
+                assert_eq!(reply.status, Some(404), "{selection}: {message}");
+                assert!(
+                    message.contains("matches no message of EVENTS"),
+                    "{selection}: {message}"
+                );
+            }
+            assert!(
+                async_nats::jetstream::new(e.client.clone())
+                    .get_stream("EMPTY")
+                    .await
+                    .is_err(),
+                "{selection}: no stream was created"
+            );
+        }
+    }
+    e.service.stop().await;
+}

@@ -97,10 +97,7 @@ pub async fn manifest_at(api: &Api, located: &Located) -> Result<Manifest, ApiEr
         .open(&located.location.url)?;
     match store.get_manifest(&located.backup).await {
         Ok((manifest, _)) => Ok(manifest),
-        Err(crate::archive::ArchiveError::Missing { .. }) => Err(ApiError::not_found(format!(
-            "backup {} is not in {}",
-            located.backup, located.location.url
-        ))),
+        Err(crate::archive::ArchiveError::Missing { .. }) => Err(not_there(&store, located).await),
         Err(other) => Err(other.into()),
     }
 }
@@ -118,10 +115,19 @@ pub async fn require_manifest(api: &Api, located: &Located) -> Result<(), ApiErr
         .await?
     {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!(
+        None => Err(not_there(&store, located).await),
+    }
+}
+
+/// Why a backup's manifest is absent: the place itself is unusable (a missing bucket), or the
+/// backup is not in it.
+async fn not_there(store: &crate::archive::ArchiveStore, located: &Located) -> ApiError {
+    match store.probe().await {
+        Err(e) => ApiError::new(e.code, e.message),
+        Ok(()) => ApiError::not_found(format!(
             "backup {} is not in {}",
             located.backup, located.location.url
-        ))),
+        )),
     }
 }
 
@@ -132,6 +138,10 @@ pub async fn list_location(
     stream: Option<&str>,
 ) -> Result<Vec<CatalogEntry>, ApiError> {
     let store = api.runner.context().destinations.open(&location.url)?;
+    store
+        .probe()
+        .await
+        .map_err(|e| ApiError::new(e.code, e.message))?;
     let mut entries = Vec::new();
     for cid in store.list_manifests().await? {
         match store.get_manifest(&cid).await {

@@ -115,27 +115,30 @@ impl ArchiveStore {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
-        let (code, message) = match &e {
-            object_store::Error::NotFound { .. } => (
-                ErrorCode::NotFound,
-                format!(
-                    "{}: the bucket {bucket} does not exist ({})",
-                    self.url,
-                    describe(&e)
-                ),
-            ),
+        let said = describe(&e);
+        let s3_code = said.split(':').next().unwrap_or_default();
+        let missing =
+            matches!(e, object_store::Error::NotFound { .. }) || s3_code == "NoSuchBucket";
+        let refused = matches!(
+            e,
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => (
+                | object_store::Error::Unauthenticated { .. }
+        ) || matches!(
+            s3_code,
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
+        );
+        let (code, message) = match () {
+            _ if missing => (
+                ErrorCode::NotFound,
+                format!("{}: the bucket {bucket} does not exist ({said})", self.url),
+            ),
+            _ if refused => (
                 ErrorCode::Forbidden,
-                format!(
-                    "{}: the store refused these credentials ({})",
-                    self.url,
-                    describe(&e)
-                ),
+                format!("{}: the store refused these credentials ({said})", self.url),
             ),
             _ => (
                 ErrorCode::Unavailable,
-                format!("{} is not reachable: {}", self.url, describe(&e)),
+                format!("{} is not reachable: {said}", self.url),
             ),
         };
         Err(Unusable { code, message })

@@ -126,6 +126,7 @@ async fn take_cut(
     }
     // Consumers and parents after all the states, so the states are as close in time as the API
     // allows (the cut's skew is the spread of the `taken_at`s).
+    let mut notes = Vec::new();
     for start in &mut streams {
         let stream = start.cut.stream.clone();
         start.consumers = ctx
@@ -144,44 +145,90 @@ async fn take_cut(
             })
             .collect();
         if spec.incremental && spec.mode == BackupMode::Messages {
-            start.parent = find_parent(ctx, archive, &spec.destination_url, &start.cut).await;
+            match find_parent(ctx, archive, spec, &start.cut).await? {
+                Parent::Continue(link) => start.parent = Some(link),
+                Parent::None => {}
+                Parent::Full(why) => {
+                    tracing::warn!(stream = %start.cut.stream, "{why}; taking a full backup");
+                    notes.push(format!(
+                        "{}: full backup, not incremental: {why}",
+                        start.cut.stream
+                    ));
+                }
+            }
         }
     }
     Ok(BackupStarted {
         taken_at,
         streams,
         tool: tool_version(),
+        notes,
     })
 }
 
+/// What an incremental backup of one stream builds on.
+enum Parent {
+    /// The newest backup of the stream here, continued.
+    Continue(ParentLink),
+    /// No backup of the stream here yet: a full one is the first of its chain.
+    None,
+    /// There is one, but it cannot be continued (said why): this backup is full.
+    Full(String),
+}
+
+/// How long reading the catalog may keep failing before the backup fails: an unreadable
+/// catalog must not silently turn an incremental backup into a full one.
+const CATALOG_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The newest completed backup of the same stream in the same destination, if an incremental
-/// backup can continue it: its manifest must read back, and the stream must be the same one
-/// (same creation time, sequences not gone backwards). Anything else means a full backup.
+/// backup can continue it: its manifest must read back, the stream must be the same one (same
+/// creation time, sequences not gone backwards), it must hold messages (not a server snapshot),
+/// and it must be encrypted exactly when this backup is (a chain never mixes plaintext and
+/// ciphertext). Anything else means a full backup, with the reason as a note.
 async fn find_parent(
     ctx: &Context,
     archive: &ArchiveStore,
-    url: &str,
+    spec: &BackupAccepted,
     cut: &StreamCut,
-) -> Option<ParentLink> {
-    let entries = match ctx.views.catalog().await {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(stream = %cut.stream, error = %e, "cannot read the catalog; taking a full backup");
-            return None;
+) -> Result<Parent, EngineError> {
+    let deadline = tokio::time::Instant::now() + CATALOG_RETRY_FOR;
+    let entries = loop {
+        match ctx.views.catalog().await {
+            Ok(entries) => break entries,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(stream = %cut.stream, error = %e, "cannot read the catalog yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(EngineError::precondition(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "cannot read the catalog to find the previous backup of {}: {e}; retry, or back up in full",
+                        cut.stream
+                    ),
+                ));
+            }
         }
     };
-    let newest = cim_backup_projections::catalog::select(entries, Some(&cut.stream))
+    let Some(newest) = cim_backup_projections::catalog::select(entries, Some(&cut.stream))
         .into_iter()
-        .find(|e| e.destination == url)?;
+        .find(|e| e.destination == spec.destination_url)
+    else {
+        return Ok(Parent::None);
+    };
     let full = |why: String| {
-        tracing::warn!(stream = %cut.stream, parent = %newest.backup_id, "{why}; taking a full backup");
-        None
+        Ok(Parent::Full(format!(
+            "{why} (previous backup {})",
+            newest.backup_id
+        )))
     };
     let manifest = match archive.get_manifest(&newest.backup_id.0).await {
         Ok((manifest, _)) => manifest,
         Err(e) => return full(format!("the previous backup cannot be read ({e})")),
     };
-    let entry = manifest.stream(&cut.stream)?;
+    let Some(entry) = manifest.stream(&cut.stream) else {
+        return Ok(Parent::None);
+    };
     if entry.snapshot.is_some() {
         return full(
             "the previous backup is a server snapshot, which an incremental cannot continue".into(),
@@ -196,10 +243,19 @@ async fn find_parent(
             cut.last_seq, entry.cut.last_seq
         ));
     }
-    Some(ParentLink {
+    match (manifest.encryption.is_some(), spec.encryption.is_some()) {
+        (true, false) => {
+            return full("the previous backup is encrypted and this one is not".into());
+        }
+        (false, true) => {
+            return full("the previous backup is not encrypted and this one is".into());
+        }
+        _ => {}
+    }
+    Ok(Parent::Continue(ParentLink {
         backup: newest.backup_id.0,
         cut_last_seq: entry.cut.last_seq,
-    })
+    }))
 }
 
 /// Archives one stream from after its last recorded segment up to the cut.
