@@ -177,12 +177,12 @@ impl BackupJob {
         if spec.segment_bytes == 0 {
             return Err(DomainError::invalid("segment_bytes: must be positive"));
         }
-        if let Some(encryption) = &spec.encryption {
-            if encryption.scheme != ENCRYPTION_AGE || encryption.recipients.is_empty() {
-                return Err(DomainError::invalid(format!(
-                    "encrypt: needs scheme {ENCRYPTION_AGE:?} and at least one recipient"
-                )));
-            }
+        if let Some(encryption) = &spec.encryption
+            && (encryption.scheme != ENCRYPTION_AGE || encryption.recipients.is_empty())
+        {
+            return Err(DomainError::invalid(format!(
+                "encrypt: needs scheme {ENCRYPTION_AGE:?} and at least one recipient"
+            )));
         }
         Ok(())
     }
@@ -196,13 +196,13 @@ impl BackupJob {
                 spec.streams
             )));
         }
-        if !spec.incremental || spec.mode == BackupMode::Snapshot {
-            if let Some(s) = started.streams.iter().find(|s| s.parent.is_some()) {
-                return Err(DomainError::invalid(format!(
-                    "cut: {} has a parent in a full backup",
-                    s.cut.stream
-                )));
-            }
+        if (!spec.incremental || spec.mode == BackupMode::Snapshot)
+            && let Some(s) = started.streams.iter().find(|s| s.parent.is_some())
+        {
+            return Err(DomainError::invalid(format!(
+                "cut: {} has a parent in a full backup",
+                s.cut.stream
+            )));
         }
         Ok(())
     }
@@ -279,30 +279,29 @@ impl BackupJob {
                 seg.last_seq, cut.last_seq, stored.stream
             )));
         }
-        if let Some(prev) = self.stored_up_to(&stored.stream) {
-            if seg.first_seq <= prev {
-                return Err(DomainError::invalid(format!(
-                    "segment: starts at {} but {} is stored up to {prev}",
-                    seg.first_seq, stored.stream
-                )));
-            }
+        if let Some(prev) = self.stored_up_to(&stored.stream)
+            && seg.first_seq <= prev
+        {
+            return Err(DomainError::invalid(format!(
+                "segment: starts at {} but {} is stored up to {prev}",
+                seg.first_seq, stored.stream
+            )));
         }
         Ok(())
     }
 
     fn validate_completion(&self, completed: &BackupCompleted) -> Result<(), DomainError> {
-        if self.mode() == BackupMode::Snapshot {
-            if let Some(start) = self
+        if self.mode() == BackupMode::Snapshot
+            && let Some(start) = self
                 .started
                 .iter()
                 .flat_map(|s| &s.streams)
                 .find(|s| self.snapshot_of(&s.cut.stream).is_none())
-            {
-                return Err(DomainError::invalid(format!(
-                    "completion: no snapshot of {} was taken",
-                    start.cut.stream
-                )));
-            }
+        {
+            return Err(DomainError::invalid(format!(
+                "completion: no snapshot of {} was taken",
+                start.cut.stream
+            )));
         }
         let expected = self.summaries();
         if completed.streams != expected {

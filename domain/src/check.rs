@@ -48,12 +48,12 @@ impl CheckJob {
         if spec.max_findings == 0 || spec.max_findings > 10_000 {
             return Err(DomainError::invalid("max_findings: must be 1..=10000"));
         }
-        if let (Some(a), Some(b)) = (spec.start_seq, spec.end_seq) {
-            if a > b {
-                return Err(DomainError::invalid(format!(
-                    "start_seq {a} is after end_seq {b}"
-                )));
-            }
+        if let (Some(a), Some(b)) = (spec.start_seq, spec.end_seq)
+            && a > b
+        {
+            return Err(DomainError::invalid(format!(
+                "start_seq {a} is after end_seq {b}"
+            )));
         }
         if spec.replay.is_some()
             && (spec.start_seq.is_none() || spec.targets.len() != 1 || spec.backup.is_some())
@@ -147,13 +147,13 @@ impl Aggregate for CheckJob {
             }
             CheckCommand::Progress(progress) => {
                 lc.require(JobState::Running, "record progress of")?;
-                if let Some(prev) = &self.progress {
-                    if progress.messages_done <= prev.messages_done {
-                        return Err(DomainError::invalid(format!(
-                            "progress: must move forward from {}",
-                            prev.messages_done
-                        )));
-                    }
+                if let Some(prev) = &self.progress
+                    && progress.messages_done <= prev.messages_done
+                {
+                    return Err(DomainError::invalid(format!(
+                        "progress: must move forward from {}",
+                        prev.messages_done
+                    )));
                 }
                 CheckEvent::CheckProgressed(progress)
             }

@@ -55,13 +55,13 @@ impl RestoreJob {
                 next.segments_done, next.messages_done, plan.segments, plan.messages
             )));
         }
-        if let Some(prev) = &self.progress {
-            if next.segments_done <= prev.segments_done || next.last_seq < prev.last_seq {
-                return Err(DomainError::invalid(format!(
-                    "progress: must move forward from segment {} / seq {}",
-                    prev.segments_done, prev.last_seq
-                )));
-            }
+        if let Some(prev) = &self.progress
+            && (next.segments_done <= prev.segments_done || next.last_seq < prev.last_seq)
+        {
+            return Err(DomainError::invalid(format!(
+                "progress: must move forward from segment {} / seq {}",
+                prev.segments_done, prev.last_seq
+            )));
         }
         Ok(())
     }

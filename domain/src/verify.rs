@@ -43,13 +43,13 @@ impl VerifyJob {
                 next.objects_done, next.records_done, plan.objects, plan.records
             )));
         }
-        if let Some(prev) = &self.progress {
-            if next.objects_done <= prev.objects_done {
-                return Err(DomainError::invalid(format!(
-                    "progress: must move forward from object {}",
-                    prev.objects_done
-                )));
-            }
+        if let Some(prev) = &self.progress
+            && next.objects_done <= prev.objects_done
+        {
+            return Err(DomainError::invalid(format!(
+                "progress: must move forward from object {}",
+                prev.objects_done
+            )));
         }
         Ok(())
     }

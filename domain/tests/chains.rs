@@ -258,44 +258,67 @@ fn link_only_spec() -> ChainProfile {
     }
 }
 
-/// (generator, profile, whether it numbers events, whether it hashes content)
-fn cases() -> Vec<(
-    &'static str,
-    fn(u64, u64) -> Vec<Msg>,
-    ChainProfile,
-    bool,
-    bool,
-)> {
+/// One profile under test: its generator, its spec, whether it numbers events, whether it
+/// hashes content.
+struct Case {
+    name: &'static str,
+    generate: fn(u64, u64) -> Vec<Msg>,
+    spec: ChainProfile,
+    numbered: bool,
+    hashed: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, generate, spec, numbered, hashed| Case {
+        name,
+        generate,
+        spec,
+        numbered,
+        hashed,
+    };
     vec![
-        ("native", native, ChainProfile::native(), true, true),
-        (
+        case("native", native, ChainProfile::native(), true, true),
+        case(
             "cim-ipld",
             cim_ipld,
             spec(ProfileKind::CimIpld, ChainBy::SubjectToken(2)),
             true,
             true,
         ),
-        (
+        case(
             "x-cid-headers",
             x_cid,
             spec(ProfileKind::XCidHeaders, ChainBy::SubjectToken(1)),
             false,
             true,
         ),
-        ("link-only", link_only, link_only_spec(), false, false),
+        case("link-only", link_only, link_only_spec(), false, false),
     ]
 }
 
 #[test]
 fn clean_streams_are_clean_for_every_profile() {
-    for (name, generate, spec, _, _) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        ..
+    } in cases()
+    {
         assert_eq!(walk(&spec, &generate(60, 3)), vec![], "{name}");
     }
 }
 
 #[test]
 fn a_flipped_payload_byte_is_a_cid_mismatch_where_content_is_hashed() {
-    for (name, generate, spec, _, hashed) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        hashed,
+        ..
+    } in cases()
+    {
         let mut msgs = generate(30, 3);
         // Flip a byte inside the event's hashed data: the "13" each generator writes into event
         // 13 (native: reason "r13"; cim-ipld: label "node-13"; x-cid: "value":13).
@@ -335,7 +358,14 @@ fn a_flipped_payload_byte_is_a_cid_mismatch_where_content_is_hashed() {
 
 #[test]
 fn an_inserted_damaged_copy_is_one_finding_and_the_chain_goes_on_from_the_last_good_event() {
-    for (name, generate, spec, _, hashed) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        hashed,
+        ..
+    } in cases()
+    {
         if !hashed {
             continue;
         }
@@ -361,7 +391,14 @@ fn an_inserted_damaged_copy_is_one_finding_and_the_chain_goes_on_from_the_last_g
 
 #[test]
 fn a_deleted_message_is_a_gap_or_a_broken_link_at_the_next_event_of_its_chain() {
-    for (name, generate, spec, numbered, _) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        numbered,
+        ..
+    } in cases()
+    {
         let mut msgs = generate(30, 3);
         msgs.remove(12); // event 4 of chain 0; chain 0 continues at index 14 → stream seq 15
         let expected = if numbered {
@@ -408,7 +445,14 @@ fn a_forged_predecessor_is_a_broken_link() {
 
 #[test]
 fn a_reordered_pair_and_a_duplicate_are_named() {
-    for (name, generate, spec, numbered, _) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        numbered,
+        ..
+    } in cases()
+    {
         let mut msgs = generate(30, 3);
         msgs.swap(12, 15); // two events of chain 0 trade places
         let found = kinds(&walk(&spec, &msgs));
@@ -441,7 +485,13 @@ fn a_reordered_pair_and_a_duplicate_are_named() {
 
 #[test]
 fn ten_thousand_interleaved_aggregates() {
-    for (name, generate, spec, _, _) in cases() {
+    for Case {
+        name,
+        generate,
+        spec,
+        ..
+    } in cases()
+    {
         let clean = generate(30_000, 10_000);
         assert_eq!(walk(&spec, &clean), vec![], "{name}: clean");
         // The second event of aggregate 5,000 (index 15,000) goes missing: its third event

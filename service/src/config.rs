@@ -317,12 +317,13 @@ impl Config {
 
     /// Checks cross-field rules that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(default) = &self.defaults.destination {
-            if !default.contains("://") && !self.destinations.contains_key(default) {
-                return Err(ConfigError::Invalid(format!(
-                    "defaults.destination {default:?} is not a URL nor one of [destinations.*]"
-                )));
-            }
+        if let Some(default) = &self.defaults.destination
+            && !default.contains("://")
+            && !self.destinations.contains_key(default)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "defaults.destination {default:?} is not a URL nor one of [destinations.*]"
+            )));
         }
         if self.defaults.segment_bytes < 4096 {
             return Err(ConfigError::Invalid(

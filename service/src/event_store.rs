@@ -283,13 +283,13 @@ pub fn decode_stored(
     };
     let envelope = EventEnvelope::decode(payload).map_err(|e| damaged(e.to_string()))?;
     let cid = EventCid(cim_backup_contracts::cid::dag_cbor_cid(payload));
-    if let Some(claimed) = headers.and_then(|h| h.get(headers::CIM_CID)) {
-        if claimed.as_str() != cid.to_string() {
-            return Err(damaged(format!(
-                "payload hashes to {cid}, header claims {}",
-                claimed.as_str()
-            )));
-        }
+    if let Some(claimed) = headers.and_then(|h| h.get(headers::CIM_CID))
+        && claimed.as_str() != cid.to_string()
+    {
+        return Err(damaged(format!(
+            "payload hashes to {cid}, header claims {}",
+            claimed.as_str()
+        )));
     }
     Ok(StoredEvent {
         envelope,

@@ -157,7 +157,7 @@ mod tests {
         let dir = tempfile_dir();
         let (public, secret) = keypair(&dir, "right.key");
         let (_, other) = keypair(&dir, "wrong.key");
-        let cipher = Keys::encrypt(&[public.clone()], b"segment bytes").unwrap();
+        let cipher = Keys::encrypt(std::slice::from_ref(&public), b"segment bytes").unwrap();
         let right = Keys::load(&EncryptionConfig {
             recipients: vec![public],
             identity_files: vec![secret],

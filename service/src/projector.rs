@@ -274,6 +274,14 @@ async fn all_values<T: serde::de::DeserializeOwned>(
     Ok(values)
 }
 
+/// One event as the projector's consumer delivered it: decoded, with the message to ack and how
+/// often it has been delivered.
+struct Delivered {
+    stored: StoredEvent,
+    message: jetstream::Message,
+    delivered: i64,
+}
+
 /// Deliveries of an out-of-order event before the projector gives up on it (≈ 1 minute).
 const GAP_RETRIES: i64 = 600;
 /// Most events folded as one batch.
@@ -363,7 +371,7 @@ impl Projector {
             let Some(batch) = batch else {
                 return Err(ViewError::Nats("consumer closed".into()));
             };
-            let mut by_job: Vec<(JobId, Vec<(StoredEvent, jetstream::Message, i64)>)> = Vec::new();
+            let mut by_job: Vec<(JobId, Vec<Delivered>)> = Vec::new();
             for message in batch {
                 let message = message.map_err(nats)?;
                 let (seq, delivered) = {
@@ -373,9 +381,14 @@ impl Projector {
                 match decode_stored(seq, &message.payload, message.headers.as_ref()) {
                     Ok(stored) => {
                         let id = stored.envelope.aggregate_id.clone();
+                        let item = Delivered {
+                            stored,
+                            message,
+                            delivered,
+                        };
                         match by_job.iter_mut().find(|(j, _)| *j == id) {
-                            Some((_, events)) => events.push((stored, message, delivered)),
-                            None => by_job.push((id, vec![(stored, message, delivered)])),
+                            Some((_, events)) => events.push(item),
+                            None => by_job.push((id, vec![item])),
                         }
                     }
                     Err(e) => {
@@ -388,9 +401,14 @@ impl Projector {
                 }
             }
             for (id, items) in by_job {
-                let events: Vec<StoredEvent> = items.iter().map(|(s, _, _)| s.clone()).collect();
+                let events: Vec<StoredEvent> = items.iter().map(|d| d.stored.clone()).collect();
                 let (folded, failure) = self.views.apply_job(&id, &events).await?;
-                for (i, (stored, message, delivered)) in items.into_iter().enumerate() {
+                for (i, item) in items.into_iter().enumerate() {
+                    let Delivered {
+                        stored,
+                        message,
+                        delivered,
+                    } = item;
                     let seq = stored.stream_seq;
                     if i < folded {
                         message.ack().await.map_err(nats)?;

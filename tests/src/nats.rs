@@ -143,14 +143,13 @@ impl Drop for NatsServer {
 async fn jetstream_ready(url: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(client) = async_nats::connect(url).await {
-            if async_nats::jetstream::new(client)
+        if let Ok(client) = async_nats::connect(url).await
+            && async_nats::jetstream::new(client)
                 .query_account()
                 .await
                 .is_ok()
-            {
-                return true;
-            }
+        {
+            return true;
         }
         if Instant::now() > deadline {
             return false;

@@ -448,19 +448,19 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
 }
 
 fn validate_selection(s: &Selection) -> Result<(), ApiError> {
-    if let (Some(a), Some(b)) = (s.start_seq, s.end_seq) {
-        if a > b {
-            return Err(ApiError::bad_request(format!(
-                "start_seq {a} is after end_seq {b}"
-            )));
-        }
+    if let (Some(a), Some(b)) = (s.start_seq, s.end_seq)
+        && a > b
+    {
+        return Err(ApiError::bad_request(format!(
+            "start_seq {a} is after end_seq {b}"
+        )));
     }
-    if let (Some(a), Some(b)) = (s.start, s.end) {
-        if a >= b {
-            return Err(ApiError::bad_request(format!(
-                "start {a} is not before end {b}"
-            )));
-        }
+    if let (Some(a), Some(b)) = (s.start, s.end)
+        && a >= b
+    {
+        return Err(ApiError::bad_request(format!(
+            "start {a} is not before end {b}"
+        )));
     }
     for subject in &s.subjects {
         let tokens: Vec<&str> = subject.split('.').collect();

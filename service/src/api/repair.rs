@@ -60,16 +60,14 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
         .config
         .pointer(&format!("/metadata/{}", streams::FROZEN_BY))
         .and_then(Value::as_str)
-    {
-        if other
+        && other
             != intake
                 .job_id(cim_backup_contracts::views::JobKind::Repair)
                 .as_str()
-        {
-            return Err(ApiError::conflict(format!(
-                "stream {stream} is being repaired by job {other}"
-            )));
-        }
+    {
+        return Err(ApiError::conflict(format!(
+            "stream {stream} is being repaired by job {other}"
+        )));
     }
     let profile = cmd
         .profile

@@ -107,13 +107,13 @@ impl Manifest {
                 format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format),
             ));
         }
-        if let Some(e) = &manifest.encryption {
-            if e.scheme != ENCRYPTION_AGE {
-                return Err(ArchiveError::corrupt(
-                    &object,
-                    format!("encryption scheme {:?} is not supported", e.scheme),
-                ));
-            }
+        if let Some(e) = &manifest.encryption
+            && e.scheme != ENCRYPTION_AGE
+        {
+            return Err(ArchiveError::corrupt(
+                &object,
+                format!("encryption scheme {:?} is not supported", e.scheme),
+            ));
         }
         Ok(manifest)
     }

@@ -402,7 +402,7 @@ async fn read_segments(
     while let Some(read) = reader.next().await {
         let read = read?;
         count += 1;
-        if count % 1024 == 0 && cancel.is_cancelled() {
+        if count.is_multiple_of(1024) && cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let m = &read.message;

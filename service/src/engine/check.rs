@@ -108,12 +108,12 @@ pub async fn run(
         reports.push(walk.report(projections));
     }
     let mut replayed = Vec::new();
-    if let (Some(consumers), Some(from)) = (&spec.replay, spec.start_seq) {
-        if reports.iter().all(|r| r.is_clean()) {
-            for name in consumers {
-                reset_consumer(ctx, &spec.targets[0].stream, name, from).await?;
-                replayed.push(name.clone());
-            }
+    if let (Some(consumers), Some(from)) = (&spec.replay, spec.start_seq)
+        && reports.iter().all(|r| r.is_clean())
+    {
+        for name in consumers {
+            reset_consumer(ctx, &spec.targets[0].stream, name, from).await?;
+            replayed.push(name.clone());
         }
     }
     execute(
@@ -334,7 +334,7 @@ impl ProgressLog {
         self.done += 1;
         self.findings += findings;
         // Reading the clock per message shows in profiles; every 256th is often enough.
-        if self.done % 256 == 0
+        if self.done.is_multiple_of(256)
             && self.last.elapsed() >= PROGRESS_EVERY
             && job
                 .state

@@ -224,13 +224,11 @@ impl Runner {
                     _ = shutdown.cancelled() => break,
                     message = events.next() => {
                         let Some(message) = message else { break };
-                        if let Some((_, id, event_type)) = parse_event_subject(message.subject.as_str()) {
-                            if event_type.ends_with("CancelRequested") {
-                                if let Ok(id) = id.parse::<JobId>() {
+                        if let Some((_, id, event_type)) = parse_event_subject(message.subject.as_str())
+                            && event_type.ends_with("CancelRequested")
+                                && let Ok(id) = id.parse::<JobId>() {
                                     self.cancel_local(&id);
                                 }
-                            }
-                        }
                     }
                 }
             }

@@ -159,17 +159,19 @@ pub async fn run(
                     .iter()
                     .find(|s| s.segments.iter().any(|g| g.cid == info.cid))
                     .map_or("", |s| s.name.as_str());
-                if let Some((pm, ps, last)) = prev {
-                    if std::ptr::eq(pm, *manifest) && ps == stream && info.first_seq <= last {
-                        return Err(ArchiveError::corrupt(
-                            &key,
-                            format!(
-                                "starts at seq {} but the previous segment ends at {last}",
-                                info.first_seq
-                            ),
-                        )
-                        .into());
-                    }
+                if let Some((pm, ps, last)) = prev
+                    && std::ptr::eq(pm, *manifest)
+                    && ps == stream
+                    && info.first_seq <= last
+                {
+                    return Err(ArchiveError::corrupt(
+                        &key,
+                        format!(
+                            "starts at seq {} but the previous segment ends at {last}",
+                            info.first_seq
+                        ),
+                    )
+                    .into());
                 }
                 prev = Some((manifest, stream, info.last_seq));
                 let stored = archive.get(&key).await?;

@@ -105,23 +105,22 @@ async fn main() -> anyhow::Result<()> {
 
         // The messages in memory for the compute-only limits (not timed).
         let mut reader = RangeReader::open(&js, stream, 1, u64::MAX).await?;
-        let mut kept: Vec<(u64, String, Vec<(String, String)>, Bytes)> =
-            Vec::with_capacity(events as usize);
+        let mut kept: Vec<Kept> = Vec::with_capacity(events as usize);
         while let Some(read) = reader.next().await {
             let read = read?;
             let headers = header_list(read.message.headers.as_ref());
-            kept.push((
-                read.seq,
-                read.message.subject.to_string(),
+            kept.push(Kept {
+                seq: read.seq,
+                subject: read.message.subject.to_string(),
                 headers,
-                read.message.payload.clone(),
-            ));
+                payload: read.message.payload.clone(),
+            });
         }
 
         // Hashing the payloads (the CID work alone).
         let t = Instant::now();
         let mut sink = 0u8;
-        for (_, _, _, payload) in &kept {
+        for Kept { payload, .. } in &kept {
             sink ^= match spec.profile {
                 cim_backup_contracts::integrity::ProfileKind::CimIpld => {
                     blake3::hash(payload).as_bytes()[0]
@@ -131,12 +130,18 @@ async fn main() -> anyhow::Result<()> {
         }
         let hash_s = t.elapsed().as_secs_f64();
         std::hint::black_box(sink);
-        let payload_bytes: usize = kept.iter().map(|k| k.3.len()).sum();
+        let payload_bytes: usize = kept.iter().map(|k| k.payload.len()).sum();
 
         // Walking the chains in memory (parse + hash + link bookkeeping, no I/O).
         let t = Instant::now();
         let mut walker = ChainWalker::new(profile(&spec));
-        for (seq, subject, headers, payload) in &kept {
+        for Kept {
+            seq,
+            subject,
+            headers,
+            payload,
+        } in &kept
+        {
             let lookup = |name: &str| {
                 headers
                     .iter()
@@ -173,6 +178,14 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_kib(service.0.id()) / 1024
     );
     Ok(())
+}
+
+/// A message kept in memory for the compute-only limits.
+struct Kept {
+    seq: u64,
+    subject: String,
+    headers: Vec<(String, String)>,
+    payload: Bytes,
 }
 
 fn header_list(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {

@@ -743,12 +743,11 @@ async fn undo(ctx: &Context, job: &Job<RepairJob>) -> Result<(), String> {
     };
     let (safety, staging) = streams::names(&spec.stream, &job.id);
     for name in [safety, staging] {
-        if let Ok(Some(info)) = ctx.api.stream_info(&name).await {
-            if streams::built_by(&info.config, &job.id) {
-                if let Err(e) = ctx.api.delete_stream(&name).await {
-                    tracing::warn!(job = %job.id, stream = %name, error = %e, "could not remove a stream the repair created");
-                }
-            }
+        if let Ok(Some(info)) = ctx.api.stream_info(&name).await
+            && streams::built_by(&info.config, &job.id)
+            && let Err(e) = ctx.api.delete_stream(&name).await
+        {
+            tracing::warn!(job = %job.id, stream = %name, error = %e, "could not remove a stream the repair created");
         }
     }
     match given_back {
@@ -784,7 +783,10 @@ impl Progress {
     async fn tick(&mut self, ctx: &Context, job: &mut Job<RepairJob>) -> Result<u64, EngineError> {
         self.done += 1;
         // The swap only counts: a slow or failed event append must not stall its upload.
-        if self.cancellable && self.done % 256 == 0 && self.last.elapsed() >= PROGRESS_EVERY {
+        if self.cancellable
+            && self.done.is_multiple_of(256)
+            && self.last.elapsed() >= PROGRESS_EVERY
+        {
             execute(
                 &ctx.events,
                 job,

@@ -336,17 +336,16 @@ async fn count_from(
         .get("num_pending")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    if let Some(name) = reply.get("name").and_then(Value::as_str) {
-        if let Err(e) = ctx
+    if let Some(name) = reply.get("name").and_then(Value::as_str)
+        && let Err(e) = ctx
             .api
             .raw(
                 format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"),
                 json!({}),
             )
             .await
-        {
-            tracing::debug!(stream, consumer = name, error = %e, "counting consumer left to expire");
-        }
+    {
+        tracing::debug!(stream, consumer = name, error = %e, "counting consumer left to expire");
     }
     Ok(pending)
 }

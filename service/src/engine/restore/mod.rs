@@ -386,10 +386,8 @@ async fn restore(
         notes,
     };
     execute(&ctx.events, job, RestoreCommand::Complete(completed), None).await?;
-    if new_target {
-        if let Err(e) = clear_marker(ctx, &spec.target, &p.original).await {
-            tracing::warn!(target = %spec.target, error = %e, "restore completed; could not remove the {} metadata", target::RESTORE_JOB_METADATA);
-        }
+    if new_target && let Err(e) = clear_marker(ctx, &spec.target, &p.original).await {
+        tracing::warn!(target = %spec.target, error = %e, "restore completed; could not remove the {} metadata", target::RESTORE_JOB_METADATA);
     }
     tracing::info!(job = %job.id, target = %spec.target, messages = tally.messages, method = ?started.method, "restore completed");
     Ok(())

@@ -90,16 +90,16 @@ impl Chain {
                     ),
                 ));
             }
-            if let Some(first) = c.segments.first() {
-                if first.first_seq <= p.cut.last_seq {
-                    return Err(ArchiveError::corrupt(
-                        object,
-                        format!(
-                            "starts at seq {} but its parent covers up to {}",
-                            first.first_seq, p.cut.last_seq
-                        ),
-                    ));
-                }
+            if let Some(first) = c.segments.first()
+                && first.first_seq <= p.cut.last_seq
+            {
+                return Err(ArchiveError::corrupt(
+                    object,
+                    format!(
+                        "starts at seq {} but its parent covers up to {}",
+                        first.first_seq, p.cut.last_seq
+                    ),
+                ));
             }
             if c.cut.last_seq < p.cut.last_seq {
                 return Err(ArchiveError::corrupt(
