@@ -247,6 +247,34 @@ impl JsApi {
         }
     }
 
+    /// The names of a stream's consumers (durable and ephemeral).
+    pub async fn consumer_names(&self, stream: &str) -> Result<Vec<String>, JsApiError> {
+        let mut names = Vec::new();
+        loop {
+            let reply = self
+                .request(
+                    format!("$JS.API.CONSUMER.NAMES.{stream}"),
+                    json!({ "offset": names.len() }),
+                )
+                .await?;
+            let page: Vec<String> = reply
+                .get("consumers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let empty = page.is_empty();
+            names.extend(page);
+            if empty || names.len() >= total {
+                return Ok(names);
+            }
+        }
+    }
+
     /// Creates (or updates to the same config) a durable consumer.
     pub async fn create_consumer(
         &self,

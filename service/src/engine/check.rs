@@ -501,6 +501,42 @@ pub(crate) fn check_record(walker: &mut ChainWalker, record: &Record<'_>) -> Vec
     })
 }
 
+/// The current value of every key of `bucket` that starts with `prefix`, read without leaving a
+/// consumer on the bucket (a key's newest revision wins; deleted and purged keys are left out).
+async fn current_entries(
+    ctx: &Context,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, EngineError> {
+    let stream = format!("KV_{bucket}");
+    let subjects = format!("$KV.{bucket}.");
+    // A prefix of whole tokens narrows the read on the server; any other is applied here.
+    let filter = match prefix.is_empty() || prefix.ends_with('.') {
+        true => format!("{subjects}{prefix}>"),
+        false => format!("{subjects}>"),
+    };
+    let revisions = crate::lookup::Lookup::of(&ctx.api, &stream)
+        .await?
+        .all(&filter, 1)
+        .await?;
+    let mut current: BTreeMap<String, Option<bytes::Bytes>> = BTreeMap::new();
+    for m in revisions {
+        let Some(key) = m
+            .subject
+            .strip_prefix(&subjects)
+            .filter(|k| k.starts_with(prefix))
+        else {
+            continue;
+        };
+        let live = m.header("KV-Operation").is_none();
+        current.insert(key.to_owned(), live.then(|| m.payload.clone()));
+    }
+    Ok(current
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+        .collect())
+}
+
 /// Compares KV projections with the chains (the convention of docs/INTEGRITY.md): an entry
 /// `<key_prefix><aggregate>` holds the CID and/or stream sequence of the last event it applied.
 /// It is inconsistent if that is not its chain's head, if its chain does not exist, or if its
@@ -511,7 +547,6 @@ async fn check_projections(
     walker: &ChainWalker,
     max: usize,
 ) -> Result<ProjectionReport, EngineError> {
-    use futures::StreamExt;
     let states: HashMap<&str, ChainState> = walker.chain_states().collect();
     let mut report = ProjectionReport::default();
     for spec in specs {
@@ -528,24 +563,9 @@ async fn check_projections(
             }
             continue;
         }
-        let kv = ctx
-            .js
-            .get_key_value(&spec.bucket)
-            .await
-            .map_err(EngineError::nats)?;
         let cid_field = spec.cid_field.as_deref().unwrap_or("last_event_cid");
         let seq_field = spec.seq_field.as_deref().unwrap_or("last_event_seq");
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .map_err(EngineError::nats)?
-            .filter_map(|k| async move { k.ok() })
-            .collect()
-            .await;
-        for key in keys.into_iter().filter(|k| k.starts_with(&spec.key_prefix)) {
-            let Some(value) = kv.get(&key).await.map_err(EngineError::nats)? else {
-                continue;
-            };
+        for (key, value) in current_entries(ctx, &spec.bucket, &spec.key_prefix).await? {
             report.entries_checked += 1;
             let aggregate = key[spec.key_prefix.len()..].to_owned();
             let json: serde_json::Value =

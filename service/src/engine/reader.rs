@@ -18,10 +18,48 @@ pub struct ReadMessage {
 }
 
 /// Reads `from..=until` of a stream. Messages deleted inside the range are simply absent.
+///
+/// Its consumer is named, so that it is deleted as soon as the reader is dropped: a check or a
+/// backup must not leave consumers on a stream (one left by a check once got into a server
+/// snapshot and was restored with it). The ordered consumer renames itself `<name>_<n>` when it
+/// recreates itself after a gap; those are deleted too.
 pub struct RangeReader {
     messages: Option<consumer::push::Ordered>,
     until: u64,
     done: bool,
+    cleanup: Option<Cleanup>,
+}
+
+/// What deletes a reader's consumer when the reader goes.
+struct Cleanup {
+    js: jetstream::Context,
+    stream: String,
+    name: String,
+}
+
+impl Drop for RangeReader {
+    fn drop(&mut self) {
+        let Some(Cleanup { js, stream, name }) = self.cleanup.take() else {
+            return;
+        };
+        // Unsubscribe first, so that the server stops delivering to a consumer being deleted.
+        drop(self.messages.take());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the runtime is gone: the consumer expires by its inactivity threshold
+        };
+        runtime.spawn(async move {
+            if js.delete_consumer_from_stream(&name, &stream).await.is_ok() {
+                return;
+            }
+            // Recreated after a gap under `<name>_<serial>`.
+            let api = crate::jsapi::JsApi::new(js.client());
+            if let Ok(names) = api.consumer_names(&stream).await {
+                for other in names.iter().filter(|n| n.starts_with(&format!("{name}_"))) {
+                    let _ = js.delete_consumer_from_stream(other, &stream).await;
+                }
+            }
+        });
+    }
 }
 
 impl RangeReader {
@@ -37,10 +75,16 @@ impl RangeReader {
                 format!("stream {stream}: {e}"),
             )
         })?;
+        let inbox = js.client().new_inbox();
+        let name = format!(
+            "cim_backup_read_{}",
+            inbox.rsplit('.').next().unwrap_or_default()
+        );
         let consumer = stream_handle
             .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: js.client().new_inbox(),
-                description: Some("cim-backup: reading a backup range".into()),
+                deliver_subject: inbox,
+                name: Some(name.clone()),
+                description: Some("cim-backup: reading a range; deleted when done".into()),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: from.max(1),
                 },
@@ -48,11 +92,17 @@ impl RangeReader {
             })
             .await
             .map_err(EngineError::nats)?;
+        let cleanup = Some(Cleanup {
+            js: js.clone(),
+            stream: stream.to_owned(),
+            name,
+        });
         if consumer.cached_info().num_pending == 0 || from > until {
             return Ok(RangeReader {
                 messages: None,
                 until,
                 done: true,
+                cleanup,
             });
         }
         let messages = consumer.messages().await.map_err(EngineError::nats)?;
@@ -60,6 +110,7 @@ impl RangeReader {
             messages: Some(messages),
             until,
             done: false,
+            cleanup,
         })
     }
 
