@@ -54,6 +54,12 @@ pub enum EventStoreError {
     },
     #[error("event stream unavailable: {0}")]
     Nats(String),
+    /// The publish was sent but never acknowledged, not even by the identical retries within
+    /// [`CONFIRM_FOR`]: the event may or may not be stored.
+    #[error(
+        "the event may or may not have been stored: no acknowledgement within {seconds} s ({message})"
+    )]
+    Unconfirmed { seconds: u64, message: String },
     /// A stored event does not decode or does not match its CID: the log is damaged.
     #[error("event at stream sequence {stream_seq} is damaged: {message}")]
     Damaged { stream_seq: u64, message: String },
@@ -62,6 +68,13 @@ pub enum EventStoreError {
 fn nats(e: impl std::fmt::Display) -> EventStoreError {
     EventStoreError::Nats(e.to_string())
 }
+
+/// How long an unacknowledged append is retried (the identical message: its `Nats-Msg-Id`
+/// makes a retry of a stored event a duplicate, answered with the original sequence) before
+/// the outcome is reported as unknown. Below the 10 s callers usually wait for a reply.
+pub const CONFIRM_FOR: Duration = Duration::from_secs(8);
+/// How long one append waits for its acknowledgement.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// How to create the events stream.
 #[derive(Debug, Clone)]
@@ -93,9 +106,12 @@ impl EventStore {
     /// now apply to the audit log. Our own stream denies deletes and purges: the chain is only
     /// tamper-evident if nobody can quietly drop a link.
     pub async fn open(
-        js: jetstream::Context,
+        mut js: jetstream::Context,
         settings: &EventStreamSettings,
     ) -> Result<Self, EventStoreError> {
+        // Short acknowledgement waits, so that an append retried until CONFIRM_FOR gets
+        // several tries before the caller's own request times out.
+        js.set_timeout(ACK_WAIT);
         let api = crate::jsapi::JsApi::new(js.client());
         let owners = api
             .streams_for_subject(EVENTS_STREAM_SUBJECTS)
@@ -174,42 +190,100 @@ impl EventStore {
             let (payload, cid) = envelope.encode_with_cid();
             let subject = event_subject(kind.as_str(), id.as_str(), envelope.event.event_type());
             let headers = event_headers(&envelope, &cid, version.last_stream_seq, kind, id);
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, payload.into())
+            let stream_seq = self
+                .publish_confirmed(subject, headers, payload.into(), kind, id, &cid)
                 .await
-                .map_err(nats)?
-                .await
-                .map_err(|e| {
-                    // A clustered stream reports the same conflict with error code 10164
-                    // ("wrong last sequence" while other proposals for the subject are in
-                    // flight), which async-nats does not map to `WrongLastSequence`.
-                    let conflict = matches!(
-                        e.kind(),
-                        jetstream::context::PublishErrorKind::WrongLastSequence
-                    ) || e.to_string().contains("wrong last sequence");
-                    if conflict {
-                        EventStoreError::Conflict {
-                            kind,
-                            id: id.clone(),
-                            expected: version.last_stream_seq,
-                        }
-                    } else {
-                        nats(e)
-                    }
+                .map_err(|e| match e {
+                    Published::Conflict => EventStoreError::Conflict {
+                        kind,
+                        id: id.clone(),
+                        expected: version.last_stream_seq,
+                    },
+                    Published::Failed(e) => e,
                 })?;
             version = Version {
                 sequence: envelope.sequence,
                 head: Some(cid),
-                last_stream_seq: ack.sequence,
+                last_stream_seq: stream_seq,
             };
             stored.push(StoredEvent {
                 envelope,
                 cid,
-                stream_seq: ack.sequence,
+                stream_seq,
             });
         }
         Ok((version, stored))
+    }
+
+    /// Publishes one event and waits for its acknowledgement; returns its stream sequence.
+    ///
+    /// A lost or late acknowledgement (server paused, connection dropped) is ambiguous: the
+    /// event may be stored. The identical message is then sent again, for at most
+    /// [`CONFIRM_FOR`]: a stored one comes back as a duplicate, or as a conflict with the
+    /// aggregate's expected sequence, and then the aggregate's newest event shows whether it is
+    /// this one (same `Nats-Msg-Id`, the event's CID).
+    async fn publish_confirmed(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+        kind: JobKind,
+        id: &JobId,
+        cid: &EventCid,
+    ) -> Result<u64, Published> {
+        use jetstream::context::PublishErrorKind as Kind;
+        let deadline = tokio::time::Instant::now() + CONFIRM_FOR;
+        let mut delay = Duration::from_millis(100);
+        let mut sent_before = false;
+        loop {
+            let attempt = match self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            let e = match attempt {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) => e,
+            };
+            // A clustered stream reports the same conflict with error code 10164 ("wrong last
+            // sequence" while other proposals for the subject are in flight), which async-nats
+            // does not map to `WrongLastSequence`.
+            if matches!(e.kind(), Kind::WrongLastSequence)
+                || e.to_string().contains("wrong last sequence")
+            {
+                if sent_before {
+                    let newest = self
+                        .reads
+                        .last(&aggregate_wildcard(kind.as_str(), id.as_str()))
+                        .await
+                        .map_err(|e| Published::Failed(nats(e)))?;
+                    if let Some(m) =
+                        newest.filter(|m| m.header("Nats-Msg-Id") == Some(&cid.to_string()))
+                    {
+                        return Ok(m.seq); // an earlier attempt was stored
+                    }
+                }
+                return Err(Published::Conflict);
+            }
+            let ambiguous = matches!(e.kind(), Kind::TimedOut | Kind::BrokenPipe);
+            if !ambiguous {
+                // Refused (no stream, too large, …): certainly not stored.
+                return Err(Published::Failed(nats(e)));
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(Published::Failed(EventStoreError::Unconfirmed {
+                    seconds: CONFIRM_FOR.as_secs(),
+                    message: e.to_string(),
+                }));
+            }
+            sent_before = true;
+            tracing::warn!(error = %e, "no acknowledgement for an event; sending it again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Every event of one aggregate, in order, each checked against its CID.
@@ -269,6 +343,14 @@ impl EventStore {
             (sequence, m.seq)
         }))
     }
+}
+
+/// How a publish ended when it was not acknowledged.
+enum Published {
+    /// The aggregate moved on since it was loaded (or an earlier attempt of this very append
+    /// was stored): reload and decide again.
+    Conflict,
+    Failed(EventStoreError),
 }
 
 /// Decodes one stored event and checks that the payload is what its `Cim-Cid` header claims.

@@ -117,6 +117,27 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open, nothing is answered, like a
+    /// server stalled by a long GC pause or a disk that stopped responding.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
     /// Starts the server again on the same port with the same store directory.
     pub async fn restart(&mut self) {
         self.kill();

@@ -318,3 +318,122 @@ async fn a_crashed_service_resumes_its_restore_with_either_method() {
     }
     service.unwrap().stop().await;
 }
+
+/// A server that stalls between storing an event and acknowledging it made the caller see a
+/// failure for an event that was stored. The event store now sends the identical event again
+/// (its Nats-Msg-Id makes the retry a duplicate) until one is acknowledged: an append that
+/// returns Ok stored exactly one event; one that returns an error stored none or says so.
+#[tokio::test]
+async fn an_append_whose_acknowledgement_is_late_is_confirmed_not_lost() {
+    use cim_backup::event_store::{EventStore, EventStreamSettings};
+    use cim_backup_contracts::events::{CancelRequested, EventMeta, JobEvent};
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let store = EventStore::open(
+        async_nats::jetstream::new(client.clone()),
+        &EventStreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    let id: cim_backup_contracts::JobId = "paused-ack".parse().unwrap();
+    let event = JobEvent::Backup(
+        cim_backup_contracts::events::BackupEvent::BackupCancelRequested(CancelRequested {
+            reason: Some("test".into()),
+        }),
+    );
+    let meta = EventMeta {
+        event_id: "e1".into(),
+        time: time::OffsetDateTime::now_utc(),
+        correlation_id: "c".into(),
+        causation_id: "c".into(),
+    };
+    // Stall the server with the publish on its way, past a whole acknowledgement wait (the
+    // client's default is 5 s; the event store waits 2 s, then sends the event again).
+    nats.pause();
+    let append = {
+        let store = store.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            store
+                .append(
+                    cim_backup_contracts::views::JobKind::Backup,
+                    &id,
+                    &Default::default(),
+                    vec![(event, meta)],
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    nats.resume();
+    let result = append.await.unwrap();
+    let stored = store
+        .load(cim_backup_contracts::views::JobKind::Backup, &id)
+        .await
+        .unwrap();
+    match result {
+        Ok((version, _)) => {
+            assert_eq!(stored.len(), 1, "exactly one event, the retry deduplicated");
+            assert_eq!(version.last_stream_seq, stored[0].stream_seq);
+        }
+        Err(e) => panic!(
+            "the append was stored ({} events) but reported {e}",
+            stored.len()
+        ),
+    }
+}
+
+/// An accept that was stored although its caller never heard of it (the acknowledgement was
+/// lost) must still run: the runner finds unfinished jobs of its instance that do not run and
+/// starts them (at start, and every 30 s).
+#[tokio::test]
+async fn an_accepted_job_nobody_started_is_run_by_its_instance() {
+    use cim_backup::event_store::{EventStore, EventStreamSettings};
+    use cim_backup::jobs::{Job, execute};
+    use cim_backup_contracts::events::*;
+    use cim_backup_domain::backup::{BackupCommand, BackupJob};
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 100, 5).await;
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let c = Caller::connect(&nats.url()).await;
+    // What the service records when it accepts a backup, recorded as if its reply was lost.
+    let store = EventStore::open(
+        async_nats::jetstream::new(client.clone()),
+        &EventStreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    let id: cim_backup_contracts::JobId = "orphaned-accept".parse().unwrap();
+    let mut job = Job::<BackupJob>::new(id.clone(), "c".into());
+    let url = format!("file://{}", archive.path().display());
+    let accepted = BackupAccepted {
+        streams: vec!["EVENTS".into()],
+        destination: "local".into(),
+        destination_url: url,
+        compression: Compression {
+            algorithm: cim_backup_contracts::commands::CompressionAlgorithm::Zstd,
+            level: 3,
+        },
+        segment_bytes: 64 * 1024,
+        incremental: true,
+        mode: BackupMode::Messages,
+        encryption: None,
+        admission: Admission {
+            instance: "node-a".into(),
+            idempotency_key: None,
+            request_digest: "0".repeat(64),
+        },
+    };
+    execute(&store, &mut job, BackupCommand::Accept(accepted), None)
+        .await
+        .unwrap();
+    let view = c.wait_job(id.as_str(), Duration::from_secs(90)).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_eq!(view.progress.messages_done, 100);
+    service.stop().await;
+}

@@ -107,11 +107,16 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Records the accept command of a new job; for a repeated idempotency key returns the
 /// existing job instead (or a conflict if the key was used for a different request).
+///
+/// The returned job is to be run: a new one, or an existing one of this instance that is not
+/// running (its accept was stored but never answered, say). An accept whose outcome stays
+/// unknown (no acknowledgement, even for the retries) is a 503 that says the job may exist
+/// and how to find out: if it was stored, this instance runs it (the runner's sweep).
 pub(super) async fn accept<A>(
     api: &Api,
     intake: &Intake,
     command: A::Command,
-    digest_of: fn(&A) -> Option<&str>,
+    admission_of: fn(&A) -> Option<&Admission>,
     digest: &str,
 ) -> Result<(Accepted, Option<Job<A>>), ApiError>
 where
@@ -145,10 +150,11 @@ where
             let existing = jobs::load::<A>(&api.runner.context().events, &id)
                 .await?
                 .ok_or_else(|| ApiError::internal(format!("job {id} exists but has no events")))?;
-            if digest_of(&existing.state) != Some(digest) {
+            let admission = admission_of(&existing.state);
+            if admission.map(|a| a.request_digest.as_str()) != Some(digest) {
                 return Err(ApiError::conflict(format!(
-                    "idempotency key {:?} was already used for a different request (job {id})",
-                    intake.idempotency_key.as_deref().unwrap_or_default()
+                    "idempotency key {} was already used for a different request (job {id})",
+                    text::echo(intake.idempotency_key.as_deref().unwrap_or_default())
                 )));
             }
             let state = existing
@@ -156,6 +162,11 @@ where
                 .lifecycle()
                 .state
                 .unwrap_or(JobState::Accepted);
+            // A repeat of a request whose first answer was lost: the job is this instance's and
+            // must run, whether or not the first attempt got as far as starting it.
+            let mine = admission.is_some_and(|a| a.instance == api.runner.context().instance);
+            let run =
+                (!state.is_terminal() && mine && !api.runner.is_running(&id)).then_some(existing);
             Ok((
                 Accepted {
                     job_id: id,
@@ -163,10 +174,15 @@ where
                     state,
                     duplicate: true,
                 },
-                None,
+                run,
             ))
         }
         Err(ExecuteError::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
+        Err(ExecuteError::Store(e @ crate::event_store::EventStoreError::Unconfirmed { .. })) => {
+            Err(ApiError::unavailable(format!(
+                "job {id} may or may not have been recorded ({e}); if it was, it runs: look it up with cim.backup.qry.job {{\"job_id\":\"{id}\"}}, or repeat the request with the same idempotency key"
+            )))
+        }
         Err(ExecuteError::Store(e)) => Err(e.into()),
     }
 }
@@ -256,7 +272,7 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         api,
         &intake,
         BackupCommand::Accept(spec),
-        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        |s| s.spec.as_ref().map(|s| &s.admission),
         &request_digest,
     )
     .await?;
@@ -297,10 +313,6 @@ async fn decide_encryption(
         (Some(asked), _) => Ok(asked),
         (None, chain) => Ok(chain.is_some()),
     }
-}
-
-pub(super) fn digest_in(admission: Option<&Admission>) -> Option<&str> {
-    admission.map(|a| a.request_digest.as_str())
 }
 
 /// A destination must answer before a job is accepted for it.
@@ -437,7 +449,7 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
         api,
         &intake,
         RestoreCommand::Accept(spec),
-        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        |s| s.spec.as_ref().map(|s| &s.admission),
         &request_digest,
     )
     .await?;
@@ -518,7 +530,7 @@ pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> 
         api,
         &intake,
         VerifyCommand::Accept(spec),
-        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        |s| s.spec.as_ref().map(|s| &s.admission),
         &request_digest,
     )
     .await?;
@@ -673,7 +685,7 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         api,
         &intake,
         CheckCommand::Accept(spec),
-        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        |s| s.spec.as_ref().map(|s| &s.admission),
         &request_digest,
     )
     .await?;

@@ -167,14 +167,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     if !projector.caught_up(Duration::from_secs(10)).await? {
         tracing::warn!("views are behind the event log; resuming jobs from what they show");
     }
-    let mine: Vec<_> = views
-        .jobs()
-        .await?
-        .into_iter()
-        .filter(|v| !v.state.is_terminal() && v.instance == config.service.instance)
-        .map(|v| (v.kind, v.job_id))
-        .collect();
-    runner.resume(mine).await;
+    runner.run_unrun().await?;
+    runner.clone().sweep();
 
     let service = client
         .service_builder()

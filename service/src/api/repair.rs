@@ -12,7 +12,7 @@ use cim_backup_domain::repair::{RepairCommand, RepairJob};
 use serde_json::Value;
 
 use super::Api;
-use super::commands::{Intake, accept, digest_in, engine_error, parse};
+use super::commands::{Intake, accept, engine_error, parse};
 use super::reply::ApiError;
 use super::resolve::locate;
 use crate::engine::repair::{plan, streams};
@@ -144,7 +144,7 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
         api,
         &intake,
         RepairCommand::Accept(spec),
-        |s| digest_in(s.spec.as_ref().map(|s| &s.admission)),
+        |s| s.spec.as_ref().map(|s| &s.admission),
         &request_digest,
     )
     .await?;

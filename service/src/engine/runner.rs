@@ -34,6 +34,10 @@ use crate::jobs::{self, ExecuteError, Job, execute};
 
 /// How long a runner keeps trying to record how a job ended while NATS is unreachable.
 const RECORD_END_FOR: Duration = Duration::from_secs(120);
+/// How often the runner looks for jobs of this instance that the log has unfinished but that
+/// do not run here (an accept that was stored although its acknowledgement was lost, a job
+/// whose end could not be recorded): an accepted job never sits unrun.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Runner {
     ctx: Arc<Context>,
@@ -268,6 +272,42 @@ impl Runner {
                 Err(e) => tracing::error!(job = %id, error = %e, "cannot resume job"),
             }
         }
+    }
+
+    /// Starts every unfinished job of this instance that does not run here (at start: all of
+    /// them). Returns how many were started.
+    pub async fn run_unrun(self: &Arc<Self>) -> Result<usize, crate::projector::ViewError> {
+        let unrun: Vec<_> = self
+            .ctx
+            .views
+            .jobs()
+            .await?
+            .into_iter()
+            .filter(|v| {
+                !v.state.is_terminal()
+                    && v.instance == self.ctx.instance
+                    && !self.is_running(&v.job_id)
+            })
+            .map(|v| (v.kind, v.job_id))
+            .collect();
+        let count = unrun.len();
+        self.resume(unrun).await;
+        Ok(count)
+    }
+
+    /// Runs [`Runner::run_unrun`] every [`SWEEP_EVERY`] until shutdown.
+    pub fn sweep(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                }
+                if let Err(e) = self.run_unrun().await {
+                    tracing::warn!(error = %e, "cannot look for unfinished jobs; trying again later");
+                }
+            }
+        });
     }
 
     async fn reload<A: JobLifecycle>(
