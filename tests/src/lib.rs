@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`nats`] — [`NatsServer`] (one node, restartable on the same port and store) and
 //!   [`NatsCluster`] (three clustered nodes).
+//! - [`raw`] — the NATS protocol by hand (malformed header blocks, pipelined requests) and the
+//!   server's HTTP monitoring endpoint.
 //! - [`s3`] — [`MotoServer`] and bucket creation.
 //! - [`service`] — runs the cim-backup service in-process or as a child process, and a raw
 //!   request helper that speaks the contract as a foreign client would.
@@ -15,6 +17,7 @@
 
 pub mod bench;
 pub mod nats;
+pub mod raw;
 pub mod s3;
 pub mod service;
 pub mod streams;

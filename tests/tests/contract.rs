@@ -542,3 +542,112 @@ async fn a_burst_of_lookups_is_answered_and_leaves_no_consumers() {
     assert_eq!(view.state, JobState::Completed);
     s.service.stop().await;
 }
+
+/// A header line without a colon, a name with a space or a control byte, invalid UTF-8, a lone
+/// CR: the NATS client used to drop the service's connection on any of them (losing the
+/// requests behind it) or panic. Each malformed request gets a 400, the well-formed request
+/// sent right behind it in the same write is answered, and the service keeps its connection.
+#[tokio::test]
+async fn a_malformed_header_block_is_refused_and_the_connection_stays() {
+    use cim_backup_tests::raw::{RawClient, monitor};
+    init_tracing();
+    let monitor_port = cim_backup_tests::nats::free_port();
+    let nats = NatsServer::start_with(vec!["-m".into(), monitor_port.to_string()]).await;
+    let archive = tempfile::tempdir().unwrap();
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let service_connections = || async {
+        let connz = monitor(monitor_port, "/connz").await;
+        let mut cids: Vec<u64> = connz["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == SERVICE_NAME)
+            .map(|c| c["cid"].as_u64().unwrap())
+            .collect();
+        cids.sort();
+        cids
+    };
+    let before = service_connections().await;
+    assert!(!before.is_empty(), "the service is connected");
+
+    let blocks: [&[u8]; 6] = [
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        b"NATS/1.0\r\nBad Name: x\r\n\r\n",
+        b"NATS/1.0\r\nX-Bin: \xff\xfe\r\n\r\n",
+        b"NATS/1.0\r\nCtl\x01: x\r\n\r\n",
+        b"NATS/1.0\r\nX-CR: a\rb\r\n\r\n",
+        b"HTTP/1.1 200\r\nA: b\r\n\r\n",
+    ];
+    let mut raw = RawClient::connect(nats.port()).await;
+    let mut frames = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        frames.extend(RawClient::hpub(
+            QRY_JOBS,
+            &format!("_RAW.bad.{i}"),
+            block,
+            b"{}",
+        ));
+        frames.extend(RawClient::publish(
+            QRY_JOBS,
+            &format!("_RAW.good.{i}"),
+            b"{}",
+        ));
+    }
+    raw.send(&frames).await;
+    let replies = raw.replies(Duration::from_secs(5)).await;
+    for i in 0..blocks.len() {
+        let good = replies
+            .iter()
+            .find(|r| r.subject == format!("_RAW.good.{i}"))
+            .unwrap_or_else(|| {
+                panic!("request {i} behind a malformed one got no reply: {replies:?}")
+            });
+        assert_eq!(good.payload, b"[]", "{good:?}");
+        let bad = replies
+            .iter()
+            .find(|r| r.subject == format!("_RAW.bad.{i}"))
+            .unwrap_or_else(|| panic!("malformed request {i} got no reply"));
+        assert!(
+            bad.headers
+                .as_deref()
+                .is_some_and(|h| h.contains("Nats-Service-Error-Code: 400")),
+            "{bad:?}"
+        );
+        let body: Value = serde_json::from_slice(&bad.payload).unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("header block is malformed"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        service_connections().await,
+        before,
+        "the service kept its connection"
+    );
+
+    // Such a message stored in a stream cannot be archived as it is: the backup says so,
+    // naming it, instead of storing an altered header block.
+    let client = nats.client().await;
+    create_stream(&client, "ODD", &["odd.>"]).await;
+    raw.send(&RawClient::hpub(
+        "odd.x",
+        "_RAW.ack",
+        b"NATS/1.0\r\nno colon\r\n\r\n",
+        b"{}",
+    ))
+    .await;
+    assert_eq!(raw.replies(Duration::from_secs(1)).await.len(), 1, "stored");
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["ODD"] })).await;
+    let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Failed, "{view:?}");
+    let message = view.error.unwrap().message;
+    assert!(
+        message.contains("message 1 of ODD has a malformed header block"),
+        "{message}"
+    );
+    service.stop().await;
+}

@@ -34,7 +34,7 @@ use crate::engine::{Context, Runner};
 use crate::event_store::{EventStore, EventStreamSettings};
 use crate::jsapi::JsApi;
 use crate::projector::{Projector, Views};
-use reply::send;
+use reply::{ApiError, send};
 
 /// Messages a subscription buffers before the client applies back pressure.
 const SUBSCRIPTION_CAPACITY: usize = 8192;
@@ -248,7 +248,25 @@ async fn warn_if_requests_are_captured(api: &JsApi) {
     }
 }
 
+/// A request whose header block had malformed lines (left out by the NATS client, which says
+/// how many): refused as a whole, since what the caller meant by those headers is unknown.
+fn malformed_headers(request: &Request) -> Option<ApiError> {
+    let count = request
+        .message
+        .headers
+        .as_ref()?
+        .get(async_nats::connection::MALFORMED_HEADER_LINES)?
+        .as_str()
+        .to_owned();
+    Some(ApiError::bad_request(format!(
+        "the request's header block is malformed ({count} line(s) are not `Name: value` with a printable name and a one-line value); nothing was done"
+    )))
+}
+
 async fn dispatch(api: &Api, subject: &str, request: Request) {
+    if let Some(refused) = malformed_headers(&request) {
+        return send::<()>(&request, &api.errors, subject, Err(refused)).await;
+    }
     let verb = subject.rsplit('.').next().unwrap_or_default();
     if subject.starts_with(COMMAND_PREFIX) {
         match verb {
