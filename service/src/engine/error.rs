@@ -69,6 +69,20 @@ impl EngineError {
         }
     }
 
+    /// NATS itself went away under the job (connection lost, server restarted, no
+    /// acknowledgement): the job can resume from what it recorded once NATS is back. Archive
+    /// errors are not among them: object stores retry within their own bound.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Nats(_) => true,
+            EngineError::JetStream(JsApiError::Transport { .. }) => true,
+            EngineError::Events(EventStoreError::Nats(_) | EventStoreError::Unconfirmed { .. }) => {
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             EngineError::Cancelled => ErrorCode::Conflict,

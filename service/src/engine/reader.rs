@@ -27,6 +27,8 @@ pub struct RangeReader {
     messages: Option<consumer::push::Ordered>,
     until: u64,
     done: bool,
+    /// The last sequence handed out (0 before the first).
+    last_read: u64,
     cleanup: Option<Cleanup>,
 }
 
@@ -69,11 +71,16 @@ impl RangeReader {
         from: u64,
         until: u64,
     ) -> Result<Self, EngineError> {
-        let stream_handle = js.get_stream(stream).await.map_err(|e| {
-            EngineError::precondition(
-                cim_backup_contracts::ErrorCode::NotFound,
-                format!("stream {stream}: {e}"),
-            )
+        let stream_handle = js.get_stream(stream).await.map_err(|e| match e.kind() {
+            async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                EngineError::precondition(
+                    cim_backup_contracts::ErrorCode::NotFound,
+                    format!("stream {stream} does not exist (any more)"),
+                )
+            }
+            _ => EngineError::nats(format!("stream {stream}: {e}")),
         })?;
         let inbox = js.client().new_inbox();
         let name = format!(
@@ -102,6 +109,7 @@ impl RangeReader {
                 messages: None,
                 until,
                 done: true,
+                last_read: 0,
                 cleanup,
             });
         }
@@ -110,8 +118,35 @@ impl RangeReader {
             messages: Some(messages),
             until,
             done: false,
+            last_read: 0,
             cleanup,
         })
+    }
+
+    /// Why reading stopped: a stream deleted under the reader is said as such (the consumer
+    /// only reports a missed heartbeat); anything else is NATS failing, which a job survives
+    /// by resuming once NATS is back.
+    fn explain(&self, e: impl std::fmt::Display) -> impl Future<Output = EngineError> + Send {
+        let error = EngineError::nats(e);
+        let last_read = self.last_read;
+        let target = self
+            .cleanup
+            .as_ref()
+            .map(|c| (crate::jsapi::JsApi::new(c.js.client()), c.stream.clone()));
+        async move {
+            let Some((api, stream)) = target else {
+                return error;
+            };
+            match api.stream_info(&stream).await {
+                Ok(None) => EngineError::precondition(
+                    cim_backup_contracts::ErrorCode::NotFound,
+                    format!(
+                        "stream {stream} was deleted while it was being read (after seq {last_read})"
+                    ),
+                ),
+                _ => error,
+            }
+        }
     }
 
     /// The next message of the range, or `None` at its end.
@@ -124,7 +159,7 @@ impl RangeReader {
             Ok(m) => m,
             Err(e) => {
                 self.done = true;
-                return Some(Err(EngineError::nats(e)));
+                return Some(Err(self.explain(e).await));
             }
         };
         let (seq, time_ns, pending) = match message.info() {
@@ -146,6 +181,7 @@ impl RangeReader {
         if seq == self.until || pending == 0 {
             self.done = true;
         }
+        self.last_read = seq;
         Some(Ok(ReadMessage {
             seq,
             time_ns,

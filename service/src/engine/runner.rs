@@ -46,12 +46,35 @@ pub struct Runner {
     tasks: TaskTracker,
 }
 
+/// How long a job waits for NATS to come back after losing it, before it fails.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+/// How often a job resumes after NATS went away under it, before it fails.
+const RESUMES: u32 = 5;
+
 /// The engine function of one job kind.
 type Work<A> = for<'a> fn(
     &'a Context,
     &'a mut Job<A>,
     &'a CancellationToken,
 ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+/// What to clean up when a job has ended in failure or cancellation.
+type Abandon<A> = for<'a> fn(&'a Context, &'a Job<A>) -> BoxFuture<'a, ()>;
+
+/// How a job kind meets NATS going away under it.
+struct Recovery<A: cim_backup_domain::Aggregate + 'static> {
+    /// Wait for NATS and resume from what the job recorded (else: fail).
+    resume: bool,
+    abandon: Option<Abandon<A>>,
+}
+
+impl<A: cim_backup_domain::Aggregate> Recovery<A> {
+    /// Resume after NATS is back; nothing to clean up.
+    const RESUME: Recovery<A> = Recovery {
+        resume: true,
+        abandon: None,
+    };
+}
 
 impl Runner {
     pub fn new(ctx: Arc<Context>) -> Arc<Runner> {
@@ -68,36 +91,54 @@ impl Runner {
     }
 
     pub fn spawn_backup(self: &Arc<Self>, job: Job<BackupJob>) {
-        self.spawn(job, |ctx, job, cancel| {
-            Box::pin(backup::run(ctx, job, cancel))
-        });
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel)),
+            Recovery::RESUME,
+        );
     }
 
     pub fn spawn_restore(self: &Arc<Self>, job: Job<RestoreJob>) {
-        self.spawn(job, |ctx, job, cancel| {
-            Box::pin(restore::run(ctx, job, cancel))
-        });
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel)),
+            Recovery {
+                resume: true,
+                abandon: Some(|ctx, job| Box::pin(restore::abandon(ctx, job))),
+            },
+        );
     }
 
     pub fn spawn_verify(self: &Arc<Self>, job: Job<VerifyJob>) {
-        self.spawn(job, |ctx, job, cancel| {
-            Box::pin(verify::run(ctx, job, cancel))
-        });
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)),
+            Recovery::RESUME,
+        );
     }
 
     pub fn spawn_check(self: &Arc<Self>, job: Job<CheckJob>) {
-        self.spawn(job, |ctx, job, cancel| {
-            Box::pin(check::run(ctx, job, cancel))
-        });
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel)),
+            Recovery::RESUME,
+        );
     }
 
+    /// A repair is not resumed in place after NATS went away: its own failure path has given
+    /// the live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
     pub fn spawn_repair(self: &Arc<Self>, job: Job<RepairJob>) {
-        self.spawn(job, |ctx, job, cancel| {
-            Box::pin(repair::run(ctx, job, cancel))
-        });
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(repair::run(ctx, job, cancel)),
+            Recovery {
+                resume: false,
+                abandon: None,
+            },
+        );
     }
 
-    fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>)
+    fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>, recovery: Recovery<A>)
     where
         A: JobLifecycle + Send + Sync + 'static,
         A::Command: Clone + Send,
@@ -117,21 +158,49 @@ impl Runner {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             let ctx = Arc::clone(&this.ctx);
-            // A panic in an engine is a bug, but it must still end the job as failed rather
-            // than leave it running forever.
-            let guarded = std::panic::AssertUnwindSafe(work(&ctx, &mut job, &cancel)).catch_unwind();
-            let outcome = tokio::select! {
-                outcome = guarded => Some(outcome.unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(EngineError::precondition(cim_backup_contracts::ErrorCode::Internal, format!("internal error: {what}")))
-                })),
-                _ = this.shutdown.cancelled() => None,
+            let mut resumes = 0;
+            let outcome = loop {
+                // A panic in an engine is a bug, but it must still end the job as failed rather
+                // than leave it running forever.
+                let guarded =
+                    std::panic::AssertUnwindSafe(work(&ctx, &mut job, &cancel)).catch_unwind();
+                let outcome = tokio::select! {
+                    outcome = guarded => outcome.unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(EngineError::precondition(cim_backup_contracts::ErrorCode::Internal, format!("internal error: {what}")))
+                    }),
+                    _ = this.shutdown.cancelled() => break None,
+                };
+                match outcome {
+                    Err(e) if recovery.resume && e.is_transient() && resumes < RESUMES => {
+                        resumes += 1;
+                        tracing::warn!(job = %job.id, error = %e, "NATS went away under the job; it resumes when NATS is back");
+                        if !this.await_nats().await {
+                            break Some(Err(e));
+                        }
+                        match jobs::load::<A>(&ctx.events, &job.id).await {
+                            Ok(Some(fresh)) => job = fresh,
+                            Ok(None) | Err(_) => break Some(Err(e)),
+                        }
+                        if job.state.lifecycle().state.is_some_and(|s| s.is_terminal()) {
+                            break None; // it ended before the connection went
+                        }
+                        tracing::info!(job = %job.id, resumes, "NATS is back; resuming the job");
+                    }
+                    outcome => break Some(outcome),
+                }
             };
             if let Some(outcome) = outcome {
+                // Clean up first, so that whoever sees the job failed or cancelled finds no
+                // half-written leftovers.
+                let ended = outcome.as_ref().is_err_and(|e| !matches!(e, EngineError::Interrupted));
+                if let (true, Some(abandon)) = (ended, recovery.abandon) {
+                    abandon(&ctx, &job).await;
+                }
                 this.finish(&mut job, outcome).await;
             }
             this.running.lock().unwrap().remove(&job.id);
@@ -200,6 +269,23 @@ impl Runner {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Waits until NATS answers again (connected, JetStream responding), at most
+    /// [`RECONNECT_FOR`]; false if it did not, or the service is stopping.
+    async fn await_nats(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        while tokio::time::Instant::now() < deadline && !self.shutdown.is_cancelled() {
+            let connected = matches!(
+                self.ctx.client.connection_state(),
+                async_nats::connection::State::Connected
+            );
+            if connected && self.ctx.api.api_level().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
     }
 
     /// Stops the job if it runs here.

@@ -45,26 +45,20 @@ use crate::jobs::{Job, execute};
 
 pub use self::plan::stream_entry;
 
+/// Runs a restore to its end. On an error the runner decides whether the job resumes (NATS
+/// went away) or ends; only then, through [`abandon`], is a partial target removed.
 pub async fn run(
     ctx: &Context,
     job: &mut Job<RestoreJob>,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let result = restore(ctx, job, cancel).await;
-    // Interrupted by the service stopping: the target stays for the resume.
-    if result
-        .as_ref()
-        .is_err_and(|e| !matches!(e, EngineError::Interrupted))
-    {
-        remove_partial_target(ctx, job).await;
-    }
-    result
+    restore(ctx, job, cancel).await
 }
 
 /// A failed or cancelled restore deletes the target it created (it carries the job's
 /// marker), so no half-restored stream is left that someone could mistake for the real thing.
-/// A restore interrupted by a crash or shutdown keeps it and resumes.
-async fn remove_partial_target(ctx: &Context, job: &Job<RestoreJob>) {
+/// A restore interrupted by a crash or shutdown, or resuming after NATS came back, keeps it.
+pub async fn abandon(ctx: &Context, job: &Job<RestoreJob>) {
     let Some(spec) = &job.state.spec else { return };
     match ctx.api.stream_info(&spec.target).await {
         Ok(Some(info)) if target::owned_by(&info.config, &job.id) => {}
