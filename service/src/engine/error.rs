@@ -73,14 +73,14 @@ impl EngineError {
     /// acknowledgement): the job can resume from what it recorded once NATS is back. Archive
     /// errors are not among them: object stores retry within their own bound.
     pub fn is_transient(&self) -> bool {
-        match self {
-            EngineError::Nats(_) => true,
-            EngineError::JetStream(JsApiError::Transport { .. }) => true,
-            EngineError::Events(EventStoreError::Nats(_) | EventStoreError::Unconfirmed { .. }) => {
-                true
-            }
-            _ => false,
-        }
+        matches!(
+            self,
+            EngineError::Nats(_)
+                | EngineError::JetStream(JsApiError::Transport { .. })
+                | EngineError::Events(
+                    EventStoreError::Nats(_) | EventStoreError::Unconfirmed { .. }
+                )
+        )
     }
 
     pub fn code(&self) -> ErrorCode {
