@@ -571,6 +571,20 @@ pub struct BackupStarted {
     /// incremental, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the job expects to store, from the streams' states at the cut: the totals a
+    /// progress view shows until the completion makes them exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<Estimate>,
+}
+
+/// Expected totals of a job, known at its start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub messages: u64,
+    /// Bytes in the unit the job's progress counts (a backup: uncompressed segment bytes).
+    pub bytes: u64,
+    /// Objects to store (a backup: segments or parts, and the manifest).
+    pub objects: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,6 +86,7 @@ fn second_event_links_to_the_first_with_a_tag_42_link() {
             }],
             tool: "cim-backup 0.1.0".into(),
             notes: vec![],
+            estimate: None,
         })),
         ..accepted()
     };

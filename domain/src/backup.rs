@@ -451,6 +451,7 @@ mod tests {
             streams,
             tool: "test".into(),
             notes: vec![],
+            estimate: None,
         }
     }
 
@@ -611,6 +612,7 @@ mod tests {
             streams: vec![start(cut("A", 1, 150), Some(100))],
             tool: "t".into(),
             notes: vec![],
+            estimate: None,
         };
         let history = vec![
             BackupEvent::BackupAccepted(spec.clone()),

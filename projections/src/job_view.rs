@@ -2,8 +2,8 @@
 
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
-    BackupEvent, CheckEvent, EventEnvelope, JobEvent, JobFailed, RepairEvent, RestoreEvent,
-    VerifyEvent,
+    BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, RepairEvent,
+    RestoreEvent, VerifyEvent,
 };
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
@@ -59,32 +59,37 @@ pub fn fold(
             BackupEvent::BackupStarted(s) => {
                 next.state = JobState::Running;
                 next.started_at = Some(time);
-                // Messages the streams hold at the cut; an incremental backup stores only the
-                // new ones, so its total becomes exact at completion.
-                p.messages_total = s.streams.iter().map(|c| c.cut.messages).sum();
-                p.bytes_total = s.streams.iter().map(|c| c.cut.bytes).sum();
+                // The job's own estimate (what it will store); older events carry none, and
+                // then the streams' states at the cut stand in.
+                let estimate = s.estimate.unwrap_or(Estimate {
+                    messages: s.streams.iter().map(|c| c.cut.messages).sum(),
+                    bytes: s.streams.iter().map(|c| c.cut.bytes).sum(),
+                    objects: 1,
+                });
+                p.messages_total = estimate.messages;
+                p.bytes_total = estimate.bytes;
+                p.objects_total = estimate.objects;
                 next.notes = s.notes.clone();
             }
             BackupEvent::SegmentStored(s) => {
                 p.messages_done += s.segment.records;
                 p.bytes_done += s.segment.raw_bytes;
                 p.objects_done += 1;
-                p.objects_total = p.objects_done;
+                keep_ahead(p);
             }
             BackupEvent::SnapshotTaken(_) => {}
             BackupEvent::SnapshotPartStored(s) => {
                 p.bytes_done += s.part.raw_bytes;
                 p.objects_done += 1;
-                p.objects_total = p.objects_done;
+                keep_ahead(p);
             }
             BackupEvent::BackupCompleted(c) => {
                 finish(&mut next, JobState::Completed, time);
                 next.progress.messages_done = c.streams.iter().map(|s| s.messages).sum();
                 next.backup_id = Some(BackupId(c.manifest));
-                // The manifest is an object too; totals are now exact.
+                // The manifest is an object too; the totals are now what was stored.
                 next.progress.objects_done += 1;
-                next.progress.objects_total = next.progress.objects_done;
-                next.progress.messages_total = next.progress.messages_done;
+                settle(&mut next.progress);
             }
             BackupEvent::BackupFailed(f) => fail(&mut next, f, time),
             BackupEvent::BackupCancelRequested(_) => next.cancel_requested = true,
@@ -108,10 +113,11 @@ pub fn fold(
                 p.objects_done = s.segments_done;
             }
             RestoreEvent::RestoreCompleted(c) => {
+                // Bytes count the segments read, as the progress did: all of them by now.
                 p.messages_done = c.messages;
-                p.messages_total = c.messages;
-                p.bytes_done = c.bytes;
+                p.bytes_done = p.bytes_total;
                 p.objects_done = c.segments;
+                settle(p);
                 next.notes = c.notes.clone();
                 finish(&mut next, JobState::Completed, time);
             }
@@ -140,6 +146,7 @@ pub fn fold(
                 p.messages_done = c.records;
                 p.bytes_done = c.bytes;
                 p.objects_done = c.objects;
+                settle(p);
                 finish(&mut next, JobState::Completed, time);
             }
             VerifyEvent::VerifyFailed(f) => fail(&mut next, f, time),
@@ -157,10 +164,16 @@ pub fn fold(
                     ..Progress::default()
                 };
             }
-            CheckEvent::CheckProgressed(s) => p.messages_done = s.messages_done,
+            CheckEvent::CheckProgressed(s) => {
+                p.messages_done = s.messages_done;
+                keep_ahead(p);
+            }
             CheckEvent::CheckCompleted(c) => {
+                // The totals were estimates (deleted messages, a replay that stops at the first
+                // invalid event); the reports say what was walked, in which range.
                 p.messages_done = c.reports.iter().map(|r| r.messages_checked).sum();
                 p.objects_done = c.reports.len() as u64;
+                settle(p);
                 next.reports = Some(c.reports.clone());
                 next.replayed = c.replayed.clone();
                 finish(&mut next, JobState::Completed, time);
@@ -182,9 +195,13 @@ pub fn fold(
                 };
             }
             RepairEvent::RepairStepDone(_) => p.objects_done += 1,
-            RepairEvent::RepairProgressed(s) => p.messages_done = s.messages_done,
+            RepairEvent::RepairProgressed(s) => {
+                p.messages_done = s.messages_done;
+                keep_ahead(p);
+            }
             RepairEvent::RepairCompleted(c) => {
                 p.messages_done = c.messages;
+                settle(p);
                 next.reports = c.report.clone().map(|r| vec![r]);
                 next.notes = c.notes.clone();
                 finish(&mut next, JobState::Completed, time);
@@ -208,6 +225,21 @@ pub fn fold_all<'a>(
         }
     }
     Ok(view)
+}
+
+/// While a job runs, a total never falls behind what is done (estimates can be low), and one
+/// object is always still to come until the end (a backup's manifest, say).
+fn keep_ahead(p: &mut Progress) {
+    p.messages_total = p.messages_total.max(p.messages_done);
+    p.bytes_total = p.bytes_total.max(p.bytes_done);
+    p.objects_total = p.objects_total.max(p.objects_done + 1);
+}
+
+/// At completion the totals are what was done: a finished view adds up.
+fn settle(p: &mut Progress) {
+    p.messages_total = p.messages_done;
+    p.bytes_total = p.bytes_done;
+    p.objects_total = p.objects_done;
 }
 
 fn finish(view: &mut JobView, state: JobState, time: time::OffsetDateTime) {

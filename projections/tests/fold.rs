@@ -89,6 +89,7 @@ fn history() -> Vec<BackupEvent> {
             }],
             tool: "test".into(),
             notes: vec![],
+            estimate: None,
         }),
         BackupEvent::SegmentStored(SegmentStored {
             stream: "EVENTS".into(),
@@ -116,6 +117,48 @@ fn history() -> Vec<BackupEvent> {
             created: OffsetDateTime::UNIX_EPOCH + Duration::seconds(1),
         }),
     ]
+}
+
+/// The runbook walk saw objects_total always equal to objects_done while a backup ran, and
+/// bytes_done above bytes_total. With the job's estimate the totals lead while it runs, never
+/// fall behind what is done, and equal it once it is completed.
+#[test]
+fn progress_totals_lead_while_running_and_add_up_when_done() {
+    let mut events = history();
+    let BackupEvent::BackupStarted(started) = &mut events[1] else {
+        unreachable!()
+    };
+    started.estimate = Some(Estimate {
+        messages: 20,
+        bytes: 150, // low: the segments will hold 200
+        objects: 3,
+    });
+    let events = envelopes(events);
+    for n in 2..events.len() {
+        let view = fold_all(events[..n].iter().map(|(e, c)| (e, *c)))
+            .unwrap()
+            .unwrap();
+        let p = &view.progress;
+        assert!(p.messages_done <= p.messages_total, "{n}: {p:?}");
+        assert!(p.bytes_done <= p.bytes_total, "{n}: {p:?}");
+        assert!(
+            p.objects_done < p.objects_total,
+            "{n}: the manifest is still to come: {p:?}"
+        );
+    }
+    let done = fold_all(events.iter().map(|(e, c)| (e, *c)))
+        .unwrap()
+        .unwrap();
+    let p = &done.progress;
+    assert_eq!(
+        (p.messages_done, p.bytes_done, p.objects_done),
+        (p.messages_total, p.bytes_total, p.objects_total),
+        "{p:?}"
+    );
+    assert_eq!(
+        (p.messages_done, p.bytes_done, p.objects_done),
+        (20, 200, 3)
+    );
 }
 
 #[test]

@@ -223,6 +223,20 @@ impl Caller {
             if let Ok(reply) = self.request(QRY_JOB, &json!({ "job_id": job_id })).await {
                 assert_eq!(reply.status, None, "job query failed: {}", reply.body);
                 let view: JobView = serde_json::from_value(reply.body).expect("job view");
+                let p = &view.progress;
+                assert!(
+                    p.messages_done <= p.messages_total
+                        && p.bytes_done <= p.bytes_total
+                        && p.objects_done <= p.objects_total,
+                    "progress never runs past its totals: {view:?}"
+                );
+                if view.state == cim_backup_contracts::views::JobState::Completed {
+                    assert_eq!(
+                        (p.messages_done, p.bytes_done, p.objects_done),
+                        (p.messages_total, p.bytes_total, p.objects_total),
+                        "a completed job's view adds up: {view:?}"
+                    );
+                }
                 if view.state.is_terminal() {
                     return view;
                 }

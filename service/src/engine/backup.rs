@@ -9,8 +9,8 @@
 
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::events::{
-    BackupAccepted, BackupCompleted, BackupMode, BackupStarted, ConsumerPosition, ParentLink,
-    SegmentStored, SnapshotPartStored, SnapshotTaken, StreamCut, StreamStart,
+    BackupAccepted, BackupCompleted, BackupMode, BackupStarted, ConsumerPosition, Estimate,
+    ParentLink, SegmentStored, SnapshotPartStored, SnapshotTaken, StreamCut, StreamStart,
 };
 use cim_backup_contracts::views::JobState;
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
@@ -158,12 +158,52 @@ async fn take_cut(
             }
         }
     }
+    let estimate = estimate(spec, &streams);
     Ok(BackupStarted {
         taken_at,
         streams,
         tool: tool_version(),
         notes,
+        estimate: Some(estimate),
     })
+}
+
+/// Per-record bytes a segment frames beyond subject, headers and payload, and those the server's
+/// file store counts in a stream's `bytes`: a stream's bytes convert to segment bytes by them.
+const RECORD_OVERHEAD: u64 = 34;
+const FILE_STORE_OVERHEAD: u64 = 30;
+
+/// What a backup will store, from the cut: per stream the messages after its parent's cut (all
+/// of them in a full backup; at most the sequences in the range), their share of the stream's
+/// bytes in segment bytes, the segments those fill, and the manifest.
+fn estimate(spec: &BackupAccepted, streams: &[StreamStart]) -> Estimate {
+    let mut total = Estimate {
+        objects: 1,
+        ..Estimate::default()
+    };
+    for start in streams {
+        let cut = &start.cut;
+        if cut.messages == 0 {
+            continue;
+        }
+        let from = start.from_seq();
+        let messages = if from <= cut.first_seq {
+            cut.messages
+        } else {
+            (cut.last_seq + 1).saturating_sub(from).min(cut.messages)
+        };
+        let share = (cut.bytes as u128 * messages as u128 / cut.messages as u128) as u64;
+        let bytes = match spec.mode {
+            BackupMode::Snapshot => share,
+            BackupMode::Messages => {
+                (share + messages * RECORD_OVERHEAD).saturating_sub(messages * FILE_STORE_OVERHEAD)
+            }
+        };
+        total.messages += messages;
+        total.bytes += bytes;
+        total.objects += bytes.div_ceil(spec.segment_bytes.max(1));
+    }
+    total
 }
 
 /// What an incremental backup of one stream builds on.
