@@ -127,6 +127,10 @@ pub struct JobView {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub progress: Progress,
+    /// Bytes a backup has stored in its destination (segments or parts as stored, compressed
+    /// and encrypted, and the manifest): with `progress.bytes_done`, its compression ratio.
+    #[serde(default)]
+    pub stored_bytes: u64,
     /// The backup written (backup jobs) or read (restore, verify jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<BackupId>,

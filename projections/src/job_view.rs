@@ -72,6 +72,7 @@ pub fn fold(
                 next.notes = s.notes.clone();
             }
             BackupEvent::SegmentStored(s) => {
+                next.stored_bytes += s.segment.stored_bytes;
                 p.messages_done += s.segment.records;
                 p.bytes_done += s.segment.raw_bytes;
                 p.objects_done += 1;
@@ -79,12 +80,14 @@ pub fn fold(
             }
             BackupEvent::SnapshotTaken(_) => {}
             BackupEvent::SnapshotPartStored(s) => {
+                next.stored_bytes += s.part.stored_bytes;
                 p.bytes_done += s.part.raw_bytes;
                 p.objects_done += 1;
                 keep_ahead(p);
             }
             BackupEvent::BackupCompleted(c) => {
                 finish(&mut next, JobState::Completed, time);
+                next.stored_bytes += c.manifest_bytes;
                 next.progress.messages_done = c.streams.iter().map(|s| s.messages).sum();
                 next.backup_id = Some(BackupId(c.manifest));
                 // The manifest is an object too; the totals are now what was stored.
@@ -304,6 +307,7 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         finished_at: None,
         updated_at: envelope.meta.time,
         progress: Progress::default(),
+        stored_bytes: 0,
         backup_id,
         error: None,
         cancel_requested: false,

@@ -162,7 +162,7 @@ async fn the_runbook_commands_work_end_to_end() {
 async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let port = cim_backup_tests::nats::free_port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "serve",
             "--embedded",
@@ -233,6 +233,10 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(4), "{stderr}");
     assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes when not a terminal: {stderr:?}"
+    );
+    assert!(
         stderr.contains(&format!("port {port}")) && !stderr.contains("service ready"),
         "{stderr}"
     );
@@ -248,10 +252,17 @@ async fn serve_embedded_starts_its_own_nats_server_and_stops_it() {
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let served = child.wait_with_output().unwrap();
     assert!(
-        status.success(),
-        "serve exits cleanly on SIGTERM: {status:?}"
+        served.status.success(),
+        "serve exits cleanly on SIGTERM: {:?}",
+        served.status
+    );
+    let log = String::from_utf8_lossy(&served.stderr);
+    assert!(log.contains("service ready"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log that is not a terminal: {log:?}"
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -326,14 +337,28 @@ async fn the_corruption_runbook_works_through_the_binary() {
     ))
     .await;
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    // The report, then the error (both JSON).
-    let found: Value = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
+    // One JSON document per invocation: the report (the exit code says "corrupted").
+    let found = json(&out);
     assert_eq!(found[0]["findings"][0]["stream_seq"], 315);
     assert_eq!(found[0]["findings"][0]["last_good_seq"], 295);
+    assert_eq!(found[0]["findings"][0]["kind"], "sequence_gap");
+    let out = run(args("find-corruption-point --stream GRAPH --start-seq 200")).await;
+    assert!(
+        text(&out).contains("(sequence_gap)")
+            && text(&out).contains("checked    seq 200..=600, anchored"),
+        "wire names, and the range checked: {}",
+        text(&out)
+    );
+    let out = run(args(
+        "find-corruption-point --stream GRAPH --start-seq 9000",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing to check: --start-seq 9000 is after the last sequence 600"),
+        "{}",
+        text(&out)
+    );
 
     if api_level(&client).await < 5 {
         let out = run(args(
@@ -384,5 +409,185 @@ async fn the_corruption_runbook_works_through_the_binary() {
         text(&out)
     );
     assert!(text(&out).contains("none"), "{}", text(&out));
+    service.stop().await;
+}
+
+/// The CLI talks in flags, prints times as RFC 3339 and kinds by their wire names, gives one
+/// JSON document per invocation (errors in the service's shape), says the job id at once, ends
+/// a followed job with a summary line, and accepts a path wherever a destination goes.
+#[tokio::test]
+async fn the_cli_speaks_in_flags_and_prints_one_document() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 500, 4).await;
+    let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
+    let url = nats.url();
+    let run = |args: Vec<String>| {
+        let u = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                cli(&u, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    // A path as the destination, the job id at once, the closing summary.
+    let dir = archive.path().join("by-path").display().to_string();
+    let out = run(args(&format!(
+        "backup-event-streams --streams EVENTS --destination {dir} --wait"
+    )))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("following it (Ctrl-C stops following, not the job)"),
+        "{}",
+        stderr(&out)
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("backed up 500 messages in")
+            && summary.contains("stored (")
+            && summary.contains("msg/s")
+            && summary.contains("MB/s"),
+        "{summary}"
+    );
+    assert!(std::path::Path::new(&dir).join("manifests").is_dir());
+    let accepted = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("accepted  "))
+        .expect("accepted line");
+    assert!(
+        time::OffsetDateTime::parse(accepted, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "an RFC 3339 time: {accepted}"
+    );
+
+    // Mistakes named by their flags: caught here, or told by the service in the CLI's words.
+    for (line, code, needle) in [
+        (
+            "restore-events --stream EVENTS --as X --start yesterday",
+            2,
+            "--start: \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            "restore-events --stream EVENTS --as X --start-seq 9 --end-seq 3",
+            2,
+            "--start-seq 9 is after --end-seq 3",
+        ),
+        (
+            "restore-events --stream EVENTS --as X --method fast",
+            2,
+            "--method: \"fast\" is not known",
+        ),
+        (
+            "restore-events --stream EVENTS --as A.B",
+            3,
+            "--as: \"A.B\" is not a valid stream name",
+        ),
+        (
+            "list-jobs --state finished",
+            2,
+            "--state: \"finished\" is not known",
+        ),
+    ] {
+        let out = run(args(line)).await;
+        assert_eq!(out.status.code(), Some(code), "{line}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{line}: {}", stderr(&out));
+    }
+
+    // --json: exactly one document, errors in the service's shape.
+    let missing = archive.path().join("not-there").display().to_string();
+    let out = run(args(&format!(
+        "--json list-backups --destination {missing}"
+    )))
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let error = json(&out);
+    assert_eq!(error["error"]["code"], 404, "{error}");
+    assert_eq!(error["error"]["kind"], "not_found");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{error}"
+    );
+    assert!(
+        !std::path::Path::new(&missing).exists(),
+        "a listing created nothing"
+    );
+    let out = run(args(
+        "--json restore-events --stream EVENTS --as X --start-seq 5 --end-seq 1",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json(&out)["error"]["kind"], "usage");
+
+    // Ctrl-C while following a job stops following, says the job goes on, and exits 130. (The
+    // job here belongs to an instance that is not running, so it stays accepted.)
+    let store = cim_backup::event_store::EventStore::open(
+        async_nats::jetstream::new(client.clone()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let id: cim_backup_contracts::JobId = "elsewhere-job".parse().unwrap();
+    let mut job =
+        cim_backup::jobs::Job::<cim_backup_domain::verify::VerifyJob>::new(id.clone(), "c".into());
+    let spec = cim_backup_contracts::events::VerifyAccepted {
+        backup: cim_backup_contracts::cid::raw_cid(b"x"),
+        source: "local".into(),
+        source_url: format!("file://{}", archive.path().display()),
+        mode: cim_backup_contracts::events::VerifyMode::Structural,
+        admission: cim_backup_contracts::events::Admission {
+            instance: "elsewhere".into(),
+            idempotency_key: None,
+            request_digest: "0".repeat(64),
+        },
+    };
+    cim_backup::jobs::execute(
+        &store,
+        &mut job,
+        cim_backup_domain::verify::VerifyCommand::Accept(spec),
+        None,
+    )
+    .await
+    .unwrap();
+    let watching = Command::new(BIN)
+        .args([
+            "--nats-url",
+            &url,
+            "backup-status",
+            "--job-id",
+            id.as_str(),
+            "--watch",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Command::new("kill")
+        .arg("-INT")
+        .arg(watching.id().to_string())
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || watching.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped following job elsewhere-job; it goes on"),
+        "{}",
+        stderr(&out)
+    );
     service.stop().await;
 }

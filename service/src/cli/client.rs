@@ -1,4 +1,11 @@
 //! The CLI's NATS client: request/reply on the service's subjects, nothing more.
+//!
+//! Rules:
+//! - Every error maps to one documented exit code ([`CliError::exit_code`]).
+//! - A CLI user is told about flags, not JSON fields: [`CliError::with_flags`] rewrites the
+//!   field names in a service's message into the command's flags.
+//! - A request that starts a job carries an idempotency key (the user's, or one made for this
+//!   invocation), so a reply lost in transit is retried without starting a second job.
 
 use std::time::Duration;
 
@@ -12,10 +19,10 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The service answered with an error (4xx or 5xx).
-    #[error("{message} ({code})")]
+    #[error("{message} ({kind})")]
     Rejected {
         status: u16,
-        code: String,
+        kind: String,
         message: String,
     },
     /// Nobody answered, or NATS is unreachable.
@@ -33,22 +40,121 @@ pub enum CliError {
     /// An integrity check completed and found breaks.
     #[error("corrupted: {0}")]
     Corrupted(String),
+    /// A check completed without walking anything (its range held no messages when walked).
+    #[error("nothing was checked: {0}")]
+    NothingChecked(String),
+    /// The user stopped following a job (Ctrl-C); the job goes on.
+    #[error(
+        "stopped following job {job_id}; it goes on: cim-backup backup-status --job-id {job_id} --watch"
+    )]
+    StoppedFollowing { job_id: String },
 }
 
 impl CliError {
     /// Exit codes (documented in the README and `--help`):
     /// 0 ok (a check: clean) · 1 job failed or was cancelled (a check: could not check) ·
     /// 2 usage error · 3 request rejected (4xx) · 4 service unavailable or failed (5xx, no
-    /// responders, timeout) · 5 a check found corruption.
+    /// responders, timeout) · 5 a check found corruption · 130 stopped following (Ctrl-C).
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Corrupted(_) => 5,
-            CliError::JobDidNotComplete { .. } => 1,
+            CliError::JobDidNotComplete { .. } | CliError::NothingChecked(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Rejected { status, .. } if *status < 500 => 3,
             CliError::Rejected { .. } | CliError::Unavailable(_) => 4,
+            CliError::StoppedFollowing { .. } => 130,
         }
     }
+
+    /// The error as `--json` prints it: the service's own shape, `{"error":{code,kind,message}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (code, kind) = match self {
+            CliError::Rejected { status, kind, .. } => (*status, kind.clone()),
+            CliError::Usage(_) => (400, "usage".to_owned()),
+            CliError::Unavailable(_) => (503, "unavailable".to_owned()),
+            CliError::JobDidNotComplete { .. } => (500, "job_did_not_complete".to_owned()),
+            CliError::Corrupted(_) => (422, "corrupt".to_owned()),
+            CliError::NothingChecked(_) => (422, "nothing_checked".to_owned()),
+            CliError::StoppedFollowing { .. } => (499, "stopped_following".to_owned()),
+        };
+        let message = match self {
+            CliError::Rejected { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        serde_json::json!({ "error": { "code": code, "kind": kind, "message": message } })
+    }
+
+    /// The service's message in the words of the command line: `start_seq: …` becomes
+    /// `--start-seq: …`, `"encrypt": true` becomes `--encrypt`. `flags` pairs each JSON field
+    /// of the request with the flag that sets it.
+    pub fn with_flags(self, flags: &[(&str, &str)]) -> CliError {
+        match self {
+            CliError::Rejected {
+                status,
+                kind,
+                message,
+            } => CliError::Rejected {
+                status,
+                kind,
+                message: in_flags(&message, flags),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether repeating the same request (same idempotency key) may succeed: no reply came
+    /// in time, or the service could not tell whether it recorded the job.
+    fn worth_repeating(&self) -> bool {
+        match self {
+            CliError::Unavailable(message) => message.starts_with("no reply"),
+            CliError::Rejected {
+                status, message, ..
+            } => *status == 503 && message.contains("may or may not have been recorded"),
+            _ => false,
+        }
+    }
+}
+
+/// Rewrites JSON field names into flags (see [`CliError::with_flags`]).
+pub fn in_flags(message: &str, flags: &[(&str, &str)]) -> String {
+    let mut out = message.to_owned();
+    for (field, flag) in flags {
+        for (from, to) in [
+            (format!("\"{field}\": true"), flag.to_string()),
+            (format!("\"{field}\":true"), flag.to_string()),
+            (format!("\"{field}\""), flag.to_string()),
+        ] {
+            out = out.replace(&from, &to);
+        }
+        if let Some(rest) = out.strip_prefix(&format!("{field}:")) {
+            out = format!("{flag}:{rest}");
+        }
+        // Field names with an underscore are no English words: replace them anywhere.
+        if field.contains('_') {
+            out = replace_word(&out, field, flag);
+        }
+    }
+    out
+}
+
+/// Replaces `word` where it stands alone (not inside a longer identifier).
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(is_ident) || after.is_some_and(is_ident) {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub struct Client {
@@ -56,6 +162,9 @@ pub struct Client {
     url: String,
     timeout: Duration,
 }
+
+/// Attempts of a request that starts a job, when its reply was lost.
+const ATTEMPTS: u32 = 3;
 
 impl Client {
     pub async fn connect(
@@ -69,7 +178,7 @@ impl Client {
             options = options
                 .credentials_file(creds)
                 .await
-                .map_err(|e| CliError::Usage(format!("credentials {}: {e}", creds.display())))?;
+                .map_err(|e| CliError::Usage(format!("--creds {}: {e}", creds.display())))?;
         }
         if let Some(token) = &config.token {
             options = options.token(token.clone());
@@ -99,6 +208,25 @@ impl Client {
             .map_err(|e| CliError::Unavailable(format!("unexpected reply on {subject}: {e}")))
     }
 
+    /// A request that starts a job (its body carries an idempotency key): repeated when its
+    /// reply was lost, so that the job is started once and its id is known.
+    pub async fn start<R: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: &impl Serialize,
+    ) -> Result<R, CliError> {
+        let mut attempt = 1;
+        loop {
+            match self.request(subject, body).await {
+                Err(e) if e.worth_repeating() && attempt < ATTEMPTS => {
+                    eprintln!("cim-backup: {e}; asking again (same idempotency key)");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn request_json(
         &self,
         subject: &str,
@@ -111,12 +239,19 @@ impl Client {
         )
         .await
         .map_err(|_| {
-            CliError::Unavailable(format!("no reply on {subject} within {:?}", self.timeout))
+            CliError::Unavailable(format!(
+                "no reply on {subject} within {} s (--timeout)",
+                self.timeout.as_secs()
+            ))
         })?
         .map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => CliError::Unavailable(format!(
                 "no cim-backup service answers on {} (is `cim-backup serve` running?)",
                 self.url
+            )),
+            async_nats::RequestErrorKind::TimedOut => CliError::Unavailable(format!(
+                "no reply on {subject} within {} s (--timeout)",
+                self.timeout.as_secs()
             )),
             _ => CliError::Unavailable(format!("request on {subject} failed: {e}")),
         })?;
@@ -133,17 +268,72 @@ impl Client {
                     String::from_utf8_lossy(&reply.payload).into_owned(),
                 ),
             };
-            let code = serde_json::to_value(kind)
+            let kind = serde_json::to_value(kind)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
             return Err(CliError::Rejected {
                 status,
-                code,
+                kind,
                 message,
             });
         }
         serde_json::from_slice(&reply.payload)
             .map_err(|e| CliError::Unavailable(format!("reply on {subject} is not JSON: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_become_flags() {
+        let flags = [
+            ("start_seq", "--start-seq"),
+            ("end_seq", "--end-seq"),
+            ("encrypt", "--encrypt"),
+            ("full", "--full"),
+            ("streams", "--streams"),
+            ("as", "--as"),
+        ];
+        assert_eq!(
+            in_flags("start_seq 9 is after end_seq 3", &flags),
+            "--start-seq 9 is after --end-seq 3"
+        );
+        assert_eq!(
+            in_flags(
+                "encrypt: refused; encrypt it (\"encrypt\": true), or start anew with \"full\": true",
+                &flags
+            ),
+            "--encrypt: refused; encrypt it (--encrypt), or start anew with --full"
+        );
+        assert_eq!(
+            in_flags("streams: \"A.B\" is not a valid stream name", &flags),
+            "--streams: \"A.B\" is not a valid stream name"
+        );
+        assert_eq!(
+            in_flags("restore under another name with \"as\"", &flags),
+            "restore under another name with --as"
+        );
+        assert_eq!(
+            in_flags("not a start_sequence or my_start_seq", &flags),
+            "not a start_sequence or my_start_seq",
+            "only whole words"
+        );
+    }
+
+    #[test]
+    fn json_errors_have_the_services_shape() {
+        let e = CliError::Rejected {
+            status: 404,
+            kind: "not_found".into(),
+            message: "no job x".into(),
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({ "error": { "code": 404, "kind": "not_found", "message": "no job x" } })
+        );
+        assert_eq!(e.exit_code(), 3);
     }
 }

@@ -1,10 +1,50 @@
-//! How the CLI shows things: JSON for machines (`--json`), tables and progress bars for humans.
-//! Progress is drawn from the job view's counters; on a non-TTY it becomes log lines.
+//! How the CLI shows things: JSON for machines (`--json`, one document per invocation),
+//! tables, progress and a closing summary for humans.
+//!
+//! Rules: times are RFC 3339; kinds, methods and states are shown by their wire names
+//! (`cid_mismatch`, `server-archive`), never as Rust names; sizes are binary units with one
+//! decimal, rates at most three significant digits.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use cim_backup_contracts::views::{CatalogEntry, JobView};
+use cim_backup_contracts::events::format_time;
+use cim_backup_contracts::integrity::IntegrityReport;
+use cim_backup_contracts::views::{CatalogEntry, JobKind, JobState, JobView};
 use indicatif::{ProgressBar, ProgressStyle};
+use time::OffsetDateTime;
+
+/// Whether this invocation has printed its JSON document.
+static PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// Prints the invocation's JSON document.
+pub fn json(value: &impl serde::Serialize) {
+    PRINTED.store(true, Ordering::SeqCst);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("values serialize")
+    );
+}
+
+/// Whether a JSON document was printed already (an error is then not printed as a second one:
+/// the document and the exit code say it).
+pub fn printed() -> bool {
+    PRINTED.load(Ordering::SeqCst)
+}
+
+/// A value by its wire name (`"cid_mismatch"`, `"server-archive"`).
+pub fn name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+pub fn time(t: OffsetDateTime) -> String {
+    format_time(t)
+}
 
 /// KV buckets and object stores are streams named `KV_<bucket>` and `OBJ_<bucket>`; listings show
 /// them as the buckets users know.
@@ -14,13 +54,6 @@ pub fn bucket_name(stream: &str) -> String {
         Some(b) => format!("{stream} (object store {})", b.name),
         None => stream.to_owned(),
     }
-}
-
-pub fn json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("values serialize")
-    );
 }
 
 pub fn bytes(n: u64) -> String {
@@ -38,20 +71,63 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `n` things per second with at most three significant digits: `950`, `12.3k`, `1.25M`.
+pub fn rate(per_second: f64) -> String {
+    let (value, suffix) = match per_second {
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    let digits = if value >= 100.0 || suffix.is_empty() {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$}{suffix}")
+}
+
+/// Bytes per second in MB/s (decimal, as disks and networks are quoted), one decimal.
+pub fn mb_per_s(bytes: u64, seconds: f64) -> String {
+    format!("{:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
+}
+
+/// What a job kind counts as its objects.
+fn objects_word(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Backup | JobKind::Restore => "segments",
+        JobKind::Verify => "objects",
+        JobKind::Check => "streams",
+        JobKind::Repair => "steps",
+    }
+}
+
 pub fn job(view: &JobView) {
     println!("job       {} ({})", view.job_id, view.kind);
     println!("state     {}", view.state);
     println!("subject   {}", view.subject);
     println!("location  {}", view.location);
     let p = &view.progress;
-    println!(
-        "progress  {}/{} messages, {}/{} objects, {}",
+    let mut progress = format!(
+        "{}/{} messages, {}/{} {}",
         p.messages_done,
         p.messages_total,
         p.objects_done,
         p.objects_total,
-        bytes(p.bytes_done)
+        objects_word(view.kind)
     );
+    if p.bytes_total > 0 || p.bytes_done > 0 {
+        progress.push_str(&format!(
+            ", {}/{}",
+            bytes(p.bytes_done),
+            bytes(p.bytes_total)
+        ));
+    }
+    println!("progress  {progress}");
+    if view.stored_bytes > 0 {
+        println!("stored    {}", bytes(view.stored_bytes));
+    }
     if let Some(id) = &view.backup_id {
         println!("backup    {id}");
     }
@@ -62,25 +138,76 @@ pub fn job(view: &JobView) {
             .map(|o| format!(" at {o}"))
             .unwrap_or_default();
         let rec = e.record.map(|r| format!(" record {r}")).unwrap_or_default();
-        println!("error     {}{at}{rec}", e.message);
+        println!("error     {}{at}{rec} ({})", e.message, name(&e.code));
     }
     for note in &view.notes {
         println!("note      {note}");
     }
-    println!("accepted  {}", view.accepted_at);
-    if let Some(t) = view.finished_at {
-        println!("finished  {t}");
+    println!("accepted  {}", time(view.accepted_at));
+    if let Some(t) = view.started_at {
+        println!("started   {}", time(t));
     }
+    if let Some(t) = view.finished_at {
+        println!("finished  {}", time(t));
+    }
+}
+
+/// The closing line of a job followed to its end, like natscli's and restic's: how long it
+/// took and what it moved.
+pub fn summary(view: &JobView) -> Option<String> {
+    let finished = view.finished_at?;
+    let seconds =
+        ((finished - view.started_at.unwrap_or(view.accepted_at)).as_seconds_f64()).max(0.001);
+    let p = &view.progress;
+    let per_second = format!("{} msg/s", rate(p.messages_done as f64 / seconds));
+    let line = match (view.state, view.kind) {
+        (JobState::Completed, JobKind::Backup) => {
+            let ratio = match view.stored_bytes {
+                0 => String::new(),
+                stored => format!(" ({:.1}x)", p.bytes_done as f64 / stored as f64),
+            };
+            format!(
+                "backed up {} messages in {seconds:.1} s: {} read, {} stored{ratio}, {per_second}, {}",
+                p.messages_done,
+                bytes(p.bytes_done),
+                bytes(view.stored_bytes),
+                mb_per_s(p.bytes_done, seconds)
+            )
+        }
+        (JobState::Completed, JobKind::Restore) => format!(
+            "restored {} messages ({}) in {seconds:.1} s: {} segments read, {per_second}, {}",
+            p.messages_done,
+            view.subject,
+            p.objects_done,
+            mb_per_s(p.bytes_done, seconds)
+        ),
+        (JobState::Completed, JobKind::Verify) => format!(
+            "verified {} objects, {} records, {} in {seconds:.1} s, {}",
+            p.objects_done,
+            p.messages_done,
+            bytes(p.bytes_done),
+            mb_per_s(p.bytes_done, seconds)
+        ),
+        (JobState::Completed, _) => format!(
+            "{} completed in {seconds:.1} s: {} messages, {per_second}",
+            view.kind, p.messages_done
+        ),
+        (state, kind) => format!(
+            "{kind} {state} after {seconds:.1} s: {}/{} messages",
+            p.messages_done, p.messages_total
+        ),
+    };
+    Some(line)
 }
 
 pub fn jobs(views: &[JobView]) {
     println!(
-        "{:<40} {:<8} {:<10} {:>12}  SUBJECT",
+        "{:<42} {:<8} {:<10} {:>12}  SUBJECT",
         "JOB", "KIND", "STATE", "MESSAGES"
     );
     for v in views {
         println!(
-            "{:<40} {:<8} {:<10} {:>12}  {}",
+            "{:<42} {:<8} {:<10} {:>12}  {}",
             v.job_id, v.kind, v.state, v.progress.messages_done, v.subject
         );
     }
@@ -92,16 +219,15 @@ pub fn backups(entries: &[CatalogEntry]) {
         return;
     }
     for e in entries {
-        println!("{}  {}  {}", e.backup_id, e.created_at, e.destination);
+        println!("{}  {}  {}", e.backup_id, time(e.created_at), e.destination);
         for s in &e.streams {
             let kind = match &s.parent {
                 Some(parent) => format!("incremental on {parent}"),
                 None => "full".to_owned(),
             };
-            let shown = bucket_name(&s.stream);
             println!(
                 "    {:<24} {:>10} msgs  seq {}..={}  {} raw -> {} stored  ({} segments, {kind})",
-                shown,
+                bucket_name(&s.stream),
                 s.messages,
                 s.first_seq,
                 s.last_seq,
@@ -125,8 +251,11 @@ pub fn backups(entries: &[CatalogEntry]) {
 pub fn plan(plan: &cim_backup_contracts::replies::RestorePlan) {
     println!("dry run: nothing was written");
     println!(
-        "restore   {} of backup {} -> {} ({:?})",
-        plan.stream, plan.backup, plan.target, plan.method
+        "restore   {} of backup {} -> {} (method {})",
+        plan.stream,
+        plan.backup,
+        plan.target,
+        name(&plan.method)
     );
     println!(
         "chain     {} backup(s), {} segment(s) to fetch",
@@ -138,7 +267,7 @@ pub fn plan(plan: &cim_backup_contracts::replies::RestorePlan) {
         println!("sequences {a}..={b}");
     }
     if let (Some(a), Some(b)) = (plan.first_time, plan.last_time) {
-        println!("times     {a} .. {b}");
+        println!("times     {} .. {}", time(a), time(b));
     }
     for c in &plan.consumers {
         println!(
@@ -209,10 +338,12 @@ pub fn repair_plan(preview: &cim_backup_contracts::replies::RepairPreview) {
     }
 }
 
-/// Shows a job's progress: a bar on a terminal, a line per change otherwise.
+/// Shows a job's progress while it is followed: a bar on a terminal (messages, bytes and
+/// rates in its message), a line per change otherwise.
 pub struct Progress {
     bar: Option<ProgressBar>,
     last_line: String,
+    started: Instant,
 }
 
 impl Progress {
@@ -221,7 +352,7 @@ impl Progress {
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {msg:<24} [{bar:40}] {pos}/{len} msgs {per_sec} eta {eta}",
+                    "{spinner} {prefix} [{bar:30}] {pos}/{len} msgs {msg} eta {eta}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -231,21 +362,43 @@ impl Progress {
         Progress {
             bar,
             last_line: String::new(),
+            started: Instant::now(),
         }
     }
 
     pub fn update(&mut self, view: &JobView) {
         let p = &view.progress;
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        let moved = if p.bytes_total > 0 || p.bytes_done > 0 {
+            format!(
+                " {}/{} {}",
+                bytes(p.bytes_done),
+                bytes(p.bytes_total),
+                mb_per_s(p.bytes_done, seconds)
+            )
+        } else {
+            String::new()
+        };
         match &self.bar {
             Some(bar) => {
                 bar.set_length(p.messages_total.max(p.messages_done));
                 bar.set_position(p.messages_done);
-                bar.set_message(format!("{} {}", view.kind, view.state));
+                bar.set_prefix(format!("{} {}", view.kind, view.state));
+                bar.set_message(format!(
+                    "{} msg/s{moved}",
+                    rate(p.messages_done as f64 / seconds)
+                ));
             }
             None => {
                 let line = format!(
-                    "{} {}: {}/{} messages, {} objects",
-                    view.job_id, view.state, p.messages_done, p.messages_total, p.objects_done
+                    "{} {}: {}/{} messages, {}/{} {}{moved}",
+                    view.job_id,
+                    view.state,
+                    p.messages_done,
+                    p.messages_total,
+                    p.objects_done,
+                    p.objects_total,
+                    objects_word(view.kind)
                 );
                 if line != self.last_line {
                     eprintln!("{line}");
@@ -257,13 +410,13 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
 
 /// The findings of a report, one line each.
-pub fn findings(report: &cim_backup_contracts::integrity::IntegrityReport) {
+pub fn findings(report: &IntegrityReport) {
     for f in &report.findings {
         let chain = f
             .aggregate
@@ -275,8 +428,11 @@ pub fn findings(report: &cim_backup_contracts::integrity::IntegrityReport) {
             .map(|s| format!(" (last good seq {s})"))
             .unwrap_or_default();
         println!(
-            "  seq {:>10} {:?}{chain} {}: {}{good}",
-            f.stream_seq, f.kind, f.subject, f.detail
+            "  seq {:>10} {}{chain} {}: {}{good}",
+            f.stream_seq,
+            name(&f.kind),
+            f.subject,
+            f.detail
         );
     }
     if report.findings_total > report.findings.len() as u64 {
@@ -286,6 +442,9 @@ pub fn findings(report: &cim_backup_contracts::integrity::IntegrityReport) {
         );
     }
     if let Some(p) = &report.projections {
+        for bucket in &p.missing_buckets {
+            println!("  projection bucket {bucket} does not exist");
+        }
         for f in &p.findings {
             println!(
                 "  projection {}/{} [{}]: {}",
@@ -295,27 +454,57 @@ pub fn findings(report: &cim_backup_contracts::integrity::IntegrityReport) {
     }
 }
 
-/// What `find-corruption-point` prints.
-pub fn corruption_point(report: &cim_backup_contracts::integrity::IntegrityReport, from: u64) {
+/// What `find-corruption-point` prints: the point, or that the stated range is clean (and how
+/// far that goes when the walk was anchored).
+pub fn corruption_point(report: &IntegrityReport) {
     match report.findings.first() {
         None => println!(
-            "{}: no corruption from seq {from} on ({} messages checked)",
-            report.stream, report.messages_checked
+            "{}: no corruption in {} ({} messages in {} chains checked)",
+            report.stream,
+            report.range_text(),
+            report.messages_checked,
+            report.chains
         ),
         Some(f) => {
             println!(
-                "{}: corruption point seq {} ({:?}) on {}",
-                report.stream, f.stream_seq, f.kind, f.subject
+                "{}: corruption point seq {} ({}) on {}",
+                report.stream,
+                f.stream_seq,
+                name(&f.kind),
+                f.subject
             );
             if let Some(chain) = &f.aggregate {
                 println!("chain      {chain}");
             }
             match (f.last_good_seq, f.last_good_time) {
-                (Some(seq), Some(t)) => println!("last good  seq {seq} at {t}"),
+                (Some(seq), Some(t)) => println!("last good  seq {seq} at {}", time(t)),
                 (Some(seq), None) => println!("last good  seq {seq}"),
                 _ => println!("last good  none in the checked range (start earlier)"),
             }
             println!("detail     {}", f.detail);
+            println!("checked    {}", report.range_text());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_have_three_significant_digits_at_most() {
+        assert_eq!(rate(950.4), "950");
+        assert_eq!(rate(12_345.678), "12.3k");
+        assert_eq!(rate(130_482.1), "130k");
+        assert_eq!(rate(1_254_000.0), "1.25M");
+        assert_eq!(mb_per_s(86_500_000, 1.0), "86.5 MB/s");
+    }
+
+    #[test]
+    fn wire_names_not_rust_names() {
+        use cim_backup_contracts::events::RestoreMethod;
+        use cim_backup_contracts::integrity::FindingKind;
+        assert_eq!(name(&RestoreMethod::ServerArchive), "server-archive");
+        assert_eq!(name(&FindingKind::OutOfOrder), "out_of_order");
     }
 }

@@ -3,18 +3,63 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use clap::Args;
+
 use cim_backup_contracts::commands::RepairStream;
 use cim_backup_contracts::replies::{Accepted, RepairPreview};
 use cim_backup_contracts::subjects::CMD_REPAIR;
 
-use super::client::{CliError, Client};
-use super::{Cli, RepairArgs, after_accept, output, restore_source};
+use super::args::{PROFILE_FLAGS, ProfileArgs, idempotency_key, restore_source};
+use super::client::CliError;
+use super::follow::after_accept;
+use super::{Ctx, output};
 
-pub async fn restore_from_point(
-    cli: &Cli,
-    client: &Client,
-    a: &RepairArgs,
-) -> Result<(), CliError> {
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The live stream to repair.
+    #[arg(long)]
+    pub stream: String,
+    /// The first sequence replaced by the backup's records (the corruption point, or before).
+    #[arg(long)]
+    pub sequence: u64,
+    /// A backup id, `latest`, or where backups are stored (then the newest backup of the stream
+    /// there, or --backup).
+    #[arg(long, default_value = "latest")]
+    pub source: String,
+    /// A backup id inside --source.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Show exactly what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run without asking (the plan is what --dry-run shows).
+    #[arg(long, alias = "yes")]
+    pub confirm: bool,
+    /// Keep live messages newer than the backup.
+    #[arg(long)]
+    pub keep_newer: bool,
+    /// Delete the copy of the stream as it was once the repaired one checks clean.
+    #[arg(long)]
+    pub drop_safety_copy: bool,
+    /// Return once the job is accepted instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+}
+
+const REPAIR_FLAGS: &[(&str, &str)] = &[
+    ("stream", "--stream"),
+    ("sequence", "--sequence"),
+    ("backup", "--backup"),
+    ("source", "--source"),
+    ("keep_newer", "--keep-newer"),
+    ("keep_safety_copy", "--drop-safety-copy"),
+    ("dry_run", "--dry-run"),
+    ("confirm", "--confirm"),
+];
+
+pub async fn restore_from_point(ctx: &Ctx, a: &RepairArgs) -> Result<(), CliError> {
     let (backup, source) = restore_source(&a.source, a.backup.as_deref())?;
     let mut body = RepairStream {
         stream: a.stream.clone(),
@@ -26,25 +71,29 @@ pub async fn restore_from_point(
         keep_safety_copy: a.drop_safety_copy.then_some(false),
         dry_run: true,
         confirm: false,
-        idempotency_key: None,
+        idempotency_key: Some(idempotency_key(None)),
         correlation_id: None,
     };
+    let flags = |e: CliError| e.with_flags(REPAIR_FLAGS).with_flags(PROFILE_FLAGS);
     if !a.confirm {
-        let preview: RepairPreview = client.request(CMD_REPAIR, &body).await?;
-        if cli.json {
-            output::json(&preview)
-        } else {
-            output::repair_plan(&preview)
+        let preview: RepairPreview = ctx.client.request(CMD_REPAIR, &body).await.map_err(flags)?;
+        if a.dry_run || ctx.json || !std::io::stdin().is_terminal() {
+            if ctx.json {
+                output::json(&preview)
+            } else {
+                output::repair_plan(&preview)
+            }
         }
         if a.dry_run {
             return Ok(());
         }
-        if cli.json || !std::io::stdin().is_terminal() {
+        if ctx.json || !std::io::stdin().is_terminal() {
             return Err(CliError::Usage(format!(
                 "not confirmed: this rewrites {} from seq {}; run again with --confirm",
                 a.stream, a.sequence
             )));
         }
+        output::repair_plan(&preview);
         eprint!(
             "This rewrites the live stream {} from seq {}. Type the stream name to go on: ",
             a.stream, a.sequence
@@ -65,6 +114,6 @@ pub async fn restore_from_point(
     }
     body.dry_run = false;
     body.confirm = true;
-    let accepted: Accepted = client.request(CMD_REPAIR, &body).await?;
-    after_accept(cli, client, accepted, !a.no_wait).await
+    let accepted: Accepted = ctx.client.start(CMD_REPAIR, &body).await.map_err(flags)?;
+    after_accept(ctx, accepted, !a.no_wait).await
 }
