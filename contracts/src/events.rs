@@ -1018,6 +1018,8 @@ pub enum RepairStep {
     Swapped,
 }
 
+crate::display_as_wire_name!(RepairStep, RestoreMethod, BackupMode, VerifyMode);
+
 impl RepairStep {
     pub const ALL: [RepairStep; 5] = [
         RepairStep::SafetyCopied,

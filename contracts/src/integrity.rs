@@ -94,6 +94,8 @@ pub enum FindingKind {
     Undecodable,
 }
 
+crate::display_as_wire_name!(FindingKind, ProfileKind);
+
 /// A break in a chain, located precisely.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {

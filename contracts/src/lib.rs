@@ -18,6 +18,22 @@
 //! - [`headers`] — the `Cim-*` header names carried by every event message.
 //! - [`text`] — caller values echoed in messages and headers: cut, quoted, one line.
 
+/// `Display` by the serde (wire) name, so that messages say `cid_mismatch` or `server-archive`,
+/// never the Rust name.
+macro_rules! display_as_wire_name {
+    ($($ty:ty),+ $(,)?) => {
+        $(impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(name)) => f.write_str(&name),
+                    _ => Err(std::fmt::Error),
+                }
+            }
+        })+
+    };
+}
+pub(crate) use display_as_wire_name;
+
 pub mod cid;
 pub mod commands;
 pub mod errors;

@@ -157,12 +157,14 @@ impl BackupJob {
         for stream in &spec.streams {
             if !is_stream_name(stream) {
                 return Err(DomainError::invalid(format!(
-                    "streams: {stream:?} is not a valid stream name"
+                    "streams: {} is not a valid stream name",
+                    cim_backup_contracts::text::echo(stream)
                 )));
             }
             if !seen.insert(stream) {
                 return Err(DomainError::invalid(format!(
-                    "streams: {stream:?} is listed twice"
+                    "streams: {} is listed twice",
+                    cim_backup_contracts::text::echo(stream)
                 )));
             }
         }

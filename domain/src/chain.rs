@@ -510,10 +510,15 @@ impl ChainWalker {
                 let not_first = link.prev.is_some()
                     || (genesis.is_some() && link.sequence.is_some() && link.sequence != genesis);
                 if not_first {
-                    let detail = format!(
-                        "first event seen has sequence {:?} and predecessor {:?}",
-                        link.sequence, link.prev
-                    );
+                    let sequence = link
+                        .sequence
+                        .map_or_else(|| "none".to_owned(), |s| s.to_string());
+                    let prev = link
+                        .prev
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), ToString::to_string);
+                    let detail =
+                        format!("first event seen has sequence {sequence} and predecessor {prev}");
                     found = Some((FindingKind::MissingPredecessor, detail));
                 }
             }

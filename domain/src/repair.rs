@@ -113,9 +113,10 @@ impl RepairJob {
         let expected = RepairStep::ALL.get(self.steps.len()).copied();
         if expected != Some(done.step) {
             return Err(DomainError::invalid(format!(
-                "step: {:?} is not next (after {:?})",
+                "step: {} is not next (after {})",
                 done.step,
                 self.last_step()
+                    .map_or_else(|| "none".to_owned(), |s| s.to_string())
             )));
         }
         if done.step == RepairStep::Swapping && self.lifecycle.cancel_requested {
@@ -129,7 +130,7 @@ impl RepairJob {
             && done.messages != plan.messages()
         {
             return Err(DomainError::invalid(format!(
-                "step {:?}: {} holds {} messages, the plan {}",
+                "step {}: {} holds {} messages, the plan {}",
                 done.step,
                 done.stream,
                 done.messages,

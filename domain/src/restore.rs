@@ -40,7 +40,8 @@ impl RestoreJob {
         for (field, name) in [("stream", &spec.stream), ("as", &spec.target)] {
             if !is_stream_name(name) {
                 return Err(DomainError::invalid(format!(
-                    "{field}: {name:?} is not a valid stream name"
+                    "{field}: {} is not a valid stream name",
+                    cim_backup_contracts::text::echo(name)
                 )));
             }
         }

@@ -154,3 +154,62 @@ async fn the_service_event_log_is_a_set_of_valid_cid_chains() {
     assert_eq!(findings, vec![], "the service's own chains are intact");
     assert_eq!(walker.chains(), 6, "three backups and three verifies");
 }
+
+/// The job view lagged the event log by several segments (6,563 shown while 16,358 were
+/// recorded). A query now folds in whatever its job recorded since the view was written: each
+/// time a segment is recorded, a query right after it shows at least that much.
+#[tokio::test]
+async fn a_job_query_is_never_behind_what_the_job_recorded() {
+    use cim_backup_contracts::events::{BackupEvent, JobEvent};
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "BIG", &["big.>"]).await;
+    publish_events(&client, "big.node", 0, 20_000, 50).await;
+    let mut config = test_config(&nats.url(), archive.path(), "node-a");
+    config.defaults.segment_bytes = 4096;
+    let service = TestService::start(config).await;
+    let c = Caller::connect(&nats.url()).await;
+    let job = c.ok(CMD_START, json!({ "streams": ["BIG"] })).await;
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+    // The job's events as they are stored (a consumer sees only what the stream holds).
+    let js = async_nats::jetstream::new(client.clone());
+    let mut recorded = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("cim.backup.evt.backup.{job_id}.*"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    let mut messages = 0u64;
+    let mut checked = 0;
+    while let Some(message) = recorded.next().await {
+        let envelope = EventEnvelope::decode(&message.unwrap().payload).unwrap();
+        match envelope.event {
+            JobEvent::Backup(BackupEvent::SegmentStored(s)) => {
+                messages += s.segment.records;
+                let view = c.job(&job_id).await;
+                assert!(
+                    view.progress.messages_done >= messages,
+                    "the view shows {} while {messages} were recorded",
+                    view.progress.messages_done
+                );
+                checked += 1;
+            }
+            JobEvent::Backup(BackupEvent::BackupCompleted(_)) => break,
+            _ => {}
+        }
+    }
+    assert!(checked > 10, "the backup recorded {checked} segments");
+    let view = c.wait_job(&job_id, WAIT).await;
+    assert_eq!(view.progress.messages_done, 20_000);
+    service.stop().await;
+}

@@ -198,7 +198,8 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     for stream in &cmd.streams {
         if !is_stream_name(stream) {
             return Err(ApiError::bad_request(format!(
-                "streams: {stream:?} is not a valid stream name"
+                "streams: {} is not a valid stream name",
+                text::echo(stream)
             )));
         }
         if ctx.api.stream_info(stream).await?.is_none() {
@@ -339,7 +340,8 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
     for (field, name) in [("stream", &cmd.stream), ("as", &target)] {
         if !is_stream_name(name) {
             return Err(ApiError::bad_request(format!(
-                "{field}: {name:?} is not a valid stream name"
+                "{field}: {} is not a valid stream name",
+                text::echo(name)
             )));
         }
     }
@@ -487,7 +489,8 @@ fn validate_selection(s: &Selection) -> Result<(), ApiError> {
                 .any(|t| t.is_empty() || t.contains(char::is_whitespace))
         {
             return Err(ApiError::bad_request(format!(
-                "subjects: {subject:?} is not a valid subject filter"
+                "subjects: {} is not a valid subject filter",
+                text::echo(subject)
             )));
         }
     }
@@ -559,7 +562,8 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     for stream in &streams {
         if !is_stream_name(stream) {
             return Err(ApiError::bad_request(format!(
-                "streams: {stream:?} is not a valid stream name"
+                "streams: {} is not a valid stream name",
+                text::echo(stream)
             )));
         }
         let config = configured.get(stream);

@@ -31,7 +31,8 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
     let stream = cmd.stream.as_str();
     if !is_stream_name(stream) {
         return Err(ApiError::bad_request(format!(
-            "stream: {stream:?} is not a valid stream name"
+            "stream: {} is not a valid stream name",
+            cim_backup_contracts::text::echo(stream)
         )));
     }
     if cmd.sequence == 0 {

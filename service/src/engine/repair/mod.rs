@@ -466,7 +466,7 @@ impl Repair<'_> {
             return Err(EngineError::precondition(
                 ErrorCode::Corrupt,
                 format!(
-                    "the repaired content in {stream} still has broken chains: {} finding(s), the first at seq {} ({:?}: {}){hint}",
+                    "the repaired content in {stream} still has broken chains: {} finding(s), the first at seq {} ({}: {}){hint}",
                     report.findings_total, first.stream_seq, first.kind, first.detail
                 ),
             ));

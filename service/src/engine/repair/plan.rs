@@ -141,7 +141,7 @@ impl Source {
                     return Err(EngineError::precondition(
                         ErrorCode::Corrupt,
                         format!(
-                            "backup {backup} is itself broken at seq {} ({:?}: {}); choose an older backup",
+                            "backup {backup} is itself broken at seq {} ({}: {}); choose an older backup",
                             finding.stream_seq, finding.kind, finding.detail
                         ),
                     ));

@@ -675,13 +675,13 @@ async fn check_target(
         return Err(EngineError::precondition(
             ErrorCode::Internal,
             format!(
-                "restored stream {target} holds {} messages {}..={}, the restore wrote {} messages {:?}..={:?} (last sequence {last_seq})",
+                "restored stream {target} holds {} messages {}..={}, the restore wrote {} messages {}..={} (last sequence {last_seq})",
                 state.messages,
                 state.first_seq,
                 state.last_seq,
                 tally.messages,
-                tally.first_seq(),
-                tally.last_seq()
+                tally.first_seq().unwrap_or(0),
+                tally.last_seq().unwrap_or(0)
             ),
         ));
     }

@@ -384,7 +384,8 @@ impl Writer<'_> {
                 return Err(EngineError::precondition(
                     ErrorCode::Conflict,
                     format!(
-                        "the server dropped the message for sequence {expected:?} as a duplicate (its Nats-Msg-Id repeats an earlier one)"
+                        "the server dropped the message for sequence {} as a duplicate (its Nats-Msg-Id repeats an earlier one)",
+                        expected.map_or_else(|| "?".to_owned(), |e| e.to_string())
                     ),
                 ));
             }
