@@ -183,38 +183,32 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let commands = service.group(COMMAND_PREFIX);
     let queries = service.group(QUERY_PREFIX);
     let mut endpoints = Vec::new();
-    for verb in ["start", "restore", "verify", "check", "repair", "cancel"] {
+    for endpoint in Endpoint::ALL {
+        let group = match endpoint.is_command() {
+            true => &commands,
+            false => &queries,
+        };
         endpoints.push((
-            format!("{COMMAND_PREFIX}.{verb}"),
-            commands
-                .endpoint(verb)
-                .await
-                .map_err(|e| ServeError::Service(e.to_string()))?,
-        ));
-    }
-    for name in ["job", "jobs", "backups"] {
-        endpoints.push((
-            format!("{QUERY_PREFIX}.{name}"),
-            queries
-                .endpoint(name)
+            endpoint,
+            group
+                .endpoint(endpoint.name())
                 .await
                 .map_err(|e| ServeError::Service(e.to_string()))?,
         ));
     }
     let mut loops = Vec::new();
-    for (subject, mut endpoint) in endpoints {
+    for (endpoint, mut requests) in endpoints {
         let api = Arc::clone(&api);
         let stop = stop.clone();
         loops.push(tokio::spawn(async move {
             loop {
                 let request = tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = endpoint.next() => r,
+                    r = requests.next() => r,
                 };
                 let Some(request) = request else { break };
                 let api = Arc::clone(&api);
-                let subject = subject.clone();
-                tokio::spawn(async move { dispatch(&api, &subject, request).await });
+                tokio::spawn(async move { dispatch(&api, endpoint, request).await });
             }
         }));
     }
@@ -263,97 +257,149 @@ fn malformed_headers(request: &Request) -> Option<ApiError> {
     )))
 }
 
-async fn dispatch(api: &Api, subject: &str, request: Request) {
-    if let Some(refused) = malformed_headers(&request) {
-        return send::<()>(&request, &api.errors, subject, Err(refused)).await;
-    }
-    let verb = subject.rsplit('.').next().unwrap_or_default();
-    if subject.starts_with(COMMAND_PREFIX) {
-        match verb {
-            "start" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    commands::start(api, &request).await,
-                )
-                .await
-            }
-            "restore" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    commands::restore(api, &request).await,
-                )
-                .await
-            }
-            "verify" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    commands::verify(api, &request).await,
-                )
-                .await
-            }
-            "cancel" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    commands::cancel(api, &request).await,
-                )
-                .await
-            }
-            "repair" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    repair::repair(api, &request).await,
-                )
-                .await
-            }
-            _ => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    commands::check(api, &request).await,
-                )
-                .await
-            }
+/// The endpoints of the service: one value per subject, so that dispatch is by type and an
+/// endpoint without a handler cannot compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Start,
+    Restore,
+    Verify,
+    Check,
+    Repair,
+    Cancel,
+    Job,
+    Jobs,
+    Backups,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 9] = [
+        Endpoint::Start,
+        Endpoint::Restore,
+        Endpoint::Verify,
+        Endpoint::Check,
+        Endpoint::Repair,
+        Endpoint::Cancel,
+        Endpoint::Job,
+        Endpoint::Jobs,
+        Endpoint::Backups,
+    ];
+
+    /// The last token of its subject.
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Start => "start",
+            Endpoint::Restore => "restore",
+            Endpoint::Verify => "verify",
+            Endpoint::Check => "check",
+            Endpoint::Repair => "repair",
+            Endpoint::Cancel => "cancel",
+            Endpoint::Job => "job",
+            Endpoint::Jobs => "jobs",
+            Endpoint::Backups => "backups",
         }
-    } else {
-        match verb {
-            "job" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    queries::job(api, &request).await,
-                )
-                .await
-            }
-            "jobs" => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    queries::jobs(api, &request).await,
-                )
-                .await
-            }
-            _ => {
-                send(
-                    &request,
-                    &api.errors,
-                    subject,
-                    queries::backups(api, &request).await,
-                )
-                .await
-            }
+    }
+
+    fn is_command(self) -> bool {
+        !matches!(self, Endpoint::Job | Endpoint::Jobs | Endpoint::Backups)
+    }
+
+    fn subject(self) -> String {
+        let prefix = match self.is_command() {
+            true => COMMAND_PREFIX,
+            false => QUERY_PREFIX,
+        };
+        format!("{prefix}.{}", self.name())
+    }
+}
+
+async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
+    let subject = endpoint.subject();
+    let errors = &api.errors;
+    if let Some(refused) = malformed_headers(&request) {
+        return send::<()>(&request, errors, &subject, Err(refused)).await;
+    }
+    match endpoint {
+        Endpoint::Start => {
+            send(
+                &request,
+                errors,
+                &subject,
+                commands::start(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Restore => {
+            send(
+                &request,
+                errors,
+                &subject,
+                commands::restore(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Verify => {
+            send(
+                &request,
+                errors,
+                &subject,
+                commands::verify(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Check => {
+            send(
+                &request,
+                errors,
+                &subject,
+                commands::check(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Repair => {
+            send(
+                &request,
+                errors,
+                &subject,
+                repair::repair(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Cancel => {
+            send(
+                &request,
+                errors,
+                &subject,
+                commands::cancel(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Job => {
+            send(
+                &request,
+                errors,
+                &subject,
+                queries::job(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Jobs => {
+            send(
+                &request,
+                errors,
+                &subject,
+                queries::jobs(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::Backups => {
+            send(
+                &request,
+                errors,
+                &subject,
+                queries::backups(api, &request).await,
+            )
+            .await
         }
     }
 }
