@@ -21,6 +21,17 @@ fn cli(url: &str, args: &[&str]) -> Output {
         .expect("run cim-backup")
 }
 
+/// Runs the CLI with a line of arguments (split on whitespace), off the async runtime.
+async fn cli_line(url: &str, line: &str) -> Output {
+    let url = url.to_owned();
+    let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    tokio::task::spawn_blocking(move || {
+        cli(&url, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -290,17 +301,6 @@ async fn the_corruption_runbook_works_through_the_binary() {
         .insert("GRAPH".into(), ipld_chains_by_token_2(vec![], &[]));
     let service = TestService::start(config).await;
     let url = nats.url();
-    let run = |args: Vec<String>| {
-        let u = url.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                cli(&u, &args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let text = |o: &Output| {
         format!(
             "{}{}",
@@ -309,9 +309,9 @@ async fn the_corruption_runbook_works_through_the_binary() {
         )
     };
 
-    let out = run(args("backup-event-streams --streams GRAPH --wait")).await;
+    let out = cli_line(&url, "backup-event-streams --streams GRAPH --wait").await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = run(args("check-data-integrity")).await;
+    let out = cli_line(&url, "check-data-integrity").await;
     assert_eq!(out.status.code(), Some(0), "clean: {}", text(&out));
     assert!(
         text(&out).contains("Event Stream: OK - 600 messages in 10 chains verified"),
@@ -325,16 +325,17 @@ async fn the_corruption_runbook_works_through_the_binary() {
         .delete_message(305)
         .await
         .unwrap(); // aggregate 4's 31st event
-    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    let out = cli_line(&url, "check-data-integrity --stream GRAPH").await;
     assert_eq!(out.status.code(), Some(5), "corrupted: {}", text(&out));
     assert!(
         text(&out).contains("Event Stream: CORRUPTED - CID chain broken at seq 315"),
         "{}",
         text(&out)
     );
-    let out = run(args(
+    let out = cli_line(
+        &url,
         "--json find-corruption-point --stream GRAPH --start-seq 200",
-    ))
+    )
     .await;
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     // One JSON document per invocation: the report (the exit code says "corrupted").
@@ -342,16 +343,17 @@ async fn the_corruption_runbook_works_through_the_binary() {
     assert_eq!(found[0]["findings"][0]["stream_seq"], 315);
     assert_eq!(found[0]["findings"][0]["last_good_seq"], 295);
     assert_eq!(found[0]["findings"][0]["kind"], "sequence_gap");
-    let out = run(args("find-corruption-point --stream GRAPH --start-seq 200")).await;
+    let out = cli_line(&url, "find-corruption-point --stream GRAPH --start-seq 200").await;
     assert!(
         text(&out).contains("(sequence_gap)")
             && text(&out).contains("checked    seq 200..=600, anchored"),
         "wire names, and the range checked: {}",
         text(&out)
     );
-    let out = run(args(
+    let out = cli_line(
+        &url,
         "find-corruption-point --stream GRAPH --start-seq 9000",
-    ))
+    )
     .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
@@ -361,9 +363,10 @@ async fn the_corruption_runbook_works_through_the_binary() {
     );
 
     if api_level(&client).await < 5 {
-        let out = run(args(
+        let out = cli_line(
+            &url,
             "restore-from-point --stream GRAPH --sequence 296 --dry-run",
-        ))
+        )
         .await;
         assert_eq!(
             out.status.code(),
@@ -375,7 +378,7 @@ async fn the_corruption_runbook_works_through_the_binary() {
         return;
     }
     // Not a terminal and no --confirm: the plan is shown, nothing changes (exit 2).
-    let out = run(args("restore-from-point --stream GRAPH --sequence 296")).await;
+    let out = cli_line(&url, "restore-from-point --stream GRAPH --sequence 296").await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("replaces  304 live messages from seq 296")
@@ -383,12 +386,13 @@ async fn the_corruption_runbook_works_through_the_binary() {
         "{}",
         text(&out)
     );
-    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    let out = cli_line(&url, "check-data-integrity --stream GRAPH").await;
     assert_eq!(out.status.code(), Some(5), "unchanged: {}", text(&out));
 
-    let out = run(args(
+    let out = cli_line(
+        &url,
         "restore-from-point --stream GRAPH --sequence 296 --confirm",
-    ))
+    )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -396,11 +400,12 @@ async fn the_corruption_runbook_works_through_the_binary() {
         "{}",
         text(&out)
     );
-    let out = run(args("check-data-integrity --stream GRAPH")).await;
+    let out = cli_line(&url, "check-data-integrity --stream GRAPH").await;
     assert_eq!(out.status.code(), Some(0), "repaired: {}", text(&out));
-    let out = run(args(
+    let out = cli_line(
+        &url,
         "replay-corrupted-events --stream GRAPH --from-seq 296 --validate-cids --consumers none",
-    ))
+    )
     .await;
     assert_eq!(
         out.status.code(),
@@ -425,25 +430,15 @@ async fn the_cli_speaks_in_flags_and_prints_one_document() {
     publish_events(&client, "events.node", 0, 500, 4).await;
     let service = TestService::start(test_config(&nats.url(), archive.path(), "node-a")).await;
     let url = nats.url();
-    let run = |args: Vec<String>| {
-        let u = url.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                cli(&u, &args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
 
     // A path as the destination, the job id at once, the closing summary.
     let dir = archive.path().join("by-path").display().to_string();
-    let out = run(args(&format!(
-        "backup-event-streams --streams EVENTS --destination {dir} --wait"
-    )))
+    let out = cli_line(
+        &url,
+        &format!("backup-event-streams --streams EVENTS --destination {dir} --wait"),
+    )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
@@ -498,16 +493,17 @@ async fn the_cli_speaks_in_flags_and_prints_one_document() {
             "--state: \"finished\" is not known",
         ),
     ] {
-        let out = run(args(line)).await;
+        let out = cli_line(&url, line).await;
         assert_eq!(out.status.code(), Some(code), "{line}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{line}: {}", stderr(&out));
     }
 
     // --json: exactly one document, errors in the service's shape.
     let missing = archive.path().join("not-there").display().to_string();
-    let out = run(args(&format!(
-        "--json list-backups --destination {missing}"
-    )))
+    let out = cli_line(
+        &url,
+        &format!("--json list-backups --destination {missing}"),
+    )
     .await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let error = json(&out);
@@ -524,9 +520,10 @@ async fn the_cli_speaks_in_flags_and_prints_one_document() {
         !std::path::Path::new(&missing).exists(),
         "a listing created nothing"
     );
-    let out = run(args(
+    let out = cli_line(
+        &url,
         "--json restore-events --stream EVENTS --as X --start-seq 5 --end-seq 1",
-    ))
+    )
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(json(&out)["error"]["kind"], "usage");

@@ -42,6 +42,16 @@ async fn event_count(s: &Setup) -> u64 {
     state(&s.caller.client, EVENTS_STREAM).await.messages
 }
 
+/// Rejected requests recorded no event, and the service still answers.
+async fn nothing_recorded_and_still_serving(s: &Setup, events_before: u64) {
+    assert_eq!(
+        event_count(s).await,
+        events_before,
+        "rejected commands recorded events"
+    );
+    assert_eq!(s.caller.ok(QRY_JOBS, json!({})).await, json!([]));
+}
+
 #[tokio::test]
 async fn the_service_answers_micro_service_discovery() {
     let s = setup().await;
@@ -231,14 +241,7 @@ async fn bad_requests_get_named_errors_and_persist_nothing() {
             "{subject} {body}: {message:?} does not name {needle:?}"
         );
     }
-    assert_eq!(
-        event_count(&s).await,
-        before,
-        "rejected commands recorded events"
-    );
-    // Still serving.
-    let jobs = c.ok(QRY_JOBS, json!({})).await;
-    assert_eq!(jobs, json!([]));
+    nothing_recorded_and_still_serving(&s, before).await;
     s.service.stop().await;
 }
 
@@ -370,14 +373,7 @@ async fn hostile_requests_are_refused_by_name_and_leave_nothing_behind() {
         !std::path::Path::new(&missing_dir).exists(),
         "a query created a directory"
     );
-    assert_eq!(
-        event_count(&s).await,
-        before,
-        "rejected commands recorded events"
-    );
-    // Still serving.
-    let jobs = c.ok(QRY_JOBS, json!({})).await;
-    assert_eq!(jobs, json!([]));
+    nothing_recorded_and_still_serving(&s, before).await;
     s.service.stop().await;
 }
 

@@ -142,6 +142,41 @@ async fn slow_setup() -> (NatsServer, tempfile::TempDir, cim_backup::config::Con
     (nats, archive, config)
 }
 
+/// A completed backup of BIG (the slow setup's 40,000 messages) is whole: every stored segment
+/// belongs to its manifest (nothing uploaded twice under new names), it verifies, and it
+/// restores message for message.
+async fn assert_whole_and_restorable(
+    c: &Caller,
+    client: &async_nats::Client,
+    archive: &Path,
+    view: &JobView,
+) {
+    assert_eq!(view.progress.messages_done, 40_000);
+    assert_eq!(
+        segment_files(archive).len() as u64,
+        view.progress.objects_done - 1,
+        "no segment was stored twice under another name"
+    );
+    let backup_id = view.backup_id.expect("completed").to_string();
+    assert_eq!(verify(c, &backup_id).await.state, JobState::Completed);
+    let restore = c
+        .ok(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" }),
+        )
+        .await;
+    assert_eq!(
+        c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
+            .await
+            .state,
+        JobState::Completed
+    );
+    assert_restored(
+        &read_all(client, "BIG_R").await,
+        &read_all(client, "BIG").await,
+    );
+}
+
 async fn wait_for_segments(c: &Caller, job_id: &str, n: u64) {
     eventually(WAIT, "segments to be stored", || async move {
         let view = c.job(job_id).await;
@@ -202,31 +237,7 @@ async fn a_crashed_service_resumes_its_backup_without_losing_or_repeating_data()
     let service = TestService::start(config).await;
     let view = c.wait_job(&job_id, WAIT).await;
     assert_eq!(view.state, JobState::Completed, "{view:?}");
-    assert_eq!(view.progress.messages_done, 40_000);
-    let backup_id = view.backup_id.unwrap().to_string();
-    // Every stored segment belongs to the manifest: nothing was uploaded twice under new names.
-    let manifest_segments = view.progress.objects_done - 1;
-    assert_eq!(
-        segment_files(archive.path()).len() as u64,
-        manifest_segments
-    );
-    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
-    let restore = c
-        .ok(
-            CMD_RESTORE,
-            json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" }),
-        )
-        .await;
-    assert_eq!(
-        c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
-            .await
-            .state,
-        JobState::Completed
-    );
-    assert_restored(
-        &read_all(&client, "BIG_R").await,
-        &read_all(&client, "BIG").await,
-    );
+    assert_whole_and_restorable(&c, &client, archive.path(), &view).await;
     service.stop().await;
 }
 
@@ -247,31 +258,8 @@ async fn a_backup_resumes_when_its_killed_nats_server_comes_back() {
     let c = Caller::connect(&nats.url()).await;
     let view = c.wait_job(&job_id, WAIT).await;
     assert_eq!(view.state, JobState::Completed, "resumed: {view:?}");
-    assert_eq!(view.progress.messages_done, 40_000);
-    assert_eq!(
-        segment_files(archive.path()).len() as u64,
-        view.progress.objects_done - 1,
-        "no segment was stored twice under another name"
-    );
     let client = nats.client().await;
-    let backup_id = view.backup_id.unwrap().to_string();
-    assert_eq!(verify(&c, &backup_id).await.state, JobState::Completed);
-    let restore = c
-        .ok(
-            CMD_RESTORE,
-            json!({ "backup": backup_id, "stream": "BIG", "as": "BIG_R" }),
-        )
-        .await;
-    assert_eq!(
-        c.wait_job(restore["job_id"].as_str().unwrap(), WAIT)
-            .await
-            .state,
-        JobState::Completed
-    );
-    assert_restored(
-        &read_all(&client, "BIG_R").await,
-        &read_all(&client, "BIG").await,
-    );
+    assert_whole_and_restorable(&c, &client, archive.path(), &view).await;
     service.stop().await;
 }
 

@@ -77,18 +77,20 @@ const CHECK_FLAGS: &[(&str, &str)] = &[
     ("replay_consumers", "--consumers"),
 ];
 
-/// Starts a check and follows it to its end.
+/// Starts a check and follows it to its end; returns its view and reports.
 async fn run_check(
     ctx: &Ctx,
     mut body: CheckStream,
-) -> Result<cim_backup_contracts::views::JobView, CliError> {
+) -> Result<(cim_backup_contracts::views::JobView, Vec<IntegrityReport>), CliError> {
     body.idempotency_key = Some(idempotency_key(None));
     let accepted: Accepted = ctx.client.start(CMD_CHECK, &body).await.map_err(|e| {
         e.with_flags(CHECK_FLAGS)
             .with_flags(PROFILE_FLAGS)
             .with_flags(&[("from_seq", "--from-seq")])
     })?;
-    finished(ctx, &accepted.job_id).await
+    let view = finished(ctx, &accepted.job_id).await?;
+    let reports = view.reports.clone().unwrap_or_default();
+    Ok((view, reports))
 }
 
 fn check_body(streams: Vec<String>, profile: &ProfileArgs) -> Result<CheckStream, CliError> {
@@ -119,8 +121,7 @@ pub async fn check(ctx: &Ctx, a: &CheckArgs) -> Result<(), CliError> {
     body.source = a.source.as_deref().map(location);
     body.deep = a.deep;
     body.max_findings = a.max_findings;
-    let view = run_check(ctx, body).await?;
-    let reports = view.reports.clone().unwrap_or_default();
+    let (view, reports) = run_check(ctx, body).await?;
     if ctx.json {
         output::json(&view);
     } else {
@@ -139,8 +140,7 @@ pub async fn find(ctx: &Ctx, a: &FindArgs) -> Result<(), CliError> {
     let mut body = check_body(vec![a.stream.clone()], &a.profile)?;
     body.start_seq = Some(a.start_seq);
     body.max_findings = Some(1);
-    let view = run_check(ctx, body).await?;
-    let reports = view.reports.clone().unwrap_or_default();
+    let (_, reports) = run_check(ctx, body).await?;
     if ctx.json {
         output::json(&reports);
     } else {
@@ -156,8 +156,7 @@ pub async fn replay(ctx: &Ctx, a: &ReplayArgs) -> Result<(), CliError> {
     body.start_seq = Some(a.from_seq);
     body.max_findings = Some(1);
     body.replay_consumers = Some(a.consumers.clone());
-    let view = run_check(ctx, body).await?;
-    let reports = view.reports.clone().unwrap_or_default();
+    let (view, reports) = run_check(ctx, body).await?;
     if ctx.json {
         output::json(&view);
     } else {
