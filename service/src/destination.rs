@@ -104,10 +104,17 @@ enum Access {
 
 impl Destinations {
     pub fn new(
-        named: BTreeMap<String, DestinationConfig>,
+        mut named: BTreeMap<String, DestinationConfig>,
         default: Option<String>,
         file_roots: &[PathBuf],
     ) -> Self {
+        // Configured URLs in the form requests resolve to, so that a destination's settings
+        // (keys, `encrypt`) are found for it whichever way it was spelt.
+        for (name, config) in named.iter_mut() {
+            if let Ok(url) = normalize(name, &config.url, "") {
+                config.url = url;
+            }
+        }
         let mut roots: Vec<PathBuf> = file_roots.iter().map(|r| lexical(r)).collect();
         roots.extend(
             named
@@ -128,7 +135,7 @@ impl Destinations {
     pub fn encrypt_setting(&self, url: &str) -> Option<bool> {
         self.named
             .values()
-            .find(|c| c.url.trim_end_matches('/') == url)
+            .find(|c| c.url == url)
             .and_then(|c| c.encrypt)
     }
 
@@ -206,10 +213,11 @@ impl Destinations {
     }
 
     fn open_with(&self, url: &str, access: Access) -> Result<ArchiveStore, DestinationError> {
+        // Checked on every open, not only the first: a symlink may have appeared since.
+        self.check_root(url)?;
         if let Some(store) = self.opened.lock().unwrap().get(url) {
             return Ok(store.clone());
         }
-        self.check_root(url)?;
         let store = self.build(url, access)?;
         self.opened
             .lock()
@@ -230,8 +238,13 @@ impl Destinations {
                     .to_file_path()
                     .map_err(|_| invalid("not an absolute local path".into()))?;
                 match access {
-                    Access::Write => std::fs::create_dir_all(&dir)
-                        .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?,
+                    Access::Write => {
+                        std::fs::create_dir_all(&dir).map_err(|e| {
+                            invalid(format!("cannot create {}: {e}", dir.display()))
+                        })?;
+                        // Where it really is, now that it exists.
+                        self.check_root(url)?;
+                    }
                     Access::Read if !dir.is_dir() => {
                         return Err(DestinationError::Missing {
                             url: url.to_owned(),
@@ -257,10 +270,7 @@ impl Destinations {
                 let bucket = parsed
                     .host_str()
                     .ok_or_else(|| invalid("no bucket".into()))?;
-                let config = self
-                    .named
-                    .values()
-                    .find(|c| c.url.trim_end_matches('/') == url);
+                let config = self.named.values().find(|c| c.url == url);
                 if !has_s3_credentials(config) {
                     return Err(DestinationError::NoCredentials {
                         url: url.to_owned(),
@@ -314,9 +324,11 @@ fn lexical(path: &std::path::Path) -> PathBuf {
 }
 
 /// `path` with every symlink of its longest existing ancestor followed: where a write to it
-/// would really land.
+/// would really land. Never less resolved than [`lexical`]: a path it cannot follow to the end
+/// is taken as written without its `.`/`..` (so it fails closed against the roots).
 fn resolved_path(path: &std::path::Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
+    let path = lexical(path);
+    let mut existing = path.clone();
     let mut rest = Vec::new();
     loop {
         if let Ok(real) = std::fs::canonicalize(&existing) {
@@ -330,7 +342,7 @@ fn resolved_path(path: &std::path::Path) -> PathBuf {
                 rest.push(name);
                 existing = parent.to_path_buf();
             }
-            _ => return path.to_path_buf(),
+            _ => return path,
         }
     }
 }
@@ -356,8 +368,24 @@ fn normalize(given: &str, url: &str, names: &str) -> Result<String, DestinationE
                     "file URLs must be absolute, like file:///srv/backups",
                 ));
             }
-            if parsed.to_file_path().is_err() {
-                return Err(invalid("not a local path"));
+            // The parser resolves `..` segments, but an encoded slash (`%2F`) hides them until
+            // the path is decoded: refuse those, and any `.`/`..` left after decoding.
+            let raw = parsed.path().to_ascii_lowercase();
+            if raw.contains("%2f") || raw.contains("%5c") || raw.contains("%00") {
+                return Err(invalid(
+                    "the path has an encoded slash, backslash or NUL; write it plainly",
+                ));
+            }
+            let path = parsed
+                .to_file_path()
+                .map_err(|_| invalid("not a local path"))?;
+            if path.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            }) {
+                return Err(invalid("the path climbs with `..` after decoding"));
             }
         }
         "s3" => {
@@ -449,6 +477,38 @@ mod tests {
         assert!(!root.path().join("not-yet").exists());
         d.create(&url).unwrap();
         assert!(root.path().join("not-yet").is_dir());
+    }
+
+    #[test]
+    fn an_encoded_slash_cannot_climb_out_of_a_root() {
+        let root = tempfile::tempdir().unwrap();
+        let d = Destinations::new(BTreeMap::new(), None, &[root.path().to_path_buf()]);
+        for sneaky in [
+            format!(
+                "file://{}/nx%2F..%2F..%2F..%2Ftmp%2Fpwn",
+                root.path().display()
+            ),
+            format!("file://{}/nx%2f..%2fx", root.path().display()),
+            format!("file://{}/a%00b", root.path().display()),
+        ] {
+            let err = d.resolve(Some(&sneaky)).unwrap_err();
+            assert!(
+                matches!(err, DestinationError::Invalid { .. }),
+                "{sneaky}: {err}"
+            );
+        }
+        assert!(!root.path().join("nx").exists(), "nothing was created");
+        // %2e%2e is resolved by the URL parser before anything else.
+        let err = d
+            .resolve(Some(&format!(
+                "file://{}/%2e%2e/%2e%2e/etc",
+                root.path().display()
+            )))
+            .unwrap_err();
+        assert!(
+            matches!(err, DestinationError::OutsideRoots { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -191,7 +191,17 @@ impl EventStore {
             let subject = event_subject(kind.as_str(), id.as_str(), envelope.event.event_type());
             let headers = event_headers(&envelope, &cid, version.last_stream_seq, kind, id);
             let stream_seq = self
-                .publish_confirmed(subject, headers, payload.into(), kind, id, &cid)
+                .publish_confirmed(
+                    subject,
+                    headers,
+                    payload.into(),
+                    Appending {
+                        kind,
+                        id,
+                        after: version.last_stream_seq,
+                        cid: &cid,
+                    },
+                )
                 .await
                 .map_err(|e| match e {
                     Published::Conflict => EventStoreError::Conflict {
@@ -217,19 +227,20 @@ impl EventStore {
 
     /// Publishes one event and waits for its acknowledgement; returns its stream sequence.
     ///
-    /// A lost or late acknowledgement (server paused, connection dropped) is ambiguous: the
-    /// event may be stored. The identical message is then sent again, for at most
-    /// [`CONFIRM_FOR`]: a stored one comes back as a duplicate, or as a conflict with the
-    /// aggregate's expected sequence, and then the aggregate's newest event shows whether it is
-    /// this one (same `Nats-Msg-Id`, the event's CID).
+    /// A lost or late acknowledgement (server paused, connection dropped, a duplicate still in
+    /// flight) is ambiguous: the event may be stored. The identical message is then sent again,
+    /// for at most [`CONFIRM_FOR`]: a stored one comes back as a duplicate, or as a conflict with
+    /// the aggregate's expected sequence, and then the aggregate's events after the expected one
+    /// show whether it is among them (same `Nats-Msg-Id`, the event's CID). Once a first attempt
+    /// went unanswered, no outcome short of that is "not stored": it is [`Unconfirmed`].
+    ///
+    /// [`Unconfirmed`]: EventStoreError::Unconfirmed
     async fn publish_confirmed(
         &self,
         subject: String,
         headers: HeaderMap,
         payload: bytes::Bytes,
-        kind: JobKind,
-        id: &JobId,
-        cid: &EventCid,
+        event: Appending<'_>,
     ) -> Result<u64, Published> {
         use jetstream::context::PublishErrorKind as Kind;
         let deadline = tokio::time::Instant::now() + CONFIRM_FOR;
@@ -245,45 +256,75 @@ impl EventStore {
                 Err(e) => Err(e),
             };
             let e = match attempt {
-                Ok(ack) => return Ok(ack.sequence),
-                Err(e) => e,
-            };
-            // A clustered stream reports the same conflict with error code 10164 ("wrong last
-            // sequence" while other proposals for the subject are in flight), which async-nats
-            // does not map to `WrongLastSequence`.
-            if matches!(e.kind(), Kind::WrongLastSequence)
-                || e.to_string().contains("wrong last sequence")
-            {
-                if sent_before {
-                    let newest = self
-                        .reads
-                        .last(&aggregate_wildcard(kind.as_str(), id.as_str()))
-                        .await
-                        .map_err(|e| Published::Failed(nats(e)))?;
-                    if let Some(m) =
-                        newest.filter(|m| m.header("Nats-Msg-Id") == Some(&cid.to_string()))
-                    {
-                        return Ok(m.seq); // an earlier attempt was stored
-                    }
+                // A clustered server before 2.11 acknowledged a duplicate still in flight with
+                // sequence 0: that says nothing about where it is.
+                Ok(ack) if ack.duplicate && ack.sequence == 0 => {
+                    "a duplicate acknowledged without its sequence".to_owned()
                 }
-                return Err(Published::Conflict);
-            }
-            let ambiguous = matches!(e.kind(), Kind::TimedOut | Kind::BrokenPipe);
-            if !ambiguous {
-                // Refused (no stream, too large, …): certainly not stored.
-                return Err(Published::Failed(nats(e)));
-            }
-            if tokio::time::Instant::now() + delay > deadline {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) => {
+                    // A clustered stream reports the same conflict with error code 10164
+                    // ("wrong last sequence" while other proposals for the subject are in
+                    // flight), which async-nats does not map to `WrongLastSequence`.
+                    let conflict = matches!(e.kind(), Kind::WrongLastSequence)
+                        || e.to_string().contains("wrong last sequence");
+                    if conflict && !sent_before {
+                        return Err(Published::Conflict);
+                    }
+                    let ambiguous = matches!(e.kind(), Kind::TimedOut | Kind::BrokenPipe)
+                        || e.to_string().contains("duplicate message id is in process");
+                    if !conflict && !ambiguous && !sent_before {
+                        // Refused before anything was sent twice (no stream, too large, …):
+                        // certainly not stored.
+                        return Err(Published::Failed(nats(e)));
+                    }
+                    if conflict {
+                        // After an attempt whose fate was unknown, a conflict can be that attempt,
+                        // stored: look for it among the events after the expected one.
+                        return match self.stored_after(&event).await {
+                            Ok(Some(seq)) => Ok(seq),
+                            Ok(None) => Err(Published::Conflict),
+                            Err(e) => Err(Published::Failed(EventStoreError::Unconfirmed {
+                                seconds: CONFIRM_FOR.as_secs(),
+                                message: e.to_string(),
+                            })),
+                        };
+                    }
+                    e.to_string()
+                }
+            };
+            sent_before = true;
+            // Every try waits up to ACK_WAIT: none is started that would end past the deadline.
+            if tokio::time::Instant::now() + delay + ACK_WAIT > deadline {
+                if let Ok(Some(seq)) = self.stored_after(&event).await {
+                    return Ok(seq);
+                }
                 return Err(Published::Failed(EventStoreError::Unconfirmed {
                     seconds: CONFIRM_FOR.as_secs(),
-                    message: e.to_string(),
+                    message: e,
                 }));
             }
-            sent_before = true;
             tracing::warn!(error = %e, "no acknowledgement for an event; sending it again");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// The stream sequence of the event being appended (found by its `Nats-Msg-Id`, its CID), if
+    /// the aggregate holds it after the expected sequence.
+    async fn stored_after(
+        &self,
+        event: &Appending<'_>,
+    ) -> Result<Option<u64>, crate::jsapi::JsApiError> {
+        let cid = event.cid.to_string();
+        let filter = aggregate_wildcard(event.kind.as_str(), event.id.as_str());
+        Ok(self
+            .reads
+            .all(&filter, event.after + 1)
+            .await?
+            .into_iter()
+            .find(|m| m.header("Nats-Msg-Id") == Some(cid.as_str()))
+            .map(|m| m.seq))
     }
 
     /// Every event of one aggregate, in order, each checked against its CID.
@@ -343,6 +384,14 @@ impl EventStore {
             (sequence, m.seq)
         }))
     }
+}
+
+/// The event an append is publishing: whose it is, the stream sequence it must follow, its CID.
+struct Appending<'a> {
+    kind: JobKind,
+    id: &'a JobId,
+    after: u64,
+    cid: &'a EventCid,
 }
 
 /// How a publish ended when it was not acknowledged.

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 /// JetStream error code for "stream not found".
 pub const STREAM_NOT_FOUND: u64 = 10059;
+/// JetStream error code for "consumer not found".
+pub const CONSUMER_NOT_FOUND: u64 = 10014;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsApiError {

@@ -102,21 +102,19 @@ impl Lookup {
         if !self.direct {
             return self.scan(filter, from).await;
         }
+        // Paged until a page comes back empty: a page can hold fewer than asked for when the
+        // server caps its bytes, so a short page is not the end.
         let mut out = Vec::new();
         let mut next = from.max(1);
         loop {
             let page = self
                 .direct_get(&json!({ "seq": next, "next_by_subj": filter, "batch": PAGE }))
                 .await?;
-            let full = page.len() == PAGE;
             match page.last() {
                 Some(last) => next = last.seq + 1,
                 None => return Ok(out),
             }
             out.extend(page);
-            if !full {
-                return Ok(out);
-            }
         }
     }
 
@@ -205,9 +203,12 @@ impl Lookup {
                 });
             }
             if out.len() == before && !retry {
-                // Nothing came within the wait: what was counted has gone since (deleted,
-                // purged). The read ends with what is there.
-                break;
+                // Nothing came within the wait although more was counted: an incomplete read
+                // is an error, never a shorter answer.
+                return Err(self.transport(format!(
+                    "the read stopped after {} of {pending} messages",
+                    out.len()
+                )));
             }
         }
         Ok(out)

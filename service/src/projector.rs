@@ -259,8 +259,15 @@ async fn all_values<T: serde::de::DeserializeOwned>(
         .all(&format!("$KV.{bucket}.>"), 1)
         .await
         .map_err(nats)?;
-    let mut values = Vec::with_capacity(messages.len());
-    for m in messages {
+    // A key updated while the pages were read shows up twice (its old revision, then the new
+    // one at a higher sequence): the newest wins.
+    let mut newest: std::collections::HashMap<&str, &crate::lookup::StoredMessage> =
+        std::collections::HashMap::with_capacity(messages.len());
+    for m in &messages {
+        newest.insert(m.subject.as_str(), m);
+    }
+    let mut values = Vec::with_capacity(newest.len());
+    for m in newest.into_values() {
         if m.header("KV-Operation").is_some() {
             continue; // DEL or PURGE
         }

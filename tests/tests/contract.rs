@@ -645,5 +645,53 @@ async fn a_malformed_header_block_is_refused_and_the_connection_stays() {
         message.contains("message 1 of ODD has a malformed header block"),
         "{message}"
     );
+
+    // The signal cannot be forged: a well-formed header of any name is just a header.
+    create_stream(&client, "FORGED", &["forged.>"]).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Malformed-Header-Lines", "3");
+    headers.insert("X-Note", "cim-backup: malformed header lines: 3");
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers("forged.x", headers.clone(), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let job = c.ok(CMD_START, json!({ "streams": ["FORGED"] })).await;
+    let view = c.wait_job(job["job_id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    let reply = c
+        .client
+        .request_with_headers(QRY_JOBS, headers, "{}".into())
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .headers
+            .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none()),
+        "a well-formed request is answered"
+    );
     service.stop().await;
+}
+
+/// Two processes with one instance name would both run that instance's jobs; the second one
+/// does not start, and says why.
+#[tokio::test]
+async fn a_second_instance_with_the_same_name_does_not_start() {
+    let s = setup().await;
+    let config = test_config(&s.nats.url(), s._archive.path(), "node-a");
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        cim_backup::api::serve(config, std::future::pending()),
+    )
+    .await
+    .expect("serve returns at once");
+    let err = result.expect_err("a second node-a is refused");
+    assert!(
+        err.to_string()
+            .contains("another cim-backup named instance \"node-a\" is running"),
+        "{err}"
+    );
+    nothing_recorded_and_still_serving(&s, event_count(&s).await).await;
+    s.service.stop().await;
 }

@@ -453,3 +453,96 @@ async fn an_accepted_job_nobody_started_is_run_by_its_instance() {
     assert_eq!(view.progress.messages_done, 100);
     service.stop().await;
 }
+
+/// A restore that had checked its target and given it its subjects, but stopped before its
+/// completion was recorded, used to run its writer and check again on resume: with producers
+/// writing to the restored stream by then, the check failed and the failure deleted the
+/// restored stream. Now a checked target is the restored stream: the resumed job only records
+/// its completion, and nothing is deleted.
+#[tokio::test]
+async fn a_restore_resumed_after_its_target_went_live_completes_and_keeps_it() {
+    use cim_backup::event_store::{EventStore, EventStreamSettings};
+    use cim_backup::jobs::{Job, execute};
+    use cim_backup_contracts::events::{JobEvent, RestoreEvent};
+    use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let archive = tempfile::tempdir().unwrap();
+    let client = nats.client().await;
+    create_stream(&client, "EVENTS", &["events.>"]).await;
+    publish_events(&client, "events.node", 0, 300, 5).await;
+    let config = test_config(&nats.url(), archive.path(), "node-a");
+    let service = TestService::start(config.clone()).await;
+    let c = Caller::connect(&nats.url()).await;
+    let backup_id = backup(&c, "EVENTS").await.backup_id.unwrap().to_string();
+    let first = c
+        .ok(
+            CMD_RESTORE,
+            json!({ "backup": backup_id, "stream": "EVENTS", "as": "COPY" }),
+        )
+        .await;
+    let first_id = first["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.wait_job(&first_id, WAIT).await.state, JobState::Completed);
+    service.stop().await;
+
+    // The state a crash leaves between "checked and live" and "completed": a restore job that
+    // started, and its target COPY with both markers, taking new messages on its subjects.
+    let store = EventStore::open(
+        async_nats::jetstream::new(client.clone()),
+        &EventStreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    let recorded = store
+        .load(
+            cim_backup_contracts::views::JobKind::Restore,
+            &first_id.parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let (mut accepted, started) = match (&recorded[0].envelope.event, &recorded[1].envelope.event) {
+        (
+            JobEvent::Restore(RestoreEvent::RestoreAccepted(a)),
+            JobEvent::Restore(RestoreEvent::RestoreStarted(s)),
+        ) => (a.clone(), s.clone()),
+        other => panic!("{other:?}"),
+    };
+    let id: cim_backup_contracts::JobId = "resumed-restore".parse().unwrap();
+    accepted.admission.idempotency_key = None;
+    let mut job = Job::<RestoreJob>::new(id.clone(), "c".into());
+    execute(&store, &mut job, RestoreCommand::Accept(accepted), None)
+        .await
+        .unwrap();
+    execute(&store, &mut job, RestoreCommand::Start(started), None)
+        .await
+        .unwrap();
+    let api = cim_backup::jsapi::JsApi::new(client.clone());
+    let mut live = api.stream_info("COPY").await.unwrap().unwrap().config;
+    live["subjects"] = json!(["copy.>"]);
+    live["metadata"]["cim-backup.restore-job"] = json!(id.as_str());
+    live["metadata"]["cim-backup.restore-checked"] = json!(id.as_str());
+    api.update_stream(&live).await.unwrap();
+    publish_events(&client, "copy.node", 0, 3, 1).await;
+
+    let service = TestService::start(config).await;
+    let view = c.wait_job(id.as_str(), WAIT).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    assert_eq!(view.progress.messages_done, 300);
+    let copy = api
+        .stream_info("COPY")
+        .await
+        .unwrap()
+        .expect("the restored stream is kept");
+    assert_eq!(copy.state.messages, 303, "with what its producers wrote");
+    assert!(
+        copy.config["metadata"]
+            .get("cim-backup.restore-job")
+            .is_none()
+            && copy.config["metadata"]
+                .get("cim-backup.restore-checked")
+                .is_none(),
+        "the markers are gone: {}",
+        copy.config["metadata"]
+    );
+    service.stop().await;
+}

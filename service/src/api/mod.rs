@@ -116,6 +116,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             url: config.nats.url.clone(),
             message: e.to_string(),
         })?;
+    refuse_a_second_instance(&client, &config.service.instance).await?;
     let replicas = config.service.events_replicas;
     let events = EventStore::open(js.clone(), &EventStreamSettings { replicas }).await?;
     let (views, fresh_views) = Views::open(&js, replicas).await?;
@@ -173,6 +174,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let service = client
         .service_builder()
         .description("cim-backup: backup, restore, verify and integrity checks of CIM streams")
+        .metadata(std::collections::HashMap::from([(
+            INSTANCE_METADATA.to_owned(),
+            config.service.instance.clone(),
+        )]))
         .stats_handler({
             let errors = api.errors.clone();
             move |_name, stats| serde_json::json!({ "error_replies": errors.get(&stats.subject) })
@@ -227,6 +232,46 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
+/// Micro-service metadata key naming the instance.
+const INSTANCE_METADATA: &str = "instance";
+
+/// Two processes with one instance name would both run that instance's jobs (and share its
+/// projector's consumer): the second one does not start. Running instances answer `$SRV.PING`
+/// with their name in the metadata.
+async fn refuse_a_second_instance(
+    client: &async_nats::Client,
+    instance: &str,
+) -> Result<(), ServeError> {
+    let inbox = client.new_inbox();
+    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+        return Ok(()); // the start fails later with a clearer error
+    };
+    if client
+        .publish_with_reply(format!("$SRV.PING.{SERVICE_NAME}"), inbox, "".into())
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(ping) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+            continue;
+        };
+        if ping
+            .pointer(&format!("/metadata/{INSTANCE_METADATA}"))
+            .and_then(|v| v.as_str())
+            == Some(instance)
+        {
+            let id = ping.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+            return Err(ServeError::Service(format!(
+                "another cim-backup named instance {instance:?} is running (service id {id}): give each instance its own [service] instance (--instance), or stop that one"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A stream that captures our request subjects answers every request with a JetStream ack,
 /// which clients take for our reply. We cannot fix that deployment, but we can say so loudly.
 async fn warn_if_requests_are_captured(api: &JsApi) {
@@ -245,13 +290,7 @@ async fn warn_if_requests_are_captured(api: &JsApi) {
 /// A request whose header block had malformed lines (left out by the NATS client, which says
 /// how many): refused as a whole, since what the caller meant by those headers is unknown.
 fn malformed_headers(request: &Request) -> Option<ApiError> {
-    let count = request
-        .message
-        .headers
-        .as_ref()?
-        .get(async_nats::connection::MALFORMED_HEADER_LINES)?
-        .as_str()
-        .to_owned();
+    let count = async_nats::connection::malformed_header_lines(&request.message)?;
     Some(ApiError::bad_request(format!(
         "the request's header block is malformed ({count} line(s) are not `Name: value` with a printable name and a one-line value); nothing was done"
     )))

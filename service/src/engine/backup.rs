@@ -446,19 +446,14 @@ async fn read_segments(
             return Err(EngineError::Cancelled);
         }
         let m = &read.message;
-        if let Some(count) = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::connection::MALFORMED_HEADER_LINES))
-        {
+        if let Some(count) = async_nats::connection::malformed_header_lines(m) {
             // The client could not read every header line: archived, the message would come
             // back with a different header block. Say so rather than store it altered.
             return Err(EngineError::precondition(
                 cim_backup_contracts::ErrorCode::Corrupt,
                 format!(
                     "message {} of {stream} has a malformed header block ({} line(s) are not `Name: value`) that cannot be archived faithfully",
-                    read.seq,
-                    count.as_str()
+                    read.seq, count
                 ),
             ));
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cim_backup_contracts::JobId;
-use cim_backup_contracts::events::JobCancelled;
+use cim_backup_contracts::events::{JobCancelled, RestoreMethod};
 use cim_backup_contracts::subjects::{EVENT_PREFIX, parse_event_subject};
 use cim_backup_contracts::views::JobKind;
 use cim_backup_domain::JobLifecycle;
@@ -63,15 +63,21 @@ type Abandon<A> = for<'a> fn(&'a Context, &'a Job<A>) -> BoxFuture<'a, ()>;
 
 /// How a job kind meets NATS going away under it.
 struct Recovery<A: cim_backup_domain::Aggregate + 'static> {
-    /// Wait for NATS and resume from what the job recorded (else: fail).
-    resume: bool,
+    /// Whether the job waits for NATS and resumes from what it recorded (else: fails).
+    resume: fn(&A) -> bool,
     abandon: Option<Abandon<A>>,
+}
+
+/// What reloading a job before (re)running it found.
+enum Reload {
+    Runs,
+    Ended,
 }
 
 impl<A: cim_backup_domain::Aggregate> Recovery<A> {
     /// Resume after NATS is back; nothing to clean up.
     const RESUME: Recovery<A> = Recovery {
-        resume: true,
+        resume: |_| true,
         abandon: None,
     };
 }
@@ -103,7 +109,14 @@ impl Runner {
             job,
             |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel)),
             Recovery {
-                resume: true,
+                // An append has no sequences to resume by: the segment in flight would be
+                // appended again to a live stream (duplicates without a Nats-Msg-Id).
+                resume: |restore| {
+                    restore
+                        .spec
+                        .as_ref()
+                        .is_some_and(|s| s.options.method != RestoreMethod::Append)
+                },
                 abandon: Some(|ctx, job| Box::pin(restore::abandon(ctx, job))),
             },
         );
@@ -132,7 +145,7 @@ impl Runner {
             job,
             |ctx, job, cancel| Box::pin(repair::run(ctx, job, cancel)),
             Recovery {
-                resume: false,
+                resume: |_| false,
                 abandon: None,
             },
         );
@@ -158,6 +171,15 @@ impl Runner {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             let ctx = Arc::clone(&this.ctx);
+            // The job as the log has it now: the caller's copy may be older than an end that
+            // was recorded meanwhile (a repeated request racing the job's last step).
+            match this.refresh(&mut job, &cancel).await {
+                Reload::Runs => {}
+                Reload::Ended => {
+                    this.running.lock().unwrap().remove(&job.id);
+                    return;
+                }
+            }
             let mut resumes = 0;
             let outcome = loop {
                 // A panic in an engine is a bug, but it must still end the job as failed rather
@@ -176,18 +198,22 @@ impl Runner {
                     _ = this.shutdown.cancelled() => break None,
                 };
                 match outcome {
-                    Err(e) if recovery.resume && e.is_transient() && resumes < RESUMES => {
+                    Err(e)
+                        if (recovery.resume)(&job.state)
+                            && e.is_transient()
+                            && resumes < RESUMES =>
+                    {
                         resumes += 1;
                         tracing::warn!(job = %job.id, error = %e, "NATS went away under the job; it resumes when NATS is back");
                         if !this.await_nats().await {
+                            if this.shutdown.is_cancelled() {
+                                break None; // stopping: record nothing, resume on restart
+                            }
                             break Some(Err(e));
                         }
-                        match jobs::load::<A>(&ctx.events, &job.id).await {
-                            Ok(Some(fresh)) => job = fresh,
-                            Ok(None) | Err(_) => break Some(Err(e)),
-                        }
-                        if job.state.lifecycle().state.is_some_and(|s| s.is_terminal()) {
-                            break None; // it ended before the connection went
+                        match this.refresh(&mut job, &cancel).await {
+                            Reload::Runs => {}
+                            Reload::Ended => break None, // it ended before the connection went
                         }
                         tracing::info!(job = %job.id, resumes, "NATS is back; resuming the job");
                     }
@@ -205,6 +231,44 @@ impl Runner {
             }
             this.running.lock().unwrap().remove(&job.id);
         });
+    }
+
+    /// Reloads a job from its events (for up to [`RECONNECT_FOR`] while the event stream does
+    /// not answer yet: right after a restart JetStream can answer before its streams do), and
+    /// carries a cancel request recorded meanwhile into the job's token: the core message that
+    /// normally carries it may have been missed while NATS was away.
+    async fn refresh<A: JobLifecycle>(
+        &self,
+        job: &mut Job<A>,
+        cancel: &CancellationToken,
+    ) -> Reload {
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        loop {
+            match jobs::load::<A>(&self.ctx.events, &job.id).await {
+                Ok(Some(fresh)) => {
+                    *job = fresh;
+                    break;
+                }
+                Ok(None) => break, // not readable yet: keep what the caller had
+                Err(e)
+                    if tokio::time::Instant::now() < deadline && !self.shutdown.is_cancelled() =>
+                {
+                    tracing::debug!(job = %job.id, error = %e, "reloading the job");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot reload the job; going on with what is known");
+                    break;
+                }
+            }
+        }
+        if job.state.lifecycle().cancel_requested {
+            cancel.cancel();
+        }
+        match job.state.lifecycle().state {
+            Some(state) if state.is_terminal() => Reload::Ended,
+            _ => Reload::Runs,
+        }
     }
 
     /// Records how a job ended, unless the engine already recorded its completion.

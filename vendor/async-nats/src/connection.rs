@@ -37,9 +37,21 @@ use tracing::trace;
 
 use crate::header::{HeaderMap, HeaderName};
 
-/// PATCHED (cim-backup): set on a received message whose header block had lines that were not
-/// well formed (left out); its value is how many.
-pub const MALFORMED_HEADER_LINES: &str = "Nats-Malformed-Header-Lines";
+/// PATCHED (cim-backup): the `description` of a received message whose header block had lines
+/// that were not well formed starts with this, followed by how many (they were left out). It is
+/// set by this parser only: no header a publisher sends can forge it.
+pub const MALFORMED_HEADER_LINES: &str = "cim-backup: malformed header lines: ";
+
+/// PATCHED (cim-backup): how many header lines of a received message were malformed and left
+/// out, if any.
+pub fn malformed_header_lines(message: &crate::Message) -> Option<usize> {
+    message
+        .description
+        .as_deref()?
+        .strip_prefix(MALFORMED_HEADER_LINES)?
+        .parse()
+        .ok()
+}
 use crate::status::StatusCode;
 use crate::subject::Subject;
 use crate::{ClientOp, ServerError, ServerOp, Statistics};
@@ -339,14 +351,24 @@ impl Connection {
             // not well formed is the sender's problem, not the connection's. Upstream returns an
             // error here, which drops the connection and every message behind this one in the
             // read buffer (in-flight requests of other clients included), and a lone CR in a
-            // value panics in `into_header_value`. Here a malformed line is left out and
-            // counted in the `Nats-Malformed-Header-Lines` header, so the receiver can refuse
-            // the message and everything else goes on.
-            let header_text = String::from_utf8_lossy(&header);
+            // value panics in `into_header_value`. Here a malformed line (not UTF-8, no colon,
+            // an empty or invalid name, a CR inside) is left out and counted in the message's
+            // `description` (see `malformed_header_lines`), so the receiver can refuse the
+            // message, and everything else goes on.
             let mut malformed = 0usize;
-            let mut lines = header_text.lines().peekable();
-            let version_line = lines.next().unwrap_or_default();
-            let (status, description) = match version_line.strip_prefix("NATS/1.0").map(str::trim) {
+            let mut lines = header[..]
+                .split(|b: &u8| *b == b'\n')
+                .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+                .map(|line| match std::str::from_utf8(line) {
+                    Ok(text) if !text.contains('\r') => Some(text),
+                    _ => None,
+                })
+                .peekable();
+            let version_line = lines.next().flatten();
+            let (status, mut description) = match version_line
+                .and_then(|line| line.strip_prefix("NATS/1.0"))
+                .map(str::trim)
+            {
                 Some(suffix) => {
                     let (status, description) = suffix
                         .split_once(' ')
@@ -374,35 +396,46 @@ impl Connection {
 
             let mut headers = HeaderMap::new();
             while let Some(line) = lines.next() {
+                let Some(line) = line else {
+                    malformed += 1;
+                    continue;
+                };
                 if line.is_empty() {
                     continue;
                 }
 
                 // Read the header value, which might have been split into multiple lines
                 let mut continued = String::new();
-                while let Some(v) = lines.next_if(|s| s.starts_with(char::is_whitespace)) {
-                    continued.push_str(v);
+                let mut broken = false;
+                while let Some(next) =
+                    lines.next_if(|s| s.is_none_or(|s| s.starts_with(char::is_whitespace)))
+                {
+                    match next {
+                        Some(v) => continued.push_str(v),
+                        None => broken = true,
+                    }
                 }
                 let Some((name, value)) = line.split_once(':') else {
                     malformed += 1;
                     continue;
                 };
-                let Ok(name) = HeaderName::from_str(name) else {
-                    malformed += 1;
-                    continue;
+                let name = match HeaderName::from_str(name) {
+                    Ok(parsed) if !broken && !name.is_empty() => parsed,
+                    _ => {
+                        malformed += 1;
+                        continue;
+                    }
                 };
                 let mut value = value.trim_start().to_owned();
                 value.push_str(&continued);
                 value.truncate(value.trim_end().len());
                 match value.parse::<crate::header::HeaderValue>() {
-                    Ok(value) if !value.as_str().contains('\u{fffd}') => {
-                        headers.append(name, value)
-                    }
-                    _ => malformed += 1,
+                    Ok(value) => headers.append(name, value),
+                    Err(_) => malformed += 1,
                 }
             }
             if malformed > 0 {
-                headers.insert(MALFORMED_HEADER_LINES, malformed.to_string().as_str());
+                description = Some(format!("{MALFORMED_HEADER_LINES}{malformed}"));
             }
 
             trace!(

@@ -60,9 +60,22 @@ pub async fn run(
 /// A restore interrupted by a crash or shutdown, or resuming after NATS came back, keeps it.
 pub async fn abandon(ctx: &Context, job: &Job<RestoreJob>) {
     let Some(spec) = &job.state.spec else { return };
+    // The log, not the caller's copy, says whether the restore completed after all (its end
+    // may have been recorded although the caller saw an error).
+    match crate::jobs::load::<RestoreJob>(&ctx.events, &job.id).await {
+        Ok(Some(fresh)) if fresh.state.lifecycle.state == Some(JobState::Completed) => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "cannot tell whether the restore completed; keeping its target");
+            return;
+        }
+    }
     match ctx.api.stream_info(&spec.target).await {
-        Ok(Some(info)) if target::owned_by(&info.config, &job.id) => {}
-        _ => return, // absent, finished, or not ours
+        // Ours, and not yet checked and given its final configuration: a partial restore.
+        Ok(Some(info))
+            if target::owned_by(&info.config, &job.id)
+                && !target::checked_by(&info.config, &job.id) => {}
+        _ => return, // absent, checked (the restored stream), or not ours
     }
     match ctx.api.delete_stream(&spec.target).await {
         Ok(()) => {
@@ -304,11 +317,21 @@ async fn restore(
         started.target_last_seq + 1
     };
 
+    // Checked and given its final configuration before the job stopped (its completion was not
+    // recorded): the target is the restored stream now, written to by its producers; only the
+    // completion is left to record, with the exact tally of what was restored.
+    let checked_before = new_target
+        && ctx
+            .api
+            .stream_info(&spec.target)
+            .await?
+            .is_some_and(|i| target::checked_by(&i.config, &job.id));
     let mut progress = Progress::new(job, p.plan.segments.len() as u64);
     if started.method == RestoreMethod::Append {
         progress = progress.every_segment();
     }
     let tally = match started.method {
+        _ if checked_before => plan::tally(&p.archive, &p.chain, &p.plan, &ctx.keys).await?,
         RestoreMethod::ServerArchive => {
             let saved: Vec<_> = p.latest.consumers.iter().zip(&consumers).collect();
             write_server_archive(
@@ -365,10 +388,13 @@ async fn restore(
     let segments = progress.segments_done().max(p.plan.segments.len() as u64);
     notes.extend(progress.take_notes());
     drop(progress);
-    if new_target {
-        // Checked while nobody else can write to it; then it gets its subjects.
+    if new_target && !checked_before {
+        // Checked while nobody else can write to it; then it gets its subjects (and the mark
+        // that it checked: from here no failure deletes it).
         check_target(ctx, &spec.target, &tally, started.target_last_seq).await?;
-        ctx.api.update_stream(&final_config).await?;
+        ctx.api
+            .update_stream(&target::checked(&final_config, &job.id))
+            .await?;
     }
     let completed = RestoreCompleted {
         segments,
@@ -500,7 +526,7 @@ async fn restore_snapshot(
                     .take()
                     .expect("fetched ahead")
                     .await
-                    .map_err(EngineError::nats)??;
+                    .map_err(|e| EngineError::task("fetching a part", e))??;
                 if i + 1 < snapshot.parts.len() {
                     next = Some(fetch(i + 1));
                 }
@@ -520,8 +546,17 @@ async fn restore_snapshot(
         first: (p.latest.messages > 0).then_some((p.latest.first_seq, 0)),
         last: (p.latest.messages > 0).then_some((p.latest.last_seq, 0)),
     };
-    check_target(ctx, &spec.target, &written, started.target_last_seq).await?;
-    ctx.api.update_stream(&final_config).await?;
+    let checked_before = ctx
+        .api
+        .stream_info(&spec.target)
+        .await?
+        .is_some_and(|i| target::checked_by(&i.config, &job.id));
+    if !checked_before {
+        check_target(ctx, &spec.target, &written, started.target_last_seq).await?;
+        ctx.api
+            .update_stream(&target::checked(&final_config, &job.id))
+            .await?;
+    }
     // The server restored the consumers as they were in the snapshot.
     let consumers = if spec.options.consumers {
         p.latest
@@ -535,12 +570,20 @@ async fn restore_snapshot(
             .collect()
     } else {
         for c in &p.latest.consumers {
-            ctx.api
+            let deleted = ctx
+                .api
                 .raw(
                     format!("$JS.API.CONSUMER.DELETE.{}.{}", spec.target, c.name),
                     json!({}),
                 )
-                .await?;
+                .await;
+            match deleted {
+                // Gone already: deleted by this job before it was interrupted.
+                Err(e) if e.err_code() == Some(crate::jsapi::CONSUMER_NOT_FOUND) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Vec::new()
     };

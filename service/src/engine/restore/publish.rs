@@ -369,7 +369,18 @@ impl Writer<'_> {
         let Some((expected, ack)) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let ack = ack.await.map_err(EngineError::nats)?;
+        let ack = ack.await.map_err(|e| {
+            use async_nats::jetstream::context::PublishErrorKind as Kind;
+            match e.kind() {
+                // NATS went away: the job may resume once it is back.
+                Kind::TimedOut | Kind::BrokenPipe => EngineError::nats(e),
+                // The server refused the message (too large, …): it would refuse it again.
+                _ => EngineError::precondition(
+                    ErrorCode::Unavailable,
+                    format!("the server refused a restored message: {e}"),
+                ),
+            }
+        })?;
         if ack.stream != self.target {
             return Err(EngineError::precondition(
                 ErrorCode::Conflict,

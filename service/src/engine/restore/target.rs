@@ -12,12 +12,33 @@ use crate::jsapi::JsApi;
 /// Stream metadata key that marks a target as being written by a restore job.
 pub const RESTORE_JOB_METADATA: &str = "cim-backup.restore-job";
 
+/// Stream metadata key set, with the job marker, when the target has been checked and given its
+/// final configuration: from then on it is the restored stream (live producers may write to it)
+/// and no failure may delete it; a resumed job only records its completion.
+pub const RESTORE_CHECKED_METADATA: &str = "cim-backup.restore-checked";
+
 /// Whether `config` carries `job`'s marker.
 pub fn owned_by(config: &Value, job: &JobId) -> bool {
+    marked(config, RESTORE_JOB_METADATA, job)
+}
+
+/// Whether `job` checked this target and gave it its final configuration.
+pub fn checked_by(config: &Value, job: &JobId) -> bool {
+    marked(config, RESTORE_CHECKED_METADATA, job)
+}
+
+fn marked(config: &Value, key: &str, job: &JobId) -> bool {
     config
-        .pointer(&format!("/metadata/{RESTORE_JOB_METADATA}"))
+        .pointer(&format!("/metadata/{key}"))
         .and_then(Value::as_str)
         == Some(job.as_str())
+}
+
+/// The final configuration as it is applied once the target checked: with the checked marker.
+pub fn checked(final_config: &Value, job: &JobId) -> Value {
+    let mut c = final_config.clone();
+    c["metadata"][RESTORE_CHECKED_METADATA] = json!(job.as_str());
+    c
 }
 
 /// The original's subjects that other streams (not `target`) own now.
