@@ -522,7 +522,9 @@ async fn a_restore_resumed_after_its_target_went_live_completes_and_keeps_it() {
     live["metadata"]["cim-backup.restore-job"] = json!(id.as_str());
     live["metadata"]["cim-backup.restore-checked"] = json!(id.as_str());
     api.update_stream(&live).await.unwrap();
-    publish_events(&client, "copy.node", 0, 3, 1).await;
+    // New message ids: the restored stream keeps the original's duplicate window, so ids
+    // evt-0.. would be dropped as duplicates.
+    publish_events(&client, "copy.node", 300, 3, 1).await;
 
     let service = TestService::start(config).await;
     let view = c.wait_job(id.as_str(), WAIT).await;

@@ -473,7 +473,9 @@ fn validate_selection(s: &Selection) -> Result<(), ApiError> {
         && a >= b
     {
         return Err(ApiError::bad_request(format!(
-            "start {a} is not before end {b}"
+            "start {} is not before end {}",
+            cim_backup_contracts::events::format_time(a),
+            cim_backup_contracts::events::format_time(b)
         )));
     }
     for subject in &s.subjects {

@@ -91,7 +91,9 @@ impl Source {
             (Some(ours), Some(theirs)) if ours != theirs => Err(EngineError::precondition(
                 ErrorCode::BadRequest,
                 format!(
-                    "backup {backup} is of another stream named {stream} (created {theirs}); the live one was created {ours}, so their sequence numbers do not match"
+                    "backup {backup} is of another stream named {stream} (created {}); the live one was created {}, so their sequence numbers do not match",
+                    cim_backup_contracts::events::format_time(theirs),
+                    cim_backup_contracts::events::format_time(ours)
                 ),
             )),
             _ => Ok(()),
