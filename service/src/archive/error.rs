@@ -2,6 +2,8 @@
 //! record's stream sequence when known), because "verify failed" without a location is useless to
 //! an operator at 3 a.m.
 
+use std::ops::Range;
+
 use cim_backup_contracts::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,28 @@ pub enum ArchiveError {
     /// An encrypted object this service cannot open (no identity, wrong key).
     #[error("object {object}: {message}")]
     Key { object: String, message: String },
+    /// A ranged read that does not lie inside the object. `size` is the object's size when the
+    /// range runs past its end; `None` when the range itself is empty or backwards, which is
+    /// refused before anything is read.
+    #[error("object {object}: {}", out_of_range(range, *size))]
+    Range {
+        object: String,
+        range: Range<u64>,
+        size: Option<u64>,
+    },
+}
+
+fn out_of_range(range: &Range<u64>, size: Option<u64>) -> String {
+    match size {
+        Some(size) => format!(
+            "bytes {}..{} run past its end ({size} bytes)",
+            range.start, range.end
+        ),
+        None => format!(
+            "bytes {}..{} is not a range (it must end after it starts)",
+            range.start, range.end
+        ),
+    }
 }
 
 impl ArchiveError {
@@ -36,6 +60,10 @@ impl ArchiveError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ArchiveError::Missing { .. } | ArchiveError::Corrupt { .. } => ErrorCode::Corrupt,
+            // Readers take ranges from what describes the object (a manifest, an index), so an
+            // object shorter than that is damaged; an empty or backwards range is our bug.
+            ArchiveError::Range { size: Some(_), .. } => ErrorCode::Corrupt,
+            ArchiveError::Range { size: None, .. } => ErrorCode::Internal,
             ArchiveError::Store { .. } => ErrorCode::Unavailable,
             ArchiveError::Key { .. } | ArchiveError::Denied { .. } => ErrorCode::Forbidden,
         }
@@ -48,7 +76,8 @@ impl ArchiveError {
             | ArchiveError::Corrupt { object, .. }
             | ArchiveError::Store { object, .. }
             | ArchiveError::Denied { object, .. }
-            | ArchiveError::Key { object, .. } => object,
+            | ArchiveError::Key { object, .. }
+            | ArchiveError::Range { object, .. } => object,
         }
     }
 
