@@ -6,6 +6,8 @@
 //! it: a missing dependency is a failure, never a silently skipped test.
 //!
 //! # Layout
+//! - [`archive_conformance`] — the contract of `ArchiveStore` as checks every destination
+//!   backend (memory, local directory, S3) must pass.
 //! - [`nats`] — [`NatsServer`] (one node, restartable on the same port and store) and
 //!   [`NatsCluster`] (three clustered nodes).
 //! - [`raw`] — the NATS protocol by hand (malformed header blocks, pipelined requests) and the
@@ -15,6 +17,7 @@
 //!   request helper that speaks the contract as a foreign client would.
 //! - [`streams`] — builders for CIM-like test streams and helpers to compare streams.
 
+pub mod archive_conformance;
 pub mod bench;
 pub mod nats;
 pub mod raw;

@@ -62,6 +62,34 @@ impl MotoServer {
         assert!(status.success(), "creating bucket {bucket} on moto failed");
     }
 
+    /// Keys of the multipart uploads in `bucket` that were neither completed nor aborted: parts
+    /// S3 keeps (and bills) though no object shows them. Through boto3, as object_store cannot
+    /// list them.
+    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        let script = format!(
+            "import boto3; r = boto3.client('s3', endpoint_url='{}', region_name='{REGION}', \
+             aws_access_key_id='{ACCESS_KEY}', aws_secret_access_key='{SECRET_KEY}')\
+             .list_multipart_uploads(Bucket='{bucket}'); \
+             print('\\n'.join(u['Key'] for u in r.get('Uploads', [])))",
+            self.endpoint()
+        );
+        let output = tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .await
+            .expect("run python3 to list multipart uploads");
+        assert!(
+            output.status.success(),
+            "listing multipart uploads of {bucket} on moto failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// An object_store client for `bucket` (for tests that inspect or tamper with objects).
     pub fn store(&self, bucket: &str) -> object_store::aws::AmazonS3 {
         object_store::aws::AmazonS3Builder::new()

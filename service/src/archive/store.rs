@@ -16,6 +16,9 @@
 //!   that uploads in parts of [`PART_SIZE`] while the caller produces the bytes. Like a single
 //!   PUT it is atomic: nothing is visible under the key until [`ObjectWriter::finish`], and an
 //!   aborted or dropped writer leaves no object.
+//!
+//! Every backend the service builds (`destination.rs`: memory, local directory, S3) passes the
+//! same conformance suite, `cim-backup-tests`' `archive_conformance`.
 
 use std::ops::Range;
 use std::sync::Arc;
