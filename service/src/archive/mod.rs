@@ -12,6 +12,7 @@
 //! - [`error`] — [`ArchiveError`], which always names the object (and record) at fault.
 
 pub mod error;
+pub mod files;
 pub mod manifest;
 pub mod part;
 pub mod record;
