@@ -40,6 +40,9 @@
           "find-corruption-point"
           "restore-from-point"
           "replay-corrupted-events"
+          "list-gpu-models"
+          "backup-gpu-models"
+          "verify-model-backup"
         ];
         app = command: {
           type = "app";

@@ -24,8 +24,17 @@ pub enum CompressionAlgorithm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartBackup {
-    /// Stream names. Every stream must exist. Order is kept; duplicates are rejected.
+    /// Stream names. Every stream must exist. Order is kept; duplicates are rejected. May be
+    /// empty when `trees` is not.
+    #[serde(default)]
     pub streams: Vec<String>,
+    /// File trees under roots the receiving instance declares. Only on an instance's own
+    /// subject (`cim.backup.files.<instance>.cmd.start`), since the files are on its host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<crate::files::TreeRequest>,
+    /// Files read, and chunks sealed, at once (trees); default 4, at most 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
     /// A named destination from the service config, or a URL: `file:///abs/dir`,
     /// `s3://bucket/prefix`, `memory://name`. Defaults to the service's default destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -486,6 +486,8 @@ event_enum!(
         BackupCancelled(JobCancelled) = 1,
         SnapshotTaken(SnapshotTaken) = 1,
         SnapshotPartStored(SnapshotPartStored) = 1,
+        TreeStored(crate::files::TreeStored) = 1,
+        TreeProgressed(crate::files::TreeProgressed) = 1,
     }
 );
 
@@ -555,6 +557,12 @@ pub struct BackupAccepted {
     /// Set when segments are encrypted.
     pub encryption: Option<Encryption>,
     pub admission: Admission,
+    /// File trees to store, in order, after the streams (read by the admitting instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<crate::files::TreeRequest>,
+    /// Files read and chunks sealed at once, for trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -605,6 +613,9 @@ pub struct BackupCompleted {
     /// The manifest's `created` time (the cut time), so catalogs agree with destinations.
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
+    /// The file trees stored, in request order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<crate::files::TreeSummary>,
 }
 
 // ---------------------------------------------------------------------------------------------

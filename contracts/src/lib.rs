@@ -38,6 +38,7 @@ pub mod cid;
 pub mod commands;
 pub mod errors;
 pub mod events;
+pub mod files;
 pub mod headers;
 pub mod ids;
 pub mod integrity;

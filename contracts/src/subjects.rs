@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel}` | command, request/reply |
 //! | `cim.backup.qry.{job,jobs,backups}` | query, request/reply |
+//! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
+//! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
 //! | `cim.backup.evt.<aggregate-type>.<aggregate-id>.<event-type>` | events, JetStream |
 
 /// Name the service registers with the NATS micro-service API (`$SRV.PING.cim-backup`).
@@ -42,7 +44,13 @@ pub const PROJECTOR_DURABLE: &str = "cim-backup-projector";
 /// order (writes are idempotent and compare-and-set), so no instance ever sees a job's events
 /// out of order, which a shared consumer would cause.
 pub fn projector_durable(instance: &str) -> String {
-    let safe: String = instance
+    format!("{PROJECTOR_DURABLE}-{}", instance_token(instance))
+}
+
+/// An instance name as one subject token (host names have dots): other characters than
+/// letters, digits, `-` and `_` become `_`.
+pub fn instance_token(instance: &str) -> String {
+    instance
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -51,8 +59,22 @@ pub fn projector_durable(instance: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{PROJECTOR_DURABLE}-{safe}")
+        .collect()
+}
+
+/// Prefix of the subjects of one instance's file endpoints: files are on a host, so a file
+/// request goes to the instance that serves the root, never to whichever instance the queue
+/// group picks.
+pub const FILES_PREFIX: &str = "cim.backup.files";
+
+/// `cim.backup.files.<instance>.cmd`: file commands of one instance (`start`, `restore`).
+pub fn files_commands(instance: &str) -> String {
+    format!("{FILES_PREFIX}.{}.cmd", instance_token(instance))
+}
+
+/// `cim.backup.files.<instance>.qry`: file queries of one instance (`models`, `check`).
+pub fn files_queries(instance: &str) -> String {
+    format!("{FILES_PREFIX}.{}.qry", instance_token(instance))
 }
 
 /// The subject an event is published on.

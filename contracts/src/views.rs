@@ -178,6 +178,9 @@ pub struct CatalogEntry {
     /// The streams that back KV buckets (`KV_<bucket>`) or object stores (`OBJ_<bucket>`).
     #[serde(default)]
     pub buckets: Vec<BucketRef>,
+    /// The file trees it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<crate::files::TreeSummary>,
 }
 
 /// A stream that is the storage of a KV bucket or an object store.

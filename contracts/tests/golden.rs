@@ -25,6 +25,8 @@ fn accepted() -> EventEnvelope {
         prev: None,
         meta: meta(1),
         event: JobEvent::Backup(BackupEvent::BackupAccepted(BackupAccepted {
+            trees: Vec::new(),
+            parallel: None,
             streams: vec!["EVENTS".into()],
             destination: "local".into(),
             destination_url: "file:///srv/backups".into(),

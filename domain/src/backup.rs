@@ -12,6 +12,7 @@ use cim_backup_contracts::events::{
     ENCRYPTION_AGE, JobCancelled, JobEvent, JobFailed, PartInfo, SegmentInfo, SegmentStored,
     SnapshotPartStored, SnapshotTaken, StreamStart, StreamSummary,
 };
+use cim_backup_contracts::files::{TreeProgressed, TreeStored, TreeSummary};
 use cim_backup_contracts::subjects::is_stream_name;
 use cim_backup_contracts::views::{JobKind, JobState};
 
@@ -29,6 +30,8 @@ pub enum BackupCommand {
     RecordSegment(SegmentStored),
     RecordSnapshot(SnapshotTaken),
     RecordPart(SnapshotPartStored),
+    RecordTree(TreeStored),
+    RecordTreeProgress(TreeProgressed),
     Complete(BackupCompleted),
     Fail(JobFailed),
     RequestCancel(CancelRequested),
@@ -44,6 +47,8 @@ pub struct BackupJob {
     /// Snapshot mode: the snapshots taken and their stored parts.
     pub snapshots: Vec<SnapshotTaken>,
     pub parts: Vec<SnapshotPartStored>,
+    /// File trees stored so far, in request order.
+    pub trees: Vec<TreeSummary>,
     pub completed: Option<BackupCompleted>,
     pub failure: Option<JobFailed>,
 }
@@ -147,10 +152,29 @@ impl BackupJob {
             .collect()
     }
 
+    /// The next tree to store: the first requested one not recorded yet.
+    pub fn next_tree(&self) -> Option<&cim_backup_contracts::files::TreeRequest> {
+        self.spec.as_ref()?.trees.get(self.trees.len())
+    }
+
     fn validate_spec(spec: &BackupAccepted) -> Result<(), DomainError> {
-        if spec.streams.is_empty() {
+        if spec.streams.is_empty() && spec.trees.is_empty() {
             return Err(DomainError::invalid(
-                "streams: at least one stream is required",
+                "streams: at least one stream (or tree) is required",
+            ));
+        }
+        let mut names = HashSet::new();
+        for tree in &spec.trees {
+            if !names.insert(tree.name()) {
+                return Err(DomainError::invalid(format!(
+                    "trees: {} is listed twice",
+                    cim_backup_contracts::text::echo(&tree.name())
+                )));
+            }
+        }
+        if !spec.trees.is_empty() && spec.mode == BackupMode::Snapshot {
+            return Err(DomainError::invalid(
+                "mode: snapshot applies to streams; a backup of trees stores messages mode",
             ));
         }
         let mut seen = HashSet::new();
@@ -292,7 +316,37 @@ impl BackupJob {
         Ok(())
     }
 
+    fn validate_tree(&self, stored: &TreeStored) -> Result<(), DomainError> {
+        let Some(next) = self.next_tree() else {
+            return Err(DomainError::invalid(format!(
+                "tree: {} is not a tree this backup still has to store",
+                cim_backup_contracts::text::echo(&stored.tree.name)
+            )));
+        };
+        if next.name() != stored.tree.name {
+            return Err(DomainError::invalid(format!(
+                "tree: {} recorded where {} comes next",
+                cim_backup_contracts::text::echo(&stored.tree.name),
+                cim_backup_contracts::text::echo(&next.name())
+            )));
+        }
+        Ok(())
+    }
+
     fn validate_completion(&self, completed: &BackupCompleted) -> Result<(), DomainError> {
+        if completed.trees != self.trees {
+            return Err(DomainError::invalid(format!(
+                "completion: trees {:?} differ from the stored trees {:?}",
+                completed.trees.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                self.trees.iter().map(|t| &t.name).collect::<Vec<_>>()
+            )));
+        }
+        if let Some(missing) = self.next_tree() {
+            return Err(DomainError::invalid(format!(
+                "completion: tree {} was not stored",
+                cim_backup_contracts::text::echo(&missing.name())
+            )));
+        }
         if self.mode() == BackupMode::Snapshot
             && let Some(start) = self
                 .started
@@ -349,6 +403,21 @@ impl Aggregate for BackupJob {
                 self.validate_part(&stored)?;
                 BackupEvent::SnapshotPartStored(stored)
             }
+            BackupCommand::RecordTree(stored) => {
+                lc.require(JobState::Running, "record a tree of")?;
+                self.validate_tree(&stored)?;
+                BackupEvent::TreeStored(stored)
+            }
+            BackupCommand::RecordTreeProgress(progress) => {
+                lc.require(JobState::Running, "record progress of")?;
+                if self.next_tree().map(|t| t.name()) != Some(progress.name.clone()) {
+                    return Err(DomainError::invalid(format!(
+                        "tree progress: {} is not the tree being stored",
+                        cim_backup_contracts::text::echo(&progress.name)
+                    )));
+                }
+                BackupEvent::TreeProgressed(progress)
+            }
             BackupCommand::Complete(completed) => {
                 lc.require(JobState::Running, "complete")?;
                 self.validate_completion(&completed)?;
@@ -385,6 +454,8 @@ impl Aggregate for BackupJob {
             BackupEvent::SegmentStored(stored) => self.segments.push(stored.clone()),
             BackupEvent::SnapshotTaken(taken) => self.snapshots.push(taken.clone()),
             BackupEvent::SnapshotPartStored(part) => self.parts.push(part.clone()),
+            BackupEvent::TreeStored(stored) => self.trees.push(stored.tree.clone()),
+            BackupEvent::TreeProgressed(_) => {}
             BackupEvent::BackupCompleted(completed) => {
                 self.lifecycle.finished(JobState::Completed);
                 self.completed = Some(completed.clone());
@@ -466,6 +537,7 @@ mod tests {
 
     fn completed(streams: Vec<StreamSummary>) -> BackupCompleted {
         BackupCompleted {
+            trees: Vec::new(),
             manifest: manifest_cid(),
             manifest_bytes: 10,
             streams,
@@ -480,6 +552,84 @@ mod tests {
             BackupEvent::BackupAccepted(backup_spec(&["A", "B"])),
             BackupEvent::BackupStarted(started(vec![cut("A", 1, 100), cut("B", 5, 9)])),
         ]
+    }
+
+    fn tree(name: &str) -> TreeSummary {
+        let (root, path) = name.split_once('/').unwrap_or((name, ""));
+        TreeSummary {
+            name: name.into(),
+            root: root.into(),
+            path: path.into(),
+            instance: "a".into(),
+            host_path: format!("/srv/{name}"),
+            tree: manifest_cid(),
+            tree_bytes: 100,
+            top: "dir".into(),
+            files: 1,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 10,
+            stored_bytes: 10,
+            chunks: 1,
+            new_chunks: 1,
+            skipped: vec![],
+        }
+    }
+
+    fn with_trees(names: &[&str]) -> Vec<BackupEvent> {
+        let mut spec = backup_spec(&[]);
+        spec.trees = names
+            .iter()
+            .map(|n| {
+                let (root, path) = n.split_once('/').unwrap_or((n, ""));
+                cim_backup_contracts::files::TreeRequest {
+                    root: root.into(),
+                    path: path.into(),
+                }
+            })
+            .collect();
+        vec![
+            BackupEvent::BackupAccepted(spec),
+            BackupEvent::BackupStarted(started(vec![])),
+        ]
+    }
+
+    /// Trees are recorded in request order, once each, and a completion must list exactly the
+    /// trees recorded: a manifest cannot claim a model that was never stored.
+    #[test]
+    fn trees_are_recorded_in_order_and_completions_name_exactly_them() {
+        let history = with_trees(&["models/a", "models/b"]);
+        given::<BackupJob>(history.clone())
+            .when(BackupCommand::RecordTree(TreeStored { tree: tree("models/b") }))
+            .then_reject_containing("models/a");
+        let mut one = history.clone();
+        one.push(BackupEvent::TreeStored(TreeStored { tree: tree("models/a") }));
+        let mut done = completed(vec![]);
+        done.trees = vec![tree("models/a")];
+        given::<BackupJob>(one.clone())
+            .when(BackupCommand::Complete(done.clone()))
+            .then_reject_containing("\"models/b\" was not stored");
+        let mut both = one.clone();
+        both.push(BackupEvent::TreeStored(TreeStored { tree: tree("models/b") }));
+        given::<BackupJob>(both.clone())
+            .when(BackupCommand::RecordTree(TreeStored { tree: tree("models/b") }))
+            .then_reject_containing("still has to store");
+        given::<BackupJob>(both.clone())
+            .when(BackupCommand::Complete(done))
+            .then_reject_containing("differ");
+        let mut all = completed(vec![]);
+        all.trees = vec![tree("models/a"), tree("models/b")];
+        given::<BackupJob>(both)
+            .when(BackupCommand::Complete(all.clone()))
+            .then_expect(vec![BackupEvent::BackupCompleted(all)]);
+        let mut twice = backup_spec(&[]);
+        twice.trees = vec![
+            cim_backup_contracts::files::TreeRequest { root: "m".into(), path: "x".into() };
+            2
+        ];
+        given::<BackupJob>(vec![])
+            .when(BackupCommand::Accept(twice))
+            .then_reject_containing("listed twice");
     }
 
     #[test]

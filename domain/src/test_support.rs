@@ -16,6 +16,8 @@ pub fn admission() -> Admission {
 
 pub fn backup_spec(streams: &[&str]) -> BackupAccepted {
     BackupAccepted {
+        trees: Vec::new(),
+        parallel: None,
         streams: streams.iter().map(|s| s.to_string()).collect(),
         destination: "mem".into(),
         destination_url: "memory://mem".into(),

@@ -21,14 +21,21 @@ fn entry(job: &JobView, done: &BackupCompleted) -> CatalogEntry {
         destination: job.location.clone(),
         created_at: done.created,
         messages: done.streams.iter().map(|s| s.messages).sum(),
-        raw_bytes: done.streams.iter().map(|s| s.raw_bytes).sum(),
+        raw_bytes: done.streams.iter().map(|s| s.raw_bytes).sum::<u64>()
+            + done.trees.iter().map(|t| t.bytes).sum::<u64>(),
         stored_bytes: done.streams.iter().map(|s| s.stored_bytes).sum::<u64>()
+            + done
+                .trees
+                .iter()
+                .map(|t| t.stored_bytes + t.tree_bytes)
+                .sum::<u64>()
             + done.manifest_bytes,
-        objects: done.streams.iter().map(|s| s.segments).sum::<u64>() + 1,
+        objects: done.streams.iter().map(|s| s.segments).sum::<u64>() + done.trees.len() as u64 + 1,
         streams: done.streams.clone(),
         compression: done.compression.label(),
         encrypted: done.encrypted,
         buckets: buckets(&done.streams),
+        trees: done.trees.clone(),
     }
 }
 

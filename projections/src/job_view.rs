@@ -85,6 +85,18 @@ pub fn fold(
                 p.objects_done += 1;
                 keep_ahead(p);
             }
+            BackupEvent::TreeProgressed(t) => {
+                next.stored_bytes = next.stored_bytes.max(t.stored_bytes);
+                p.bytes_done = p.bytes_done.max(t.bytes_done);
+                keep_ahead(p);
+            }
+            // The job records a TreeProgressed (cumulative) before each TreeStored; the tree
+            // object itself is written after it.
+            BackupEvent::TreeStored(t) => {
+                next.stored_bytes += t.tree.tree_bytes;
+                p.objects_done += 1;
+                keep_ahead(p);
+            }
             BackupEvent::BackupCompleted(c) => {
                 finish(&mut next, JobState::Completed, time);
                 next.stored_bytes += c.manifest_bytes;
@@ -259,7 +271,12 @@ fn fail(view: &mut JobView, failure: &JobFailed, time: time::OffsetDateTime) {
 fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
     let (subject, location, instance, backup_id) = match &envelope.event {
         JobEvent::Backup(BackupEvent::BackupAccepted(a)) => (
-            a.streams.join(","),
+            a.streams
+                .iter()
+                .cloned()
+                .chain(a.trees.iter().map(|t| t.name()))
+                .collect::<Vec<_>>()
+                .join(","),
             a.destination_url.clone(),
             a.admission.instance.clone(),
             None,

@@ -57,6 +57,8 @@ fn history() -> Vec<BackupEvent> {
     };
     vec![
         BackupEvent::BackupAccepted(BackupAccepted {
+            trees: Vec::new(),
+            parallel: None,
             streams: vec!["EVENTS".into()],
             destination: "local".into(),
             destination_url: "file:///b".into(),
@@ -100,6 +102,7 @@ fn history() -> Vec<BackupEvent> {
             segment: segment(11, 20),
         }),
         BackupEvent::BackupCompleted(BackupCompleted {
+            trees: Vec::new(),
             manifest: dag_cbor_cid(b"\xa0"),
             manifest_bytes: 50,
             streams: vec![StreamSummary {

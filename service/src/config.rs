@@ -33,6 +33,10 @@
 //! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
 //! identity_files = ["/etc/cim/backup.agekey"]                                  # to read
 //!
+//! [files.roots]                       # trees this instance backs up and restores (its host's)
+//! models = "/var/lib/cim/models"
+//! checkpoints = "/var/lib/cim/checkpoints"
+//!
 //! [integrity.streams.EVENTS]          # how checks walk this stream (docs/INTEGRITY.md)
 //! profile = "cim-ipld"                # native | cim-ipld | x-cid-headers | link-only
 //! chain_by = { subject_token = 1 }    # or { field = "aggregate_id" }, or "stream"
@@ -72,6 +76,27 @@ pub struct Config {
     pub encryption: crate::keys::EncryptionConfig,
     #[serde(default)]
     pub integrity: IntegrityConfig,
+    #[serde(default)]
+    pub files: FilesConfig,
+}
+
+/// `[files]`: the file-system roots this instance serves. A file request names a root and a
+/// path inside it; nothing outside these is ever read or written for one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Root name → directory on this host.
+    #[serde(default)]
+    pub roots: BTreeMap<String, PathBuf>,
+}
+
+/// Whether `name` can name a root: it is a token of the instance's subjects and metadata.
+pub fn is_root_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// `[integrity.streams.<STREAM>]`: how each stream's messages chain, and which KV projections
@@ -158,6 +183,11 @@ pub struct ServiceConfig {
 }
 
 fn default_instance() -> String {
+    host_name()
+}
+
+/// This host's name (`$HOSTNAME`, else `/etc/hostname`), or `cim-backup` when neither says.
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| {
@@ -329,6 +359,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "defaults.segment_bytes must be at least 4096".into(),
             ));
+        }
+        for (name, dir) in &self.files.roots {
+            if !is_root_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "files.roots: {name:?} is not a root name (letters, digits, - and _)"
+                )));
+            }
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "files.roots.{name}: {} is not an absolute path",
+                    dir.display()
+                )));
+            }
         }
         if self.defaults.upload_concurrency == 0 {
             return Err(ConfigError::Invalid(

@@ -428,6 +428,8 @@ async fn an_accepted_job_nobody_started_is_run_by_its_instance() {
     let mut job = Job::<BackupJob>::new(id.clone(), "c".into());
     let url = format!("file://{}", archive.path().display());
     let accepted = BackupAccepted {
+        trees: Vec::new(),
+        parallel: None,
         streams: vec!["EVENTS".into()],
         destination: "local".into(),
         destination_url: url,

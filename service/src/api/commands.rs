@@ -187,13 +187,39 @@ where
     }
 }
 
-pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
+/// Whether a start request may name trees: only on an instance's own subject, since the files
+/// are on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trees {
+    Refused,
+    Here,
+}
+
+pub async fn start(api: &Api, request: &Request, trees: Trees) -> Result<Accepted, ApiError> {
     let cmd: StartBackup = parse(request)?;
     let ctx = api.runner.context();
-    if cmd.streams.is_empty() {
-        return Err(ApiError::bad_request(
-            "streams: at least one stream is required",
-        ));
+    if trees == Trees::Refused && !cmd.trees.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "trees: file trees are read by the instance whose host has them; send the request to {}.start of an instance that serves the root (its micro-service metadata lists its roots)",
+            cim_backup_contracts::subjects::files_commands("<instance>")
+        )));
+    }
+    if cmd.streams.is_empty() && cmd.trees.is_empty() {
+        return Err(ApiError::bad_request(match trees {
+            Trees::Refused => "streams: at least one stream is required",
+            Trees::Here => "streams, trees: name at least one stream or tree",
+        }));
+    }
+    if let Some(p) = cmd.parallel
+        && !(1..=crate::engine::trees::MAX_PARALLEL).contains(&p)
+    {
+        return Err(ApiError::bad_request(format!(
+            "parallel: {p} is outside 1..={}",
+            crate::engine::trees::MAX_PARALLEL
+        )));
+    }
+    for tree in &cmd.trees {
+        crate::engine::trees::source(ctx, tree).map_err(engine_error)?;
     }
     for stream in &cmd.streams {
         if !is_stream_name(stream) {
@@ -255,6 +281,7 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
             incremental,
             &encryption,
             mode,
+            (&cmd.trees, cmd.parallel),
         ),
     );
     let request_digest = admission.request_digest.clone();
@@ -268,6 +295,8 @@ pub async fn start(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
         mode,
         encryption,
         admission,
+        trees: cmd.trees,
+        parallel: cmd.parallel,
     };
     let (reply, job) = accept::<BackupJob>(
         api,

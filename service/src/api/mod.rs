@@ -13,6 +13,7 @@
 //! - [`reply`] — [`reply::ApiError`] and error replies with headers and JSON body.
 
 pub mod commands;
+pub mod files;
 pub mod queries;
 pub mod repair;
 pub mod reply;
@@ -150,6 +151,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             .map_err(|e| ServeError::Service(e.to_string()))?,
         integrity: config.integrity.clone(),
         views: views.clone(),
+        roots: config
+            .files
+            .roots
+            .iter()
+            .map(|(name, dir)| crate::archive::files::scan::Root::new(name, dir))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServeError::Service(format!("[files.roots]: {e}")))?,
     });
     let runner = Runner::new(ctx);
     runner
@@ -174,10 +182,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let service = client
         .service_builder()
         .description("cim-backup: backup, restore, verify and integrity checks of CIM streams")
-        .metadata(std::collections::HashMap::from([(
-            INSTANCE_METADATA.to_owned(),
-            config.service.instance.clone(),
-        )]))
+        .metadata(std::collections::HashMap::from([
+            (
+                INSTANCE_METADATA.to_owned(),
+                config.service.instance.clone(),
+            ),
+            (HOST_METADATA.to_owned(), crate::config::host_name()),
+            (
+                ROOTS_METADATA.to_owned(),
+                roots_metadata(&runner.context().roots),
+            ),
+        ]))
         .stats_handler({
             let errors = api.errors.clone();
             move |_name, stats| serde_json::json!({ "error_replies": errors.get(&stats.subject) })
@@ -185,14 +200,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| ServeError::Service(e.to_string()))?;
-    let commands = service.group(COMMAND_PREFIX);
-    let queries = service.group(QUERY_PREFIX);
+    let instance = config.service.instance.clone();
     let mut endpoints = Vec::new();
     for endpoint in Endpoint::ALL {
-        let group = match endpoint.is_command() {
-            true => &commands,
-            false => &queries,
-        };
+        let group = service.group(endpoint.prefix(&instance));
         endpoints.push((
             endpoint,
             group
@@ -213,7 +224,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 };
                 let Some(request) = request else { break };
                 let api = Arc::clone(&api);
-                tokio::spawn(async move { dispatch(&api, endpoint, request).await });
+                let subject = endpoint.subject(&api.runner.context().instance);
+                tokio::spawn(async move { dispatch(&api, endpoint, &subject, request).await });
             }
         }));
     }
@@ -234,6 +246,21 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
 /// Micro-service metadata key naming the instance.
 const INSTANCE_METADATA: &str = "instance";
+/// Metadata key with the host the instance runs on (the CLI picks the instance on its host).
+pub const HOST_METADATA: &str = "host";
+/// Metadata key with the roots the instance serves, as a JSON list of `{name, path}`.
+pub const ROOTS_METADATA: &str = "roots";
+
+fn roots_metadata(roots: &[crate::archive::files::scan::Root]) -> String {
+    let roots: Vec<_> = roots
+        .iter()
+        .map(|r| cim_backup_contracts::files::RootInfo {
+            name: r.name.clone(),
+            path: r.dir.display().to_string(),
+        })
+        .collect();
+    serde_json::to_string(&roots).expect("roots serialize")
+}
 
 /// Two processes with one instance name would both run that instance's jobs (and share its
 /// projector's consumer): the second one does not start. Running instances answer `$SRV.PING`
@@ -309,10 +336,14 @@ enum Endpoint {
     Job,
     Jobs,
     Backups,
+    /// `cim.backup.files.<instance>.cmd.start`: a backup of trees under this instance's roots.
+    FilesStart,
+    /// `cim.backup.files.<instance>.qry.models`: the models under one of its roots.
+    FilesModels,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 9] = [
+    const ALL: [Endpoint; 11] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -322,6 +353,8 @@ impl Endpoint {
         Endpoint::Job,
         Endpoint::Jobs,
         Endpoint::Backups,
+        Endpoint::FilesStart,
+        Endpoint::FilesModels,
     ];
 
     /// The last token of its subject.
@@ -336,35 +369,47 @@ impl Endpoint {
             Endpoint::Job => "job",
             Endpoint::Jobs => "jobs",
             Endpoint::Backups => "backups",
+            Endpoint::FilesStart => "start",
+            Endpoint::FilesModels => "models",
         }
     }
 
-    fn is_command(self) -> bool {
-        !matches!(self, Endpoint::Job | Endpoint::Jobs | Endpoint::Backups)
+    /// The group its subject is in: shared by all instances, or this instance's own.
+    fn prefix(self, instance: &str) -> String {
+        match self {
+            Endpoint::Job | Endpoint::Jobs | Endpoint::Backups => QUERY_PREFIX.to_owned(),
+            Endpoint::FilesStart => cim_backup_contracts::subjects::files_commands(instance),
+            Endpoint::FilesModels => cim_backup_contracts::subjects::files_queries(instance),
+            _ => COMMAND_PREFIX.to_owned(),
+        }
     }
 
-    fn subject(self) -> String {
-        let prefix = match self.is_command() {
-            true => COMMAND_PREFIX,
-            false => QUERY_PREFIX,
-        };
-        format!("{prefix}.{}", self.name())
+    fn subject(self, instance: &str) -> String {
+        format!("{}.{}", self.prefix(instance), self.name())
     }
 }
 
-async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
-    let subject = endpoint.subject();
+async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request) {
     let errors = &api.errors;
     if let Some(refused) = malformed_headers(&request) {
-        return send::<()>(&request, errors, &subject, Err(refused)).await;
+        return send::<()>(&request, errors, subject, Err(refused)).await;
     }
     match endpoint {
         Endpoint::Start => {
             send(
                 &request,
                 errors,
-                &subject,
-                commands::start(api, &request).await,
+                subject,
+                commands::start(api, &request, commands::Trees::Refused).await,
+            )
+            .await
+        }
+        Endpoint::FilesStart => {
+            send(
+                &request,
+                errors,
+                subject,
+                commands::start(api, &request, commands::Trees::Here).await,
             )
             .await
         }
@@ -372,7 +417,7 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 commands::restore(api, &request).await,
             )
             .await
@@ -381,7 +426,7 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 commands::verify(api, &request).await,
             )
             .await
@@ -390,7 +435,7 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 commands::check(api, &request).await,
             )
             .await
@@ -399,7 +444,7 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 repair::repair(api, &request).await,
             )
             .await
@@ -408,25 +453,26 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 commands::cancel(api, &request).await,
             )
             .await
         }
-        Endpoint::Job => {
+        Endpoint::FilesModels => {
             send(
                 &request,
                 errors,
-                &subject,
-                queries::job(api, &request).await,
+                subject,
+                files::models(api, &request).await,
             )
             .await
         }
+        Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,
         Endpoint::Jobs => {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 queries::jobs(api, &request).await,
             )
             .await
@@ -435,7 +481,7 @@ async fn dispatch(api: &Api, endpoint: Endpoint, request: Request) {
             send(
                 &request,
                 errors,
-                &subject,
+                subject,
                 queries::backups(api, &request).await,
             )
             .await

@@ -47,42 +47,39 @@ pub async fn locate(
                 },
             })
         }
-        (BackupRef::Latest, source) => {
+        // The newest backup in a location, of one stream or of anything.
+        (BackupRef::Latest, Some(source)) => {
+            let location = ctx.destinations.resolve(Some(source))?;
+            let newest = newest_in_location(api, &location, stream)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(match stream {
+                        Some(stream) => format!("no backup of stream {stream} in {}", location.url),
+                        None => format!("no backup in {}", location.url),
+                    })
+                })?;
+            Ok(Located {
+                backup: newest,
+                location,
+            })
+        }
+        (BackupRef::Latest, None) => {
             let stream = stream.ok_or_else(|| {
                 ApiError::bad_request(
-                    "\"latest\" needs \"stream\": the newest backup of which stream?",
+                    "\"latest\" needs \"stream\" (the newest backup of which stream?) or \"source\" (the newest backup where?)",
                 )
             })?;
-            match source {
-                Some(source) => {
-                    let location = ctx.destinations.resolve(Some(source))?;
-                    let newest = newest_in_location(api, &location, stream)
-                        .await?
-                        .ok_or_else(|| {
-                            ApiError::not_found(format!(
-                                "no backup of stream {stream} in {}",
-                                location.url
-                            ))
-                        })?;
-                    Ok(Located {
-                        backup: newest,
-                        location,
-                    })
-                }
-                None => {
-                    let entries = catalog::select(api.views.catalog().await?, Some(stream));
-                    let entry = entries.into_iter().next().ok_or_else(|| {
-                        ApiError::not_found(format!("no backup of stream {stream} in the catalog"))
-                    })?;
-                    Ok(Located {
-                        backup: entry.backup_id.0,
-                        location: Resolved {
-                            given: entry.destination.clone(),
-                            url: entry.destination,
-                        },
-                    })
-                }
-            }
+            let entries = catalog::select(api.views.catalog().await?, Some(stream));
+            let entry = entries.into_iter().next().ok_or_else(|| {
+                ApiError::not_found(format!("no backup of stream {stream} in the catalog"))
+            })?;
+            Ok(Located {
+                backup: entry.backup_id.0,
+                location: Resolved {
+                    given: entry.destination.clone(),
+                    url: entry.destination,
+                },
+            })
         }
     }
 }
@@ -159,9 +156,9 @@ pub async fn list_location(
 async fn newest_in_location(
     api: &Api,
     location: &Resolved,
-    stream: &str,
+    stream: Option<&str>,
 ) -> Result<Option<Cid>, ApiError> {
-    Ok(list_location(api, location, Some(stream))
+    Ok(list_location(api, location, stream)
         .await?
         .first()
         .map(|e| e.backup_id.0))
@@ -183,9 +180,11 @@ fn entry_from_manifest(
         destination: url.to_owned(),
         created_at: manifest.created,
         messages: streams.iter().map(|s| s.messages).sum(),
-        raw_bytes: streams.iter().map(|s| s.raw_bytes).sum(),
-        stored_bytes: streams.iter().map(|s| s.stored_bytes).sum::<u64>() + manifest_bytes,
+        raw_bytes: streams.iter().map(|s| s.raw_bytes).sum::<u64>()
+            + manifest.trees.iter().map(|t| t.bytes).sum::<u64>(),
+        stored_bytes: manifest.objects().1 + manifest_bytes,
         objects: manifest.objects().0,
+        trees: manifest.trees.clone(),
         buckets: catalog::buckets(&streams),
         streams,
         compression: manifest.compression.label(),

@@ -14,8 +14,11 @@ use time::OffsetDateTime;
 
 use super::error::ArchiveError;
 
-/// Format name and version of manifests this code writes and reads.
+/// Format name and version of manifests of streams only: what version 1 wrote, byte for byte.
 pub const MANIFEST_FORMAT: &str = "cim-backup-archive/1";
+/// Format of manifests that hold file trees (`trees`); a version-1 reader refuses them rather
+/// than take a backup of trees for an empty one.
+pub const MANIFEST_FORMAT_TREES: &str = "cim-backup-archive/2";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -30,6 +33,9 @@ pub struct Manifest {
     /// `age`, to the listed recipients); a reader refuses a scheme it does not know.
     pub encryption: Option<Encryption>,
     pub streams: Vec<StreamArchive>,
+    /// File trees, each a link to its tree object `trees/<cid>` with its totals (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<cim_backup_contracts::files::TreeSummary>,
 }
 
 /// One stream inside a backup.
@@ -101,10 +107,18 @@ impl Manifest {
         }
         let manifest: Manifest = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| ArchiveError::corrupt(&object, format!("not a manifest: {e}")))?;
-        if manifest.format != MANIFEST_FORMAT {
+        let known = match manifest.format.as_str() {
+            MANIFEST_FORMAT => manifest.trees.is_empty(),
+            MANIFEST_FORMAT_TREES => true,
+            _ => false,
+        };
+        if !known {
             return Err(ArchiveError::corrupt(
                 &object,
-                format!("format {:?} is not {MANIFEST_FORMAT}", manifest.format),
+                format!(
+                    "format {:?} is not {MANIFEST_FORMAT} (streams) or {MANIFEST_FORMAT_TREES} (with trees)",
+                    manifest.format
+                ),
             ));
         }
         if let Some(e) = &manifest.encryption
@@ -131,8 +145,13 @@ impl Manifest {
                 s.segments.len() as u64 + s.snapshot.as_ref().map_or(0, |x| x.parts.len() as u64)
             })
             .sum();
-        let bytes: u64 = self.streams.iter().map(|s| s.stored_bytes).sum();
-        (stored + 1, bytes)
+        let bytes: u64 = self.streams.iter().map(|s| s.stored_bytes).sum::<u64>()
+            + self
+                .trees
+                .iter()
+                .map(|t| t.stored_bytes + t.tree_bytes)
+                .sum::<u64>();
+        (stored + self.trees.len() as u64 + 1, bytes)
     }
 }
 
@@ -149,6 +168,7 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
+            trees: Vec::new(),
             format: MANIFEST_FORMAT.into(),
             tool: "cim-backup test".into(),
             job_id: "j".into(),
@@ -256,6 +276,7 @@ mod golden {
             "bafkreifgcoxeh4jlcdo7wckg5xmac7qtmb5zudt5fbf5hse4ocbzwgmv6u"
         );
         let manifest = Manifest {
+            trees: Vec::new(),
             format: MANIFEST_FORMAT.into(),
             tool: "cim-backup 0.1.0".into(),
             job_id: "job-1".into(),

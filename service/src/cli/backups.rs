@@ -72,6 +72,8 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> Result<(), CliError> {
     };
     let body = StartBackup {
         streams: a.streams.clone(),
+        trees: Vec::new(),
+        parallel: None,
         destination: a.destination.as_deref().map(location),
         compress,
         zstd_level: a.zstd_level,

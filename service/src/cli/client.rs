@@ -157,6 +157,14 @@ fn replace_word(text: &str, word: &str, with: &str) -> String {
     out
 }
 
+/// One running service instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub host: String,
+    pub roots: Vec<cim_backup_contracts::files::RootInfo>,
+}
+
 pub struct Client {
     nats: async_nats::Client,
     url: String,
@@ -194,6 +202,45 @@ impl Client {
             url: config.url.clone(),
             timeout,
         })
+    }
+
+    /// The running service instances, with their hosts and roots (what `$SRV.PING` answers).
+    pub async fn instances(&self) -> Result<Vec<Instance>, CliError> {
+        use futures::StreamExt;
+        let inbox = self.nats.new_inbox();
+        let mut replies =
+            self.nats.subscribe(inbox.clone()).await.map_err(|e| {
+                CliError::Unavailable(format!("cannot subscribe on {}: {e}", self.url))
+            })?;
+        self.nats
+            .publish_with_reply(
+                format!("$SRV.PING.{}", cim_backup_contracts::subjects::SERVICE_NAME),
+                inbox,
+                "".into(),
+            )
+            .await
+            .map_err(|e| CliError::Unavailable(format!("cannot ask for instances: {e}")))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut found = Vec::new();
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            let Ok(ping) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+                continue;
+            };
+            let meta = &ping["metadata"];
+            let Some(name) = meta["instance"].as_str() else {
+                continue;
+            };
+            found.push(Instance {
+                name: name.to_owned(),
+                host: meta["host"].as_str().unwrap_or_default().to_owned(),
+                roots: meta["roots"]
+                    .as_str()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or_default(),
+            });
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
     }
 
     /// Sends `body` to `subject` and decodes the reply, turning error replies into

@@ -11,7 +11,8 @@
 //!   [`serve`]; [`backups`] (backup-event-streams, list-backups, verify-backup); [`restore`]
 //!   (restore-events); [`jobs`] (backup-status, list-jobs, cancel-job); [`integrity`]
 //!   (check-data-integrity, find-corruption-point, replay-corrupted-events); [`repair`]
-//!   (restore-from-point).
+//!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
+//!   verify-model-backup).
 
 pub mod args;
 pub mod backups;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod follow;
 pub mod integrity;
 pub mod jobs;
+pub mod models;
 pub mod output;
 pub mod repair;
 pub mod restore;
@@ -106,6 +108,15 @@ pub enum Command {
     /// `restore-from-point --stream S --sequence N --source BACKUP`). Shows the plan first; runs
     /// with --confirm (or a typed confirmation on a terminal).
     RestoreFromPoint(repair::RepairArgs),
+    /// List the models under an instance's models root: format (safetensors tensors, dtypes and
+    /// parameters; GGUF; PyTorch zip; ONNX), size, modified time, last backup, changed since.
+    ListGpuModels(models::ListModelsArgs),
+    /// Back up models (each a directory or file under --source) as deduplicated file trees
+    /// (runbook: `backup-gpu-models --source DIR --destination URL --parallel 4`).
+    BackupGpuModels(models::BackupModelsArgs),
+    /// Check a model backup deeply: every chunk, every file's sha256, safetensors headers
+    /// against file sizes (runbook: `verify-model-backup --backup-path URL`).
+    VerifyModelBackup(models::VerifyModelBackupArgs),
 }
 
 /// What every client command works with.
@@ -162,6 +173,9 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::FindCorruptionPoint(a) => integrity::find(&ctx, a).await,
         Command::ReplayCorruptedEvents(a) => integrity::replay(&ctx, a).await,
         Command::RestoreFromPoint(a) => repair::restore_from_point(&ctx, a).await,
+        Command::ListGpuModels(a) => models::list(&ctx, a).await,
+        Command::BackupGpuModels(a) => models::backup(&ctx, a).await,
+        Command::VerifyModelBackup(a) => models::verify(&ctx, a).await,
     }
 }
 

@@ -236,6 +236,21 @@ pub fn backups(entries: &[CatalogEntry]) {
                 s.segments
             );
         }
+        for t in &e.trees {
+            println!(
+                "    {:<24} {:>6} files  {} -> {} new stored  ({} of {} chunks new){}",
+                t.name,
+                t.files,
+                bytes(t.bytes),
+                bytes(t.stored_bytes),
+                t.new_chunks,
+                t.chunks,
+                match t.skipped.len() {
+                    0 => String::new(),
+                    n => format!("  {n} file(s) left out"),
+                }
+            );
+        }
         println!(
             "    {}, {}",
             e.compression,
@@ -245,6 +260,40 @@ pub fn backups(entries: &[CatalogEntry]) {
                 "not encrypted"
             }
         );
+    }
+}
+
+/// `list-gpu-models`: one line per model, then the files whose format was recognised.
+pub fn models(instance: &str, models: &[cim_backup_contracts::files::ModelInfo]) {
+    if models.is_empty() {
+        println!("no models (instance {instance})");
+        return;
+    }
+    println!(
+        "{:<28} {:>10} {:>6}  {:<20}  {:<20}  changed",
+        "MODEL", "SIZE", "FILES", "MODIFIED", "LAST BACKUP"
+    );
+    for m in models {
+        let last = m
+            .last_backup
+            .as_ref()
+            .map_or("never".to_owned(), |b| time(b.created_at));
+        let changed = match m.changed_since_backup {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        println!(
+            "{:<28} {:>10} {:>6}  {:<20}  {:<20}  {changed}",
+            m.id,
+            bytes(m.bytes),
+            m.files,
+            time(m.modified),
+            last
+        );
+        for f in &m.formats {
+            println!("    {}: {}", f.path, f.format);
+        }
     }
 }
 

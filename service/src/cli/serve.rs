@@ -33,6 +33,15 @@ pub struct ServeArgs {
     /// [service] file_roots; configured destinations are always allowed).
     #[arg(long, env = "CIM_BACKUP_FILE_ROOTS", value_delimiter = ',')]
     pub file_root: Vec<PathBuf>,
+    /// A file-tree root this instance serves, as NAME=DIR (repeatable; adds to [files.roots]),
+    /// e.g. models=/var/lib/cim/models. File backups and restores name a root, never a path.
+    #[arg(
+        long = "root",
+        env = "CIM_BACKUP_ROOTS",
+        value_delimiter = ',',
+        value_name = "NAME=DIR"
+    )]
+    pub roots: Vec<String>,
 }
 
 /// Runs the service; returns the exit code.
@@ -64,6 +73,23 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
             Ok(root) => config.service.file_roots.push(root),
             Err(e) => {
                 eprintln!("cim-backup: --file-root {}: {e}", root.display());
+                return 2;
+            }
+        }
+    }
+    for root in &args.roots {
+        let Some((name, dir)) = root.split_once('=') else {
+            eprintln!(
+                "cim-backup: --root {root}: expected NAME=DIR, e.g. models=/var/lib/cim/models"
+            );
+            return 2;
+        };
+        match std::path::absolute(dir) {
+            Ok(dir) => {
+                config.files.roots.insert(name.to_owned(), dir);
+            }
+            Err(e) => {
+                eprintln!("cim-backup: --root {root}: {e}");
                 return 2;
             }
         }

@@ -24,7 +24,9 @@ use super::error::EngineError;
 use super::reader::RangeReader;
 use super::snapshot::ServerSnapshot;
 use crate::archive::ArchiveStore;
-use crate::archive::manifest::{MANIFEST_FORMAT, Manifest, SnapshotArchive, StreamArchive};
+use crate::archive::manifest::{
+    MANIFEST_FORMAT, MANIFEST_FORMAT_TREES, Manifest, SnapshotArchive, StreamArchive,
+};
 use crate::archive::record::{Record, encode_headers};
 use crate::archive::segment::{SealedSegment, SegmentBuilder};
 use crate::jobs::{Job, execute};
@@ -68,6 +70,7 @@ pub async fn run(
             }
         }
     }
+    super::trees::store_trees(ctx, job, &archive, cancel).await?;
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
@@ -80,6 +83,7 @@ pub async fn run(
         compression: spec.compression,
         encrypted: spec.encryption.is_some(),
         created: manifest.created,
+        trees: job.state.trees.clone(),
     };
     execute(&ctx.events, job, BackupCommand::Complete(completed), None).await?;
     tracing::info!(job = %job.id, backup = %manifest_cid, "backup completed");
@@ -158,7 +162,11 @@ async fn take_cut(
             }
         }
     }
-    let estimate = estimate(spec, &streams);
+    let mut estimate = estimate(spec, &streams);
+    if !spec.trees.is_empty() {
+        estimate.bytes += super::trees::estimate_bytes(ctx, spec).await?;
+        estimate.objects += spec.trees.len() as u64;
+    }
     Ok(BackupStarted {
         taken_at,
         streams,
@@ -506,8 +514,14 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
             }),
         })
         .collect();
+    let trees = job.state.trees.clone();
     Manifest {
-        format: MANIFEST_FORMAT.to_owned(),
+        format: if trees.is_empty() {
+            MANIFEST_FORMAT
+        } else {
+            MANIFEST_FORMAT_TREES
+        }
+        .to_owned(),
         tool: started.tool.clone(),
         job_id: job.id.to_string(),
         // The cut time, not "now": a job that crashes after writing the manifest and resumes
@@ -516,5 +530,6 @@ fn build_manifest(job: &Job<BackupJob>) -> Manifest {
         compression: spec.compression,
         encryption: spec.encryption.clone(),
         streams,
+        trees,
     }
 }

@@ -25,6 +25,36 @@ pub struct Context {
     pub views: Views,
     /// Chain profiles and projections per stream, for integrity checks.
     pub integrity: crate::config::IntegrityConfig,
+    /// The file-tree roots this instance serves (`[files.roots]`), resolved at start.
+    pub roots: Vec<crate::archive::files::scan::Root>,
+}
+
+impl Context {
+    /// The root named `name`, or why not (a 404 that lists the roots this instance has).
+    pub fn root(
+        &self,
+        name: &str,
+    ) -> Result<&crate::archive::files::scan::Root, super::error::EngineError> {
+        self.roots.iter().find(|r| r.name == name).ok_or_else(|| {
+            super::error::EngineError::precondition(
+                cim_backup_contracts::ErrorCode::NotFound,
+                format!(
+                    "instance {} has no root {}; it serves: {}",
+                    self.instance,
+                    cim_backup_contracts::text::echo(name),
+                    if self.roots.is_empty() {
+                        "none ([files.roots] or serve --root NAME=DIR)".to_owned()
+                    } else {
+                        self.roots
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            )
+        })
+    }
 }
 
 /// `cim-backup <version>`: written into manifests so a reader knows the writer.

@@ -96,9 +96,12 @@ pub async fn run(
         .filter(|(_, o)| seen.insert(o.cid()))
         .collect();
     let manifest_bytes: u64 = reach.manifests.values().map(|(_, size)| size).sum();
+    let trees = &root.trees;
     let plan = VerifyStarted {
-        objects: reach.manifests.len() as u64 + objects.len() as u64,
-        bytes: manifest_bytes + objects.iter().map(|(_, o)| o.stored_bytes()).sum::<u64>(),
+        objects: reach.manifests.len() as u64 + objects.len() as u64 + trees.len() as u64,
+        bytes: manifest_bytes
+            + objects.iter().map(|(_, o)| o.stored_bytes()).sum::<u64>()
+            + trees.iter().map(|t| t.tree_bytes).sum::<u64>(),
         records: objects.iter().map(|(_, o)| o.records()).sum(),
     };
     match job.state.lifecycle.state {
@@ -185,6 +188,24 @@ pub async fn run(
         }
         done.0 += 1;
         done.1 += info.stored_bytes;
+        record_progress(
+            ctx,
+            job,
+            &mut done,
+            already,
+            plan.objects,
+            &mut last_progress,
+        )
+        .await?;
+    }
+    for summary in trees {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let encrypted = root.encryption.is_some();
+        super::trees::verify(&archive, &ctx.keys, summary, encrypted, spec.mode).await?;
+        done.0 += 1;
+        done.1 += summary.tree_bytes;
         record_progress(
             ctx,
             job,

@@ -1,0 +1,339 @@
+//! `list-gpu-models`, `backup-gpu-models`, `verify-model-backup`: model weights as file trees.
+//!
+//! Models live on a host, so these commands talk to one instance: `--instance`, else the one on
+//! this host, else the only one that serves the root.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use cim_backup_contracts::commands::{BackupRef, StartBackup, VerifyBackup};
+use cim_backup_contracts::events::VerifyMode;
+use cim_backup_contracts::files::{ModelInfo, ModelsQuery, TreeRequest};
+use cim_backup_contracts::replies::Accepted;
+use cim_backup_contracts::subjects::{CMD_VERIFY, files_commands, files_queries};
+
+use super::args::{idempotency_key, location};
+use super::client::{CliError, Instance};
+use super::follow::after_accept;
+use super::{Ctx, output};
+
+/// The root models live in unless `--source` says otherwise.
+pub const MODELS_ROOT: &str = "models";
+
+/// Which instance, for commands on a host's files.
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// The service instance whose host has the files (default: the one on this host, else the
+    /// only one that serves the root).
+    #[arg(long)]
+    pub instance: Option<String>,
+}
+
+/// Picks the instance that serves `root` (and `dir`, when given as a path on its host).
+pub async fn pick(ctx: &Ctx, a: &InstanceArgs, root: &str) -> Result<Instance, CliError> {
+    let all = ctx.client.instances().await?;
+    if all.is_empty() {
+        return Err(CliError::Unavailable(
+            "no cim-backup instance answers (is `cim-backup serve` running?)".into(),
+        ));
+    }
+    let serving: Vec<&Instance> = all
+        .iter()
+        .filter(|i| i.roots.iter().any(|r| r.name == root))
+        .collect();
+    let listed = || {
+        all.iter()
+            .map(|i| {
+                format!(
+                    "{} on {} (roots: {})",
+                    i.name,
+                    i.host,
+                    i.roots
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if let Some(name) = &a.instance {
+        return all
+            .iter()
+            .find(|i| &i.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--instance {name}: no such instance answers; running: {}",
+                    listed()
+                ))
+            });
+    }
+    let here = crate::config::host_name();
+    if let Some(local) = serving.iter().find(|i| i.host == here) {
+        return Ok((*local).clone());
+    }
+    match serving.as_slice() {
+        [only] => Ok((*only).clone()),
+        [] => Err(CliError::Usage(format!(
+            "no instance serves a root named {root} ([files.roots] or serve --root {root}=DIR); running: {}",
+            listed()
+        ))),
+        _ => Err(CliError::Usage(format!(
+            "several instances serve {root}; pick one with --instance: {}",
+            listed()
+        ))),
+    }
+}
+
+/// A directory given as a path on the instance's host, as (root, path inside it). Without a
+/// directory: the root named `default_root`.
+pub fn place(
+    instance: &Instance,
+    dir: Option<&Path>,
+    default_root: &str,
+) -> Result<(String, String), CliError> {
+    let Some(dir) = dir else {
+        return Ok((default_root.to_owned(), String::new()));
+    };
+    let dir = std::path::absolute(dir)
+        .map_err(|e| CliError::Usage(format!("--source {}: {e}", dir.display())))?;
+    for root in &instance.roots {
+        if let Ok(rest) = dir.strip_prefix(&root.path) {
+            let rest = rest
+                .to_str()
+                .ok_or_else(|| CliError::Usage(format!("--source {}: not UTF-8", dir.display())))?;
+            return Ok((root.name.clone(), rest.trim_end_matches('/').to_owned()));
+        }
+    }
+    Err(CliError::Usage(format!(
+        "--source {}: not inside a root of instance {} (its roots: {}); a file request names a declared root, never an arbitrary path",
+        dir.display(),
+        instance.name,
+        instance
+            .roots
+            .iter()
+            .map(|r| format!("{}={}", r.name, r.path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+#[derive(Debug, Args)]
+pub struct ListModelsArgs {
+    /// Only models with a file modified within this long (like 24h, 7d, 30m), or since an
+    /// RFC 3339 time.
+    #[arg(long)]
+    pub modified_since: Option<String>,
+    /// The models directory on the instance's host (default: its `models` root).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+/// `24h`, `7d`, `30m`, `90s`, or an RFC 3339 time.
+pub fn since(value: &str) -> Result<time::OffsetDateTime, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--modified-since: {} is neither a duration (24h, 7d, 30m) nor an RFC 3339 time",
+            cim_backup_contracts::text::echo(value)
+        ))
+    };
+    if let Some(t) = super::args::time("--modified-since", Some(value))
+        .ok()
+        .flatten()
+    {
+        return Ok(t);
+    }
+    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds))
+}
+
+pub async fn list(ctx: &Ctx, a: &ListModelsArgs) -> Result<(), CliError> {
+    let modified_since = a.modified_since.as_deref().map(since).transpose()?;
+    let root_hint = MODELS_ROOT;
+    let instance = pick(ctx, &a.instance, root_hint).await?;
+    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT)?;
+    let query = ModelsQuery {
+        root: Some(root),
+        path,
+        modified_since,
+    };
+    let models: Vec<ModelInfo> = ctx
+        .client
+        .request(&format!("{}.models", files_queries(&instance.name)), &query)
+        .await
+        .map_err(|e| {
+            e.with_flags(&[
+                ("root", "--source"),
+                ("path", "--source"),
+                ("modified_since", "--modified-since"),
+            ])
+        })?;
+    if ctx.json {
+        output::json(&models);
+    } else {
+        output::models(&instance.name, &models);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct BackupModelsArgs {
+    /// The models directory on the instance's host: a root or a directory inside one
+    /// (default: its `models` root). Each entry in it is a model.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Where: a configured name, a directory, file:///dir, s3://bucket/prefix (default: the
+    /// service's default destination).
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only these models (names in --source), comma-separated (default: all of them).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Files read and chunks sealed at once (default 4).
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Encrypt chunks to the recipients configured for the service.
+    #[arg(long, conflicts_with = "no_encrypt")]
+    pub encrypt: bool,
+    /// Do not encrypt, whatever the destination's setting.
+    #[arg(long)]
+    pub no_encrypt: bool,
+    /// zstd level for chunks that compress (weights mostly do not, and are stored as they are).
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to its end (exit 1 if it fails).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
+    let instance = pick(ctx, &a.instance, MODELS_ROOT).await?;
+    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT)?;
+    let models: Vec<String> = if a.models.is_empty() {
+        let listed: Vec<ModelInfo> = ctx
+            .client
+            .request(
+                &format!("{}.models", files_queries(&instance.name)),
+                &ModelsQuery {
+                    root: Some(root.clone()),
+                    path: path.clone(),
+                    modified_since: None,
+                },
+            )
+            .await
+            .map_err(|e| e.with_flags(&[("root", "--source"), ("path", "--source")]))?;
+        listed.into_iter().map(|m| m.id).collect()
+    } else {
+        a.models.clone()
+    };
+    if models.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no models in {root}/{path} on instance {}: nothing to back up",
+            instance.name
+        )));
+    }
+    let trees = models
+        .iter()
+        .map(|m| TreeRequest {
+            root: root.clone(),
+            path: if path.is_empty() {
+                m.clone()
+            } else {
+                format!("{path}/{m}")
+            },
+        })
+        .collect();
+    let body = StartBackup {
+        streams: Vec::new(),
+        trees,
+        parallel: a.parallel,
+        destination: a.destination.as_deref().map(location),
+        compress: None,
+        zstd_level: a.zstd_level,
+        full: false,
+        incremental: None,
+        encrypt: match (a.encrypt, a.no_encrypt) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        mode: None,
+        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        correlation_id: None,
+    };
+    let accepted: Accepted = ctx
+        .client
+        .start(&format!("{}.start", files_commands(&instance.name)), &body)
+        .await
+        .map_err(|e| {
+            e.with_flags(&[
+                ("trees", "--models"),
+                ("parallel", "--parallel"),
+                ("destination", "--destination"),
+                ("zstd_level", "--zstd-level"),
+                ("encrypt", "--encrypt"),
+                ("idempotency_key", "--idempotency-key"),
+            ])
+        })?;
+    after_accept(ctx, accepted, a.wait).await
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyModelBackupArgs {
+    /// The backup: its location (directory or URL: the newest backup there), or a backup id.
+    #[arg(long)]
+    pub backup_path: String,
+    /// Only check that every object exists (fast; reads nothing).
+    #[arg(long)]
+    pub structural: bool,
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to its end (default; --no-wait returns with the job id).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+pub async fn verify(ctx: &Ctx, a: &VerifyModelBackupArgs) -> Result<(), CliError> {
+    let (backup, source) = super::args::restore_source(&a.backup_path, None)?;
+    let body = VerifyBackup {
+        backup: if source.is_some() {
+            BackupRef::Latest
+        } else {
+            backup
+        },
+        stream: None,
+        source,
+        mode: Some(if a.structural {
+            VerifyMode::Structural
+        } else {
+            VerifyMode::Deep
+        }),
+        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        correlation_id: None,
+    };
+    let accepted: Accepted =
+        ctx.client.start(CMD_VERIFY, &body).await.map_err(|e| {
+            e.with_flags(&[("backup", "--backup-path"), ("source", "--backup-path")])
+        })?;
+    after_accept(ctx, accepted, !a.no_wait).await
+}
