@@ -43,6 +43,8 @@
           "list-gpu-models"
           "backup-gpu-models"
           "verify-model-backup"
+          "restore-gpu-model"
+          "restore-all-models"
         ];
         app = command: {
           type = "app";

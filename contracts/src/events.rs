@@ -86,6 +86,7 @@ pub enum JobEvent {
     Verify(VerifyEvent),
     Check(CheckEvent),
     Repair(RepairEvent),
+    TreeRestore(TreeRestoreEvent),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -125,6 +126,7 @@ impl JobEvent {
             JobEvent::Verify(e) => e.event_type(),
             JobEvent::Check(e) => e.event_type(),
             JobEvent::Repair(e) => e.event_type(),
+            JobEvent::TreeRestore(e) => e.event_type(),
         }
     }
 
@@ -135,6 +137,7 @@ impl JobEvent {
             JobEvent::Verify(e) => e.version(),
             JobEvent::Check(e) => e.version(),
             JobEvent::Repair(e) => e.version(),
+            JobEvent::TreeRestore(e) => e.version(),
         }
     }
 
@@ -145,6 +148,7 @@ impl JobEvent {
             JobEvent::Verify(_) => JobKind::Verify,
             JobEvent::Check(_) => JobKind::Check,
             JobEvent::Repair(_) => JobKind::Repair,
+            JobEvent::TreeRestore(_) => JobKind::TreeRestore,
         }
     }
 
@@ -155,6 +159,7 @@ impl JobEvent {
             JobEvent::Verify(e) => e.to_data(),
             JobEvent::Check(e) => e.to_data(),
             JobEvent::Repair(e) => e.to_data(),
+            JobEvent::TreeRestore(e) => e.to_data(),
         }
     }
 
@@ -172,6 +177,9 @@ impl JobEvent {
             JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, version, data)?),
             JobKind::Check => JobEvent::Check(CheckEvent::from_data(event_type, version, data)?),
             JobKind::Repair => JobEvent::Repair(RepairEvent::from_data(event_type, version, data)?),
+            JobKind::TreeRestore => {
+                JobEvent::TreeRestore(TreeRestoreEvent::from_data(event_type, version, data)?)
+            }
         })
     }
 }
@@ -617,6 +625,23 @@ pub struct BackupCompleted {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trees: Vec<crate::files::TreeSummary>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tree restore aggregate
+
+event_enum!(
+    /// Events of the `tree-restore` aggregate: file trees of a backup put back on a host.
+    TreeRestoreEvent {
+        TreeRestoreAccepted(crate::files::TreeRestoreAccepted) = 1,
+        TreeRestoreStarted(crate::files::TreeRestoreStarted) = 1,
+        TreeRestoreProgressed(crate::files::TreeRestoreProgressed) = 1,
+        TreeRestored(crate::files::TreeRestored) = 1,
+        TreeRestoreCompleted(crate::files::TreeRestoreCompleted) = 1,
+        TreeRestoreFailed(JobFailed) = 1,
+        TreeRestoreCancelRequested(CancelRequested) = 1,
+        TreeRestoreCancelled(JobCancelled) = 1,
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // Restore aggregate

@@ -148,3 +148,98 @@ pub struct LastBackup {
     pub created_at: time::OffsetDateTime,
     pub destination: String,
 }
+
+/// `cim.backup.files.<instance>.cmd.restore`: put trees of a backup back on this instance's
+/// host. Each is written beside its target, checked, then renamed into place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTrees {
+    pub backup: crate::commands::BackupRef,
+    /// Where the backup is stored (a name or URL); with `latest`: the newest backup there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What to restore, each a tree of the backup and where it goes. Empty: every tree of the
+    /// backup, each to where it was (its root and path).
+    #[serde(default)]
+    pub trees: Vec<TreePlacement>,
+    /// Replace an existing target (kept aside until the new tree is in place).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// One tree of a backup and its target: a root of the instance and a path inside it (default:
+/// where it was backed up from).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreePlacement {
+    /// The tree's name in the backup (`models/llama-3-8b`), or its last path component (a
+    /// model id) when that is unique in the backup.
+    pub tree: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A tree restore job was accepted: what goes where, decided at accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRestoreAccepted {
+    #[serde(with = "link")]
+    pub backup: Cid,
+    pub source: String,
+    pub source_url: String,
+    /// In order; each tree's name in the backup, its tree object, and its target.
+    pub trees: Vec<PlannedTree>,
+    pub overwrite: bool,
+    pub encrypted: bool,
+    pub admission: crate::events::Admission,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTree {
+    pub name: String,
+    #[serde(with = "link")]
+    pub tree: Cid,
+    pub files: u64,
+    pub bytes: u64,
+    /// The target: a root of the running instance and a path inside it.
+    pub root: String,
+    pub path: String,
+}
+
+/// The job began writing (totals from the plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRestoreStarted {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Cumulative bytes written and checked, every few seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRestoreProgressed {
+    pub bytes_done: u64,
+}
+
+/// One tree is in place, every file checked against its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRestored {
+    pub name: String,
+    /// Where it is now on the instance's host.
+    pub host_path: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// An existing tree was replaced.
+    pub replaced: bool,
+    /// It was already in place (a resumed job whose rename happened before a crash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRestoreCompleted {
+    pub trees: Vec<TreeRestored>,
+}

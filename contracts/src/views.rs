@@ -20,6 +20,9 @@ pub enum JobKind {
     Check,
     /// Restore from a point: part of a live stream replaced by a backup's records.
     Repair,
+    /// File trees of a backup put back on a host (models, checkpoints, configuration).
+    #[serde(rename = "tree-restore")]
+    TreeRestore,
 }
 
 impl JobKind {
@@ -30,6 +33,7 @@ impl JobKind {
             JobKind::Verify => "verify",
             JobKind::Check => "check",
             JobKind::Repair => "repair",
+            JobKind::TreeRestore => "tree-restore",
         }
     }
 }
@@ -49,6 +53,7 @@ impl FromStr for JobKind {
             "verify" => Ok(JobKind::Verify),
             "check" => Ok(JobKind::Check),
             "repair" => Ok(JobKind::Repair),
+            "tree-restore" => Ok(JobKind::TreeRestore),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }

@@ -600,19 +600,27 @@ mod tests {
     fn trees_are_recorded_in_order_and_completions_name_exactly_them() {
         let history = with_trees(&["models/a", "models/b"]);
         given::<BackupJob>(history.clone())
-            .when(BackupCommand::RecordTree(TreeStored { tree: tree("models/b") }))
+            .when(BackupCommand::RecordTree(TreeStored {
+                tree: tree("models/b"),
+            }))
             .then_reject_containing("models/a");
         let mut one = history.clone();
-        one.push(BackupEvent::TreeStored(TreeStored { tree: tree("models/a") }));
+        one.push(BackupEvent::TreeStored(TreeStored {
+            tree: tree("models/a"),
+        }));
         let mut done = completed(vec![]);
         done.trees = vec![tree("models/a")];
         given::<BackupJob>(one.clone())
             .when(BackupCommand::Complete(done.clone()))
             .then_reject_containing("\"models/b\" was not stored");
         let mut both = one.clone();
-        both.push(BackupEvent::TreeStored(TreeStored { tree: tree("models/b") }));
+        both.push(BackupEvent::TreeStored(TreeStored {
+            tree: tree("models/b"),
+        }));
         given::<BackupJob>(both.clone())
-            .when(BackupCommand::RecordTree(TreeStored { tree: tree("models/b") }))
+            .when(BackupCommand::RecordTree(TreeStored {
+                tree: tree("models/b"),
+            }))
             .then_reject_containing("still has to store");
         given::<BackupJob>(both.clone())
             .when(BackupCommand::Complete(done))
@@ -624,7 +632,10 @@ mod tests {
             .then_expect(vec![BackupEvent::BackupCompleted(all)]);
         let mut twice = backup_spec(&[]);
         twice.trees = vec![
-            cim_backup_contracts::files::TreeRequest { root: "m".into(), path: "x".into() };
+            cim_backup_contracts::files::TreeRequest {
+                root: "m".into(),
+                path: "x".into()
+            };
             2
         ];
         given::<BackupJob>(vec![])

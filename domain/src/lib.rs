@@ -22,6 +22,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod repair;
 pub mod restore;
+pub mod tree_restore;
 pub mod verify;
 
 #[cfg(test)]

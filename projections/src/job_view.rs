@@ -3,7 +3,7 @@
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
     BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, RepairEvent,
-    RestoreEvent, VerifyEvent,
+    RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
@@ -225,6 +225,44 @@ pub fn fold(
             RepairEvent::RepairCancelRequested(_) => next.cancel_requested = true,
             RepairEvent::RepairCancelled(_) => finish(&mut next, JobState::Cancelled, time),
         },
+        // Messages are files, objects are trees, bytes are file bytes written and checked.
+        JobEvent::TreeRestore(e) => match e {
+            TreeRestoreEvent::TreeRestoreAccepted(a) => p.objects_total = a.trees.len() as u64,
+            TreeRestoreEvent::TreeRestoreStarted(s) => {
+                next.state = JobState::Running;
+                next.started_at = Some(time);
+                p.messages_total = s.files;
+                p.bytes_total = s.bytes;
+            }
+            TreeRestoreEvent::TreeRestoreProgressed(s) => {
+                p.bytes_done = p.bytes_done.max(s.bytes_done);
+                keep_ahead(p);
+            }
+            TreeRestoreEvent::TreeRestored(t) => {
+                p.objects_done += 1;
+                p.messages_done += t.files;
+                keep_ahead(p);
+            }
+            TreeRestoreEvent::TreeRestoreCompleted(c) => {
+                p.bytes_done = c.trees.iter().map(|t| t.bytes).sum();
+                settle(p);
+                next.notes = c
+                    .trees
+                    .iter()
+                    .map(|t| match (t.already, t.replaced) {
+                        (true, _) => format!("{} was already in place at {}", t.name, t.host_path),
+                        (_, true) => format!("{} replaced the tree at {}", t.name, t.host_path),
+                        _ => format!("{} restored to {}", t.name, t.host_path),
+                    })
+                    .collect();
+                finish(&mut next, JobState::Completed, time);
+            }
+            TreeRestoreEvent::TreeRestoreFailed(f) => fail(&mut next, f, time),
+            TreeRestoreEvent::TreeRestoreCancelRequested(_) => next.cancel_requested = true,
+            TreeRestoreEvent::TreeRestoreCancelled(_) => {
+                finish(&mut next, JobState::Cancelled, time)
+            }
+        },
     }
     Ok(Fold::Updated(next))
 }
@@ -305,6 +343,16 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         ),
         JobEvent::Repair(RepairEvent::RepairAccepted(a)) => (
             format!("{} from seq {}", a.stream, a.from_seq),
+            a.source_url.clone(),
+            a.admission.instance.clone(),
+            Some(BackupId(a.backup)),
+        ),
+        JobEvent::TreeRestore(TreeRestoreEvent::TreeRestoreAccepted(a)) => (
+            a.trees
+                .iter()
+                .map(|t| format!("{} -> {}/{}", t.name, t.root, t.path))
+                .collect::<Vec<_>>()
+                .join(","),
             a.source_url.clone(),
             a.admission.instance.clone(),
             Some(BackupId(a.backup)),

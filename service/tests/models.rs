@@ -374,3 +374,197 @@ async fn a_file_backup_killed_mid_way_resumes_without_uploading_again() {
     assert_eq!(v.state, JobState::Completed, "{v:?}");
     service.stop().await;
 }
+
+fn same_file(a: &Path, b: &Path) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{} differs from {}",
+        a.display(),
+        b.display()
+    );
+}
+
+#[tokio::test]
+async fn models_restore_whole_into_place_and_never_over_one_unasked() {
+    init_tracing();
+    let s = setup_with(NatsServer::start().await, 4);
+    let service = TestService::start(s.config.clone()).await;
+    let url = s.nats.url();
+    let root = s.root.path();
+    let source = root.display().to_string();
+    let out = ok(&cli(
+        &url,
+        &["--json", "backup-gpu-models", "--source", &source, "--wait"],
+    )
+    .await);
+    let backup: Value = serde_json::from_str(&out).unwrap();
+    let backup_id = backup["backup_id"].as_str().unwrap().to_owned();
+    let location = format!("file://{}", s.archive.path().display());
+
+    // One model into another directory of the root.
+    let restored = root.join("restored");
+    let out = ok(&cli(
+        &url,
+        &[
+            "--json",
+            "restore-gpu-model",
+            "--model-id",
+            "llama-3-8b",
+            "--source",
+            &location,
+            "--destination",
+            restored.to_str().unwrap(),
+        ],
+    )
+    .await);
+    let view: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["state"], "completed", "{view}");
+    assert_eq!(view["kind"], "tree-restore");
+    for f in ["model.safetensors", "config.json"] {
+        same_file(
+            &root.join("llama-3-8b").join(f),
+            &restored.join("llama-3-8b").join(f),
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(&restored)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["llama-3-8b"],
+        "no temporary or safety copy left beside it"
+    );
+
+    // Again without --overwrite: refused before anything is written, the model untouched.
+    std::fs::write(restored.join("llama-3-8b/config.json"), b"edited").unwrap();
+    let out = cli(
+        &url,
+        &[
+            "restore-gpu-model",
+            "--model-id",
+            "llama-3-8b",
+            "--source",
+            &backup_id,
+            "--destination",
+            restored.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(restored.join("llama-3-8b/config.json")).unwrap(),
+        b"edited"
+    );
+    // With it: replaced whole.
+    ok(&cli(
+        &url,
+        &[
+            "restore-gpu-model",
+            "--model-id",
+            "llama-3-8b",
+            "--source",
+            &backup_id,
+            "--destination",
+            restored.to_str().unwrap(),
+            "--overwrite",
+        ],
+    )
+    .await);
+    same_file(
+        &root.join("llama-3-8b/config.json"),
+        &restored.join("llama-3-8b/config.json"),
+    );
+
+    // Every model of the newest backup, the runbook's way.
+    let all = root.join("all");
+    let latest = format!("{location}/latest");
+    ok(&cli(
+        &url,
+        &[
+            "restore-all-models",
+            "--source",
+            &latest,
+            "--destination",
+            all.to_str().unwrap(),
+        ],
+    )
+    .await);
+    same_file(&root.join("phi.gguf"), &all.join("phi.gguf"));
+    same_file(
+        &root.join("llama-3-8b/model.safetensors"),
+        &all.join("llama-3-8b/model.safetensors"),
+    );
+
+    // Outside the roots: a usage error naming the roots; nothing is asked of the service.
+    let out = cli(
+        &url,
+        &[
+            "restore-gpu-model",
+            "--model-id",
+            "phi.gguf",
+            "--source",
+            &backup_id,
+            "--destination",
+            "/tmp",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not inside a root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A damaged backup: the restore fails naming the file, and leaves no half model behind.
+    let pack = std::fs::read_dir(s.archive.path().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+    let broken = root.join("broken");
+    let out = cli(
+        &url,
+        &[
+            "--json",
+            "restore-gpu-model",
+            "--model-id",
+            "llama-3-8b",
+            "--source",
+            &backup_id,
+            "--destination",
+            broken.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        view["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model.safetensors"),
+        "{view}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&broken).unwrap().count(),
+        0,
+        "neither the model nor a temporary"
+    );
+    service.stop().await;
+}

@@ -184,6 +184,7 @@ async fn round_trip(store: ArchiveStore) {
         Target {
             path: &target,
             overwrite: false,
+            written: None,
             tag: "job1",
         },
         &CancellationToken::new(),
@@ -212,6 +213,7 @@ async fn round_trip(store: ArchiveStore) {
         Target {
             path: &at,
             overwrite: false,
+            written: None,
             tag: "job2",
         },
         &CancellationToken::new(),
@@ -299,6 +301,7 @@ async fn a_second_version_stores_only_what_changed() {
         Target {
             path: &out.path().join("m"),
             overwrite: false,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),
@@ -352,6 +355,7 @@ async fn a_tampered_chunk_is_named_by_file_and_chunk_and_nothing_half_restored_i
         Target {
             path: &out.path().join("llama"),
             overwrite: false,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),
@@ -394,6 +398,7 @@ async fn a_restore_never_overwrites_unasked_and_replaces_whole_when_asked() {
         Target {
             path: &target,
             overwrite: false,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),
@@ -424,6 +429,7 @@ async fn a_restore_never_overwrites_unasked_and_replaces_whole_when_asked() {
             Target {
                 path: &target,
                 overwrite: true,
+                written: None,
                 tag: "j"
             },
             &CancellationToken::new()
@@ -444,6 +450,7 @@ async fn a_restore_never_overwrites_unasked_and_replaces_whole_when_asked() {
         Target {
             path: &target,
             overwrite: true,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),
@@ -499,6 +506,7 @@ async fn links_are_kept_as_links_and_requests_cannot_leave_the_root() {
         Target {
             path: &out.path().join("m"),
             overwrite: false,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),
@@ -671,6 +679,7 @@ async fn encrypted_chunks_are_age_files_and_never_plaintext() {
         Target {
             path: &restored.path().join("cfg"),
             overwrite: false,
+            written: None,
             tag: "j",
         },
         &CancellationToken::new(),

@@ -38,7 +38,7 @@ pub fn parse<T: for<'de> serde::Deserialize<'de>>(request: &Request) -> Result<T
 const MAX_TOKEN: usize = 256;
 
 /// What every accepted command records about its request.
-pub(super) struct Intake {
+pub(crate) struct Intake {
     request_id: String,
     idempotency_key: Option<String>,
     correlation_id: Option<String>,
@@ -744,6 +744,14 @@ pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiE
         JobKind::Verify => request_cancel::<VerifyJob>(api, &cmd.job_id, reason).await?,
         JobKind::Check => request_cancel::<CheckJob>(api, &cmd.job_id, reason).await?,
         JobKind::Repair => request_cancel::<RepairJob>(api, &cmd.job_id, reason).await?,
+        JobKind::TreeRestore => {
+            request_cancel::<cim_backup_domain::tree_restore::TreeRestoreJob>(
+                api,
+                &cmd.job_id,
+                reason,
+            )
+            .await?
+        }
     };
     api.runner.cancel_local(&cmd.job_id);
     Ok(CancelAccepted {

@@ -153,3 +153,135 @@ fn list(
     }
     Ok(out)
 }
+
+/// `cim.backup.files.<instance>.cmd.restore`: plans which trees go where (refusing unknown
+/// trees, roots this instance lacks, paths that leave a root, and existing targets without
+/// `overwrite`) before anything is recorded, then starts the job.
+pub async fn restore(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError> {
+    use cim_backup_contracts::files::{PlannedTree, RestoreTrees, TreeRestoreAccepted};
+    use cim_backup_domain::tree_restore::{TreeRestoreCommand, TreeRestoreJob};
+    let cmd: RestoreTrees = parse(request)?;
+    let ctx = api.runner.context();
+    let located = super::resolve::locate(api, cmd.backup, None, cmd.source.as_deref()).await?;
+    let manifest = super::resolve::manifest_at(api, &located).await?;
+    if manifest.trees.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "backup: {} holds no file trees (it is a backup of streams: restore-events)",
+            located.backup
+        )));
+    }
+    let placements: Vec<_> = if cmd.trees.is_empty() {
+        manifest
+            .trees
+            .iter()
+            .map(|t| (t, t.root.clone(), t.path.clone()))
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for p in &cmd.trees {
+            let matching: Vec<_> = manifest
+                .trees
+                .iter()
+                .filter(|t| t.name == p.tree || t.path.rsplit('/').next() == Some(p.tree.as_str()))
+                .collect();
+            let tree = match matching.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(ApiError::not_found(format!(
+                        "trees: backup {} holds no tree {}; it holds: {}",
+                        located.backup,
+                        cim_backup_contracts::text::echo(&p.tree),
+                        manifest
+                            .trees
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "trees: {} names several trees of the backup ({}); give the full name",
+                        cim_backup_contracts::text::echo(&p.tree),
+                        matching
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            };
+            out.push((
+                tree,
+                p.root.clone().unwrap_or_else(|| tree.root.clone()),
+                p.path.clone().unwrap_or_else(|| tree.path.clone()),
+            ));
+        }
+        out
+    };
+    let mut trees = Vec::new();
+    for (tree, root, path) in placements {
+        let r = ctx.root(&root).map_err(engine_error)?;
+        if path.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "trees: {} would replace the whole root {root}; name a path inside it",
+                tree.name
+            )));
+        }
+        let target = r.resolve(&path).map_err(|e| engine_error(e.into()))?;
+        if !cmd.overwrite && std::fs::symlink_metadata(&target).is_ok() {
+            return Err(ApiError::conflict(format!(
+                "{} already exists on instance {}; nothing was written (ask for overwrite to replace it: it is kept until the restored tree is in place)",
+                target.display(),
+                ctx.instance
+            )));
+        }
+        trees.push(PlannedTree {
+            name: tree.name.clone(),
+            tree: tree.tree,
+            files: tree.files,
+            bytes: tree.bytes,
+            root,
+            path,
+        });
+    }
+    let intake = super::commands::Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(
+        api,
+        &(
+            located.backup.to_string(),
+            &located.location.url,
+            &trees,
+            cmd.overwrite,
+        ),
+    );
+    let digest = admission.request_digest.clone();
+    let spec = TreeRestoreAccepted {
+        backup: located.backup,
+        source: located.location.given,
+        source_url: located.location.url,
+        trees,
+        overwrite: cmd.overwrite,
+        encrypted: manifest.encryption.is_some(),
+        admission,
+    };
+    let (reply, job) = super::commands::accept::<TreeRestoreJob>(
+        api,
+        &intake,
+        TreeRestoreCommand::Accept(spec),
+        |s| s.spec.as_ref().map(|s| &s.admission),
+        &digest,
+    )
+    .await?;
+    if let Some(job) = job {
+        api.runner.spawn_tree_restore(job);
+    }
+    Ok(reply)
+}

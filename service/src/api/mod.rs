@@ -340,10 +340,12 @@ enum Endpoint {
     FilesStart,
     /// `cim.backup.files.<instance>.qry.models`: the models under one of its roots.
     FilesModels,
+    /// `cim.backup.files.<instance>.cmd.restore`: trees of a backup put back on its host.
+    FilesRestore,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 11] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -355,6 +357,7 @@ impl Endpoint {
         Endpoint::Backups,
         Endpoint::FilesStart,
         Endpoint::FilesModels,
+        Endpoint::FilesRestore,
     ];
 
     /// The last token of its subject.
@@ -371,6 +374,7 @@ impl Endpoint {
             Endpoint::Backups => "backups",
             Endpoint::FilesStart => "start",
             Endpoint::FilesModels => "models",
+            Endpoint::FilesRestore => "restore",
         }
     }
 
@@ -378,7 +382,9 @@ impl Endpoint {
     fn prefix(self, instance: &str) -> String {
         match self {
             Endpoint::Job | Endpoint::Jobs | Endpoint::Backups => QUERY_PREFIX.to_owned(),
-            Endpoint::FilesStart => cim_backup_contracts::subjects::files_commands(instance),
+            Endpoint::FilesStart | Endpoint::FilesRestore => {
+                cim_backup_contracts::subjects::files_commands(instance)
+            }
             Endpoint::FilesModels => cim_backup_contracts::subjects::files_queries(instance),
             _ => COMMAND_PREFIX.to_owned(),
         }
@@ -455,6 +461,15 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
                 errors,
                 subject,
                 commands::cancel(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::FilesRestore => {
+            send(
+                &request,
+                errors,
+                subject,
+                files::restore(api, &request).await,
             )
             .await
         }

@@ -12,7 +12,7 @@
 //!   (restore-events); [`jobs`] (backup-status, list-jobs, cancel-job); [`integrity`]
 //!   (check-data-integrity, find-corruption-point, replay-corrupted-events); [`repair`]
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
-//!   verify-model-backup).
+//!   verify-model-backup, restore-gpu-model, restore-all-models).
 
 pub mod args;
 pub mod backups;
@@ -117,6 +117,12 @@ pub enum Command {
     /// Check a model backup deeply: every chunk, every file's sha256, safetensors headers
     /// against file sizes (runbook: `verify-model-backup --backup-path URL`).
     VerifyModelBackup(models::VerifyModelBackupArgs),
+    /// Restore one model from a backup: written beside its target, every file checked against
+    /// its sha256, then renamed into place; an existing model only with --overwrite (runbook:
+    /// `restore-gpu-model --model-id ID --source URL --destination DIR`).
+    RestoreGpuModel(models::RestoreModelArgs),
+    /// Restore every model of a backup (runbook: `restore-all-models --source …/latest`).
+    RestoreAllModels(models::RestoreAllModelsArgs),
 }
 
 /// What every client command works with.
@@ -176,6 +182,8 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::ListGpuModels(a) => models::list(&ctx, a).await,
         Command::BackupGpuModels(a) => models::backup(&ctx, a).await,
         Command::VerifyModelBackup(a) => models::verify(&ctx, a).await,
+        Command::RestoreGpuModel(a) => models::restore_model(&ctx, a).await,
+        Command::RestoreAllModels(a) => models::restore_all_models(&ctx, a).await,
     }
 }
 

@@ -337,3 +337,175 @@ pub async fn verify(ctx: &Ctx, a: &VerifyModelBackupArgs) -> Result<(), CliError
         })?;
     after_accept(ctx, accepted, !a.no_wait).await
 }
+
+#[derive(Debug, Args)]
+pub struct RestoreModelArgs {
+    /// The model: its id (its name under the models root) or its tree name in the backup
+    /// (`models/llama-3-8b`).
+    #[arg(long)]
+    pub model_id: String,
+    /// The backup: a backup id, or a location (directory, URL, name; `…/latest` or the
+    /// location alone mean its newest backup).
+    #[arg(long)]
+    pub source: String,
+    /// The models directory on the instance's host the model goes into, as DIR/<model id>
+    /// (default: where it was backed up from).
+    #[arg(long)]
+    pub destination: Option<PathBuf>,
+    /// Replace a model already there (it is kept until the restored one is in place).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Return once the job is accepted (default: follow it to its end).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreAllModelsArgs {
+    /// The backup: a backup id, or a location (`…/latest` or the location alone mean its
+    /// newest backup).
+    #[arg(long)]
+    pub source: String,
+    /// The models directory the models go into, each as DIR/<model id> (default: where each
+    /// was backed up from).
+    #[arg(long)]
+    pub destination: Option<PathBuf>,
+    /// Replace models already there (each kept until its restored one is in place).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Return once the job is accepted (default: follow it to its end).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `--source` of a tree restore: a backup id, or a location whose newest backup is meant
+/// (`…/latest` says so explicitly, as the runbook writes it).
+fn tree_source(source: &str) -> Result<(BackupRef, Option<String>), CliError> {
+    let source = source.strip_suffix("/latest").unwrap_or(source);
+    super::args::restore_source(source, None)
+}
+
+const RESTORE_FLAGS: &[(&str, &str)] = &[
+    ("backup", "--source"),
+    ("source", "--source"),
+    ("trees", "--model-id"),
+    ("root", "--destination"),
+    ("path", "--destination"),
+    ("overwrite", "--overwrite"),
+    ("idempotency_key", "--idempotency-key"),
+];
+
+async fn restore_trees(
+    ctx: &Ctx,
+    instance: &Instance,
+    body: &cim_backup_contracts::files::RestoreTrees,
+    wait: bool,
+) -> Result<(), CliError> {
+    let accepted: Accepted = ctx
+        .client
+        .start(&format!("{}.restore", files_commands(&instance.name)), body)
+        .await
+        .map_err(|e| e.with_flags(RESTORE_FLAGS))?;
+    after_accept(ctx, accepted, wait).await
+}
+
+pub async fn restore_model(ctx: &Ctx, a: &RestoreModelArgs) -> Result<(), CliError> {
+    let instance = pick(ctx, &a.instance, MODELS_ROOT).await?;
+    let (backup, source) = tree_source(&a.source)?;
+    let id = a
+        .model_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(&a.model_id)
+        .to_owned();
+    let (root, path) = match &a.destination {
+        Some(dir) => {
+            let (root, path) = place(&instance, Some(dir), MODELS_ROOT)?;
+            (
+                Some(root),
+                Some(if path.is_empty() {
+                    id
+                } else {
+                    format!("{path}/{id}")
+                }),
+            )
+        }
+        None => (None, None),
+    };
+    let body = cim_backup_contracts::files::RestoreTrees {
+        backup,
+        source,
+        trees: vec![cim_backup_contracts::files::TreePlacement {
+            tree: a.model_id.clone(),
+            root,
+            path,
+        }],
+        overwrite: a.overwrite,
+        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        correlation_id: None,
+    };
+    restore_trees(ctx, &instance, &body, !a.no_wait).await
+}
+
+pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(), CliError> {
+    let instance = pick(ctx, &a.instance, MODELS_ROOT).await?;
+    let (backup, source) = tree_source(&a.source)?;
+    let trees = match &a.destination {
+        None => Vec::new(),
+        Some(dir) => {
+            // Each tree of the backup into DIR: the listing says which trees there are.
+            let (root, path) = place(&instance, Some(dir), MODELS_ROOT)?;
+            let query = cim_backup_contracts::commands::BackupsQuery {
+                stream: None,
+                destination: source.clone(),
+            };
+            let entries: Vec<cim_backup_contracts::views::CatalogEntry> = ctx
+                .client
+                .request(cim_backup_contracts::subjects::QRY_BACKUPS, &query)
+                .await
+                .map_err(|e| e.with_flags(RESTORE_FLAGS))?;
+            let entry = match &backup {
+                BackupRef::Id(id) => entries.iter().find(|e| &e.backup_id == id),
+                BackupRef::Latest => entries.iter().find(|e| !e.trees.is_empty()),
+            }
+            .ok_or_else(|| {
+                CliError::Usage(format!("--source {}: no backup of models there", a.source))
+            })?;
+            entry
+                .trees
+                .iter()
+                .map(|t| {
+                    let id = t.path.rsplit('/').next().unwrap_or(&t.path).to_owned();
+                    cim_backup_contracts::files::TreePlacement {
+                        tree: t.name.clone(),
+                        root: Some(root.clone()),
+                        path: Some(if path.is_empty() {
+                            id
+                        } else {
+                            format!("{path}/{id}")
+                        }),
+                    }
+                })
+                .collect()
+        }
+    };
+    let body = cim_backup_contracts::files::RestoreTrees {
+        backup,
+        source,
+        trees,
+        overwrite: a.overwrite,
+        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        correlation_id: None,
+    };
+    restore_trees(ctx, &instance, &body, !a.no_wait).await
+}

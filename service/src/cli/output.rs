@@ -100,6 +100,7 @@ fn objects_word(kind: JobKind) -> &'static str {
         JobKind::Verify => "objects",
         JobKind::Check => "streams",
         JobKind::Repair => "steps",
+        JobKind::TreeRestore => "trees",
     }
 }
 
@@ -183,6 +184,13 @@ pub fn summary(view: &JobView) -> Option<String> {
         ),
         (JobState::Completed, JobKind::Verify) => format!(
             "verified {} objects, {} records, {} in {seconds:.1} s, {}",
+            p.objects_done,
+            p.messages_done,
+            bytes(p.bytes_done),
+            mb_per_s(p.bytes_done, seconds)
+        ),
+        (JobState::Completed, JobKind::TreeRestore) => format!(
+            "restored {} trees, {} files, {} in {seconds:.1} s, every file checked against its sha256: {}",
             p.objects_done,
             p.messages_done,
             bytes(p.bytes_done),

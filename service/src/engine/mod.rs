@@ -21,6 +21,7 @@ pub mod repair;
 pub mod restore;
 pub mod runner;
 pub mod snapshot;
+pub mod tree_restore;
 pub mod trees;
 pub mod verify;
 

@@ -21,6 +21,7 @@ use cim_backup_domain::backup::BackupJob;
 use cim_backup_domain::check::CheckJob;
 use cim_backup_domain::repair::RepairJob;
 use cim_backup_domain::restore::RestoreJob;
+use cim_backup_domain::tree_restore::TreeRestoreJob;
 use cim_backup_domain::verify::VerifyJob;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -126,6 +127,14 @@ impl Runner {
         self.spawn(
             job,
             |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)),
+            Recovery::RESUME,
+        );
+    }
+
+    pub fn spawn_tree_restore(self: &Arc<Self>, job: Job<TreeRestoreJob>) {
+        self.spawn(
+            job,
+            |ctx, job, cancel| Box::pin(super::tree_restore::run(ctx, job, cancel)),
             Recovery::RESUME,
         );
     }
@@ -415,6 +424,10 @@ impl Runner {
                     .reload::<RepairJob>(&id)
                     .await
                     .map(|j| j.map(|j| self.spawn_repair(j))),
+                JobKind::TreeRestore => self
+                    .reload::<TreeRestoreJob>(&id)
+                    .await
+                    .map(|j| j.map(|j| self.spawn_tree_restore(j))),
             };
             match resumed {
                 Ok(Some(())) => tracing::info!(job = %id, %kind, "resumed unfinished job"),

@@ -93,6 +93,8 @@ pub struct Target<'a> {
     /// Names the temporary and safety copies (the job id), so a rerun of the same job finds
     /// and replaces its own leftovers.
     pub tag: &'a str,
+    /// Counts the bytes written and checked, for a job's progress.
+    pub written: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
 /// Restores `tree` to `target`.
@@ -108,6 +110,7 @@ pub async fn restore_tree(
         path: target,
         overwrite,
         tag,
+        written: counter,
     } = target;
     tree.check_paths()?;
     let shown = target.display().to_string();
@@ -132,7 +135,7 @@ pub async fn restore_tree(
     }
     let temp = parent.join(format!(".{name}.cim-restore-{tag}"));
     remove_any(&temp).map_err(|e| FilesError::io(temp.display(), e))?;
-    let written = write_all(store, keys, tree, encrypted, &temp, cancel).await;
+    let written = write_all(store, keys, tree, encrypted, &temp, counter, cancel).await;
     let restored = match written {
         Ok(r) => r,
         Err(e) => {
@@ -194,6 +197,7 @@ async fn write_all(
     tree: &TreeArchive,
     encrypted: bool,
     temp: &Path,
+    counter: Option<&std::sync::atomic::AtomicU64>,
     cancel: &CancellationToken,
 ) -> Result<Restored, FilesError> {
     let mut restored = Restored {
@@ -203,7 +207,7 @@ async fn write_all(
     };
     if tree.top == TopKind::File {
         let entry = &tree.entries[0];
-        write_file(store, keys, entry, encrypted, temp, cancel).await?;
+        write_file(store, keys, entry, encrypted, temp, counter, cancel).await?;
         restored.files = 1;
         restored.bytes = file_size(entry);
         return Ok(restored);
@@ -217,7 +221,7 @@ async fn write_all(
                 std::fs::create_dir(at(e)).map_err(|x| FilesError::io(at(e).display(), x))?
             }
             EntryKind::File { .. } => {
-                write_file(store, keys, e, encrypted, &at(e), cancel).await?;
+                write_file(store, keys, e, encrypted, &at(e), counter, cancel).await?;
                 restored.files += 1;
                 restored.bytes += file_size(e);
             }
@@ -264,6 +268,7 @@ async fn write_file(
     e: &TreeEntry,
     encrypted: bool,
     at: &Path,
+    counter: Option<&std::sync::atomic::AtomicU64>,
     cancel: &CancellationToken,
 ) -> Result<(), FilesError> {
     use std::io::Write;
@@ -293,6 +298,9 @@ async fn write_file(
         })?;
         whole.update(&chunk);
         written += chunk.len() as u64;
+        if let Some(c) = counter {
+            c.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         file.write_all(&chunk)
             .map_err(|x| FilesError::io(&shown, x))
     })
@@ -311,4 +319,27 @@ async fn write_file(
     file.set_modified(time_of(e.mtime_ns))
         .map_err(|x| FilesError::io(&shown, x))?;
     file.sync_all().map_err(|x| FilesError::io(&shown, x))
+}
+
+/// Whether `target` holds exactly `tree` as a restore leaves it: the same entries, and files
+/// with the same size, mode and mtime, links with the same target. A resumed job uses it to
+/// tell its own finished rename from someone else's tree.
+pub fn matches_tree(target: &Path, tree: &TreeArchive) -> bool {
+    let Ok(found) = super::scan::scan(target) else {
+        return false;
+    };
+    if found.entries.len() != tree.entries.len() || !found.skipped.is_empty() {
+        return false;
+    }
+    found.entries.iter().zip(&tree.entries).all(|(f, e)| {
+        f.path == e.path
+            && match (&f.found, &e.kind) {
+                (super::scan::Found::Dir, EntryKind::Dir) => f.mode == e.mode,
+                (super::scan::Found::Symlink(a), EntryKind::Symlink { target }) => a == target,
+                (super::scan::Found::File { size }, EntryKind::File { size: want, .. }) => {
+                    size == want && f.mode == e.mode && f.mtime_ns == e.mtime_ns
+                }
+                _ => false,
+            }
+    })
 }
