@@ -45,6 +45,7 @@
           "verify-model-backup"
           "restore-gpu-model"
           "restore-all-models"
+          "verify-model"
         ];
         app = command: {
           type = "app";

@@ -243,3 +243,37 @@ pub struct TreeRestored {
 pub struct TreeRestoreCompleted {
     pub trees: Vec<TreeRestored>,
 }
+
+/// `cim.backup.files.<instance>.qry.check`: is a file or tree on the instance's host what it
+/// should be? A file against `checksum` (`sha256:<hex>`, the whole file's); anything against
+/// the tree of a backup (`backup`, default: the newest backup holding `<root>/<path>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckPathQuery {
+    pub root: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::commands::BackupRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// What a path check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathChecked {
+    /// The host path checked.
+    pub host_path: String,
+    /// What it was compared with: the given checksum, or a backup's tree.
+    pub against: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// The whole file's sha256 (a single file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Every difference: a file whose sha256 or size differs, one missing, one not in the
+    /// backup, a link that points elsewhere. Empty = it matches.
+    pub differences: Vec<SkippedFile>,
+}

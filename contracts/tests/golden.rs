@@ -153,7 +153,26 @@ fn event_type_catalogue_is_stable() {
             "BackupCancelRequested",
             "BackupCancelled",
             "SnapshotTaken",
-            "SnapshotPartStored"
+            "SnapshotPartStored",
+            "TreeStored",
+            "TreeProgressed"
+        ]
+    );
+    let names: Vec<&str> = cim_backup_contracts::events::TreeRestoreEvent::TYPES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "TreeRestoreAccepted",
+            "TreeRestoreStarted",
+            "TreeRestoreProgressed",
+            "TreeRestored",
+            "TreeRestoreCompleted",
+            "TreeRestoreFailed",
+            "TreeRestoreCancelRequested",
+            "TreeRestoreCancelled"
         ]
     );
 }

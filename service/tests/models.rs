@@ -506,6 +506,78 @@ async fn models_restore_whole_into_place_and_never_over_one_unasked() {
         &all.join("llama-3-8b/model.safetensors"),
     );
 
+    // verify-model: a file against its sha256, a directory against its backup.
+    let gguf = root.join("phi.gguf");
+    let sum = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(std::fs::read(&gguf).unwrap()))
+    };
+    let said = ok(&cli(
+        &url,
+        &[
+            "verify-model",
+            "--path",
+            gguf.to_str().unwrap(),
+            "--checksum",
+            &format!("sha256:{sum}"),
+        ],
+    )
+    .await);
+    assert!(said.contains("OK"), "{said}");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = cli(
+        &url,
+        &[
+            "verify-model",
+            "--path",
+            gguf.to_str().unwrap(),
+            "--checksum",
+            &wrong,
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cli(
+        &url,
+        &[
+            "verify-model",
+            "--path",
+            gguf.to_str().unwrap(),
+            "--checksum",
+            "md5:abc",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--checksum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = root.join("llama-3-8b");
+    ok(&cli(&url, &["verify-model", "--path", model.to_str().unwrap()]).await);
+    std::fs::write(
+        model.join("config.json"),
+        b"{\"architectures\":[\"changed\"]}",
+    )
+    .unwrap();
+    let out = cli(
+        &url,
+        &["--json", "verify-model", "--path", model.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5));
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        checked["differences"][0]["path"], "config.json",
+        "{checked}"
+    );
+
     // Outside the roots: a usage error naming the roots; nothing is asked of the service.
     let out = cli(
         &url,

@@ -19,6 +19,15 @@ impl Drop for ServiceProcess {
 }
 
 pub fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Child> {
+    spawn_service_with(url, archive, &[])
+}
+
+/// The service process with more `serve` arguments (`--root models=DIR`, say).
+pub fn spawn_service_with(
+    url: &str,
+    archive: &std::path::Path,
+    extra: &[String],
+) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("cim-backup");
     anyhow::ensure!(
         bin.exists(),
@@ -35,6 +44,7 @@ pub fn spawn_service(url: &str, archive: &std::path::Path) -> anyhow::Result<Chi
             "--destination",
         ])
         .arg(format!("file://{}", archive.display()))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?)

@@ -285,3 +285,200 @@ pub async fn restore(
     }
     Ok(reply)
 }
+
+/// `cim.backup.files.<instance>.qry.check`: a file against a checksum, or a file or tree
+/// against the tree a backup holds of it. Reads only inside the named root.
+pub async fn check(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::files::PathChecked, ApiError> {
+    use cim_backup_contracts::files::{CheckPathQuery, PathChecked};
+    let q: CheckPathQuery = parse(request)?;
+    let ctx = api.runner.context();
+    let root = ctx.root(&q.root).map_err(engine_error)?;
+    let host = root.resolve(&q.path).map_err(|e| engine_error(e.into()))?;
+    let meta = std::fs::symlink_metadata(&host).map_err(|_| {
+        ApiError::not_found(format!(
+            "{} does not exist on instance {}",
+            host.display(),
+            ctx.instance
+        ))
+    })?;
+    let name = if q.path.is_empty() {
+        q.root.clone()
+    } else {
+        format!("{}/{}", q.root, q.path)
+    };
+    if let Some(checksum) = &q.checksum {
+        let want = checksum
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "checksum: {} is not sha256:<64 hex digits>",
+                    cim_backup_contracts::text::echo(checksum)
+                ))
+            })?
+            .to_ascii_lowercase();
+        if !meta.is_file() {
+            return Err(ApiError::bad_request(format!(
+                "checksum: {} is a directory; a directory is checked against its backup (leave checksum out)",
+                host.display()
+            )));
+        }
+        let path = host.clone();
+        let got = tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .map_err(|e| ApiError::internal(format!("hashing stopped: {e}")))?
+            .map_err(|e| ApiError::internal(format!("{}: {e}", host.display())))?;
+        let differences = if got == want {
+            Vec::new()
+        } else {
+            vec![cim_backup_contracts::files::SkippedFile {
+                path: String::new(),
+                reason: format!("sha256 is {got}, expected {want}"),
+            }]
+        };
+        return Ok(PathChecked {
+            host_path: host.display().to_string(),
+            against: format!("sha256:{want}"),
+            files: 1,
+            bytes: meta.len(),
+            sha256: Some(got),
+            differences,
+        });
+    }
+    // Against a backup's tree of it.
+    let (backup, location, summary) = match (&q.backup, &q.source) {
+        (None, None) => {
+            let catalog = api.views.catalog().await?;
+            let newest = catalog
+                .iter()
+                .filter_map(|e| {
+                    e.trees
+                        .iter()
+                        .find(|t| t.name == name && t.instance == ctx.instance)
+                        .map(|t| (e, t))
+                })
+                .max_by_key(|(e, _)| e.created_at)
+                .ok_or_else(|| ApiError::not_found(format!(
+                    "no backup of {name} from instance {} in the catalog; give a checksum, or the backup and its source",
+                    ctx.instance
+                )))?;
+            (
+                newest.0.backup_id.0,
+                newest.0.destination.clone(),
+                newest.1.clone(),
+            )
+        }
+        (&backup, source) => {
+            let located = super::resolve::locate(
+                api,
+                backup.unwrap_or(cim_backup_contracts::commands::BackupRef::Latest),
+                None,
+                source.as_deref(),
+            )
+            .await?;
+            let manifest = super::resolve::manifest_at(api, &located).await?;
+            let tree = manifest
+                .trees
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("backup {} holds no tree {name}", located.backup))
+                })?;
+            (located.backup, located.location.url, tree)
+        }
+    };
+    let store = ctx.destinations.open(&location)?;
+    let tree = crate::archive::files::tree::get_tree(&store, &summary.tree).await?;
+    let path = host.clone();
+    let differences = tokio::task::spawn_blocking(move || compare(&path, &tree))
+        .await
+        .map_err(|e| ApiError::internal(format!("comparing stopped: {e}")))?;
+    Ok(PathChecked {
+        host_path: host.display().to_string(),
+        against: format!("backup {backup} ({name})"),
+        files: summary.files,
+        bytes: summary.bytes,
+        sha256: None,
+        differences,
+    })
+}
+
+fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Every difference between the tree on disk at `top` and `tree`: sizes and whole-file sha256
+/// of files, link targets, entries missing on either side.
+fn compare(
+    top: &std::path::Path,
+    tree: &crate::archive::files::TreeArchive,
+) -> Vec<cim_backup_contracts::files::SkippedFile> {
+    use crate::archive::files::EntryKind;
+    let diff = |path: &str, reason: String| cim_backup_contracts::files::SkippedFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let on_disk = match scan::scan(top) {
+        Ok(s) => s,
+        Err(e) => return vec![diff("", e.to_string())],
+    };
+    let found: BTreeMap<&str, &scan::ScannedEntry> = on_disk
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let mut out = Vec::new();
+    for e in &tree.entries {
+        let Some(f) = found.get(e.path.as_str()) else {
+            out.push(diff(&e.path, "missing".into()));
+            continue;
+        };
+        match (&e.kind, &f.found) {
+            (EntryKind::Dir, Found::Dir) => {}
+            (EntryKind::Symlink { target }, Found::Symlink(t)) if t == target => {}
+            (EntryKind::Symlink { target }, Found::Symlink(t)) => out.push(diff(
+                &e.path,
+                format!("links to {t}, the backup has {target}"),
+            )),
+            (EntryKind::File { size, sha256, .. }, Found::File { size: got }) => {
+                if got != size {
+                    out.push(diff(&e.path, format!("{got} bytes, the backup has {size}")));
+                    continue;
+                }
+                match sha256_file(&f.abs) {
+                    Ok(h) if &h == sha256 => {}
+                    Ok(h) => out.push(diff(
+                        &e.path,
+                        format!("sha256 is {h}, the backup has {sha256}"),
+                    )),
+                    Err(x) => out.push(diff(&e.path, format!("unreadable: {x}"))),
+                }
+            }
+            _ => out.push(diff(&e.path, "of another kind than in the backup".into())),
+        }
+    }
+    let known: std::collections::HashSet<&str> =
+        tree.entries.iter().map(|e| e.path.as_str()).collect();
+    for e in &on_disk.entries {
+        if !known.contains(e.path.as_str()) {
+            out.push(diff(&e.path, "not in the backup".into()));
+        }
+    }
+    out
+}

@@ -342,10 +342,12 @@ enum Endpoint {
     FilesModels,
     /// `cim.backup.files.<instance>.cmd.restore`: trees of a backup put back on its host.
     FilesRestore,
+    /// `cim.backup.files.<instance>.qry.check`: a file or tree against a checksum or backup.
+    FilesCheck,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 12] = [
+    const ALL: [Endpoint; 13] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -358,6 +360,7 @@ impl Endpoint {
         Endpoint::FilesStart,
         Endpoint::FilesModels,
         Endpoint::FilesRestore,
+        Endpoint::FilesCheck,
     ];
 
     /// The last token of its subject.
@@ -375,6 +378,7 @@ impl Endpoint {
             Endpoint::FilesStart => "start",
             Endpoint::FilesModels => "models",
             Endpoint::FilesRestore => "restore",
+            Endpoint::FilesCheck => "check",
         }
     }
 
@@ -385,7 +389,9 @@ impl Endpoint {
             Endpoint::FilesStart | Endpoint::FilesRestore => {
                 cim_backup_contracts::subjects::files_commands(instance)
             }
-            Endpoint::FilesModels => cim_backup_contracts::subjects::files_queries(instance),
+            Endpoint::FilesModels | Endpoint::FilesCheck => {
+                cim_backup_contracts::subjects::files_queries(instance)
+            }
             _ => COMMAND_PREFIX.to_owned(),
         }
     }
@@ -472,6 +478,9 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
                 files::restore(api, &request).await,
             )
             .await
+        }
+        Endpoint::FilesCheck => {
+            send(&request, errors, subject, files::check(api, &request).await).await
         }
         Endpoint::FilesModels => {
             send(

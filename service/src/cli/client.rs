@@ -279,16 +279,42 @@ impl Client {
         subject: &str,
         body: &impl Serialize,
     ) -> Result<serde_json::Value, CliError> {
+        self.request_json_within(subject, body, self.timeout).await
+    }
+
+    /// A request whose answer takes long to compute (hashing a model): waits at least `at_least`.
+    pub async fn request_slow<R: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: &impl Serialize,
+        at_least: Duration,
+    ) -> Result<R, CliError> {
+        let value = self
+            .request_json_within(subject, body, self.timeout.max(at_least))
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|e| CliError::Unavailable(format!("unexpected reply on {subject}: {e}")))
+    }
+
+    async fn request_json_within(
+        &self,
+        subject: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CliError> {
         let payload = serde_json::to_vec(body).expect("requests serialize");
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout));
         let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats.request(subject.to_owned(), payload.into()),
+            timeout + Duration::from_secs(1),
+            self.nats.send_request(subject.to_owned(), request),
         )
         .await
         .map_err(|_| {
             CliError::Unavailable(format!(
                 "no reply on {subject} within {} s (--timeout)",
-                self.timeout.as_secs()
+                timeout.as_secs()
             ))
         })?
         .map_err(|e| match e.kind() {
@@ -298,7 +324,7 @@ impl Client {
             )),
             async_nats::RequestErrorKind::TimedOut => CliError::Unavailable(format!(
                 "no reply on {subject} within {} s (--timeout)",
-                self.timeout.as_secs()
+                timeout.as_secs()
             )),
             _ => CliError::Unavailable(format!("request on {subject} failed: {e}")),
         })?;

@@ -12,7 +12,7 @@
 //!   (restore-events); [`jobs`] (backup-status, list-jobs, cancel-job); [`integrity`]
 //!   (check-data-integrity, find-corruption-point, replay-corrupted-events); [`repair`]
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
-//!   verify-model-backup, restore-gpu-model, restore-all-models).
+//!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model).
 
 pub mod args;
 pub mod backups;
@@ -123,6 +123,10 @@ pub enum Command {
     RestoreGpuModel(models::RestoreModelArgs),
     /// Restore every model of a backup (runbook: `restore-all-models --source …/latest`).
     RestoreAllModels(models::RestoreAllModelsArgs),
+    /// Check a model on its host: a file against --checksum sha256:HEX (the whole file's), or a
+    /// file or directory against its backup; exit 5 on a mismatch (runbook: `verify-model --path
+    /// P --checksum sha256:…`).
+    VerifyModel(models::VerifyModelArgs),
 }
 
 /// What every client command works with.
@@ -184,6 +188,7 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::VerifyModelBackup(a) => models::verify(&ctx, a).await,
         Command::RestoreGpuModel(a) => models::restore_model(&ctx, a).await,
         Command::RestoreAllModels(a) => models::restore_all_models(&ctx, a).await,
+        Command::VerifyModel(a) => models::verify_model(&ctx, a).await,
     }
 }
 

@@ -509,3 +509,124 @@ pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(
     };
     restore_trees(ctx, &instance, &body, !a.no_wait).await
 }
+
+#[derive(Debug, Args)]
+pub struct VerifyModelArgs {
+    /// The model on the instance's host: a file or directory inside one of its roots.
+    #[arg(long)]
+    pub path: PathBuf,
+    /// The whole file's expected sha256, as sha256:HEX (a file only). Without it the model is
+    /// checked against its backup.
+    #[arg(long)]
+    pub checksum: Option<String>,
+    /// The backup to check against (default: the newest backup of this model in the catalog).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Where that backup is stored (a name, directory or URL).
+    #[arg(long)]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+/// How long hashing a model may take before the CLI stops waiting.
+const HASHING_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+pub async fn verify_model(ctx: &Ctx, a: &VerifyModelArgs) -> Result<(), CliError> {
+    let all = ctx.client.instances().await?;
+    let instance = match &a.instance.instance {
+        Some(_) => pick(ctx, &a.instance, MODELS_ROOT).await?,
+        // The root is whichever of the instance's roots holds --path.
+        None => {
+            let here = crate::config::host_name();
+            let holder = |i: &&Instance| {
+                let p = std::path::absolute(&a.path).unwrap_or_default();
+                i.roots.iter().any(|r| p.starts_with(&r.path))
+            };
+            all.iter()
+                .filter(holder)
+                .find(|i| i.host == here)
+                .or_else(|| all.iter().find(holder))
+                .cloned()
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--path {}: no instance serves a root that holds it",
+                        a.path.display()
+                    ))
+                })?
+        }
+    };
+    let (root, path) = place(&instance, Some(&a.path), MODELS_ROOT)?;
+    let backup = a
+        .backup
+        .as_deref()
+        .map(|b| {
+            b.parse::<BackupRef>()
+                .map_err(|e| CliError::Usage(format!("--backup: {e}")))
+        })
+        .transpose()?;
+    let query = cim_backup_contracts::files::CheckPathQuery {
+        root,
+        path,
+        checksum: a.checksum.clone(),
+        backup,
+        source: a.source.as_deref().map(location),
+    };
+    let checked: cim_backup_contracts::files::PathChecked = ctx
+        .client
+        .request_slow(
+            &format!("{}.check", files_queries(&instance.name)),
+            &query,
+            HASHING_FOR,
+        )
+        .await
+        .map_err(|e| {
+            e.with_flags(&[
+                ("checksum", "--checksum"),
+                ("backup", "--backup"),
+                ("source", "--source"),
+                ("root", "--path"),
+                ("path", "--path"),
+            ])
+        })?;
+    if ctx.json {
+        output::json(&checked);
+    } else {
+        match checked.differences.is_empty() {
+            true => println!(
+                "{}: OK - {} file(s), {} match {}",
+                checked.host_path,
+                checked.files,
+                output::bytes(checked.bytes),
+                checked.against
+            ),
+            false => {
+                println!(
+                    "{}: MISMATCH - {} difference(s) from {}",
+                    checked.host_path,
+                    checked.differences.len(),
+                    checked.against
+                );
+                for d in &checked.differences {
+                    println!(
+                        "    {}: {}",
+                        if d.path.is_empty() {
+                            "(the file)"
+                        } else {
+                            &d.path
+                        },
+                        d.reason
+                    );
+                }
+            }
+        }
+    }
+    if checked.differences.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Corrupted(format!(
+            "{} does not match {}",
+            checked.host_path, checked.against
+        )))
+    }
+}
