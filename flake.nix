@@ -46,6 +46,8 @@
           "restore-gpu-model"
           "restore-all-models"
           "verify-model"
+          "backup-checkpoint"
+          "restore-checkpoint"
         ];
         app = command: {
           type = "app";

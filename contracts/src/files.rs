@@ -14,6 +14,10 @@ pub struct TreeRequest {
     pub root: String,
     #[serde(default)]
     pub path: String,
+    /// Only complete files: one that a process has open for writing, or that was modified in
+    /// the last seconds, is left out with a note (training checkpoints being written).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub complete_only: bool,
 }
 
 impl TreeRequest {

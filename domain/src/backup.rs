@@ -583,6 +583,7 @@ mod tests {
             .map(|n| {
                 let (root, path) = n.split_once('/').unwrap_or((n, ""));
                 cim_backup_contracts::files::TreeRequest {
+                    complete_only: false,
                     root: root.into(),
                     path: path.into(),
                 }
@@ -634,7 +635,8 @@ mod tests {
         twice.trees = vec![
             cim_backup_contracts::files::TreeRequest {
                 root: "m".into(),
-                path: "x".into()
+                path: "x".into(),
+                complete_only: false,
             };
             2
         ];

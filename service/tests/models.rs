@@ -640,3 +640,151 @@ async fn models_restore_whole_into_place_and_never_over_one_unasked() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn checkpoints_are_backed_up_only_when_complete_and_restored_for_training() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let ckpt = tempfile::tempdir().unwrap();
+    let run = ckpt.path().join("run-7");
+    std::fs::create_dir(&run).unwrap();
+    let done = run.join("step-100.ckpt");
+    std::fs::write(&done, noise(3 << 20, 5)).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&done)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let busy = run.join("step-200.ckpt");
+    let mut writer = std::fs::File::create(&busy).unwrap();
+    std::io::Write::write_all(&mut writer, &noise(1 << 20, 6)).unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), archive.path(), "gpu-1");
+    config
+        .files
+        .roots
+        .insert("checkpoints".into(), ckpt.path().to_owned());
+    let service = TestService::start(config).await;
+    let url = nats.url();
+
+    ok(&cli(
+        &url,
+        &[
+            "backup-checkpoint",
+            "--file",
+            done.to_str().unwrap(),
+            "--compress",
+        ],
+    )
+    .await);
+    let out = cli(
+        &url,
+        &["backup-checkpoint", "--file", busy.to_str().unwrap()],
+    )
+    .await;
+    ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("left out") && said.contains("open for writing"),
+        "{said}"
+    );
+    drop(writer);
+    let entries: Value =
+        serde_json::from_str(&ok(&cli(&url, &["--json", "list-backups"]).await)).unwrap();
+    let busy_entry = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["trees"][0]["name"] == "checkpoints/run-7/step-200.ckpt")
+        .unwrap();
+    assert_eq!(
+        busy_entry["trees"][0]["files"], 0,
+        "never stored half-written: {busy_entry}"
+    );
+
+    // Restored where it was, after it was lost.
+    let original = std::fs::read(&done).unwrap();
+    std::fs::remove_file(&done).unwrap();
+    let out = ok(&cli(
+        &url,
+        &[
+            "restore-checkpoint",
+            "--checkpoint-id",
+            "step-100.ckpt",
+            "--resume-training",
+        ],
+    )
+    .await);
+    assert!(
+        out.contains("no training agent answered on cim.training.resume"),
+        "{out}"
+    );
+    assert!(std::fs::read(&done).unwrap() == original);
+
+    // Into another directory, with a training agent listening.
+    let agent = async_nats::connect(&url).await.unwrap();
+    let mut asks = agent.subscribe("cim.training.resume").await.unwrap();
+    let answering = tokio::spawn(async move {
+        use futures::StreamExt;
+        let ask = asks.next().await.unwrap();
+        let body: Value = serde_json::from_slice(&ask.payload).unwrap();
+        agent
+            .publish(ask.reply.unwrap(), "resuming".into())
+            .await
+            .unwrap();
+        agent.flush().await.unwrap();
+        body
+    });
+    let into = ckpt.path().join("restored");
+    let out = ok(&cli(
+        &url,
+        &[
+            "restore-checkpoint",
+            "--checkpoint-id",
+            "checkpoints/run-7/step-100.ckpt",
+            "--destination",
+            into.to_str().unwrap(),
+            "--resume-training",
+        ],
+    )
+    .await);
+    assert!(
+        out.contains("training agent answered on cim.training.resume: resuming"),
+        "{out}"
+    );
+    let asked = answering.await.unwrap();
+    assert_eq!(
+        asked["path"],
+        into.join("step-100.ckpt").to_str().unwrap(),
+        "{asked}"
+    );
+    assert!(std::fs::read(into.join("step-100.ckpt")).unwrap() == original);
+
+    // The one left out cannot be restored, and says why.
+    let out = cli(
+        &url,
+        &[
+            "restore-checkpoint",
+            "--checkpoint-id",
+            "step-200.ckpt",
+            "--destination",
+            into.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused before a job: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("left out when backed up"), "{said}");
+    service.stop().await;
+}

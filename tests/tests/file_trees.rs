@@ -90,6 +90,7 @@ fn source(root: &Path, path: &str) -> TreeSource {
         root: Root::new("models", root).unwrap(),
         path: path.into(),
         instance: "node-a".into(),
+        complete_only: false,
     }
 }
 

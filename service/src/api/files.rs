@@ -165,7 +165,35 @@ pub async fn restore(
     use cim_backup_domain::tree_restore::{TreeRestoreCommand, TreeRestoreJob};
     let cmd: RestoreTrees = parse(request)?;
     let ctx = api.runner.context();
-    let located = super::resolve::locate(api, cmd.backup, None, cmd.source.as_deref()).await?;
+    let located = match (cmd.backup, cmd.source.as_deref(), cmd.trees.first()) {
+        // The newest backup in the catalog that holds the (first) named tree.
+        (cim_backup_contracts::commands::BackupRef::Latest, None, Some(first)) => {
+            let catalog = api.views.catalog().await?;
+            let entry = catalog
+                .into_iter()
+                .filter(|e| {
+                    e.trees.iter().any(|t| {
+                        t.name == first.tree
+                            || t.path.rsplit('/').next() == Some(first.tree.as_str())
+                    })
+                })
+                .max_by_key(|e| e.created_at)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no backup in the catalog holds {}; name the backup or its source",
+                        cim_backup_contracts::text::echo(&first.tree)
+                    ))
+                })?;
+            super::resolve::Located {
+                backup: entry.backup_id.0,
+                location: crate::destination::Resolved {
+                    given: entry.destination.clone(),
+                    url: entry.destination,
+                },
+            }
+        }
+        (backup, source, _) => super::resolve::locate(api, backup, None, source).await?,
+    };
     let manifest = super::resolve::manifest_at(api, &located).await?;
     if manifest.trees.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -224,6 +252,14 @@ pub async fn restore(
     };
     let mut trees = Vec::new();
     for (tree, root, path) in placements {
+        if tree.top == "file" && tree.files == 0 {
+            return Err(ApiError::not_found(format!(
+                "{}: backup {} holds no copy of it: it was left out when backed up ({})",
+                tree.name,
+                located.backup,
+                tree.skipped.first().map_or("", |s| s.reason.as_str())
+            )));
+        }
         let r = ctx.root(&root).map_err(engine_error)?;
         if path.is_empty() {
             return Err(ApiError::bad_request(format!(

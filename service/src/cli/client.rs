@@ -204,6 +204,29 @@ impl Client {
         })
     }
 
+    /// A request to someone other than the service (a training agent): its reply as text, or
+    /// why there was none (no responders, no answer within `wait`).
+    pub async fn ask(
+        &self,
+        subject: &str,
+        body: &serde_json::Value,
+        wait: Duration,
+    ) -> Result<String, String> {
+        let request = async_nats::Request::new()
+            .payload(serde_json::to_vec(body).expect("json").into())
+            .timeout(Some(wait));
+        match self.nats.send_request(subject.to_owned(), request).await {
+            Ok(reply) => Ok(String::from_utf8_lossy(&reply.payload).into_owned()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err("no responders".into())
+            }
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                Err(format!("no answer within {} s", wait.as_secs()))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The running service instances, with their hosts and roots (what `$SRV.PING` answers).
     pub async fn instances(&self) -> Result<Vec<Instance>, CliError> {
         use futures::StreamExt;

@@ -12,10 +12,12 @@
 //!   (restore-events); [`jobs`] (backup-status, list-jobs, cancel-job); [`integrity`]
 //!   (check-data-integrity, find-corruption-point, replay-corrupted-events); [`repair`]
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
-//!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model).
+//!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model);
+//!   [`checkpoints`] (backup-checkpoint, restore-checkpoint).
 
 pub mod args;
 pub mod backups;
+pub mod checkpoints;
 pub mod client;
 pub mod follow;
 pub mod integrity;
@@ -127,6 +129,12 @@ pub enum Command {
     /// file or directory against its backup; exit 5 on a mismatch (runbook: `verify-model --path
     /// P --checksum sha256:…`).
     VerifyModel(models::VerifyModelArgs),
+    /// Back up one training checkpoint (runbook: `backup-checkpoint --file F --compress`); a
+    /// file still being written is left out with a note.
+    BackupCheckpoint(checkpoints::BackupCheckpointArgs),
+    /// Restore a checkpoint to its original path or --destination; --resume-training then asks
+    /// the training agent on cim.training.resume and says whether anyone answered.
+    RestoreCheckpoint(checkpoints::RestoreCheckpointArgs),
 }
 
 /// What every client command works with.
@@ -189,6 +197,8 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::RestoreGpuModel(a) => models::restore_model(&ctx, a).await,
         Command::RestoreAllModels(a) => models::restore_all_models(&ctx, a).await,
         Command::VerifyModel(a) => models::verify_model(&ctx, a).await,
+        Command::BackupCheckpoint(a) => checkpoints::backup(&ctx, a).await,
+        Command::RestoreCheckpoint(a) => checkpoints::restore(&ctx, a).await,
     }
 }
 

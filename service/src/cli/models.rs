@@ -254,6 +254,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
     let trees = models
         .iter()
         .map(|m| TreeRequest {
+            complete_only: false,
             root: root.clone(),
             path: if path.is_empty() {
                 m.clone()
@@ -532,30 +533,43 @@ pub struct VerifyModelArgs {
 /// How long hashing a model may take before the CLI stops waiting.
 const HASHING_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
-pub async fn verify_model(ctx: &Ctx, a: &VerifyModelArgs) -> Result<(), CliError> {
+/// The instance whose root holds `path` (`--instance` if given; else the one on this host).
+pub async fn pick_for_path(ctx: &Ctx, a: &InstanceArgs, path: &Path) -> Result<Instance, CliError> {
     let all = ctx.client.instances().await?;
-    let instance = match &a.instance.instance {
-        Some(_) => pick(ctx, &a.instance, MODELS_ROOT).await?,
-        // The root is whichever of the instance's roots holds --path.
-        None => {
-            let here = crate::config::host_name();
-            let holder = |i: &&Instance| {
-                let p = std::path::absolute(&a.path).unwrap_or_default();
-                i.roots.iter().any(|r| p.starts_with(&r.path))
-            };
-            all.iter()
-                .filter(holder)
-                .find(|i| i.host == here)
-                .or_else(|| all.iter().find(holder))
-                .cloned()
-                .ok_or_else(|| {
-                    CliError::Usage(format!(
-                        "--path {}: no instance serves a root that holds it",
-                        a.path.display()
-                    ))
-                })?
-        }
-    };
+    if let Some(name) = &a.instance {
+        return all
+            .iter()
+            .find(|i| &i.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                CliError::Usage(format!("--instance {name}: no such instance answers"))
+            });
+    }
+    let p = std::path::absolute(path).unwrap_or_default();
+    let here = crate::config::host_name();
+    let holder = |i: &&Instance| i.roots.iter().any(|r| p.starts_with(&r.path));
+    all.iter()
+        .filter(holder)
+        .find(|i| i.host == here)
+        .or_else(|| all.iter().find(holder))
+        .cloned()
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{}: no instance serves a root that holds it (roots: {})",
+                path.display(),
+                all.iter()
+                    .flat_map(|i| i
+                        .roots
+                        .iter()
+                        .map(move |r| format!("{}:{}={}", i.name, r.name, r.path)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+pub async fn verify_model(ctx: &Ctx, a: &VerifyModelArgs) -> Result<(), CliError> {
+    let instance = pick_for_path(ctx, &a.instance, &a.path).await?;
     let (root, path) = place(&instance, Some(&a.path), MODELS_ROOT)?;
     let backup = a
         .backup

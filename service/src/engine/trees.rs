@@ -59,6 +59,7 @@ pub fn source(ctx: &Context, tree: &TreeRequest) -> Result<TreeSource, EngineErr
         root,
         path: tree.path.clone(),
         instance: ctx.instance.clone(),
+        complete_only: tree.complete_only,
     })
 }
 

@@ -49,6 +49,8 @@ pub struct TreeSource {
     /// Inside the root; empty for the whole root.
     pub path: String,
     pub instance: String,
+    /// Leave out files still being written ([`super::busy`]).
+    pub complete_only: bool,
 }
 
 impl TreeSource {
@@ -155,9 +157,13 @@ impl FileBackup {
                 let claims = self.claims.clone();
                 let counters = self.counters.clone();
                 let cancel = cancel.clone();
+                let complete_only = source.complete_only;
                 async move {
                     let shown = abs.display().to_string();
                     let read = tokio::task::spawn_blocking(move || {
+                        if complete_only && let Some(why) = super::busy::still_being_written(&abs) {
+                            return Ok(FileRead::Skipped(why));
+                        }
                         read_file(&abs, &tx, &claims, &counters, &cancel)
                     })
                     .await

@@ -18,6 +18,7 @@
 
 pub mod backup;
 pub mod blob;
+pub mod busy;
 pub mod chunker;
 pub mod error;
 pub mod formats;

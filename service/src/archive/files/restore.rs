@@ -114,6 +114,13 @@ pub async fn restore_tree(
     } = target;
     tree.check_paths()?;
     let shown = target.display().to_string();
+    if tree.top == TopKind::File && tree.entries.is_empty() {
+        let why = tree.skipped.first().map_or("", |s| s.reason.as_str());
+        return Err(FilesError::refused(
+            &tree.name,
+            format!("the backup holds no copy of it: it was left out when backed up ({why})"),
+        ));
+    }
     let (parent, name) = match (target.parent(), target.file_name().and_then(|n| n.to_str())) {
         (Some(p), Some(n)) => (p.to_owned(), n.to_owned()),
         _ => {
