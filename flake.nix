@@ -48,6 +48,8 @@
           "verify-model"
           "backup-checkpoint"
           "restore-checkpoint"
+          "backup-prometheus"
+          "restore-prometheus"
         ];
         app = command: {
           type = "app";

@@ -18,6 +18,25 @@ pub struct TreeRequest {
     /// the last seconds, is left out with a note (training checkpoints being written).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub complete_only: bool,
+    /// Remove the tree from the host once it is stored: set by the service for the Prometheus
+    /// snapshot it took (refused from a client).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_after: bool,
+}
+
+/// `cim.backup.files.<instance>.cmd.prometheus`: snapshot the configured Prometheus
+/// (`[prometheus]`), back the snapshot up as a tree, then remove it from the server's disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusBackup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl TreeRequest {

@@ -584,6 +584,7 @@ mod tests {
                 let (root, path) = n.split_once('/').unwrap_or((n, ""));
                 cim_backup_contracts::files::TreeRequest {
                     complete_only: false,
+                    remove_after: false,
                     root: root.into(),
                     path: path.into(),
                 }
@@ -637,6 +638,7 @@ mod tests {
                 root: "m".into(),
                 path: "x".into(),
                 complete_only: false,
+                remove_after: false,
             };
             2
         ];

@@ -94,6 +94,19 @@ pub fn fold(
             // object itself is written after it.
             BackupEvent::TreeStored(t) => {
                 next.stored_bytes += t.tree.tree_bytes;
+                // A file left out is said where the operator looks: the job's view.
+                for s in &t.tree.skipped {
+                    next.notes.push(format!(
+                        "{}: {} left out: {}",
+                        t.tree.name,
+                        if s.path.is_empty() {
+                            "the file"
+                        } else {
+                            s.path.as_str()
+                        },
+                        s.reason
+                    ));
+                }
                 p.objects_done += 1;
                 keep_ahead(p);
             }

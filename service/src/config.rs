@@ -37,6 +37,10 @@
 //! models = "/var/lib/cim/models"
 //! checkpoints = "/var/lib/cim/checkpoints"
 //!
+//! [prometheus]                        # what backup-prometheus snapshots
+//! url = "http://127.0.0.1:9090"       # with --web.enable-admin-api
+//! data_dir = "/var/lib/prometheus/metrics2"   # inside a [files.roots] entry
+//!
 //! [integrity.streams.EVENTS]          # how checks walk this stream (docs/INTEGRITY.md)
 //! profile = "cim-ipld"                # native | cim-ipld | x-cid-headers | link-only
 //! chain_by = { subject_token = 1 }    # or { field = "aggregate_id" }, or "stream"
@@ -78,6 +82,19 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     #[serde(default)]
     pub files: FilesConfig,
+    #[serde(default)]
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+/// `[prometheus]`: the server `backup-prometheus` snapshots. Its data directory must be inside
+/// one of `[files.roots]` (the snapshot is read there, and removed once stored).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `http://host:port` of the server (its admin API must be on: --web.enable-admin-api).
+    pub url: String,
+    /// Its `--storage.tsdb.path`.
+    pub data_dir: PathBuf,
 }
 
 /// `[files]`: the file-system roots this instance serves. A file request names a root and a
@@ -372,6 +389,14 @@ impl Config {
                     dir.display()
                 )));
             }
+        }
+        if let Some(p) = &self.prometheus
+            && !p.data_dir.is_absolute()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "prometheus.data_dir: {} is not an absolute path",
+                p.data_dir.display()
+            )));
         }
         if self.defaults.upload_concurrency == 0 {
             return Err(ConfigError::Invalid(

@@ -123,6 +123,16 @@ impl Destinations {
                 .filter(|u| u.scheme() == "file")
                 .filter_map(|u| u.to_file_path().ok()),
         );
+        // The default destination given as a URL (`serve --destination file:///dir`) is
+        // declared as much as a named one.
+        roots.extend(
+            default
+                .as_deref()
+                .filter(|d| d.starts_with("file://"))
+                .and_then(|d| url::Url::parse(d).ok())
+                .and_then(|u| u.to_file_path().ok())
+                .map(|p| lexical(&p)),
+        );
         Destinations {
             named,
             default,

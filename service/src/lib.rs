@@ -28,3 +28,4 @@ pub mod jsapi;
 pub mod keys;
 pub mod lookup;
 pub mod projector;
+pub mod prometheus;

@@ -15,6 +15,21 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    // `cim-backup list-backups | head`: stdout closed early ends the process quietly, as any
+    // Unix tool does, instead of a panic report about a broken pipe.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let said = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if said.contains("failed printing to stdout") && said.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = cim_backup::cli::Cli::parse();
     std::process::ExitCode::from(cim_backup::cli::run(cli).await)
 }

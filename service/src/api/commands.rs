@@ -197,6 +197,21 @@ pub enum Trees {
 
 pub async fn start(api: &Api, request: &Request, trees: Trees) -> Result<Accepted, ApiError> {
     let cmd: StartBackup = parse(request)?;
+    if cmd.trees.iter().any(|t| t.remove_after) {
+        return Err(ApiError::bad_request(
+            "trees: remove_after is set by the service for the snapshots it takes (backup-prometheus), never by a request",
+        ));
+    }
+    start_command(api, request, cmd, trees).await
+}
+
+/// A start whose body is parsed (or built by the service, as backup-prometheus builds its own).
+pub async fn start_command(
+    api: &Api,
+    request: &Request,
+    cmd: StartBackup,
+    trees: Trees,
+) -> Result<Accepted, ApiError> {
     let ctx = api.runner.context();
     if trees == Trees::Refused && !cmd.trees.is_empty() {
         return Err(ApiError::bad_request(format!(

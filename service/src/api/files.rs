@@ -192,6 +192,47 @@ pub async fn restore(
                 },
             }
         }
+        // The newest backup in that location holding the (first) named tree.
+        (cim_backup_contracts::commands::BackupRef::Latest, Some(source), Some(first)) => {
+            let location = ctx.destinations.resolve(Some(source))?;
+            let entries = super::resolve::list_location(api, &location, None).await?;
+            let entry = entries
+                .into_iter()
+                .filter(|e| {
+                    e.trees.iter().any(|t| {
+                        t.name == first.tree
+                            || t.path.rsplit('/').next() == Some(first.tree.as_str())
+                    })
+                })
+                .max_by_key(|e| e.created_at)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no backup in {} holds {}",
+                        location.url,
+                        cim_backup_contracts::text::echo(&first.tree)
+                    ))
+                })?;
+            super::resolve::Located {
+                backup: entry.backup_id.0,
+                location,
+            }
+        }
+        // Every tree of the newest backup there that holds trees.
+        (cim_backup_contracts::commands::BackupRef::Latest, Some(source), None) => {
+            let location = ctx.destinations.resolve(Some(source))?;
+            let entries = super::resolve::list_location(api, &location, None).await?;
+            let entry = entries
+                .into_iter()
+                .filter(|e| !e.trees.is_empty())
+                .max_by_key(|e| e.created_at)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no backup of file trees in {}", location.url))
+                })?;
+            super::resolve::Located {
+                backup: entry.backup_id.0,
+                location,
+            }
+        }
         (backup, source, _) => super::resolve::locate(api, backup, None, source).await?,
     };
     let manifest = super::resolve::manifest_at(api, &located).await?;
@@ -268,6 +309,25 @@ pub async fn restore(
             )));
         }
         let target = r.resolve(&path).map_err(|e| engine_error(e.into()))?;
+        if let Some(file) = target
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&r.dir))
+            .find(|a| a.exists() && !a.is_dir())
+        {
+            return Err(ApiError::bad_request(format!(
+                "trees: {} cannot go to {}: {} is a file, not a directory",
+                tree.name,
+                target.display(),
+                file.display()
+            )));
+        }
+        if let Some(why) = in_use(&target) {
+            return Err(ApiError::conflict(format!(
+                "{} is in use: {why} (a Prometheus on its data directory?); stop it first, nothing was written",
+                target.display()
+            )));
+        }
         if !cmd.overwrite && std::fs::symlink_metadata(&target).is_ok() {
             return Err(ApiError::conflict(format!(
                 "{} already exists on instance {}; nothing was written (ask for overwrite to replace it: it is kept until the restored tree is in place)",
@@ -517,4 +577,86 @@ fn compare(
         }
     }
     out
+}
+
+/// `cim.backup.files.<instance>.cmd.prometheus`: takes a snapshot through the admin API of the
+/// configured server, then starts a backup of it as a tree that the job removes from the
+/// server's disk once it is stored. A snapshot whose backup is refused is removed at once.
+pub async fn prometheus(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError> {
+    use cim_backup_contracts::commands::StartBackup;
+    use cim_backup_contracts::files::{PrometheusBackup, TreeRequest};
+    let cmd: PrometheusBackup = parse(request)?;
+    let ctx = api.runner.context();
+    let config = ctx.prometheus.clone().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "instance {} has no [prometheus] section (url and data_dir)",
+            ctx.instance
+        ))
+    })?;
+    // The data directory, as a root and a path inside it.
+    let (root, rel) = ctx
+        .roots
+        .iter()
+        .find_map(|r| {
+            let rel = config.data_dir.strip_prefix(&r.dir).ok()?;
+            Some((r.name.clone(), rel.to_str()?.to_owned()))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                cim_backup_contracts::ErrorCode::Forbidden,
+                format!(
+                    "[prometheus] data_dir {} is not inside any of this instance's roots ([files.roots])",
+                    config.data_dir.display()
+                ),
+            )
+        })?;
+    let name = crate::prometheus::snapshot(&config.url)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let snapshot_dir = config.data_dir.join("snapshots").join(&name);
+    let path = if rel.is_empty() {
+        format!("snapshots/{name}")
+    } else {
+        format!("{rel}/snapshots/{name}")
+    };
+    let start = StartBackup {
+        streams: Vec::new(),
+        trees: vec![TreeRequest {
+            root,
+            path,
+            complete_only: false,
+            remove_after: true,
+        }],
+        parallel: None,
+        destination: cmd.destination,
+        compress: None,
+        zstd_level: None,
+        full: false,
+        incremental: None,
+        encrypt: cmd.encrypt,
+        mode: None,
+        idempotency_key: cmd.idempotency_key,
+        correlation_id: cmd.correlation_id,
+    };
+    let accepted =
+        super::commands::start_command(api, request, start, super::commands::Trees::Here).await;
+    // A refused request, or a repeat answered with the job of its first attempt, keeps nothing.
+    if !matches!(&accepted, Ok(a) if !a.duplicate)
+        && let Err(e) = std::fs::remove_dir_all(&snapshot_dir)
+    {
+        tracing::warn!(dir = %snapshot_dir.display(), error = %e, "could not remove the unused Prometheus snapshot");
+    }
+    accepted
+}
+
+/// Why a restore target is in use by a running program: a held lock file, or open or mapped
+/// files inside it.
+pub fn in_use(target: &std::path::Path) -> Option<String> {
+    if crate::prometheus::locked_by_a_running_program(target) {
+        return Some("a running program holds its lock file".into());
+    }
+    crate::archive::files::busy::in_use_by(target)
 }

@@ -158,6 +158,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             .map(|(name, dir)| crate::archive::files::scan::Root::new(name, dir))
             .collect::<Result<_, _>>()
             .map_err(|e| ServeError::Service(format!("[files.roots]: {e}")))?,
+        prometheus: config.prometheus.clone(),
     });
     let runner = Runner::new(ctx);
     runner
@@ -344,10 +345,12 @@ enum Endpoint {
     FilesRestore,
     /// `cim.backup.files.<instance>.qry.check`: a file or tree against a checksum or backup.
     FilesCheck,
+    /// `cim.backup.files.<instance>.cmd.prometheus`: snapshot Prometheus and back it up.
+    FilesPrometheus,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 13] = [
+    const ALL: [Endpoint; 14] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -361,6 +364,7 @@ impl Endpoint {
         Endpoint::FilesModels,
         Endpoint::FilesRestore,
         Endpoint::FilesCheck,
+        Endpoint::FilesPrometheus,
     ];
 
     /// The last token of its subject.
@@ -379,6 +383,7 @@ impl Endpoint {
             Endpoint::FilesModels => "models",
             Endpoint::FilesRestore => "restore",
             Endpoint::FilesCheck => "check",
+            Endpoint::FilesPrometheus => "prometheus",
         }
     }
 
@@ -386,7 +391,7 @@ impl Endpoint {
     fn prefix(self, instance: &str) -> String {
         match self {
             Endpoint::Job | Endpoint::Jobs | Endpoint::Backups => QUERY_PREFIX.to_owned(),
-            Endpoint::FilesStart | Endpoint::FilesRestore => {
+            Endpoint::FilesStart | Endpoint::FilesRestore | Endpoint::FilesPrometheus => {
                 cim_backup_contracts::subjects::files_commands(instance)
             }
             Endpoint::FilesModels | Endpoint::FilesCheck => {
@@ -476,6 +481,15 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
                 errors,
                 subject,
                 files::restore(api, &request).await,
+            )
+            .await
+        }
+        Endpoint::FilesPrometheus => {
+            send(
+                &request,
+                errors,
+                subject,
+                files::prometheus(api, &request).await,
             )
             .await
         }

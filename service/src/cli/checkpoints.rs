@@ -51,7 +51,7 @@ pub struct BackupCheckpointArgs {
 
 pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError> {
     let instance = pick_for_path(ctx, &a.instance, &a.file).await?;
-    let (root, path) = place(&instance, Some(&a.file), "checkpoints")?;
+    let (root, path) = place(&instance, Some(&a.file), "checkpoints", "--file")?;
     if path.is_empty() {
         return Err(CliError::Usage(format!(
             "--file {}: is a root, not a file",
@@ -64,6 +64,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError>
             root,
             path,
             complete_only: true,
+            remove_after: false,
         }],
         parallel: None,
         destination: a.destination.as_deref().map(location),
@@ -156,7 +157,7 @@ pub async fn restore(ctx: &Ctx, a: &RestoreCheckpointArgs) -> Result<(), CliErro
         .to_owned();
     let (root, path) = match &a.destination {
         Some(dir) => {
-            let (root, path) = place(&instance, Some(dir), "checkpoints")?;
+            let (root, path) = place(&instance, Some(dir), "checkpoints", "--destination")?;
             (
                 Some(root),
                 Some(if path.is_empty() {

@@ -13,7 +13,8 @@
 //!   (check-data-integrity, find-corruption-point, replay-corrupted-events); [`repair`]
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
 //!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model);
-//!   [`checkpoints`] (backup-checkpoint, restore-checkpoint).
+//!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
+//!   (backup-prometheus, restore-prometheus).
 
 pub mod args;
 pub mod backups;
@@ -24,6 +25,7 @@ pub mod integrity;
 pub mod jobs;
 pub mod models;
 pub mod output;
+pub mod prometheus;
 pub mod repair;
 pub mod restore;
 pub mod serve;
@@ -135,6 +137,11 @@ pub enum Command {
     /// Restore a checkpoint to its original path or --destination; --resume-training then asks
     /// the training agent on cim.training.resume and says whether anyone answered.
     RestoreCheckpoint(checkpoints::RestoreCheckpointArgs),
+    /// Snapshot Prometheus through its admin API, back the snapshot up as a file tree (blocks
+    /// already stored cost nothing), then remove it from the server's disk.
+    BackupPrometheus(prometheus::BackupPrometheusArgs),
+    /// Restore Prometheus data into --data-dir; refused while a Prometheus runs on it.
+    RestorePrometheus(prometheus::RestorePrometheusArgs),
 }
 
 /// What every client command works with.
@@ -199,6 +206,8 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::VerifyModel(a) => models::verify_model(&ctx, a).await,
         Command::BackupCheckpoint(a) => checkpoints::backup(&ctx, a).await,
         Command::RestoreCheckpoint(a) => checkpoints::restore(&ctx, a).await,
+        Command::BackupPrometheus(a) => prometheus::backup(&ctx, a).await,
+        Command::RestorePrometheus(a) => prometheus::restore(&ctx, a).await,
     }
 }
 

@@ -94,22 +94,23 @@ pub fn place(
     instance: &Instance,
     dir: Option<&Path>,
     default_root: &str,
+    flag: &str,
 ) -> Result<(String, String), CliError> {
     let Some(dir) = dir else {
         return Ok((default_root.to_owned(), String::new()));
     };
     let dir = std::path::absolute(dir)
-        .map_err(|e| CliError::Usage(format!("--source {}: {e}", dir.display())))?;
+        .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", dir.display())))?;
     for root in &instance.roots {
         if let Ok(rest) = dir.strip_prefix(&root.path) {
             let rest = rest
                 .to_str()
-                .ok_or_else(|| CliError::Usage(format!("--source {}: not UTF-8", dir.display())))?;
+                .ok_or_else(|| CliError::Usage(format!("{flag} {}: not UTF-8", dir.display())))?;
             return Ok((root.name.clone(), rest.trim_end_matches('/').to_owned()));
         }
     }
     Err(CliError::Usage(format!(
-        "--source {}: not inside a root of instance {} (its roots: {}); a file request names a declared root, never an arbitrary path",
+        "{flag} {}: not inside a root of instance {} (its roots: {}); a file request names a declared root, never an arbitrary path",
         dir.display(),
         instance.name,
         instance
@@ -165,7 +166,7 @@ pub async fn list(ctx: &Ctx, a: &ListModelsArgs) -> Result<(), CliError> {
     let modified_since = a.modified_since.as_deref().map(since).transpose()?;
     let root_hint = MODELS_ROOT;
     let instance = pick(ctx, &a.instance, root_hint).await?;
-    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT)?;
+    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT, "--source")?;
     let query = ModelsQuery {
         root: Some(root),
         path,
@@ -227,7 +228,7 @@ pub struct BackupModelsArgs {
 
 pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
     let instance = pick(ctx, &a.instance, MODELS_ROOT).await?;
-    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT)?;
+    let (root, path) = place(&instance, a.source.as_deref(), MODELS_ROOT, "--source")?;
     let models: Vec<String> = if a.models.is_empty() {
         let listed: Vec<ModelInfo> = ctx
             .client
@@ -255,6 +256,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
         .iter()
         .map(|m| TreeRequest {
             complete_only: false,
+            remove_after: false,
             root: root.clone(),
             path: if path.is_empty() {
                 m.clone()
@@ -411,12 +413,13 @@ async fn restore_trees(
     instance: &Instance,
     body: &cim_backup_contracts::files::RestoreTrees,
     wait: bool,
+    flags: &[(&str, &str)],
 ) -> Result<(), CliError> {
     let accepted: Accepted = ctx
         .client
         .start(&format!("{}.restore", files_commands(&instance.name)), body)
         .await
-        .map_err(|e| e.with_flags(RESTORE_FLAGS))?;
+        .map_err(|e| e.with_flags(flags))?;
     after_accept(ctx, accepted, wait).await
 }
 
@@ -431,7 +434,7 @@ pub async fn restore_model(ctx: &Ctx, a: &RestoreModelArgs) -> Result<(), CliErr
         .to_owned();
     let (root, path) = match &a.destination {
         Some(dir) => {
-            let (root, path) = place(&instance, Some(dir), MODELS_ROOT)?;
+            let (root, path) = place(&instance, Some(dir), MODELS_ROOT, "--destination")?;
             (
                 Some(root),
                 Some(if path.is_empty() {
@@ -455,8 +458,19 @@ pub async fn restore_model(ctx: &Ctx, a: &RestoreModelArgs) -> Result<(), CliErr
         idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
         correlation_id: None,
     };
-    restore_trees(ctx, &instance, &body, !a.no_wait).await
+    restore_trees(ctx, &instance, &body, !a.no_wait, RESTORE_FLAGS).await
 }
+
+/// restore-all-models has no --model-id: the trees are the backup's.
+const RESTORE_ALL_FLAGS: &[(&str, &str)] = &[
+    ("backup", "--source"),
+    ("source", "--source"),
+    ("trees", "--source"),
+    ("root", "--destination"),
+    ("path", "--destination"),
+    ("overwrite", "--overwrite"),
+    ("idempotency_key", "--idempotency-key"),
+];
 
 pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(), CliError> {
     let instance = pick(ctx, &a.instance, MODELS_ROOT).await?;
@@ -465,7 +479,7 @@ pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(
         None => Vec::new(),
         Some(dir) => {
             // Each tree of the backup into DIR: the listing says which trees there are.
-            let (root, path) = place(&instance, Some(dir), MODELS_ROOT)?;
+            let (root, path) = place(&instance, Some(dir), MODELS_ROOT, "--destination")?;
             let query = cim_backup_contracts::commands::BackupsQuery {
                 stream: None,
                 destination: source.clone(),
@@ -474,7 +488,7 @@ pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(
                 .client
                 .request(cim_backup_contracts::subjects::QRY_BACKUPS, &query)
                 .await
-                .map_err(|e| e.with_flags(RESTORE_FLAGS))?;
+                .map_err(|e| e.with_flags(RESTORE_ALL_FLAGS))?;
             let entry = match &backup {
                 BackupRef::Id(id) => entries.iter().find(|e| &e.backup_id == id),
                 BackupRef::Latest => entries.iter().find(|e| !e.trees.is_empty()),
@@ -508,7 +522,7 @@ pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(
         idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
         correlation_id: None,
     };
-    restore_trees(ctx, &instance, &body, !a.no_wait).await
+    restore_trees(ctx, &instance, &body, !a.no_wait, RESTORE_ALL_FLAGS).await
 }
 
 #[derive(Debug, Args)]
@@ -570,7 +584,7 @@ pub async fn pick_for_path(ctx: &Ctx, a: &InstanceArgs, path: &Path) -> Result<I
 
 pub async fn verify_model(ctx: &Ctx, a: &VerifyModelArgs) -> Result<(), CliError> {
     let instance = pick_for_path(ctx, &a.instance, &a.path).await?;
-    let (root, path) = place(&instance, Some(&a.path), MODELS_ROOT)?;
+    let (root, path) = place(&instance, Some(&a.path), MODELS_ROOT, "--path")?;
     let backup = a
         .backup
         .as_deref()

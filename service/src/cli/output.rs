@@ -167,9 +167,19 @@ pub fn summary(view: &JobView) -> Option<String> {
                 0 => String::new(),
                 stored => format!(" ({:.1}x)", p.bytes_done as f64 / stored as f64),
             };
+            // A backup of file trees only counts bytes (its messages are none).
+            let what = if p.messages_done == 0 && p.bytes_done > 0 {
+                format!("{} trees", p.objects_done.saturating_sub(1))
+            } else {
+                format!("{} messages", p.messages_done)
+            };
+            let per_second = if p.messages_done == 0 {
+                String::new()
+            } else {
+                format!("{per_second}, ")
+            };
             format!(
-                "backed up {} messages in {seconds:.1} s: {} read, {} stored{ratio}, {per_second}, {}",
-                p.messages_done,
+                "backed up {what} in {seconds:.1} s: {} read, {} stored{ratio}, {per_second}{}",
                 bytes(p.bytes_done),
                 bytes(view.stored_bytes),
                 mb_per_s(p.bytes_done, seconds)
@@ -282,10 +292,9 @@ pub fn models(instance: &str, models: &[cim_backup_contracts::files::ModelInfo])
         "MODEL", "SIZE", "FILES", "MODIFIED", "LAST BACKUP"
     );
     for m in models {
-        let last = m
-            .last_backup
-            .as_ref()
-            .map_or("never".to_owned(), |b| time(b.created_at));
+        let last = m.last_backup.as_ref().map_or("never".to_owned(), |b| {
+            time(b.created_at.replace_nanosecond(0).unwrap_or(b.created_at))
+        });
         let changed = match m.changed_since_backup {
             Some(true) => "yes",
             Some(false) => "no",
@@ -296,7 +305,7 @@ pub fn models(instance: &str, models: &[cim_backup_contracts::files::ModelInfo])
             m.id,
             bytes(m.bytes),
             m.files,
-            time(m.modified),
+            time(m.modified.replace_nanosecond(0).unwrap_or(m.modified)),
             last
         );
         for f in &m.formats {

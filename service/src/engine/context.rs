@@ -27,6 +27,8 @@ pub struct Context {
     pub integrity: crate::config::IntegrityConfig,
     /// The file-tree roots this instance serves (`[files.roots]`), resolved at start.
     pub roots: Vec<crate::archive::files::scan::Root>,
+    /// The Prometheus `backup-prometheus` snapshots (`[prometheus]`).
+    pub prometheus: Option<crate::config::PrometheusConfig>,
 }
 
 impl Context {

@@ -47,11 +47,24 @@ pub async fn run(
         let root = ctx.root(&planned.root)?;
         let target = root.resolve(&planned.path)?;
         let tree = get_tree(&archive, &planned.tree).await?;
+        // Parents made for this tree are removed again if it fails: a failure leaves the
+        // host as it was.
+        let made: Vec<std::path::PathBuf> = target
+            .ancestors()
+            .skip(1)
+            .take_while(|a| !a.exists())
+            .map(|a| a.to_owned())
+            .collect();
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 EngineError::from(crate::archive::files::FilesError::io(parent.display(), e))
             })?;
         }
+        let unmake = || {
+            for dir in &made {
+                let _ = std::fs::remove_dir(dir); // only if still empty
+            }
+        };
         let before = job.state.bytes_done;
         let restored = if resumed && matches_tree(&target, &tree) {
             TreeRestored {
@@ -83,7 +96,13 @@ pub async fn run(
             tick.tick().await;
             let done = loop {
                 tokio::select! {
-                    done = &mut work => break done?,
+                    done = &mut work => match done {
+                        Ok(done) => break done,
+                        Err(e) => {
+                            unmake();
+                            return Err(e.into());
+                        }
+                    },
                     _ = tick.tick() => {
                         let p = TreeRestoreProgressed { bytes_done: before + written.load(Ordering::Relaxed) };
                         execute(&ctx.events, job, TreeRestoreCommand::Progress(p), None).await?;

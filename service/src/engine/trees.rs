@@ -195,6 +195,36 @@ pub async fn store_trees(
             None,
         )
         .await?;
+        if request.remove_after {
+            remove_snapshot(ctx, &source)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a Prometheus snapshot the job stored: only a directory under the configured
+/// server's `<data_dir>/snapshots/`, never anything else a request might name.
+fn remove_snapshot(ctx: &Context, source: &TreeSource) -> Result<(), EngineError> {
+    let dir = source.root.resolve(&source.path)?;
+    let allowed = ctx
+        .prometheus
+        .as_ref()
+        .map(|p| p.data_dir.join("snapshots"))
+        .is_some_and(|snapshots| dir.parent() == Some(snapshots.as_path()));
+    if !allowed {
+        return Err(EngineError::precondition(
+            ErrorCode::Forbidden,
+            format!(
+                "{} is not a Prometheus snapshot of [prometheus] data_dir; not removed",
+                dir.display()
+            ),
+        ));
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "removed the stored Prometheus snapshot"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the stored Prometheus snapshot")
+        }
     }
     Ok(())
 }

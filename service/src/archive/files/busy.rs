@@ -27,6 +27,47 @@ pub fn still_being_written(path: &Path) -> Option<String> {
     })
 }
 
+/// A process (not this one) that holds something inside `dir` open or mapped: a program
+/// running on a data directory (Prometheus keeps its WAL open and its head chunks mapped).
+pub fn in_use_by(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let me = std::process::id();
+    let inside = |p: &Path| p.starts_with(&dir);
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let by_fd = std::fs::read_dir(proc_entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| inside(&target));
+        let by_map = || {
+            std::fs::read_to_string(proc_entry.path().join("maps"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .any(|file| inside(Path::new(file)))
+        };
+        if by_fd || by_map() {
+            let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+            return Some(format!(
+                "process {pid} ({}) has files in it open",
+                comm.trim()
+            ));
+        }
+    }
+    None
+}
+
 /// A process that holds `path` open for writing.
 fn open_for_writing(path: &Path) -> Option<String> {
     let target = path.canonicalize().ok()?;

@@ -21,6 +21,12 @@ pub enum FilesError {
         "{path} already exists (ask for overwrite to replace it; the old one is kept until the new one is in place)"
     )]
     Exists { path: String },
+    /// The target is in use by a running program (a server on its data directory).
+    #[error("{path}: {message}")]
+    Busy { path: String, message: String },
+    /// A path a request named that does not exist.
+    #[error("{path} does not exist")]
+    Missing { path: String },
     /// The job was cancelled while reading.
     #[error("cancelled")]
     Cancelled,
@@ -31,9 +37,18 @@ pub enum FilesError {
 
 impl FilesError {
     pub fn io(path: impl std::fmt::Display, e: std::io::Error) -> Self {
-        FilesError::Io {
-            path: path.to_string(),
-            message: e.to_string(),
+        match e.kind() {
+            std::io::ErrorKind::NotFound => FilesError::Missing {
+                path: path.to_string(),
+            },
+            std::io::ErrorKind::NotADirectory => FilesError::Refused {
+                path: path.to_string(),
+                message: "a part of this path is a file, not a directory".into(),
+            },
+            _ => FilesError::Io {
+                path: path.to_string(),
+                message: e.to_string(),
+            },
         }
     }
 
@@ -48,6 +63,8 @@ impl FilesError {
         match self {
             FilesError::Archive(e) => e.code(),
             FilesError::Io { .. } => ErrorCode::Internal,
+            FilesError::Missing { .. } => ErrorCode::NotFound,
+            FilesError::Busy { .. } => ErrorCode::Conflict,
             FilesError::Refused { .. } => ErrorCode::Forbidden,
             FilesError::Exists { .. } => ErrorCode::Conflict,
             FilesError::Damaged { .. } => ErrorCode::Corrupt,

@@ -1,6 +1,6 @@
 //! Packs: many blobs in one object, so a large tree is a few thousand objects, not millions.
 //!
-//! A pack is `CIMPACK\0\x01` followed by its blobs, back to back, and is stored as
+//! A pack is `CIMPACK\x01` (8 bytes) followed by its blobs, back to back, and is stored as
 //! `packs/<cid>` (raw CID of its bytes). Its index, DAG-CBOR, lists each blob's chunk CID,
 //! offset, stored and plaintext lengths, and is stored as `indexes/<cid>` named by its own
 //! CID. A backup lists the indexes once to learn every chunk the destination already holds (a

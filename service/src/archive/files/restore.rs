@@ -147,10 +147,29 @@ pub async fn restore_tree(
         Ok(r) => r,
         Err(e) => {
             let _ = remove_any(&temp);
-            return Err(e);
+            // A single file's entry has the empty path: name it by its tree.
+            return Err(match e {
+                FilesError::Damaged { path, message } if path.is_empty() => FilesError::Damaged {
+                    path: tree.name.clone(),
+                    message,
+                },
+                other => other,
+            });
         }
     };
     let safety = parent.join(format!(".{name}.cim-previous-{tag}"));
+    let in_use = || {
+        crate::prometheus::locked_by_a_running_program(target)
+            .then(|| "a running program holds its lock file".to_owned())
+            .or_else(|| super::busy::in_use_by(target))
+    };
+    if exists && let Some(why) = in_use() {
+        let _ = remove_any(&temp);
+        return Err(FilesError::Busy {
+            path: shown,
+            message: format!("in use: {why}; stop it first (nothing was replaced)"),
+        });
+    }
     if exists {
         remove_any(&safety).map_err(|e| FilesError::io(safety.display(), e))?;
         std::fs::rename(target, &safety).map_err(|e| FilesError::io(&shown, e))?;
