@@ -4,56 +4,22 @@
 //! verify; and a file backup killed mid-way that resumes without uploading its chunks again.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use cim_backup_contracts::subjects::{CMD_START, CMD_VERIFY, files_commands, files_queries};
 use cim_backup_contracts::views::JobState;
+use cim_backup_tests::files::{noise, ok};
 use cim_backup_tests::service::{Caller, TestService, test_config};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cim-backup");
-const WAIT: Duration = Duration::from_secs(120);
 
 async fn cli(url: &str, args: &[&str]) -> Output {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("--nats-url")
-            .arg(url)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run cim-backup")
-    })
-    .await
-    .unwrap()
+    cim_backup_tests::files::cli(BIN, url, args).await
 }
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = vec![0u8; len];
-    for w in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
-    }
-    out
-}
+const WAIT: Duration = Duration::from_secs(120);
 
 /// Two models: a safetensors directory and a single GGUF file.
 fn models(root: &Path, mib: usize) {
@@ -633,10 +599,9 @@ async fn models_restore_whole_into_place_and_never_over_one_unasked() {
             .contains("model.safetensors"),
         "{view}"
     );
-    assert_eq!(
-        std::fs::read_dir(&broken).unwrap().count(),
-        0,
-        "neither the model nor a temporary"
+    assert!(
+        !broken.exists(),
+        "neither the model, nor a temporary, nor the directory made for it"
     );
     service.stop().await;
 }

@@ -10,11 +10,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use cim_backup::config::PrometheusConfig;
+use cim_backup_tests::files::ok;
 use cim_backup_tests::service::{TestService, test_config};
 use cim_backup_tests::{NatsServer, init_tracing};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cim-backup");
+
+async fn cli(url: &str, args: &[&str]) -> Output {
+    cim_backup_tests::files::cli(BIN, url, args).await
+}
 
 struct Prometheus(Child);
 
@@ -94,33 +99,6 @@ fn start_prometheus(data_dir: &Path, port: u16, scrape: bool, config_dir: &Path)
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("prometheus on {port} did not become ready");
-}
-
-async fn cli(url: &str, args: &[&str]) -> Output {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("--nats-url")
-            .arg(url)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`archive_conformance`] — the contract of `ArchiveStore` as checks every destination
 //!   backend (memory, local directory, S3) must pass.
+//! - [`files`] — noise bytes for file trees, and the CLI run with its output checked.
 //! - [`nats`] — [`NatsServer`] (one node, restartable on the same port and store) and
 //!   [`NatsCluster`] (three clustered nodes).
 //! - [`raw`] — the NATS protocol by hand (malformed header blocks, pipelined requests) and the
@@ -19,6 +20,7 @@
 
 pub mod archive_conformance;
 pub mod bench;
+pub mod files;
 pub mod nats;
 pub mod raw;
 pub mod s3;

@@ -19,6 +19,7 @@ use cim_backup::archive::files::verify::verify_tree;
 use cim_backup::archive::files::{EntryKind, FilesError, TreeArchive};
 use cim_backup::keys::{EncryptionConfig, Keys};
 use cim_backup_tests::MotoServer;
+use cim_backup_tests::files::noise;
 use tokio_util::sync::CancellationToken;
 
 fn local_store(dir: &Path) -> ArchiveStore {
@@ -35,19 +36,6 @@ fn settings() -> BackupSettings {
         zstd_level: Some(3),
         encryption: None,
     }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = vec![0u8; len];
-    for w in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        w.copy_from_slice(&b[..w.len()]);
-    }
-    out
 }
 
 /// A models root: one safetensors model directory with a config, an empty directory and a

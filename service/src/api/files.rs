@@ -168,17 +168,8 @@ pub async fn restore(
     let located = match (cmd.backup, cmd.source.as_deref(), cmd.trees.first()) {
         // The newest backup in the catalog that holds the (first) named tree.
         (cim_backup_contracts::commands::BackupRef::Latest, None, Some(first)) => {
-            let catalog = api.views.catalog().await?;
-            let entry = catalog
-                .into_iter()
-                .filter(|e| {
-                    e.trees.iter().any(|t| {
-                        t.name == first.tree
-                            || t.path.rsplit('/').next() == Some(first.tree.as_str())
-                    })
-                })
-                .max_by_key(|e| e.created_at)
-                .ok_or_else(|| {
+            let entry =
+                newest_holding(api.views.catalog().await?, &first.tree).ok_or_else(|| {
                     ApiError::not_found(format!(
                         "no backup in the catalog holds {}; name the backup or its source",
                         cim_backup_contracts::text::echo(&first.tree)
@@ -196,22 +187,13 @@ pub async fn restore(
         (cim_backup_contracts::commands::BackupRef::Latest, Some(source), Some(first)) => {
             let location = ctx.destinations.resolve(Some(source))?;
             let entries = super::resolve::list_location(api, &location, None).await?;
-            let entry = entries
-                .into_iter()
-                .filter(|e| {
-                    e.trees.iter().any(|t| {
-                        t.name == first.tree
-                            || t.path.rsplit('/').next() == Some(first.tree.as_str())
-                    })
-                })
-                .max_by_key(|e| e.created_at)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "no backup in {} holds {}",
-                        location.url,
-                        cim_backup_contracts::text::echo(&first.tree)
-                    ))
-                })?;
+            let entry = newest_holding(entries, &first.tree).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no backup in {} holds {}",
+                    location.url,
+                    cim_backup_contracts::text::echo(&first.tree)
+                ))
+            })?;
             super::resolve::Located {
                 backup: entry.backup_id.0,
                 location,
@@ -254,7 +236,7 @@ pub async fn restore(
             let matching: Vec<_> = manifest
                 .trees
                 .iter()
-                .filter(|t| t.name == p.tree || t.path.rsplit('/').next() == Some(p.tree.as_str()))
+                .filter(|t| names(t, &p.tree))
                 .collect();
             let tree = match matching.as_slice() {
                 [one] => *one,
@@ -659,4 +641,21 @@ pub fn in_use(target: &std::path::Path) -> Option<String> {
         return Some("a running program holds its lock file".into());
     }
     crate::archive::files::busy::in_use_by(target)
+}
+
+/// Whether `given` names `tree`: its full name (`models/llama-3-8b`), or its last path
+/// component (a model or checkpoint id).
+fn names(tree: &cim_backup_contracts::files::TreeSummary, given: &str) -> bool {
+    tree.name == given || tree.path.rsplit('/').next() == Some(given)
+}
+
+/// The newest of `entries` that holds the tree `given` names.
+fn newest_holding(
+    entries: Vec<cim_backup_contracts::views::CatalogEntry>,
+    given: &str,
+) -> Option<cim_backup_contracts::views::CatalogEntry> {
+    entries
+        .into_iter()
+        .filter(|e| e.trees.iter().any(|t| names(t, given)))
+        .max_by_key(|e| e.created_at)
 }

@@ -19,7 +19,7 @@ use cim_backup_contracts::subjects::files_commands;
 use super::args::{idempotency_key, location};
 use super::client::CliError;
 use super::follow::{ended, watch};
-use super::models::{InstanceArgs, pick_for_path, place};
+use super::models::{InstanceArgs, JobArgs, pick_for_path, place};
 use super::{Ctx, output};
 
 /// The subject `--resume-training` asks, with `{checkpoint_id, path, backup_id}`; a training
@@ -41,12 +41,8 @@ pub struct BackupCheckpointArgs {
     pub destination: Option<String>,
     #[command(flatten)]
     pub instance: InstanceArgs,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Return once the job is accepted (default: follow it to its end).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError> {
@@ -78,7 +74,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError>
         incremental: None,
         encrypt: None,
         mode: None,
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
     let accepted: Accepted = ctx
@@ -86,7 +82,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError>
         .start(&format!("{}.start", files_commands(&instance.name)), &body)
         .await
         .map_err(|e| e.with_flags(&[("trees", "--file"), ("destination", "--destination")]))?;
-    if a.no_wait {
+    if a.job.no_wait {
         return super::follow::after_accept(ctx, accepted, false).await;
     }
     let view = watch(ctx, &accepted.job_id, false).await?;

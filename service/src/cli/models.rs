@@ -21,6 +21,17 @@ use super::{Ctx, output};
 /// The root models live in unless `--source` says otherwise.
 pub const MODELS_ROOT: &str = "models";
 
+/// How a command that starts a job is asked again and followed.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Return once the job is accepted (default: follow it to its end).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 /// Which instance, for commands on a host's files.
 #[derive(Debug, Args)]
 pub struct InstanceArgs {
@@ -308,12 +319,8 @@ pub struct VerifyModelBackupArgs {
     /// Only check that every object exists (fast; reads nothing).
     #[arg(long)]
     pub structural: bool,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Follow the job to its end (default; --no-wait returns with the job id).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 pub async fn verify(ctx: &Ctx, a: &VerifyModelBackupArgs) -> Result<(), CliError> {
@@ -331,14 +338,14 @@ pub async fn verify(ctx: &Ctx, a: &VerifyModelBackupArgs) -> Result<(), CliError
         } else {
             VerifyMode::Deep
         }),
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
     let accepted: Accepted =
         ctx.client.start(CMD_VERIFY, &body).await.map_err(|e| {
             e.with_flags(&[("backup", "--backup-path"), ("source", "--backup-path")])
         })?;
-    after_accept(ctx, accepted, !a.no_wait).await
+    after_accept(ctx, accepted, !a.job.no_wait).await
 }
 
 #[derive(Debug, Args)]
@@ -360,12 +367,8 @@ pub struct RestoreModelArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub instance: InstanceArgs,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Return once the job is accepted (default: follow it to its end).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 #[derive(Debug, Args)]
@@ -383,12 +386,8 @@ pub struct RestoreAllModelsArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub instance: InstanceArgs,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Return once the job is accepted (default: follow it to its end).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 /// `--source` of a tree restore: a backup id, or a location whose newest backup is meant
@@ -455,10 +454,10 @@ pub async fn restore_model(ctx: &Ctx, a: &RestoreModelArgs) -> Result<(), CliErr
             path,
         }],
         overwrite: a.overwrite,
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
-    restore_trees(ctx, &instance, &body, !a.no_wait, RESTORE_FLAGS).await
+    restore_trees(ctx, &instance, &body, !a.job.no_wait, RESTORE_FLAGS).await
 }
 
 /// restore-all-models has no --model-id: the trees are the backup's.
@@ -519,10 +518,10 @@ pub async fn restore_all_models(ctx: &Ctx, a: &RestoreAllModelsArgs) -> Result<(
         source,
         trees,
         overwrite: a.overwrite,
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
-    restore_trees(ctx, &instance, &body, !a.no_wait, RESTORE_ALL_FLAGS).await
+    restore_trees(ctx, &instance, &body, !a.job.no_wait, RESTORE_ALL_FLAGS).await
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,7 @@ use super::Ctx;
 use super::args::{idempotency_key, location};
 use super::client::{CliError, Instance};
 use super::follow::after_accept;
-use super::models::{InstanceArgs, pick_for_path, place};
+use super::models::{InstanceArgs, JobArgs, pick_for_path, place};
 
 #[derive(Debug, Args)]
 pub struct BackupPrometheusArgs {
@@ -31,12 +31,8 @@ pub struct BackupPrometheusArgs {
     pub encrypt: bool,
     #[command(flatten)]
     pub instance: InstanceArgs,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Return once the job is accepted (default: follow it to its end).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 /// `--instance`, else the instance on this host, else the only one.
@@ -63,7 +59,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupPrometheusArgs) -> Result<(), CliError>
     let body = PrometheusBackup {
         destination: a.destination.as_deref().map(location),
         encrypt: a.encrypt.then_some(true),
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
     let accepted: Accepted = ctx
@@ -74,7 +70,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupPrometheusArgs) -> Result<(), CliError>
         )
         .await
         .map_err(|e| e.with_flags(&[("destination", "--destination"), ("encrypt", "--encrypt")]))?;
-    after_accept(ctx, accepted, !a.no_wait).await
+    after_accept(ctx, accepted, !a.job.no_wait).await
 }
 
 #[derive(Debug, Args)]
@@ -94,12 +90,8 @@ pub struct RestorePrometheusArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub instance: InstanceArgs,
-    /// Repeating a request with the same key starts one job (default: a key for this run).
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Return once the job is accepted (default: follow it to its end).
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 /// A Prometheus snapshot's tree: its path ends in `snapshots/<name>`.
@@ -154,7 +146,7 @@ pub async fn restore(ctx: &Ctx, a: &RestorePrometheusArgs) -> Result<(), CliErro
             path: Some(path),
         }],
         overwrite: a.overwrite,
-        idempotency_key: Some(idempotency_key(a.idempotency_key.as_deref())),
+        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
         correlation_id: None,
     };
     let accepted: Accepted = ctx
@@ -171,5 +163,5 @@ pub async fn restore(ctx: &Ctx, a: &RestorePrometheusArgs) -> Result<(), CliErro
                 ("overwrite", "--overwrite"),
             ])
         })?;
-    after_accept(ctx, accepted, !a.no_wait).await
+    after_accept(ctx, accepted, !a.job.no_wait).await
 }
