@@ -50,6 +50,7 @@
           "restore-checkpoint"
           "backup-prometheus"
           "restore-prometheus"
+          "backup-nixos-config"
         ];
         app = command: {
           type = "app";

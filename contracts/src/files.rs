@@ -22,6 +22,42 @@ pub struct TreeRequest {
     /// snapshot it took (refused from a client).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_after: bool,
+    /// Paths left out (glob patterns on the path inside the tree: `*` within a name, `**`
+    /// across names): set by the service for secrets (backup-nixos-config).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Also write the stored tree as a tar.gz on the host (set by the service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<TarExport>,
+}
+
+/// A tar.gz of a stored tree, written from the archive (so it holds exactly what was stored),
+/// entries named by their host path without the leading `/` (`etc/nixos/flake.nix`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TarExport {
+    /// The host path to write (inside a root).
+    pub path: String,
+    /// age-encrypt the tar.gz to the service's recipients (`.tar.gz.age`).
+    pub encrypt: bool,
+}
+
+/// `cim.backup.files.<instance>.cmd.nixos`: back up the NixOS configuration (`[nixos]
+/// config_dir`) and write it as a tar.gz. Secrets (`[nixos] secret_patterns`) are left out
+/// unless `include_secrets`, and then the output is only ever written encrypted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NixosBackup {
+    /// Host path of the tar.gz (`.tar.gz`; with secrets `.tar.gz.age`), inside a root.
+    pub output: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_secrets: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// `cim.backup.files.<instance>.cmd.prometheus`: snapshot the configured Prometheus

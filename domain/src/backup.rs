@@ -585,6 +585,8 @@ mod tests {
                 cim_backup_contracts::files::TreeRequest {
                     complete_only: false,
                     remove_after: false,
+                    exclude: Vec::new(),
+                    export: None,
                     root: root.into(),
                     path: path.into(),
                 }
@@ -639,6 +641,8 @@ mod tests {
                 path: "x".into(),
                 complete_only: false,
                 remove_after: false,
+                exclude: Vec::new(),
+                export: None,
             };
             2
         ];

@@ -41,6 +41,10 @@
 //! url = "http://127.0.0.1:9090"       # with --web.enable-admin-api
 //! data_dir = "/var/lib/prometheus/metrics2"   # inside a [files.roots] entry
 //!
+//! [nixos]                             # what backup-nixos-config reads (inside a root)
+//! config_dir = "/etc/nixos"
+//! secret_patterns = ["secrets/**", "**/*.age", "**/*.sops.*", "**/ssh_host_*_key"]
+//!
 //! [integrity.streams.EVENTS]          # how checks walk this stream (docs/INTEGRITY.md)
 //! profile = "cim-ipld"                # native | cim-ipld | x-cid-headers | link-only
 //! chain_by = { subject_token = 1 }    # or { field = "aggregate_id" }, or "stream"
@@ -84,6 +88,50 @@ pub struct Config {
     pub files: FilesConfig,
     #[serde(default)]
     pub prometheus: Option<PrometheusConfig>,
+    #[serde(default)]
+    pub nixos: NixosConfig,
+}
+
+/// `[nixos]`: what backup-nixos-config reads, and what it leaves out as secrets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NixosConfig {
+    /// The configuration directory (inside a `[files.roots]` entry).
+    #[serde(default = "default_nixos_dir")]
+    pub config_dir: PathBuf,
+    /// Paths inside it left out unless --include-secrets: sops and agenix files, and the keys
+    /// that decrypt them (`*` within a name, `**` across names).
+    #[serde(default = "default_secret_patterns")]
+    pub secret_patterns: Vec<String>,
+}
+
+impl Default for NixosConfig {
+    fn default() -> Self {
+        NixosConfig {
+            config_dir: default_nixos_dir(),
+            secret_patterns: default_secret_patterns(),
+        }
+    }
+}
+
+fn default_nixos_dir() -> PathBuf {
+    PathBuf::from("/etc/nixos")
+}
+
+/// sops-nix and agenix files, and private keys (SSH host keys decrypt agenix secrets).
+pub fn default_secret_patterns() -> Vec<String> {
+    [
+        "secrets/**",
+        "**/secrets/**",
+        "**/*.age",
+        "**/*.sops.*",
+        "**/ssh_host_*_key",
+        "**/*.key",
+        "**/id_rsa",
+        "**/id_ed25519",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// `[prometheus]`: the server `backup-prometheus` snapshots. Its data directory must be inside

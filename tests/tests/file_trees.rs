@@ -79,6 +79,7 @@ fn source(root: &Path, path: &str) -> TreeSource {
         path: path.into(),
         instance: "node-a".into(),
         complete_only: false,
+        exclude: Vec::new(),
     }
 }
 

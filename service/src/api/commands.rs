@@ -197,9 +197,13 @@ pub enum Trees {
 
 pub async fn start(api: &Api, request: &Request, trees: Trees) -> Result<Accepted, ApiError> {
     let cmd: StartBackup = parse(request)?;
-    if cmd.trees.iter().any(|t| t.remove_after) {
+    if cmd
+        .trees
+        .iter()
+        .any(|t| t.remove_after || t.export.is_some() || !t.exclude.is_empty())
+    {
         return Err(ApiError::bad_request(
-            "trees: remove_after is set by the service for the snapshots it takes (backup-prometheus), never by a request",
+            "trees: remove_after, export and exclude are set by the service (backup-prometheus, backup-nixos-config), never by a request",
         ));
     }
     start_command(api, request, cmd, trees).await

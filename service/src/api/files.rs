@@ -611,6 +611,8 @@ pub async fn prometheus(
             path,
             complete_only: false,
             remove_after: true,
+            exclude: Vec::new(),
+            export: None,
         }],
         parallel: None,
         destination: cmd.destination,
@@ -658,4 +660,98 @@ fn newest_holding(
         .into_iter()
         .filter(|e| e.trees.iter().any(|t| names(t, given)))
         .max_by_key(|e| e.created_at)
+}
+
+/// `cim.backup.files.<instance>.cmd.nixos`: a backup of `[nixos] config_dir` that also writes
+/// it as a tar.gz at `output` (inside a root). Secrets are left out unless `include_secrets`,
+/// and then only an encrypted `.tar.gz.age` is written: plaintext with secrets is refused.
+pub async fn nixos(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError> {
+    use cim_backup_contracts::commands::StartBackup;
+    use cim_backup_contracts::files::{NixosBackup, TarExport, TreeRequest};
+    let cmd: NixosBackup = parse(request)?;
+    let ctx = api.runner.context();
+    let forbidden = |m: String| ApiError::new(cim_backup_contracts::ErrorCode::Forbidden, m);
+    let inside = |path: &std::path::Path| {
+        ctx.roots.iter().find_map(|r| {
+            let rel = path.strip_prefix(&r.dir).ok()?;
+            Some((r, rel.to_str()?.to_owned()))
+        })
+    };
+    let config_dir = &ctx.nixos.config_dir;
+    let (root, rel) = inside(config_dir).ok_or_else(|| {
+        forbidden(format!(
+            "[nixos] config_dir {} is not inside any of this instance's roots ([files.roots])",
+            config_dir.display()
+        ))
+    })?;
+    let output = std::path::PathBuf::from(&cmd.output);
+    let want = if cmd.include_secrets {
+        ".tar.gz.age"
+    } else {
+        ".tar.gz"
+    };
+    if !cmd.output.ends_with(want) {
+        return Err(ApiError::bad_request(match cmd.include_secrets {
+            true => format!(
+                "output: {} must end in .tar.gz.age: with include_secrets the output is only ever written encrypted, never in plaintext",
+                cim_backup_contracts::text::echo(&cmd.output)
+            ),
+            false => format!(
+                "output: {} must end in .tar.gz",
+                cim_backup_contracts::text::echo(&cmd.output)
+            ),
+        }));
+    }
+    if cmd.include_secrets {
+        ctx.keys
+            .recipients()
+            .map_err(|e| ApiError::bad_request(format!("include_secrets: {e}")))?;
+    }
+    let (out_root, out_rel) = inside(&output).ok_or_else(|| {
+        forbidden(format!(
+            "output: {} is not inside any of this instance's roots ([files.roots])",
+            output.display()
+        ))
+    })?;
+    let out_path = out_root
+        .resolve(&out_rel)
+        .map_err(|e| engine_error(e.into()))?;
+    if !out_path.parent().is_some_and(|p| p.is_dir()) {
+        return Err(ApiError::not_found(format!(
+            "output: the directory of {} does not exist",
+            out_path.display()
+        )));
+    }
+    let start = StartBackup {
+        streams: Vec::new(),
+        trees: vec![TreeRequest {
+            root: root.name.clone(),
+            path: rel,
+            complete_only: false,
+            remove_after: false,
+            exclude: if cmd.include_secrets {
+                Vec::new()
+            } else {
+                ctx.nixos.secret_patterns.clone()
+            },
+            export: Some(TarExport {
+                path: out_path.display().to_string(),
+                encrypt: cmd.include_secrets,
+            }),
+        }],
+        parallel: None,
+        destination: cmd.destination,
+        compress: None,
+        zstd_level: None,
+        full: false,
+        incremental: None,
+        encrypt: cmd.include_secrets.then_some(true),
+        mode: None,
+        idempotency_key: cmd.idempotency_key,
+        correlation_id: cmd.correlation_id,
+    };
+    super::commands::start_command(api, request, start, super::commands::Trees::Here).await
 }

@@ -159,6 +159,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             .collect::<Result<_, _>>()
             .map_err(|e| ServeError::Service(format!("[files.roots]: {e}")))?,
         prometheus: config.prometheus.clone(),
+        nixos: config.nixos.clone(),
     });
     let runner = Runner::new(ctx);
     runner
@@ -347,10 +348,12 @@ enum Endpoint {
     FilesCheck,
     /// `cim.backup.files.<instance>.cmd.prometheus`: snapshot Prometheus and back it up.
     FilesPrometheus,
+    /// `cim.backup.files.<instance>.cmd.nixos`: the NixOS configuration, and a tar.gz of it.
+    FilesNixos,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 14] = [
+    const ALL: [Endpoint; 15] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -365,6 +368,7 @@ impl Endpoint {
         Endpoint::FilesRestore,
         Endpoint::FilesCheck,
         Endpoint::FilesPrometheus,
+        Endpoint::FilesNixos,
     ];
 
     /// The last token of its subject.
@@ -384,6 +388,7 @@ impl Endpoint {
             Endpoint::FilesRestore => "restore",
             Endpoint::FilesCheck => "check",
             Endpoint::FilesPrometheus => "prometheus",
+            Endpoint::FilesNixos => "nixos",
         }
     }
 
@@ -391,9 +396,10 @@ impl Endpoint {
     fn prefix(self, instance: &str) -> String {
         match self {
             Endpoint::Job | Endpoint::Jobs | Endpoint::Backups => QUERY_PREFIX.to_owned(),
-            Endpoint::FilesStart | Endpoint::FilesRestore | Endpoint::FilesPrometheus => {
-                cim_backup_contracts::subjects::files_commands(instance)
-            }
+            Endpoint::FilesStart
+            | Endpoint::FilesRestore
+            | Endpoint::FilesPrometheus
+            | Endpoint::FilesNixos => cim_backup_contracts::subjects::files_commands(instance),
             Endpoint::FilesModels | Endpoint::FilesCheck => {
                 cim_backup_contracts::subjects::files_queries(instance)
             }
@@ -483,6 +489,9 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
                 files::restore(api, &request).await,
             )
             .await
+        }
+        Endpoint::FilesNixos => {
+            send(&request, errors, subject, files::nixos(api, &request).await).await
         }
         Endpoint::FilesPrometheus => {
             send(

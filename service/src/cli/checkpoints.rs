@@ -61,6 +61,8 @@ pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError>
             path,
             complete_only: true,
             remove_after: false,
+            exclude: Vec::new(),
+            export: None,
         }],
         parallel: None,
         destination: a.destination.as_deref().map(location),

@@ -14,7 +14,7 @@
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
 //!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model);
 //!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
-//!   (backup-prometheus, restore-prometheus).
+//!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config).
 
 pub mod args;
 pub mod backups;
@@ -24,6 +24,7 @@ pub mod follow;
 pub mod integrity;
 pub mod jobs;
 pub mod models;
+pub mod nixos;
 pub mod output;
 pub mod prometheus;
 pub mod repair;
@@ -142,6 +143,9 @@ pub enum Command {
     BackupPrometheus(prometheus::BackupPrometheusArgs),
     /// Restore Prometheus data into --data-dir; refused while a Prometheus runs on it.
     RestorePrometheus(prometheus::RestorePrometheusArgs),
+    /// Back up the NixOS configuration and write it as a tar.gz (runbook: `backup-nixos-config
+    /// --output FILE.tar.gz`); secrets left out unless --include-secrets (then encrypted only).
+    BackupNixosConfig(nixos::BackupNixosArgs),
 }
 
 /// What every client command works with.
@@ -208,6 +212,7 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::RestoreCheckpoint(a) => checkpoints::restore(&ctx, a).await,
         Command::BackupPrometheus(a) => prometheus::backup(&ctx, a).await,
         Command::RestorePrometheus(a) => prometheus::restore(&ctx, a).await,
+        Command::BackupNixosConfig(a) => nixos::backup(&ctx, a).await,
     }
 }
 

@@ -268,6 +268,8 @@ pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
         .map(|m| TreeRequest {
             complete_only: false,
             remove_after: false,
+            exclude: Vec::new(),
+            export: None,
             root: root.clone(),
             path: if path.is_empty() {
                 m.clone()

@@ -29,6 +29,8 @@ pub struct Context {
     pub roots: Vec<crate::archive::files::scan::Root>,
     /// The Prometheus `backup-prometheus` snapshots (`[prometheus]`).
     pub prometheus: Option<crate::config::PrometheusConfig>,
+    /// What backup-nixos-config reads and leaves out (`[nixos]`).
+    pub nixos: crate::config::NixosConfig,
 }
 
 impl Context {

@@ -60,6 +60,7 @@ pub fn source(ctx: &Context, tree: &TreeRequest) -> Result<TreeSource, EngineErr
         path: tree.path.clone(),
         instance: ctx.instance.clone(),
         complete_only: tree.complete_only,
+        exclude: tree.exclude.clone(),
     })
 }
 
@@ -197,6 +198,25 @@ pub async fn store_trees(
         .await?;
         if request.remove_after {
             remove_snapshot(ctx, &source)?;
+        }
+        if let Some(export) = &request.export {
+            let recipients = match export.encrypt {
+                true => Some(ctx.keys.recipients().map_err(|e| {
+                    EngineError::precondition(ErrorCode::BadRequest, format!("encrypt: {e}"))
+                })?),
+                false => None,
+            };
+            let tree = crate::archive::files::tree::get_tree(archive, &cid).await?;
+            let written = crate::archive::files::export::write_tar_gz(
+                archive,
+                &ctx.keys,
+                &tree,
+                spec.encryption.is_some(),
+                std::path::Path::new(&export.path),
+                recipients.as_deref(),
+            )
+            .await?;
+            tracing::info!(job = %job.id, output = %export.path, bytes = written, "tree written as tar.gz");
         }
     }
     Ok(())

@@ -51,6 +51,8 @@ pub struct TreeSource {
     pub instance: String,
     /// Leave out files still being written ([`super::busy`]).
     pub complete_only: bool,
+    /// Leave out what these glob patterns match ([`scan::matches_glob`]), with a note.
+    pub exclude: Vec<String>,
 }
 
 impl TreeSource {
@@ -130,7 +132,8 @@ impl FileBackup {
         let top = source.root.resolve(&source.path)?;
         let scanned = {
             let top = top.clone();
-            tokio::task::spawn_blocking(move || scan::scan(&top))
+            let exclude = source.exclude.clone();
+            tokio::task::spawn_blocking(move || scan::scan_excluding(&top, &exclude))
                 .await
                 .expect("scan does not panic")?
         };

@@ -21,6 +21,7 @@ pub mod blob;
 pub mod busy;
 pub mod chunker;
 pub mod error;
+pub mod export;
 pub mod formats;
 pub mod pack;
 pub mod restore;

@@ -119,8 +119,43 @@ fn entry(path: String, abs: PathBuf, m: &std::fs::Metadata) -> Result<ScannedEnt
     })
 }
 
+/// Whether `path` (relative, `/`-separated) matches `pattern`: `*` and `?` within one name,
+/// `**` for any number of names (`secrets/**`, `**/*.age`, `**/ssh_host_*_key`).
+pub fn matches_glob(pattern: &str, path: &str) -> bool {
+    fn names(p: &[&str], n: &[&str]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) => names(&p[1..], n) || (!n.is_empty() && names(p, &n[1..])),
+            (Some(pat), Some(name)) => {
+                name_matches(pat.as_bytes(), name.as_bytes()) && names(&p[1..], &n[1..])
+            }
+            _ => false,
+        }
+    }
+    fn name_matches(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                name_matches(&p[1..], n) || (!n.is_empty() && name_matches(p, &n[1..]))
+            }
+            (Some(b'?'), Some(_)) => name_matches(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => name_matches(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('/').collect();
+    let n: Vec<&str> = path.split('/').collect();
+    names(&p, &n)
+}
+
 /// Walks `top` (a directory or one file) without following any symlink.
 pub fn scan(top: &Path) -> Result<Scanned, FilesError> {
+    scan_excluding(top, &[])
+}
+
+/// As [`scan`], leaving out (with a note) every entry whose path matches one of `exclude`,
+/// and what is under it.
+pub fn scan_excluding(top: &Path, exclude: &[String]) -> Result<Scanned, FilesError> {
     let meta = std::fs::symlink_metadata(top).map_err(|e| FilesError::io(top.display(), e))?;
     if meta.file_type().is_symlink() {
         return Err(FilesError::refused(
@@ -139,7 +174,28 @@ pub fn scan(top: &Path) -> Result<Scanned, FilesError> {
     }
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    for item in walkdir::WalkDir::new(top).follow_links(false).min_depth(1) {
+    let excluded = |rel: &str| exclude.iter().find(|p| matches_glob(p, rel));
+    let mut left_out = Vec::new();
+    let walk = walkdir::WalkDir::new(top)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(top)
+                .ok()
+                .and_then(|p| p.to_str())
+                .unwrap_or_default();
+            match excluded(rel) {
+                Some(pattern) => {
+                    left_out.push((rel.to_owned(), format!("a secret (matches {pattern})")));
+                    false
+                }
+                None => true,
+            }
+        });
+    for item in walk {
         let item = match item {
             Ok(item) => item,
             Err(e) => {
@@ -171,6 +227,7 @@ pub fn scan(top: &Path) -> Result<Scanned, FilesError> {
         }
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    skipped.extend(left_out);
     Ok(Scanned {
         top: TopKind::Dir,
         entries,
@@ -181,6 +238,24 @@ pub fn scan(top: &Path) -> Result<Scanned, FilesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_match_within_and_across_names() {
+        assert!(matches_glob("secrets/**", "secrets/a/b.yaml"));
+        assert!(matches_glob("secrets/**", "secrets"));
+        assert!(matches_glob("**/*.age", "hosts/web/wifi.age"));
+        assert!(matches_glob("**/*.age", "x.age"));
+        assert!(matches_glob(
+            "**/ssh_host_*_key",
+            "keys/ssh_host_ed25519_key"
+        ));
+        assert!(!matches_glob(
+            "**/ssh_host_*_key",
+            "keys/ssh_host_ed25519_key.pub"
+        ));
+        assert!(!matches_glob("*.age", "hosts/x.age"));
+        assert!(!matches_glob("secrets/**", "configuration.nix"));
+    }
 
     #[test]
     fn requests_cannot_leave_the_root() {
