@@ -30,6 +30,33 @@ fn local_store(dir: &Path) -> ArchiveStore {
     )
 }
 
+/// Restores `tree` to `path` (a test's restore: no progress counter, never cancelled).
+async fn restore_to(
+    store: &ArchiveStore,
+    keys: &Keys,
+    tree: &TreeArchive,
+    encrypted: bool,
+    path: &Path,
+    overwrite: bool,
+    tag: &str,
+) -> Result<cim_backup::archive::files::restore::Restored, FilesError> {
+    let target = Target {
+        path,
+        overwrite,
+        tag,
+        written: None,
+    };
+    restore_tree(
+        store,
+        keys,
+        tree,
+        encrypted,
+        target,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
 fn settings() -> BackupSettings {
     BackupSettings {
         parallel: 2,
@@ -166,21 +193,9 @@ async fn round_trip(store: ArchiveStore) {
 
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("llama");
-    let restored = restore_tree(
-        &store,
-        &no_keys(),
-        &tree,
-        false,
-        Target {
-            path: &target,
-            overwrite: false,
-            written: None,
-            tag: "job1",
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let restored = restore_to(&store, &no_keys(), &tree, false, &target, false, "job1")
+        .await
+        .unwrap();
     assert_eq!(restored.files, 2);
     assert_same_tree(&src.path().join("llama"), &target);
     assert_eq!(
@@ -195,21 +210,9 @@ async fn round_trip(store: ArchiveStore) {
         .await
         .unwrap();
     let at = out.path().join("tiny.gguf");
-    restore_tree(
-        &store,
-        &no_keys(),
-        &gguf,
-        false,
-        Target {
-            path: &at,
-            overwrite: false,
-            written: None,
-            tag: "job2",
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    restore_to(&store, &no_keys(), &gguf, false, &at, false, "job2")
+        .await
+        .unwrap();
     assert!(std::fs::read(&at).unwrap() == std::fs::read(src.path().join("tiny.gguf")).unwrap());
     let v = verify_tree(&store, &no_keys(), &gguf, false).await.unwrap();
     assert_eq!(v.models, vec![(String::new(), "gguf v3".to_owned())]);
@@ -283,18 +286,14 @@ async fn a_second_version_stores_only_what_changed() {
         v2.chunks
     );
     let out = tempfile::tempdir().unwrap();
-    restore_tree(
+    restore_to(
         &store,
         &no_keys(),
         &v2,
         false,
-        Target {
-            path: &out.path().join("m"),
-            overwrite: false,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
+        &out.path().join("m"),
+        false,
+        "j",
     )
     .await
     .unwrap();
@@ -337,18 +336,14 @@ async fn a_tampered_chunk_is_named_by_file_and_chunk_and_nothing_half_restored_i
     assert!(f.object.as_deref().unwrap().starts_with("packs/"), "{f:?}");
 
     let out = tempfile::tempdir().unwrap();
-    let err = restore_tree(
+    let err = restore_to(
         &store,
         &no_keys(),
         &tree,
         false,
-        Target {
-            path: &out.path().join("llama"),
-            overwrite: false,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
+        &out.path().join("llama"),
+        false,
+        "j",
     )
     .await
     .unwrap_err();
@@ -380,21 +375,9 @@ async fn a_restore_never_overwrites_unasked_and_replaces_whole_when_asked() {
     let target = out.path().join("llama");
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("model.safetensors"), b"the old model").unwrap();
-    let err = restore_tree(
-        &store,
-        &no_keys(),
-        &tree,
-        false,
-        Target {
-            path: &target,
-            overwrite: false,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = restore_to(&store, &no_keys(), &tree, false, &target, false, "j")
+        .await
+        .unwrap_err();
     assert!(matches!(err, FilesError::Exists { .. }), "{err}");
     assert_eq!(
         std::fs::read(target.join("model.safetensors")).unwrap(),
@@ -411,42 +394,18 @@ async fn a_restore_never_overwrites_unasked_and_replaces_whole_when_asked() {
         .unwrap();
     tamper(&other, &t2, "model.safetensors").await;
     assert!(
-        restore_tree(
-            &other,
-            &no_keys(),
-            &t2,
-            false,
-            Target {
-                path: &target,
-                overwrite: true,
-                written: None,
-                tag: "j"
-            },
-            &CancellationToken::new()
-        )
-        .await
-        .is_err()
+        restore_to(&other, &no_keys(), &t2, false, &target, true, "j")
+            .await
+            .is_err()
     );
     assert_eq!(
         std::fs::read(target.join("model.safetensors")).unwrap(),
         b"the old model"
     );
 
-    let r = restore_tree(
-        &store,
-        &no_keys(),
-        &tree,
-        false,
-        Target {
-            path: &target,
-            overwrite: true,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let r = restore_to(&store, &no_keys(), &tree, false, &target, true, "j")
+        .await
+        .unwrap();
     assert!(r.replaced);
     assert_same_tree(&src.path().join("llama"), &target);
     assert_eq!(
@@ -488,18 +447,14 @@ async fn links_are_kept_as_links_and_requests_cannot_leave_the_root() {
         );
     }
     let out = tempfile::tempdir().unwrap();
-    restore_tree(
+    restore_to(
         &store,
         &no_keys(),
         &tree,
         false,
-        Target {
-            path: &out.path().join("m"),
-            overwrite: false,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
+        &out.path().join("m"),
+        false,
+        "j",
     )
     .await
     .unwrap();
@@ -661,18 +616,14 @@ async fn encrypted_chunks_are_age_files_and_never_plaintext() {
         "no identity: a finding, never clean"
     );
     let restored = tempfile::tempdir().unwrap();
-    restore_tree(
+    restore_to(
         &store,
         &keys,
         &tree,
         true,
-        Target {
-            path: &restored.path().join("cfg"),
-            overwrite: false,
-            written: None,
-            tag: "j",
-        },
-        &CancellationToken::new(),
+        &restored.path().join("cfg"),
+        false,
+        "j",
     )
     .await
     .unwrap();

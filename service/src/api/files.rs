@@ -304,7 +304,7 @@ pub async fn restore(
                 file.display()
             )));
         }
-        if let Some(why) = in_use(&target) {
+        if let Some(why) = crate::archive::files::busy::target_in_use(&target) {
             return Err(ApiError::conflict(format!(
                 "{} is in use: {why} (a Prometheus on its data directory?); stop it first, nothing was written",
                 target.display()
@@ -580,12 +580,8 @@ pub async fn prometheus(
     })?;
     // The data directory, as a root and a path inside it.
     let (root, rel) = ctx
-        .roots
-        .iter()
-        .find_map(|r| {
-            let rel = config.data_dir.strip_prefix(&r.dir).ok()?;
-            Some((r.name.clone(), rel.to_str()?.to_owned()))
-        })
+        .place(&config.data_dir)
+        .map(|(r, rel)| (r.name.clone(), rel))
         .ok_or_else(|| {
             ApiError::new(
                 cim_backup_contracts::ErrorCode::Forbidden,
@@ -636,15 +632,6 @@ pub async fn prometheus(
     accepted
 }
 
-/// Why a restore target is in use by a running program: a held lock file, or open or mapped
-/// files inside it.
-pub fn in_use(target: &std::path::Path) -> Option<String> {
-    if crate::prometheus::locked_by_a_running_program(target) {
-        return Some("a running program holds its lock file".into());
-    }
-    crate::archive::files::busy::in_use_by(target)
-}
-
 /// Whether `given` names `tree`: its full name (`models/llama-3-8b`), or its last path
 /// component (a model or checkpoint id).
 fn names(tree: &cim_backup_contracts::files::TreeSummary, given: &str) -> bool {
@@ -674,14 +661,8 @@ pub async fn nixos(
     let cmd: NixosBackup = parse(request)?;
     let ctx = api.runner.context();
     let forbidden = |m: String| ApiError::new(cim_backup_contracts::ErrorCode::Forbidden, m);
-    let inside = |path: &std::path::Path| {
-        ctx.roots.iter().find_map(|r| {
-            let rel = path.strip_prefix(&r.dir).ok()?;
-            Some((r, rel.to_str()?.to_owned()))
-        })
-    };
     let config_dir = &ctx.nixos.config_dir;
-    let (root, rel) = inside(config_dir).ok_or_else(|| {
+    let (root, rel) = ctx.place(config_dir).ok_or_else(|| {
         forbidden(format!(
             "[nixos] config_dir {} is not inside any of this instance's roots ([files.roots])",
             config_dir.display()
@@ -710,7 +691,7 @@ pub async fn nixos(
             .recipients()
             .map_err(|e| ApiError::bad_request(format!("include_secrets: {e}")))?;
     }
-    let (out_root, out_rel) = inside(&output).ok_or_else(|| {
+    let (out_root, out_rel) = ctx.place(&output).ok_or_else(|| {
         forbidden(format!(
             "output: {} is not inside any of this instance's roots ([files.roots])",
             output.display()

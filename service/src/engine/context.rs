@@ -34,6 +34,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// The declared root that holds `path`, and `path` inside it (`/`-separated).
+    pub fn place(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<(&crate::archive::files::scan::Root, String)> {
+        self.roots.iter().find_map(|r| {
+            let rel = path.strip_prefix(&r.dir).ok()?;
+            Some((r, rel.to_str()?.to_owned()))
+        })
+    }
+
     /// The root named `name`, or why not (a 404 that lists the roots this instance has).
     pub fn root(
         &self,

@@ -114,15 +114,17 @@ pub async fn store_trees(
         }
         let source = source(ctx, &request)?;
         let (before_bytes, before_stored) = recorded(job);
-        let progress = |backup: &FileBackup, name: &str| TreeProgressed {
-            name: name.to_owned(),
-            bytes_done: before_bytes + backup.counters.read.load(Ordering::Relaxed),
-            stored_bytes: before_stored + backup.uploaded(),
-            files_done: backup.counters.files.load(Ordering::Relaxed),
-        };
+        // The job's totals: what it recorded, plus what this tree has read and uploaded since
+        // it began (the counters run over the whole job).
         let read_before = backup.counters.read.load(Ordering::Relaxed);
         let files_before = backup.counters.files.load(Ordering::Relaxed);
         let uploaded_before = backup.uploaded();
+        let progress = |backup: &FileBackup, name: &str| TreeProgressed {
+            name: name.to_owned(),
+            bytes_done: before_bytes + backup.counters.read.load(Ordering::Relaxed) - read_before,
+            stored_bytes: before_stored + backup.uploaded() - uploaded_before,
+            files_done: backup.counters.files.load(Ordering::Relaxed) - files_before,
+        };
         let stored = {
             let name = request.name();
             let work = backup.tree(&source, cancel);
@@ -133,10 +135,7 @@ pub async fn store_trees(
                 tokio::select! {
                     done = &mut work => break done?,
                     _ = tick.tick() => {
-                        let mut p = progress(&backup, &name);
-                        p.bytes_done -= read_before;
-                        p.stored_bytes -= uploaded_before;
-                        p.files_done -= files_before;
+                        let p = progress(&backup, &name);
                         execute(&ctx.events, job, BackupCommand::RecordTreeProgress(p), None).await?;
                     }
                 }

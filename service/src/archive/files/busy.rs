@@ -27,6 +27,15 @@ pub fn still_being_written(path: &Path) -> Option<String> {
     })
 }
 
+/// Why a restore target is in use by a running program: a held lock file, or open or mapped
+/// files inside it.
+pub fn target_in_use(target: &Path) -> Option<String> {
+    if crate::prometheus::locked_by_a_running_program(target) {
+        return Some("a running program holds its lock file".into());
+    }
+    in_use_by(target)
+}
+
 /// A process (not this one) that holds something inside `dir` open or mapped: a program
 /// running on a data directory (Prometheus keeps its WAL open and its head chunks mapped).
 pub fn in_use_by(dir: &Path) -> Option<String> {

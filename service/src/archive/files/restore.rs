@@ -158,12 +158,7 @@ pub async fn restore_tree(
         }
     };
     let safety = parent.join(format!(".{name}.cim-previous-{tag}"));
-    let in_use = || {
-        crate::prometheus::locked_by_a_running_program(target)
-            .then(|| "a running program holds its lock file".to_owned())
-            .or_else(|| super::busy::in_use_by(target))
-    };
-    if exists && let Some(why) = in_use() {
+    if exists && let Some(why) = super::busy::target_in_use(target) {
         let _ = remove_any(&temp);
         return Err(FilesError::Busy {
             path: shown,
