@@ -51,6 +51,7 @@
           "backup-prometheus"
           "restore-prometheus"
           "backup-nixos-config"
+          "backup-grafana"
         ];
         app = command: {
           type = "app";

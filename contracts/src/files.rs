@@ -40,6 +40,10 @@ pub struct TarExport {
     pub path: String,
     /// age-encrypt the tar.gz to the service's recipients (`.tar.gz.age`).
     pub encrypt: bool,
+    /// Name the entries under this relative path instead of the host path (`grafana/…` for
+    /// an export staged in a temporary directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `cim.backup.files.<instance>.cmd.nixos`: back up the NixOS configuration (`[nixos]
@@ -52,6 +56,26 @@ pub struct NixosBackup {
     pub output: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_secrets: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// `cim.backup.files.<instance>.cmd.grafana`: export the configured Grafana (`[grafana]`)
+/// through its HTTP API (folders, dashboards by uid, alert rules, and datasources when asked),
+/// back the export up as a tree and write it as a tar.gz (`.tar.gz`, or `.tar.gz.age`
+/// encrypted to the service's recipients) at `output`, inside a root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrafanaBackup {
+    /// Host path of the tar.gz, inside a root.
+    pub output: String,
+    /// Also export datasources (their settings; Grafana never returns their secrets).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_datasources: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,11 @@
 //! url = "http://127.0.0.1:9090"       # with --web.enable-admin-api
 //! data_dir = "/var/lib/prometheus/metrics2"   # inside a [files.roots] entry
 //!
+//! [grafana]                           # what backup-grafana exports through the HTTP API
+//! url = "http://127.0.0.1:3000"
+//! token_file = "/etc/cim/grafana.token"   # a service-account token (optional)
+//! staging_dir = "/var/lib/cim/grafana"    # inside a root: exports wait here until stored
+//!
 //! [nixos]                             # what backup-nixos-config reads (inside a root)
 //! config_dir = "/etc/nixos"
 //! secret_patterns = ["secrets/**", "**/*.age", "**/*.sops.*", "**/ssh_host_*_key"]
@@ -90,6 +95,24 @@ pub struct Config {
     pub prometheus: Option<PrometheusConfig>,
     #[serde(default)]
     pub nixos: NixosConfig,
+    #[serde(default)]
+    pub grafana: Option<GrafanaConfig>,
+}
+
+/// `[grafana]`: the server `backup-grafana` exports. Requests never name a URL, so they cannot
+/// point the service at another host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrafanaConfig {
+    /// `http(s)://host:port[/sub/path]` of the server.
+    pub url: String,
+    /// A file holding a service-account token, sent as `Authorization: Bearer` (Viewer reads
+    /// folders and dashboards; datasources and alert-rule provisioning need Admin).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where an export is written before it is stored (inside a `[files.roots]` entry); each
+    /// export is a new directory here, removed once the backup holds it.
+    pub staging_dir: PathBuf,
 }
 
 /// `[nixos]`: what backup-nixos-config reads, and what it leaves out as secrets.
@@ -445,6 +468,16 @@ impl Config {
                 "prometheus.data_dir: {} is not an absolute path",
                 p.data_dir.display()
             )));
+        }
+        if let Some(g) = &self.grafana {
+            if !g.staging_dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "grafana.staging_dir: {} is not an absolute path",
+                    g.staging_dir.display()
+                )));
+            }
+            crate::grafana::base_url(&g.url)
+                .map_err(|e| ConfigError::Invalid(format!("grafana.url: {e}")))?;
         }
         if self.defaults.upload_concurrency == 0 {
             return Err(ConfigError::Invalid(

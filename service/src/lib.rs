@@ -12,6 +12,7 @@
 //! - [`engine`] — the work of backup, restore and verify jobs, and the runner that owns them.
 //! - [`projector`] — folds events into the job and catalog KV views; rebuilds them.
 //! - [`api`] — the NATS micro-service: command and query endpoints, error replies.
+//! - [`prometheus`], [`grafana`] — the HTTP APIs of the host services backed up as trees.
 //! - [`embedded`] — a local nats-server for `serve --embedded`.
 //! - [`cli`] — the `cim-backup` command line, a thin client of the NATS contract.
 
@@ -23,6 +24,7 @@ pub mod destination;
 pub mod embedded;
 pub mod engine;
 pub mod event_store;
+pub mod grafana;
 pub mod jobs;
 pub mod jsapi;
 pub mod keys;

@@ -21,6 +21,7 @@
 pub mod archive_conformance;
 pub mod bench;
 pub mod files;
+pub mod grafana;
 pub mod nats;
 pub mod raw;
 pub mod s3;

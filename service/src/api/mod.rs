@@ -14,6 +14,7 @@
 
 pub mod commands;
 pub mod files;
+pub mod host_services;
 pub mod queries;
 pub mod repair;
 pub mod reply;
@@ -160,6 +161,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             .map_err(|e| ServeError::Service(format!("[files.roots]: {e}")))?,
         prometheus: config.prometheus.clone(),
         nixos: config.nixos.clone(),
+        grafana: config.grafana.clone(),
     });
     let runner = Runner::new(ctx);
     runner
@@ -350,10 +352,12 @@ enum Endpoint {
     FilesPrometheus,
     /// `cim.backup.files.<instance>.cmd.nixos`: the NixOS configuration, and a tar.gz of it.
     FilesNixos,
+    /// `cim.backup.files.<instance>.cmd.grafana`: Grafana through its HTTP API, and a tar.gz.
+    FilesGrafana,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 15] = [
+    const ALL: [Endpoint; 16] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -369,6 +373,7 @@ impl Endpoint {
         Endpoint::FilesCheck,
         Endpoint::FilesPrometheus,
         Endpoint::FilesNixos,
+        Endpoint::FilesGrafana,
     ];
 
     /// The last token of its subject.
@@ -389,6 +394,7 @@ impl Endpoint {
             Endpoint::FilesCheck => "check",
             Endpoint::FilesPrometheus => "prometheus",
             Endpoint::FilesNixos => "nixos",
+            Endpoint::FilesGrafana => "grafana",
         }
     }
 
@@ -399,7 +405,8 @@ impl Endpoint {
             Endpoint::FilesStart
             | Endpoint::FilesRestore
             | Endpoint::FilesPrometheus
-            | Endpoint::FilesNixos => cim_backup_contracts::subjects::files_commands(instance),
+            | Endpoint::FilesNixos
+            | Endpoint::FilesGrafana => cim_backup_contracts::subjects::files_commands(instance),
             Endpoint::FilesModels | Endpoint::FilesCheck => {
                 cim_backup_contracts::subjects::files_queries(instance)
             }
@@ -491,16 +498,16 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
             .await
         }
         Endpoint::FilesNixos => {
-            send(&request, errors, subject, files::nixos(api, &request).await).await
+            let reply = host_services::nixos(api, &request).await;
+            send(&request, errors, subject, reply).await
         }
         Endpoint::FilesPrometheus => {
-            send(
-                &request,
-                errors,
-                subject,
-                files::prometheus(api, &request).await,
-            )
-            .await
+            let reply = host_services::prometheus(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::FilesGrafana => {
+            let reply = host_services::grafana(api, &request).await;
+            send(&request, errors, subject, reply).await
         }
         Endpoint::FilesCheck => {
             send(&request, errors, subject, files::check(api, &request).await).await

@@ -14,13 +14,15 @@
 //!   (restore-from-point); [`models`] (list-gpu-models, backup-gpu-models,
 //!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model);
 //!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
-//!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config).
+//!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config); [`grafana`]
+//!   (backup-grafana).
 
 pub mod args;
 pub mod backups;
 pub mod checkpoints;
 pub mod client;
 pub mod follow;
+pub mod grafana;
 pub mod integrity;
 pub mod jobs;
 pub mod models;
@@ -146,6 +148,10 @@ pub enum Command {
     /// Back up the NixOS configuration and write it as a tar.gz (runbook: `backup-nixos-config
     /// --output FILE.tar.gz`); secrets left out unless --include-secrets (then encrypted only).
     BackupNixosConfig(nixos::BackupNixosArgs),
+    /// Export Grafana through its HTTP API (folders, dashboards by uid, alert rules, and with
+    /// --include-datasources its datasources) into the archive and as a tar.gz (runbook:
+    /// `backup-grafana --include-datasources --output FILE.tar.gz`).
+    BackupGrafana(grafana::BackupGrafanaArgs),
 }
 
 /// What every client command works with.
@@ -213,6 +219,7 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::BackupPrometheus(a) => prometheus::backup(&ctx, a).await,
         Command::RestorePrometheus(a) => prometheus::restore(&ctx, a).await,
         Command::BackupNixosConfig(a) => nixos::backup(&ctx, a).await,
+        Command::BackupGrafana(a) => grafana::backup(&ctx, a).await,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Context {
     pub prometheus: Option<crate::config::PrometheusConfig>,
     /// What backup-nixos-config reads and leaves out (`[nixos]`).
     pub nixos: crate::config::NixosConfig,
+    /// The Grafana `backup-grafana` exports (`[grafana]`).
+    pub grafana: Option<crate::config::GrafanaConfig>,
 }
 
 impl Context {

@@ -212,6 +212,7 @@ pub async fn store_trees(
                 &tree,
                 spec.encryption.is_some(),
                 std::path::Path::new(&export.path),
+                export.name.as_deref(),
                 recipients.as_deref(),
             )
             .await?;
@@ -221,28 +222,34 @@ pub async fn store_trees(
     Ok(())
 }
 
-/// Removes a Prometheus snapshot the job stored: only a directory under the configured
-/// server's `<data_dir>/snapshots/`, never anything else a request might name.
+/// Removes a staged tree the job stored: only a directory directly under the configured
+/// Prometheus server's `<data_dir>/snapshots/` or `[grafana] staging_dir`, never anything else
+/// a request might name.
 fn remove_snapshot(ctx: &Context, source: &TreeSource) -> Result<(), EngineError> {
     let dir = source.root.resolve(&source.path)?;
-    let allowed = ctx
-        .prometheus
-        .as_ref()
-        .map(|p| p.data_dir.join("snapshots"))
-        .is_some_and(|snapshots| dir.parent() == Some(snapshots.as_path()));
+    let staging = [
+        ctx.prometheus
+            .as_ref()
+            .map(|p| p.data_dir.join("snapshots")),
+        ctx.grafana.as_ref().map(|g| g.staging_dir.clone()),
+    ];
+    let allowed = staging
+        .iter()
+        .flatten()
+        .any(|parent| dir.parent() == Some(parent.as_path()));
     if !allowed {
         return Err(EngineError::precondition(
             ErrorCode::Forbidden,
             format!(
-                "{} is not a Prometheus snapshot of [prometheus] data_dir; not removed",
+                "{} is neither a Prometheus snapshot of [prometheus] data_dir nor a Grafana export in [grafana] staging_dir; not removed",
                 dir.display()
             ),
         ));
     }
     match std::fs::remove_dir_all(&dir) {
-        Ok(()) => tracing::info!(dir = %dir.display(), "removed the stored Prometheus snapshot"),
+        Ok(()) => tracing::info!(dir = %dir.display(), "removed the stored staging directory"),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the stored Prometheus snapshot")
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the stored staging directory")
         }
     }
     Ok(())

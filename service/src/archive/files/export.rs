@@ -45,14 +45,16 @@ impl Sink {
     }
 }
 
-/// Writes `tree` to `out` as a tar.gz (age-encrypted to `recipients` when given). Returns the
-/// bytes of file content written.
+/// Writes `tree` to `out` as a tar.gz (age-encrypted to `recipients` when given), its entries
+/// under `name` or else the tree's host path without the leading `/`. Returns the bytes of
+/// file content written.
 pub async fn write_tar_gz(
     store: &ArchiveStore,
     keys: &Keys,
     tree: &TreeArchive,
     encrypted: bool,
     out: &Path,
+    name: Option<&str>,
     recipients: Option<&[String]>,
 ) -> Result<u64, FilesError> {
     tree.check_paths()?;
@@ -83,7 +85,20 @@ pub async fn write_tar_gz(
     };
     let mut tar = tar::Builder::new(sink);
     tar.mode(tar::HeaderMode::Complete);
-    let base = tree.host_path.trim_start_matches('/').to_owned();
+    let base = name
+        .unwrap_or(&tree.host_path)
+        .trim_start_matches('/')
+        .to_owned();
+    if base.is_empty()
+        || base
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(FilesError::refused(
+            &shown,
+            format!("{base:?} is no entry name"),
+        ));
+    }
     let name_of = |rel: &str| {
         if rel.is_empty() {
             base.clone()
