@@ -14,6 +14,8 @@ pub const DAG_CBOR: u64 = 0x71;
 pub const RAW: u64 = 0x55;
 /// Multihash code of sha2-256.
 pub const SHA2_256: u64 = 0x12;
+/// Multihash code of BLAKE3 (32-byte digest): names file chunks (docs/ARCHIVE.md §12.1).
+pub const BLAKE3: u64 = 0x1e;
 
 /// CIDv1 of a DAG-CBOR block: dag-cbor codec, sha2-256 over `bytes`.
 pub fn dag_cbor_cid(bytes: &[u8]) -> Cid {
@@ -31,6 +33,31 @@ pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
     let multihash = ::cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest)
         .expect("a 32-byte digest always fits a 64-byte multihash");
     Cid::new_v1(codec, multihash)
+}
+
+/// The id of a file chunk: CIDv1, raw codec, BLAKE3 over its plaintext. BLAKE3, not sha2-256,
+/// because every byte of a file is hashed twice (its chunk's id and the whole-file sha256 that
+/// `verify-model --checksum` compares) and BLAKE3 is several times faster; every other object
+/// keeps the sha2-256 rule.
+pub fn chunk_cid(bytes: &[u8]) -> Cid {
+    let digest = blake3::hash(bytes);
+    let multihash = ::cid::multihash::Multihash::<64>::wrap(BLAKE3, digest.as_bytes())
+        .expect("a 32-byte digest always fits a 64-byte multihash");
+    Cid::new_v1(RAW, multihash)
+}
+
+/// Whether `cid` is exactly the id of the chunk `bytes`: a raw CIDv1 with a BLAKE3 multihash
+/// ([`chunk_cid`]), or with sha2-256 (chunks of trees written in `cim-backup-tree/1`). Any
+/// other hash function never verifies.
+pub fn verifies_chunk(cid: &Cid, bytes: &[u8]) -> bool {
+    if cid.version() != ::cid::Version::V1 || cid.codec() != RAW {
+        return false;
+    }
+    match cid.hash().code() {
+        BLAKE3 => chunk_cid(bytes) == *cid,
+        SHA2_256 => verifies(cid, bytes),
+        _ => false,
+    }
 }
 
 /// Whether `cid` is exactly the sha2-256 CID (with its own codec) of `bytes`.
@@ -55,6 +82,20 @@ mod tests {
             cid.to_string(),
             "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua"
         );
+    }
+
+    #[test]
+    fn chunk_ids_are_blake3_and_old_sha2_ids_still_verify() {
+        let cid = chunk_cid(b"hello");
+        assert_eq!((cid.codec(), cid.hash().code()), (RAW, BLAKE3));
+        // BLAKE3("hello"), the value b3sum prints.
+        let hex: String = cid.hash().digest().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
+        assert!(verifies_chunk(&cid, b"hello"));
+        assert!(!verifies_chunk(&cid, b"hellO"));
+        assert!(verifies_chunk(&raw_cid(b"hello"), b"hello"));
+        assert!(!verifies_chunk(&dag_cbor_cid(b"hello"), b"hello"));
+        assert!(!verifies(&cid, b"hello"), "objects keep the sha2-256 rule");
     }
 
     #[test]

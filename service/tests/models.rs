@@ -217,8 +217,9 @@ async fn the_model_runbook_commands_work_end_to_end() {
     );
     let view: Value = serde_json::from_slice(&out.stdout).unwrap();
     let message = view["error"]["message"].as_str().unwrap();
+    // Chunks are named by BLAKE3 raw CIDs (bafkr4i…), packs by sha2-256 ones (bafkrei…).
     assert!(
-        message.contains("models/llama-3-8b: model.safetensors: chunk bafkrei"),
+        message.contains("models/llama-3-8b: model.safetensors: chunk bafkr4i"),
         "{message}"
     );
     assert!(

@@ -2,7 +2,7 @@
 //! the destination encrypts. Opening a blob reverses both and checks the chunk's CID, so a
 //! damaged or substituted blob is an error naming its chunk, never wrong bytes in a file.
 
-use cim_backup_contracts::cid::{Cid, raw_cid, verifies};
+use cim_backup_contracts::cid::{Cid, verifies_chunk};
 
 use crate::archive::ArchiveError;
 use crate::keys::Keys;
@@ -25,9 +25,9 @@ pub struct SealedBlob {
     pub bytes: Vec<u8>,
 }
 
-/// The CID that names a chunk: raw codec, sha2-256 of its plaintext (the archive's one rule).
+/// The CID that names a chunk: raw codec, BLAKE3 of its plaintext (docs/ARCHIVE.md §12.1).
 pub fn chunk_cid(chunk: &[u8]) -> Cid {
-    raw_cid(chunk)
+    cim_backup_contracts::cid::chunk_cid(chunk)
 }
 
 /// Compresses (level `level`, when it pays) and encrypts (to `recipients`) one chunk.
@@ -107,7 +107,7 @@ pub fn open(
             shape.raw_len
         )));
     }
-    if !verifies(shape.cid, &chunk) {
+    if !verifies_chunk(shape.cid, &chunk) {
         return Err(damaged(
             "content does not match its CID (tampered or damaged)".into(),
         ));

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::error::FilesError;
 use crate::archive::{ArchiveError, ArchiveStore};
 
-/// Format of tree objects.
-pub const TREE_FORMAT: &str = "cim-backup-tree/1";
+/// Format of tree objects written: chunks named by BLAKE3 CIDs.
+pub const TREE_FORMAT: &str = "cim-backup-tree/2";
+/// The format before it, still read: chunks named by sha2-256 CIDs.
+pub const TREE_FORMAT_1: &str = "cim-backup-tree/1";
 
 /// Object key of a tree: `trees/<cid>` (DAG-CBOR, named by its CID like a manifest).
 pub fn tree_key(cid: &Cid) -> String {
@@ -46,11 +48,29 @@ pub async fn get_tree(store: &ArchiveStore, cid: &Cid) -> Result<TreeArchive, Ar
     }
     let stored: Stored = serde_ipld_dagcbor::from_slice(&bytes)
         .map_err(|e| ArchiveError::corrupt(&object, format!("not a tree: {e}")))?;
-    if stored.format != TREE_FORMAT {
-        return Err(ArchiveError::corrupt(
-            &object,
-            format!("format {:?} is not {TREE_FORMAT}", stored.format),
-        ));
+    let chunk_hash = match stored.format.as_str() {
+        TREE_FORMAT => cim_backup_contracts::cid::BLAKE3,
+        TREE_FORMAT_1 => cim_backup_contracts::cid::SHA2_256,
+        other => {
+            return Err(ArchiveError::corrupt(
+                &object,
+                format!("format {other:?} is neither {TREE_FORMAT} nor {TREE_FORMAT_1}"),
+            ));
+        }
+    };
+    // Each format names its chunks by one hash: a chunk named by another is a forgery.
+    for e in &stored.tree.entries {
+        if let EntryKind::File { chunks, .. } = &e.kind
+            && let Some(c) = chunks.iter().find(|c| c.cid.hash().code() != chunk_hash)
+        {
+            return Err(ArchiveError::corrupt(
+                &object,
+                format!(
+                    "{}: chunk {} is not named as {} names chunks",
+                    e.path, c.cid, stored.format
+                ),
+            ));
+        }
     }
     Ok(stored.tree)
 }
@@ -255,5 +275,54 @@ mod tests {
         ] {
             assert!(tree(bad).check_paths().is_err(), "{bad:?}");
         }
+    }
+
+    /// A tree with one file of one chunk named `chunk`, stored as `format`.
+    async fn stored_as(format: &str, chunk: Cid) -> Result<TreeArchive, ArchiveError> {
+        let store = ArchiveStore::new(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            object_store::path::Path::from("t"),
+            "memory://t".into(),
+        );
+        let mut t = tree(&[]);
+        t.entries.push(TreeEntry {
+            path: "w.bin".into(),
+            mode: 0o644,
+            mtime_ns: 0,
+            kind: EntryKind::File {
+                size: 5,
+                sha256: String::new(),
+                chunks: vec![ChunkRef {
+                    cid: chunk,
+                    len: 5,
+                    pack: chunk,
+                    offset: 0,
+                    stored_len: 5,
+                    zstd: false,
+                }],
+            },
+        });
+        let bytes = serde_ipld_dagcbor::to_vec(&Stored {
+            format: format.into(),
+            tree: t,
+        })
+        .unwrap();
+        let cid = dag_cbor_cid(&bytes);
+        store.put_if_absent(&tree_key(&cid), Bytes::from(bytes)).await?;
+        get_tree(&store, &cid).await
+    }
+
+    #[tokio::test]
+    async fn each_tree_format_reads_only_its_own_chunk_ids() {
+        use cim_backup_contracts::cid::{chunk_cid, raw_cid};
+        let (blake3, sha2) = (chunk_cid(b"hello"), raw_cid(b"hello"));
+        assert!(stored_as(TREE_FORMAT, blake3).await.is_ok());
+        assert!(stored_as(TREE_FORMAT_1, sha2).await.is_ok(), "old trees still read");
+        for (format, chunk) in [(TREE_FORMAT, sha2), (TREE_FORMAT_1, blake3)] {
+            let e = stored_as(format, chunk).await.unwrap_err().to_string();
+            assert!(e.contains("is not named as"), "{format}: {e}");
+        }
+        let e = stored_as("cim-backup-tree/9", blake3).await.unwrap_err().to_string();
+        assert!(e.contains("neither"), "{e}");
     }
 }
