@@ -78,16 +78,7 @@ pub struct EventEnvelope {
     pub event: JobEvent,
 }
 
-/// One event of any aggregate of this service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEvent {
-    Backup(BackupEvent),
-    Restore(RestoreEvent),
-    Verify(VerifyEvent),
-    Check(CheckEvent),
-    Repair(RepairEvent),
-    TreeRestore(TreeRestoreEvent),
-}
+pub use crate::kinds::JobEvent;
 
 #[derive(Serialize, Deserialize)]
 struct WireEnvelope {
@@ -116,72 +107,6 @@ pub struct EnvelopeHead<'a> {
     pub aggregate_id: &'a str,
     pub sequence: u64,
     pub prev: Option<Cid>,
-}
-
-impl JobEvent {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            JobEvent::Backup(e) => e.event_type(),
-            JobEvent::Restore(e) => e.event_type(),
-            JobEvent::Verify(e) => e.event_type(),
-            JobEvent::Check(e) => e.event_type(),
-            JobEvent::Repair(e) => e.event_type(),
-            JobEvent::TreeRestore(e) => e.event_type(),
-        }
-    }
-
-    pub fn version(&self) -> u32 {
-        match self {
-            JobEvent::Backup(e) => e.version(),
-            JobEvent::Restore(e) => e.version(),
-            JobEvent::Verify(e) => e.version(),
-            JobEvent::Check(e) => e.version(),
-            JobEvent::Repair(e) => e.version(),
-            JobEvent::TreeRestore(e) => e.version(),
-        }
-    }
-
-    pub fn aggregate_type(&self) -> JobKind {
-        match self {
-            JobEvent::Backup(_) => JobKind::Backup,
-            JobEvent::Restore(_) => JobKind::Restore,
-            JobEvent::Verify(_) => JobKind::Verify,
-            JobEvent::Check(_) => JobKind::Check,
-            JobEvent::Repair(_) => JobKind::Repair,
-            JobEvent::TreeRestore(_) => JobKind::TreeRestore,
-        }
-    }
-
-    fn to_data(&self) -> Ipld {
-        match self {
-            JobEvent::Backup(e) => e.to_data(),
-            JobEvent::Restore(e) => e.to_data(),
-            JobEvent::Verify(e) => e.to_data(),
-            JobEvent::Check(e) => e.to_data(),
-            JobEvent::Repair(e) => e.to_data(),
-            JobEvent::TreeRestore(e) => e.to_data(),
-        }
-    }
-
-    fn from_data(
-        kind: JobKind,
-        event_type: &str,
-        version: u32,
-        data: Ipld,
-    ) -> Result<Self, EventDecodeError> {
-        Ok(match kind {
-            JobKind::Backup => JobEvent::Backup(BackupEvent::from_data(event_type, version, data)?),
-            JobKind::Restore => {
-                JobEvent::Restore(RestoreEvent::from_data(event_type, version, data)?)
-            }
-            JobKind::Verify => JobEvent::Verify(VerifyEvent::from_data(event_type, version, data)?),
-            JobKind::Check => JobEvent::Check(CheckEvent::from_data(event_type, version, data)?),
-            JobKind::Repair => JobEvent::Repair(RepairEvent::from_data(event_type, version, data)?),
-            JobKind::TreeRestore => {
-                JobEvent::TreeRestore(TreeRestoreEvent::from_data(event_type, version, data)?)
-            }
-        })
-    }
 }
 
 impl EventEnvelope {
@@ -295,14 +220,14 @@ macro_rules! event_enum {
                 match self { $($name::$variant(_) => $version),+ }
             }
 
-            fn to_data(&self) -> Ipld {
+            pub(crate) fn to_data(&self) -> Ipld {
                 let result = match self {
                     $($name::$variant(data) => ipld_core::serde::to_ipld(data)),+
                 };
                 result.expect("event data always converts to IPLD")
             }
 
-            fn from_data(event_type: &str, version: u32, data: Ipld) -> Result<Self, EventDecodeError> {
+            pub(crate) fn from_data(event_type: &str, version: u32, data: Ipld) -> Result<Self, EventDecodeError> {
                 let bad = |e: ipld_core::serde::SerdeError| EventDecodeError::Data {
                     event_type: event_type.to_owned(),
                     message: e.to_string(),

@@ -41,6 +41,7 @@ pub mod events;
 pub mod files;
 pub mod headers;
 pub mod ids;
+pub mod kinds;
 pub mod integrity;
 pub mod replies;
 pub mod subjects;

@@ -2,7 +2,6 @@
 //! plain JSON on the wire.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -10,54 +9,7 @@ use time::OffsetDateTime;
 use crate::events::StreamSummary;
 use crate::ids::{BackupId, EventCid, JobId};
 
-/// Kind of job; also the aggregate type in event subjects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Backup,
-    Restore,
-    Verify,
-    Check,
-    /// Restore from a point: part of a live stream replaced by a backup's records.
-    Repair,
-    /// File trees of a backup put back on a host (models, checkpoints, configuration).
-    #[serde(rename = "tree-restore")]
-    TreeRestore,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Backup => "backup",
-            JobKind::Restore => "restore",
-            JobKind::Verify => "verify",
-            JobKind::Check => "check",
-            JobKind::Repair => "repair",
-            JobKind::TreeRestore => "tree-restore",
-        }
-    }
-}
-
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "backup" => Ok(JobKind::Backup),
-            "restore" => Ok(JobKind::Restore),
-            "verify" => Ok(JobKind::Verify),
-            "check" => Ok(JobKind::Check),
-            "repair" => Ok(JobKind::Repair),
-            "tree-restore" => Ok(JobKind::TreeRestore),
-            other => Err(format!("unknown job kind {other:?}")),
-        }
-    }
-}
+pub use crate::kinds::JobKind;
 
 /// Lifecycle state of a job (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,7 +17,6 @@ use cim_backup_contracts::views::{JobKind, JobState};
 use cim_backup_contracts::{JobId, headers, text};
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
 use cim_backup_domain::check::{CheckCommand, CheckJob};
-use cim_backup_domain::repair::RepairJob;
 use cim_backup_domain::restore::{RestoreCommand, RestoreJob};
 use cim_backup_domain::verify::{VerifyCommand, VerifyJob};
 use cim_backup_domain::{DomainError, JobLifecycle};
@@ -326,7 +325,7 @@ pub async fn start_command(
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_backup(job);
+        api.runner.start(job);
     }
     Ok(reply)
 }
@@ -504,7 +503,7 @@ pub async fn restore(api: &Api, request: &Request) -> Result<RestoreReply, ApiEr
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_restore(job);
+        api.runner.start(job);
     }
     Ok(RestoreReply::Accepted(reply))
 }
@@ -588,7 +587,7 @@ pub async fn verify(api: &Api, request: &Request) -> Result<Accepted, ApiError> 
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_verify(job);
+        api.runner.start(job);
     }
     Ok(reply)
 }
@@ -744,7 +743,7 @@ pub async fn check(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_check(job);
+        api.runner.start(job);
     }
     Ok(reply)
 }
@@ -757,21 +756,8 @@ pub async fn cancel(api: &Api, request: &Request) -> Result<CancelAccepted, ApiE
     }
     let kind = job_kind(api, &cmd.job_id).await?;
     let reason = CancelRequested { reason: cmd.reason };
-    let requested = match kind {
-        JobKind::Backup => request_cancel::<BackupJob>(api, &cmd.job_id, reason).await?,
-        JobKind::Restore => request_cancel::<RestoreJob>(api, &cmd.job_id, reason).await?,
-        JobKind::Verify => request_cancel::<VerifyJob>(api, &cmd.job_id, reason).await?,
-        JobKind::Check => request_cancel::<CheckJob>(api, &cmd.job_id, reason).await?,
-        JobKind::Repair => request_cancel::<RepairJob>(api, &cmd.job_id, reason).await?,
-        JobKind::TreeRestore => {
-            request_cancel::<cim_backup_domain::tree_restore::TreeRestoreJob>(
-                api,
-                &cmd.job_id,
-                reason,
-            )
-            .await?
-        }
-    };
+    let requested =
+        crate::with_job_type!(kind, J => request_cancel::<J>(api, &cmd.job_id, reason).await?);
     api.runner.cancel_local(&cmd.job_id);
     Ok(CancelAccepted {
         job_id: cmd.job_id,

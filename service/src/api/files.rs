@@ -359,7 +359,7 @@ pub async fn restore(
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_tree_restore(job);
+        api.runner.start(job);
     }
     Ok(reply)
 }

@@ -150,7 +150,7 @@ pub async fn repair(api: &Api, request: &Request) -> Result<RepairReply, ApiErro
     )
     .await?;
     if let Some(job) = job {
-        api.runner.spawn_repair(job);
+        api.runner.start(job);
     }
     Ok(RepairReply::Accepted(reply))
 }

@@ -53,20 +53,114 @@ const RECONNECT_FOR: Duration = Duration::from_secs(120);
 const RESUMES: u32 = 5;
 
 /// The engine function of one job kind.
-type Work<A> = for<'a> fn(
+pub type Work<A> = for<'a> fn(
     &'a Context,
     &'a mut Job<A>,
     &'a CancellationToken,
 ) -> BoxFuture<'a, Result<(), EngineError>>;
 
 /// What to clean up when a job has ended in failure or cancellation.
-type Abandon<A> = for<'a> fn(&'a Context, &'a Job<A>) -> BoxFuture<'a, ()>;
+pub type Abandon<A> = for<'a> fn(&'a Context, &'a Job<A>) -> BoxFuture<'a, ()>;
 
 /// How a job kind meets NATS going away under it.
-struct Recovery<A: cim_backup_domain::Aggregate + 'static> {
+pub struct Recovery<A: cim_backup_domain::Aggregate + 'static> {
     /// Whether the job waits for NATS and resumes from what it recorded (else: fails).
     resume: fn(&A) -> bool,
     abandon: Option<Abandon<A>>,
+}
+
+/// A job kind the runner can run: its work, and what happens to it when NATS goes away.
+pub trait Runs: JobLifecycle + Send + Sync + 'static
+where
+    Self::Command: Clone + Send,
+    Self::Event: Send,
+{
+    const WORK: Work<Self>;
+    fn recovery() -> Recovery<Self> {
+        Recovery::RESUME
+    }
+}
+
+impl Runs for BackupJob {
+    const WORK: Work<Self> = |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel));
+}
+
+impl Runs for RestoreJob {
+    const WORK: Work<Self> = |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel));
+    fn recovery() -> Recovery<Self> {
+        Recovery {
+            // An append has no sequences to resume by: the segment in flight would be
+            // appended again to a live stream (duplicates without a Nats-Msg-Id).
+            resume: |restore| {
+                restore
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.options.method != RestoreMethod::Append)
+            },
+            abandon: Some(|ctx, job| Box::pin(restore::abandon(ctx, job))),
+        }
+    }
+}
+
+impl Runs for VerifyJob {
+    const WORK: Work<Self> = |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel));
+}
+
+impl Runs for TreeRestoreJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::tree_restore::run(ctx, job, cancel));
+}
+
+impl Runs for CheckJob {
+    const WORK: Work<Self> = |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel));
+}
+
+/// A repair is not resumed in place after NATS went away: its own failure path has given the
+/// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
+impl Runs for RepairJob {
+    const WORK: Work<Self> = |ctx, job, cancel| Box::pin(repair::run(ctx, job, cancel));
+    fn recovery() -> Recovery<Self> {
+        Recovery {
+            resume: |_| false,
+            abandon: None,
+        }
+    }
+}
+
+/// Evaluates `$body` with `$J` naming the aggregate type of the job kind `$kind`: the service's
+/// one list of which aggregate each kind is (the kinds themselves are listed in
+/// `cim_backup_contracts::kinds`). The compiler refuses a kind left out.
+#[macro_export]
+macro_rules! with_job_type {
+    ($kind:expr, $J:ident => $body:expr) => {{
+        use cim_backup_contracts::views::JobKind as K;
+        match $kind {
+            K::Backup => {
+                type $J = cim_backup_domain::backup::BackupJob;
+                $body
+            }
+            K::Restore => {
+                type $J = cim_backup_domain::restore::RestoreJob;
+                $body
+            }
+            K::Verify => {
+                type $J = cim_backup_domain::verify::VerifyJob;
+                $body
+            }
+            K::Check => {
+                type $J = cim_backup_domain::check::CheckJob;
+                $body
+            }
+            K::Repair => {
+                type $J = cim_backup_domain::repair::RepairJob;
+                $body
+            }
+            K::TreeRestore => {
+                type $J = cim_backup_domain::tree_restore::TreeRestoreJob;
+                $body
+            }
+        }
+    }};
 }
 
 /// What reloading a job before (re)running it found.
@@ -97,67 +191,13 @@ impl Runner {
         &self.ctx
     }
 
-    pub fn spawn_backup(self: &Arc<Self>, job: Job<BackupJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel)),
-            Recovery::RESUME,
-        );
-    }
-
-    pub fn spawn_restore(self: &Arc<Self>, job: Job<RestoreJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(restore::run(ctx, job, cancel)),
-            Recovery {
-                // An append has no sequences to resume by: the segment in flight would be
-                // appended again to a live stream (duplicates without a Nats-Msg-Id).
-                resume: |restore| {
-                    restore
-                        .spec
-                        .as_ref()
-                        .is_some_and(|s| s.options.method != RestoreMethod::Append)
-                },
-                abandon: Some(|ctx, job| Box::pin(restore::abandon(ctx, job))),
-            },
-        );
-    }
-
-    pub fn spawn_verify(self: &Arc<Self>, job: Job<VerifyJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(verify::run(ctx, job, cancel)),
-            Recovery::RESUME,
-        );
-    }
-
-    pub fn spawn_tree_restore(self: &Arc<Self>, job: Job<TreeRestoreJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(super::tree_restore::run(ctx, job, cancel)),
-            Recovery::RESUME,
-        );
-    }
-
-    pub fn spawn_check(self: &Arc<Self>, job: Job<CheckJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel)),
-            Recovery::RESUME,
-        );
-    }
-
-    /// A repair is not resumed in place after NATS went away: its own failure path has given
-    /// the live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
-    pub fn spawn_repair(self: &Arc<Self>, job: Job<RepairJob>) {
-        self.spawn(
-            job,
-            |ctx, job, cancel| Box::pin(repair::run(ctx, job, cancel)),
-            Recovery {
-                resume: |_| false,
-                abandon: None,
-            },
-        );
+    /// Runs `job` here: its kind's work, and its recovery when NATS goes away.
+    pub fn start<A: Runs>(self: &Arc<Self>, job: Job<A>)
+    where
+        A::Command: Clone + Send,
+        A::Event: Send,
+    {
+        self.spawn(job, A::WORK, A::recovery());
     }
 
     fn spawn<A>(self: &Arc<Self>, mut job: Job<A>, work: Work<A>, recovery: Recovery<A>)
@@ -403,32 +443,10 @@ impl Runner {
     /// each is reloaded from its events, which are the truth).
     pub async fn resume(self: &Arc<Self>, candidates: Vec<(JobKind, JobId)>) {
         for (kind, id) in candidates {
-            let resumed = match kind {
-                JobKind::Backup => self
-                    .reload::<BackupJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_backup(j))),
-                JobKind::Restore => self
-                    .reload::<RestoreJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_restore(j))),
-                JobKind::Verify => self
-                    .reload::<VerifyJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_verify(j))),
-                JobKind::Check => self
-                    .reload::<CheckJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_check(j))),
-                JobKind::Repair => self
-                    .reload::<RepairJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_repair(j))),
-                JobKind::TreeRestore => self
-                    .reload::<TreeRestoreJob>(&id)
-                    .await
-                    .map(|j| j.map(|j| self.spawn_tree_restore(j))),
-            };
+            let resumed = crate::with_job_type!(kind, J => self
+                .reload::<J>(&id)
+                .await
+                .map(|j| j.map(|j| self.start(j))));
             match resumed {
                 Ok(Some(())) => tracing::info!(job = %id, %kind, "resumed unfinished job"),
                 Ok(None) => {}
