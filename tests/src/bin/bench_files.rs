@@ -268,6 +268,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.parse().expect("--gib N"))
         .unwrap_or(2.0);
     let total = (gib * (1u64 << 30) as f64) as u64;
+    // `--hashing-only`: just the hashing table (to profile it under `perf record`).
+    if std::env::args().any(|a| a == "--hashing-only") {
+        for (name, one, two) in hashing_rates(total)? {
+            println!("| {name} | {one:.2} | {two:.2} |");
+        }
+        return Ok(());
+    }
     let version = Command::new("restic")
         .arg("version")
         .output()
@@ -305,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let anchor = rows[0].v1;
+    let hashing = hashing_rates(total)?;
     for r in &rows {
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.0} | {:.2} |",
@@ -317,5 +325,65 @@ async fn main() -> anyhow::Result<()> {
             r.v1 / anchor
         );
     }
+    println!();
+    println!("| hashing (chunking + chunk ids + whole-file sha256, page cache) | 1 thread GB/s | 2 threads GB/s |");
+    println!("|---|---:|---:|");
+    for (name, one, two) in hashing {
+        println!("| {name} | {one:.2} | {two:.2} |");
+    }
     Ok(())
+}
+
+/// What the backup's read path costs without reading from disk, packing or uploading: FastCDC,
+/// each chunk's id and the whole-file sha256, over a models directory already in the page
+/// cache, on 1 and on 2 threads (a file per thread at a time, as the backup reads them). Chunk
+/// ids as format `cim-backup-tree/2` names them (BLAKE3) and as `/1` did (sha2-256).
+fn hashing_rates(total: u64) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+    use cim_backup::archive::files::chunker::Chunker;
+    use sha2::{Digest, Sha256};
+    let work = tempfile::tempdir_in(std::env::temp_dir())?;
+    let bytes = make_models(work.path(), total);
+    let files = walk(work.path());
+    for f in &files {
+        std::fs::read(f)?; // into the page cache
+    }
+    let run = |threads: usize, id: fn(&[u8]) -> cim_backup_contracts::cid::Cid| -> f64 {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut chunker = Chunker::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = files.get(i) else { break };
+                        let file = std::fs::File::open(path).unwrap();
+                        let mut whole = Sha256::new();
+                        chunker
+                            .chunks(&file, |chunk: &[u8]| {
+                                whole.update(chunk);
+                                std::hint::black_box(id(chunk));
+                                Ok::<(), std::io::Error>(())
+                            })
+                            .unwrap();
+                        std::hint::black_box(whole.finalize());
+                    }
+                });
+            }
+        });
+        bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+    };
+    let mut rates = Vec::new();
+    for (name, id) in [
+        (
+            "BLAKE3 chunk ids (format 2)",
+            cim_backup_contracts::cid::chunk_cid as fn(&[u8]) -> _,
+        ),
+        ("sha2-256 chunk ids (format 1)", cim_backup_contracts::cid::raw_cid),
+    ] {
+        let (one, two) = (run(1, id), run(2, id));
+        eprintln!("hashing, {name}: {one:.2} GB/s on 1 thread, {two:.2} GB/s on 2");
+        rates.push((name, one, two));
+    }
+    Ok(rates)
 }
