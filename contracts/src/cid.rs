@@ -89,8 +89,16 @@ mod tests {
         let cid = chunk_cid(b"hello");
         assert_eq!((cid.codec(), cid.hash().code()), (RAW, BLAKE3));
         // BLAKE3("hello"), the value b3sum prints.
-        let hex: String = cid.hash().digest().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
+        let hex: String = cid
+            .hash()
+            .digest()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
         assert!(verifies_chunk(&cid, b"hello"));
         assert!(!verifies_chunk(&cid, b"hellO"));
         assert!(verifies_chunk(&raw_cid(b"hello"), b"hello"));

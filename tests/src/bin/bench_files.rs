@@ -326,7 +326,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("| hashing (chunking + chunk ids + whole-file sha256, page cache) | 1 thread GB/s | 2 threads GB/s |");
+    println!(
+        "| hashing (chunking + chunk ids + whole-file sha256, page cache) | 1 thread GB/s | 2 threads GB/s |"
+    );
     println!("|---|---:|---:|");
     for (name, one, two) in hashing {
         println!("| {name} | {one:.2} | {two:.2} |");
@@ -379,7 +381,10 @@ fn hashing_rates(total: u64) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
             "BLAKE3 chunk ids (format 2)",
             cim_backup_contracts::cid::chunk_cid as fn(&[u8]) -> _,
         ),
-        ("sha2-256 chunk ids (format 1)", cim_backup_contracts::cid::raw_cid),
+        (
+            "sha2-256 chunk ids (format 1)",
+            cim_backup_contracts::cid::raw_cid,
+        ),
     ] {
         let (one, two) = (run(1, id), run(2, id));
         eprintln!("hashing, {name}: {one:.2} GB/s on 1 thread, {two:.2} GB/s on 2");

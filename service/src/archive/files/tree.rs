@@ -308,7 +308,9 @@ mod tests {
         })
         .unwrap();
         let cid = dag_cbor_cid(&bytes);
-        store.put_if_absent(&tree_key(&cid), Bytes::from(bytes)).await?;
+        store
+            .put_if_absent(&tree_key(&cid), Bytes::from(bytes))
+            .await?;
         get_tree(&store, &cid).await
     }
 
@@ -317,12 +319,18 @@ mod tests {
         use cim_backup_contracts::cid::{chunk_cid, raw_cid};
         let (blake3, sha2) = (chunk_cid(b"hello"), raw_cid(b"hello"));
         assert!(stored_as(TREE_FORMAT, blake3).await.is_ok());
-        assert!(stored_as(TREE_FORMAT_1, sha2).await.is_ok(), "old trees still read");
+        assert!(
+            stored_as(TREE_FORMAT_1, sha2).await.is_ok(),
+            "old trees still read"
+        );
         for (format, chunk) in [(TREE_FORMAT, sha2), (TREE_FORMAT_1, blake3)] {
             let e = stored_as(format, chunk).await.unwrap_err().to_string();
             assert!(e.contains("is not named as"), "{format}: {e}");
         }
-        let e = stored_as("cim-backup-tree/9", blake3).await.unwrap_err().to_string();
+        let e = stored_as("cim-backup-tree/9", blake3)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("neither"), "{e}");
     }
 }
