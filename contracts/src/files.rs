@@ -29,6 +29,19 @@ pub struct TreeRequest {
     /// Also write the stored tree as a tar.gz on the host (set by the service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<TarExport>,
+    /// What the job writes into the tree's (new) directory before reading it: set by the
+    /// service for backup-grafana's export, refused from a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<TreeStaging>,
+}
+
+/// Content the backup job itself produces for a tree, when it runs (so a slow source delays
+/// the job, never the reply to its request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TreeStaging {
+    /// The configured Grafana (`[grafana]`) exported through its HTTP API.
+    Grafana { include_datasources: bool },
 }
 
 /// A tar.gz of a stored tree, written from the archive (so it holds exactly what was stored),

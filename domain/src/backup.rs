@@ -587,6 +587,7 @@ mod tests {
                     remove_after: false,
                     exclude: Vec::new(),
                     export: None,
+                    stage: None,
                     root: root.into(),
                     path: path.into(),
                 }
@@ -643,6 +644,7 @@ mod tests {
                 remove_after: false,
                 exclude: Vec::new(),
                 export: None,
+                stage: None,
             };
             2
         ];

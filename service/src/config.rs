@@ -36,6 +36,7 @@
 //! [files.roots]                       # trees this instance backs up and restores (its host's)
 //! models = "/var/lib/cim/models"
 //! checkpoints = "/var/lib/cim/checkpoints"
+//! grafana = "/var/lib/cim/grafana"
 //!
 //! [prometheus]                        # what backup-prometheus snapshots
 //! url = "http://127.0.0.1:9090"       # with --web.enable-admin-api
@@ -478,6 +479,17 @@ impl Config {
             }
             crate::grafana::base_url(&g.url)
                 .map_err(|e| ConfigError::Invalid(format!("grafana.url: {e}")))?;
+            if !self
+                .files
+                .roots
+                .values()
+                .any(|r| g.staging_dir.starts_with(r))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "grafana.staging_dir: {} is not inside any [files.roots] entry",
+                    g.staging_dir.display()
+                )));
+            }
         }
         if self.defaults.upload_concurrency == 0 {
             return Err(ConfigError::Invalid(

@@ -33,6 +33,12 @@ const CONCURRENT_FETCHES: usize = 8;
 const PAGE_LIMIT: usize = 1000;
 /// A larger answer is refused rather than held in memory.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Search pages read at most (a million objects): a server that never ends is an error.
+const MAX_PAGES: usize = 1000;
+/// Each request of the export may take this long (a big dashboard on a busy server).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Each request of the check before a job is accepted: well inside a client's 10 s wait.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrafanaError {
@@ -100,8 +106,23 @@ struct Grafana {
     token: Option<String>,
 }
 
+impl GrafanaError {
+    /// The error code a client sees: a refused token is 403, a mistake in `[grafana]` 500,
+    /// anything the server did or did not answer 503.
+    pub fn code(&self) -> cim_backup_contracts::ErrorCode {
+        use cim_backup_contracts::ErrorCode;
+        match self {
+            GrafanaError::Refused { .. } => ErrorCode::Forbidden,
+            GrafanaError::Url { .. } | GrafanaError::Token { .. } | GrafanaError::Write { .. } => {
+                ErrorCode::Internal
+            }
+            _ => ErrorCode::Unavailable,
+        }
+    }
+}
+
 impl Grafana {
-    fn new(config: &GrafanaConfig) -> Result<Self, GrafanaError> {
+    fn new(config: &GrafanaConfig, timeout: Duration) -> Result<Self, GrafanaError> {
         let base = base_url(&config.url).map_err(|message| GrafanaError::Url {
             url: config.url.clone(),
             message,
@@ -125,8 +146,8 @@ impl Grafana {
             }
         };
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
             .build()
             .map_err(|e| GrafanaError::Url {
                 url: config.url.clone(),
@@ -148,7 +169,7 @@ impl Grafana {
         }
         let unreachable = |e: reqwest::Error| GrafanaError::Unreachable {
             url: self.base.clone(),
-            message: e.to_string(),
+            message: why(&e),
         };
         let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
@@ -196,7 +217,13 @@ impl Grafana {
     /// The uids of every search hit of `kind` (`dash-db` or `dash-folder`), in order.
     async fn search_uids(&self, kind: &str) -> Result<Vec<String>, GrafanaError> {
         let mut uids = Vec::new();
-        for page in 1.. {
+        for page in 1..=MAX_PAGES + 1 {
+            if page > MAX_PAGES {
+                return Err(self.invalid(
+                    &format!("/api/search?type={kind}"),
+                    format!("more than {MAX_PAGES} pages of results"),
+                ));
+            }
             let path = format!("/api/search?type={kind}&limit={PAGE_LIMIT}&page={page}");
             let hits = self.get(&path, false).await?.unwrap_or_default();
             let hits = hits
@@ -262,17 +289,63 @@ impl Grafana {
         }
     }
 
-    /// Writes each item of the list at `path` into `dir` by its uid.
+    /// Writes each item of the list at `path` into `dir` by its uid (an item listed twice is
+    /// written and counted once).
     async fn write_list(&self, path: &str, dir: &Path) -> Result<usize, GrafanaError> {
         let list = self.get(path, false).await?.unwrap_or_default();
         let items = list
             .as_array()
             .ok_or_else(|| self.invalid(path, "no list".into()))?;
+        let mut written = std::collections::BTreeSet::new();
         for item in items {
             let uid = self.uid_of(path, item)?;
-            write_json(&dir.join(format!("{uid}.json")), item)?;
+            if written.insert(uid.clone()) {
+                write_json(&dir.join(format!("{uid}.json")), item)?;
+            }
         }
-        Ok(items.len())
+        Ok(written.len())
+    }
+
+    /// `/api/health`, with a database Grafana itself reports as failing refused.
+    async fn health(&self) -> Result<Value, GrafanaError> {
+        let health = self.get("/api/health", false).await?.unwrap_or_default();
+        match health["database"].as_str() {
+            Some("ok") | None => Ok(health),
+            Some(other) => Err(self.invalid("/api/health", format!("database {other:?}"))),
+        }
+    }
+}
+
+/// What a job would fail on first, asked before it is accepted (a few seconds at most): the
+/// token file, the server answering, the token accepted, and datasources readable when asked.
+pub async fn preflight(
+    config: &GrafanaConfig,
+    include_datasources: bool,
+) -> Result<(), GrafanaError> {
+    let grafana = Grafana::new(config, PREFLIGHT_TIMEOUT)?;
+    grafana.health().await?;
+    grafana
+        .get("/api/search?type=dash-db&limit=1", false)
+        .await?;
+    if include_datasources {
+        grafana.get("/api/datasources", false).await?;
+    }
+    Ok(())
+}
+
+/// The cause of a failed request in an operator's words (reqwest's own text names only the URL).
+fn why(e: &reqwest::Error) -> String {
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    match (e.is_timeout(), e.is_connect()) {
+        (true, _) => "no answer in time".into(),
+        (_, true) if !cause.is_empty() => format!("cannot connect ({cause})"),
+        _ if !cause.is_empty() => format!("{e} ({cause})"),
+        _ => e.to_string(),
     }
 }
 
@@ -283,8 +356,8 @@ pub async fn export(
     dir: &Path,
     include_datasources: bool,
 ) -> Result<ExportCounts, GrafanaError> {
-    let grafana = Grafana::new(config)?;
-    let health = grafana.get("/api/health", false).await?.unwrap_or_default();
+    let grafana = Grafana::new(config, EXPORT_TIMEOUT)?;
+    let health = grafana.health().await?;
     let version = health["version"].as_str().map(str::to_owned);
     for sub in ["folders", "dashboards", "alert-rules"]
         .into_iter()

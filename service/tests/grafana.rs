@@ -1,6 +1,7 @@
 //! `backup-grafana` as the runbook uses it (`--include-datasources --output FILE.tar.gz`): every
 //! folder, dashboard (by uid), alert rule and datasource in a tar.gz that `tar -xzf` reads,
-//! the same export in the archive, and the staging directory gone afterwards.
+//! the same export in the archive, and the staging directory gone afterwards, also when the
+//! job is cancelled; refusals (token, role, server down, output) before any job exists.
 //!
 //! No Grafana server package exists on the registries this project installs from, so these
 //! tests run against `cim_backup_tests::grafana::FakeGrafana`: a small HTTP server on a real
@@ -164,7 +165,7 @@ async fn grafana_becomes_a_tar_gz_with_every_dashboard_folder_rule_and_datasourc
     let pages = grafana
         .served()
         .iter()
-        .filter(|t| t.starts_with("/api/search?type=dash-db"))
+        .filter(|t| t.starts_with("/api/search?type=dash-db") && t.contains("&page="))
         .count();
     assert_eq!(pages, 20usize.div_ceil(PAGE_CAP) + 1);
 
@@ -244,6 +245,19 @@ async fn refusals_name_what_was_wrong_and_keep_nothing() {
         "{stderr}"
     );
 
+    // An existing output is never overwritten: 409, the file untouched.
+    let existing = host.output("exists.tar.gz");
+    std::fs::write(&existing, b"an earlier export").unwrap();
+    let run = cli(
+        &url,
+        &["backup-grafana", "--output", existing.to_str().unwrap()],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("exists"), "{stderr}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"an earlier export");
+
     // Outside every root: the CLI finds no instance for it, and the service itself says 403.
     let run = cli(
         &url,
@@ -311,4 +325,54 @@ async fn a_wrong_token_is_refused_by_name() {
     );
     assert!(!out.exists());
     assert!(host.staged().is_empty(), "{:?}", host.staged());
+}
+
+#[tokio::test]
+async fn a_cancelled_backup_leaves_no_export_staged() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    // Big enough that the backup is still running when the cancel arrives: 8 dashboards of
+    // 16 MiB of incompressible text each.
+    let mut data = GrafanaData::sample(1, 8);
+    for (i, d) in data.dashboards.iter_mut().enumerate() {
+        let blob: String = cim_backup_tests::files::noise(12 << 20, i as u64 + 1)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()[..16 << 20]
+            .to_owned();
+        d["dashboard"]["description"] = json!(blob);
+    }
+    let grafana = FakeGrafana::start(data).await;
+    let host = Host::start(&nats, &grafana.url, &grafana.token).await;
+    let url = nats.url();
+    let out = host.output("cancelled.tar.gz");
+    let accepted: Value = serde_json::from_str(&ok(&cli(
+        &url,
+        &[
+            "--json",
+            "backup-grafana",
+            "--no-wait",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await))
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().expect("a job id").to_owned();
+    ok(&cli(&url, &["cancel-job", "--job-id", &job_id]).await);
+    let view = Caller::connect(&url)
+        .await
+        .wait_job(&job_id, std::time::Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        view.state,
+        cim_backup_contracts::views::JobState::Cancelled,
+        "{view:?}"
+    );
+    assert!(
+        host.staged().is_empty(),
+        "a cancelled backup removes the export it staged: {:?}",
+        host.staged()
+    );
+    assert!(!out.exists(), "no tar.gz for a cancelled backup");
 }

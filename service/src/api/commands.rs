@@ -199,10 +199,10 @@ pub async fn start(api: &Api, request: &Request, trees: Trees) -> Result<Accepte
     if cmd
         .trees
         .iter()
-        .any(|t| t.remove_after || t.export.is_some() || !t.exclude.is_empty())
+        .any(|t| t.remove_after || t.export.is_some() || !t.exclude.is_empty() || t.stage.is_some())
     {
         return Err(ApiError::bad_request(
-            "trees: remove_after, export and exclude are set by the service (backup-prometheus, backup-nixos-config), never by a request",
+            "trees: remove_after, export, exclude and stage are set by the service (backup-prometheus, backup-nixos-config, backup-grafana), never by a request",
         ));
     }
     start_command(api, request, cmd, trees).await

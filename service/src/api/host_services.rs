@@ -2,8 +2,9 @@
 //! itself from its config (a request never names a URL or a directory to read):
 //! - `cmd.prometheus`: a TSDB snapshot through the admin API, removed once stored;
 //! - `cmd.nixos`: the NixOS configuration, secrets left out, also written as a tar.gz;
-//! - `cmd.grafana`: folders, dashboards, alert rules and datasources through the HTTP API,
-//!   staged, stored, written as a tar.gz, and the staging removed.
+//! - `cmd.grafana`: a quick check of Grafana, then a job that exports folders, dashboards,
+//!   alert rules and datasources through the HTTP API, stores them, writes a tar.gz, and
+//!   removes the export.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use async_nats::service::Request;
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::commands::StartBackup;
 use cim_backup_contracts::files::{
-    GrafanaBackup, NixosBackup, PrometheusBackup, TarExport, TreeRequest,
+    GrafanaBackup, NixosBackup, PrometheusBackup, TarExport, TreeRequest, TreeStaging,
 };
 use cim_backup_contracts::replies::Accepted;
 use cim_backup_contracts::text::echo;
@@ -90,6 +91,12 @@ fn tar_output(
         ))
     })?;
     let path = root.resolve(&rel).map_err(|e| engine_error(e.into()))?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(ApiError::conflict(format!(
+            "output: {} exists; name another file (nothing is overwritten)",
+            path.display()
+        )));
+    }
     if !path.parent().is_some_and(Path::is_dir) {
         return Err(ApiError::not_found(format!(
             "output: the directory of {} does not exist",
@@ -152,6 +159,7 @@ pub async fn prometheus(api: &Api, request: &Request) -> Result<Accepted, ApiErr
         remove_after: true,
         exclude: Vec::new(),
         export: None,
+        stage: None,
     };
     let start = tree_backup(
         tree,
@@ -194,6 +202,7 @@ pub async fn nixos(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
             encrypt: cmd.include_secrets,
             name: None,
         }),
+        stage: None,
     };
     let start = tree_backup(
         tree,
@@ -205,10 +214,12 @@ pub async fn nixos(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     start_command(api, request, start, Trees::Here).await
 }
 
-/// `cim.backup.files.<instance>.cmd.grafana`: exports the configured Grafana into a new
-/// directory under `[grafana] staging_dir`, then starts a backup of it as a tree that is also
-/// written as a tar.gz at `output` (entries under `grafana/`) and removed once stored. An
-/// export that fails part-way is removed and nothing is started.
+/// `cim.backup.files.<instance>.cmd.grafana`: checks in a few seconds what the job would fail
+/// on first (the token file, Grafana answering, the token accepted, datasources readable when
+/// asked), then starts a backup whose job exports the configured Grafana into a new directory
+/// under `[grafana] staging_dir`, stores it as a tree, writes it as a tar.gz at `output`
+/// (entries under `grafana/`) and removes the export. The export runs in the job, so a slow
+/// Grafana delays the job, never the reply.
 pub async fn grafana(api: &Api, request: &Request) -> Result<Accepted, ApiError> {
     let cmd: GrafanaBackup = parse(request)?;
     let ctx = api.runner.context();
@@ -226,29 +237,30 @@ pub async fn grafana(api: &Api, request: &Request) -> Result<Accepted, ApiError>
         encrypted,
         " (or .tar.gz.age to encrypt it)",
     )?;
+    if out_path.starts_with(&config.staging_dir) {
+        return Err(ApiError::bad_request(format!(
+            "output: {} is inside [grafana] staging_dir, where exports are removed",
+            out_path.display()
+        )));
+    }
     if encrypted {
         recipients(ctx, "output")?;
     }
-    let stamp = format!(
-        "grafana-{}-{}",
-        time::OffsetDateTime::now_utc().unix_timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    if let Err(e) = crate::grafana::preflight(&config, cmd.include_datasources).await {
+        tracing::warn!(error = %e, "backup-grafana refused");
+        return Err(ApiError::new(e.code(), e.to_string()));
+    }
     std::fs::create_dir_all(&config.staging_dir).map_err(|e| {
         ApiError::internal(format!(
             "[grafana] staging_dir {}: {e}",
             config.staging_dir.display()
         ))
     })?;
-    let staged = config.staging_dir.join(&stamp);
-    if let Err(e) = crate::grafana::export(&config, &staged, cmd.include_datasources).await {
-        let _ = std::fs::remove_dir_all(&staged);
-        return Err(match e {
-            crate::grafana::GrafanaError::Write { .. } => ApiError::internal(e.to_string()),
-            crate::grafana::GrafanaError::Refused { .. } => forbidden(e.to_string()),
-            _ => ApiError::unavailable(e.to_string()),
-        });
-    }
+    let stamp = format!(
+        "grafana-{}-{}",
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let tree = TreeRequest {
         root,
         path: join(&rel, &stamp),
@@ -260,6 +272,9 @@ pub async fn grafana(api: &Api, request: &Request) -> Result<Accepted, ApiError>
             encrypt: encrypted,
             name: Some("grafana".into()),
         }),
+        stage: Some(TreeStaging::Grafana {
+            include_datasources: cmd.include_datasources,
+        }),
     };
     let start = tree_backup(
         tree,
@@ -268,5 +283,5 @@ pub async fn grafana(api: &Api, request: &Request) -> Result<Accepted, ApiError>
         cmd.idempotency_key,
         cmd.correlation_id,
     );
-    start_then_clean(api, request, start, &staged, "Grafana export").await
+    start_command(api, request, start, Trees::Here).await
 }

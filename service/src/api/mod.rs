@@ -110,6 +110,11 @@ pub async fn connect(
 /// Runs the service until `shutdown` resolves.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     config.validate()?;
+    if let Some(token) = config.grafana.as_ref().and_then(|g| g.token_file.as_ref())
+        && let Err(e) = std::fs::File::open(token)
+    {
+        tracing::warn!(file = %token.display(), error = %e, "[grafana] token_file cannot be read: backup-grafana will be refused until it can");
+    }
     let client = connect(&config.nats, SERVICE_NAME).await?;
     let js = async_nats::jetstream::new(client.clone());
     js.query_account()

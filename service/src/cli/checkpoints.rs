@@ -63,6 +63,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError>
             remove_after: false,
             exclude: Vec::new(),
             export: None,
+            stage: None,
         }],
         parallel: None,
         destination: a.destination.as_deref().map(location),

@@ -270,6 +270,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupModelsArgs) -> Result<(), CliError> {
             remove_after: false,
             exclude: Vec::new(),
             export: None,
+            stage: None,
             root: root.clone(),
             path: if path.is_empty() {
                 m.clone()

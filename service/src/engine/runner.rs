@@ -83,6 +83,13 @@ where
 
 impl Runs for BackupJob {
     const WORK: Work<Self> = |ctx, job, cancel| Box::pin(backup::run(ctx, job, cancel));
+    fn recovery() -> Recovery<Self> {
+        Recovery {
+            resume: |_| true,
+            // A failed or cancelled backup leaves no snapshot or export it staged behind.
+            abandon: Some(|ctx, job| Box::pin(super::trees::abandon(ctx, job))),
+        }
+    }
 }
 
 impl Runs for RestoreJob {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cim_backup_contracts::ErrorCode;
 use cim_backup_contracts::events::BackupAccepted;
 use cim_backup_contracts::files::{
-    SkippedFile, TreeProgressed, TreeRequest, TreeStored, TreeSummary,
+    SkippedFile, TreeProgressed, TreeRequest, TreeStaging, TreeStored, TreeSummary,
 };
 use cim_backup_domain::backup::{BackupCommand, BackupJob};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,8 @@ impl From<FilesError> for EngineError {
 pub fn source(ctx: &Context, tree: &TreeRequest) -> Result<TreeSource, EngineError> {
     let root = ctx.root(&tree.root)?.clone();
     let top = root.resolve(&tree.path)?;
-    if std::fs::symlink_metadata(&top).is_err() {
+    // A staged tree is written by the job itself, just before it is read.
+    if tree.stage.is_none() && std::fs::symlink_metadata(&top).is_err() {
         return Err(EngineError::precondition(
             ErrorCode::NotFound,
             format!(
@@ -111,6 +112,9 @@ pub async fn store_trees(
     while let Some(request) = job.state.next_tree().cloned() {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
+        }
+        if let Some(stage) = &request.stage {
+            write_stage(ctx, &request, stage).await?;
         }
         let source = source(ctx, &request)?;
         let (before_bytes, before_stored) = recorded(job);
@@ -220,6 +224,59 @@ pub async fn store_trees(
         }
     }
     Ok(())
+}
+
+/// Writes a staged tree's content into its directory, anew (a resumed job's partial export is
+/// removed first: an export is only stored whole). Only ever inside `[grafana] staging_dir`.
+async fn write_stage(
+    ctx: &Context,
+    request: &TreeRequest,
+    stage: &TreeStaging,
+) -> Result<(), EngineError> {
+    let TreeStaging::Grafana {
+        include_datasources,
+    } = stage;
+    let config = ctx.grafana.as_ref().ok_or_else(|| {
+        EngineError::precondition(
+            ErrorCode::NotFound,
+            format!("instance {} has no [grafana] section", ctx.instance),
+        )
+    })?;
+    let dir = ctx.root(&request.root)?.resolve(&request.path)?;
+    if dir.parent() != Some(config.staging_dir.as_path()) {
+        return Err(EngineError::precondition(
+            ErrorCode::Forbidden,
+            format!("{} is not in [grafana] staging_dir", dir.display()),
+        ));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            EngineError::precondition(
+                ErrorCode::Internal,
+                format!("removing the partial export {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    match crate::grafana::export(config, &dir, *include_datasources).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(EngineError::precondition(e.code(), e.to_string()))
+        }
+    }
+}
+
+/// After a backup failed or was cancelled: removes what the service staged for it (a Prometheus
+/// snapshot, a Grafana export: trees with `remove_after`), which no later job will read (a new
+/// backup takes a new snapshot). What is not a staging directory is left alone.
+pub async fn abandon(ctx: &Context, job: &Job<BackupJob>) {
+    let Some(spec) = &job.state.spec else { return };
+    for tree in spec.trees.iter().filter(|t| t.remove_after) {
+        let removed = source(ctx, tree).and_then(|source| remove_snapshot(ctx, &source));
+        if let Err(e) = removed {
+            tracing::debug!(job = %job.id, tree = %tree.name(), error = %e, "nothing staged to remove");
+        }
+    }
 }
 
 /// Removes a staged tree the job stored: only a directory directly under the configured
