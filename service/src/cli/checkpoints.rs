@@ -46,7 +46,7 @@ pub struct BackupCheckpointArgs {
 }
 
 pub async fn backup(ctx: &Ctx, a: &BackupCheckpointArgs) -> Result<(), CliError> {
-    let instance = pick_for_path(ctx, &a.instance, &a.file).await?;
+    let instance = pick_for_path(ctx, &a.instance, "--file", &a.file).await?;
     let (root, path) = place(&instance, Some(&a.file), "checkpoints", "--file")?;
     if path.is_empty() {
         return Err(CliError::Usage(format!(
@@ -141,7 +141,7 @@ pub struct RestoreCheckpointArgs {
 
 pub async fn restore(ctx: &Ctx, a: &RestoreCheckpointArgs) -> Result<(), CliError> {
     let instance = match &a.destination {
-        Some(dir) => pick_for_path(ctx, &a.instance, dir).await?,
+        Some(dir) => pick_for_path(ctx, &a.instance, "--destination", dir).await?,
         None => super::models::pick(ctx, &a.instance, "checkpoints").await?,
     };
     let (backup, source) = match &a.source {

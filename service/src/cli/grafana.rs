@@ -37,7 +37,7 @@ pub struct BackupGrafanaArgs {
 pub async fn backup(ctx: &Ctx, a: &BackupGrafanaArgs) -> Result<(), CliError> {
     let output = std::path::absolute(&a.output)
         .map_err(|e| CliError::Usage(format!("--output {}: {e}", a.output.display())))?;
-    let instance = pick_for_path(ctx, &a.instance, &output).await?;
+    let instance = pick_for_path(ctx, &a.instance, "--output", &output).await?;
     let body = GrafanaBackup {
         output: output.display().to_string(),
         include_datasources: a.include_datasources,

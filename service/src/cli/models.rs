@@ -550,7 +550,12 @@ pub struct VerifyModelArgs {
 const HASHING_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The instance whose root holds `path` (`--instance` if given; else the one on this host).
-pub async fn pick_for_path(ctx: &Ctx, a: &InstanceArgs, path: &Path) -> Result<Instance, CliError> {
+pub async fn pick_for_path(
+    ctx: &Ctx,
+    a: &InstanceArgs,
+    flag: &str,
+    path: &Path,
+) -> Result<Instance, CliError> {
     let all = ctx.client.instances().await?;
     if let Some(name) = &a.instance {
         return all
@@ -571,7 +576,7 @@ pub async fn pick_for_path(ctx: &Ctx, a: &InstanceArgs, path: &Path) -> Result<I
         .cloned()
         .ok_or_else(|| {
             CliError::Usage(format!(
-                "{}: no instance serves a root that holds it (roots: {})",
+                "{flag} {}: no instance serves a root that holds it (roots: {})",
                 path.display(),
                 all.iter()
                     .flat_map(|i| i
@@ -585,7 +590,7 @@ pub async fn pick_for_path(ctx: &Ctx, a: &InstanceArgs, path: &Path) -> Result<I
 }
 
 pub async fn verify_model(ctx: &Ctx, a: &VerifyModelArgs) -> Result<(), CliError> {
-    let instance = pick_for_path(ctx, &a.instance, &a.path).await?;
+    let instance = pick_for_path(ctx, &a.instance, "--path", &a.path).await?;
     let (root, path) = place(&instance, Some(&a.path), MODELS_ROOT, "--path")?;
     let backup = a
         .backup

@@ -104,20 +104,30 @@ fn objects_word(kind: JobKind) -> &'static str {
     }
 }
 
-pub fn job(view: &JobView) {
-    println!("job       {} ({})", view.job_id, view.kind);
-    println!("state     {}", view.state);
-    println!("subject   {}", view.subject);
-    println!("location  {}", view.location);
+/// `3/10 messages, 1/4 segments`; a backup of file trees only: `2/2 objects` (its trees and
+/// its manifest), since it has no messages to count.
+fn counts(view: &JobView) -> String {
     let p = &view.progress;
-    let mut progress = format!(
+    if view.kind == JobKind::Backup && p.messages_total == 0 && p.messages_done == 0 {
+        return format!("{}/{} objects", p.objects_done, p.objects_total);
+    }
+    format!(
         "{}/{} messages, {}/{} {}",
         p.messages_done,
         p.messages_total,
         p.objects_done,
         p.objects_total,
         objects_word(view.kind)
-    );
+    )
+}
+
+pub fn job(view: &JobView) {
+    println!("job       {} ({})", view.job_id, view.kind);
+    println!("state     {}", view.state);
+    println!("subject   {}", view.subject);
+    println!("location  {}", view.location);
+    let p = &view.progress;
+    let mut progress = counts(view);
     if p.bytes_total > 0 || p.bytes_done > 0 {
         progress.push_str(&format!(
             ", {}/{}",
@@ -169,7 +179,8 @@ pub fn summary(view: &JobView) -> Option<String> {
             };
             // A backup of file trees only counts bytes (its messages are none).
             let what = if p.messages_done == 0 && p.bytes_done > 0 {
-                format!("{} trees", p.objects_done.saturating_sub(1))
+                let trees = p.objects_done.saturating_sub(1);
+                format!("{trees} tree{}", if trees == 1 { "" } else { "s" })
             } else {
                 format!("{} messages", p.messages_done)
             };
@@ -456,16 +467,7 @@ impl Progress {
                 ));
             }
             None => {
-                let line = format!(
-                    "{} {}: {}/{} messages, {}/{} {}{moved}",
-                    view.job_id,
-                    view.state,
-                    p.messages_done,
-                    p.messages_total,
-                    p.objects_done,
-                    p.objects_total,
-                    objects_word(view.kind)
-                );
+                let line = format!("{} {}: {}{moved}", view.job_id, view.state, counts(view));
                 if line != self.last_line {
                     eprintln!("{line}");
                     self.last_line = line;

@@ -100,7 +100,7 @@ fn is_snapshot(path: &str) -> bool {
 }
 
 pub async fn restore(ctx: &Ctx, a: &RestorePrometheusArgs) -> Result<(), CliError> {
-    let instance = pick_for_path(ctx, &a.instance, &a.data_dir).await?;
+    let instance = pick_for_path(ctx, &a.instance, "--data-dir", &a.data_dir).await?;
     let (root, path) = place(&instance, Some(&a.data_dir), "prometheus", "--data-dir")?;
     let (backup, source) = match (a.backup.parse::<BackupRef>(), &a.source) {
         (Ok(BackupRef::Id(id)), source) => (BackupRef::Id(id), source.as_deref().map(location)),

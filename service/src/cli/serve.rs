@@ -116,12 +116,19 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> u8 {
             .destinations
             .entry("local".into())
             .or_insert_with(|| DestinationConfig::url(&url));
-        config
+        let default = config
             .defaults
             .destination
-            .get_or_insert_with(|| "local".into());
+            .get_or_insert_with(|| "local".into())
+            .clone();
+        // Say what is used: a configured destination wins over the embedded directory.
+        let used = config
+            .destinations
+            .get(&default)
+            .map(|d| d.url.clone())
+            .unwrap_or_else(|| default.clone());
         eprintln!(
-            "cim-backup: embedded nats-server at {} (store {}), default destination local = {url}",
+            "cim-backup: embedded nats-server at {} (store {}), default destination {default} = {used}",
             nats.url,
             data_dir.join("nats").display()
         );
