@@ -37,8 +37,10 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 const MAX_PAGES: usize = 1000;
 /// Each request of the export may take this long (a big dashboard on a busy server).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Each request of the check before a job is accepted: well inside a client's 10 s wait.
+/// Each request of the check before a job is accepted, and the whole check: well inside a
+/// client's 10 s wait for the reply.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(3);
+const PREFLIGHT_TOTAL: Duration = Duration::from_secs(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrafanaError {
@@ -323,14 +325,27 @@ pub async fn preflight(
     include_datasources: bool,
 ) -> Result<(), GrafanaError> {
     let grafana = Grafana::new(config, PREFLIGHT_TIMEOUT)?;
-    grafana.health().await?;
-    grafana
-        .get("/api/search?type=dash-db&limit=1", false)
-        .await?;
-    if include_datasources {
-        grafana.get("/api/datasources", false).await?;
-    }
-    Ok(())
+    let checks = async {
+        grafana.health().await?;
+        grafana
+            .get("/api/search?type=dash-db&limit=1", false)
+            .await?;
+        if include_datasources {
+            grafana.get("/api/datasources", false).await?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(PREFLIGHT_TOTAL, checks)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GrafanaError::Unreachable {
+                url: grafana.base.clone(),
+                message: format!(
+                    "the check before the backup took over {} s",
+                    PREFLIGHT_TOTAL.as_secs()
+                ),
+            })
+        })
 }
 
 /// The cause of a failed request in an operator's words (reqwest's own text names only the URL).
