@@ -550,6 +550,39 @@ pub struct VerifyModelArgs {
 const HASHING_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The instance whose root holds `path` (`--instance` if given; else the one on this host).
+/// Starts a job that writes a tar.gz at `output` (backup-nixos-config, backup-grafana) on the
+/// instance whose root holds it, with the body `body` builds from the absolute output path and
+/// the idempotency key, and follows it. `flags` names the command's own JSON fields as flags,
+/// besides `output` and `destination`.
+pub async fn start_tar_job<B: serde::Serialize>(
+    ctx: &Ctx,
+    instance: &InstanceArgs,
+    job: &JobArgs,
+    output: &Path,
+    verb: &str,
+    flags: &[(&str, &str)],
+    body: impl FnOnce(String, String) -> B,
+) -> Result<(), CliError> {
+    let output = std::path::absolute(output)
+        .map_err(|e| CliError::Usage(format!("--output {}: {e}", output.display())))?;
+    let instance = pick_for_path(ctx, instance, "--output", &output).await?;
+    let body = body(
+        output.display().to_string(),
+        super::args::idempotency_key(job.idempotency_key.as_deref()),
+    );
+    let subject = format!(
+        "{}.{verb}",
+        cim_backup_contracts::subjects::files_commands(&instance.name)
+    );
+    let accepted: cim_backup_contracts::replies::Accepted =
+        ctx.client.start(&subject, &body).await.map_err(|e| {
+            let mut named = vec![("output", "--output"), ("destination", "--destination")];
+            named.extend_from_slice(flags);
+            e.with_flags(&named)
+        })?;
+    super::follow::after_accept(ctx, accepted, !job.no_wait).await
+}
+
 pub async fn pick_for_path(
     ctx: &Ctx,
     a: &InstanceArgs,

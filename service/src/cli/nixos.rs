@@ -6,14 +6,11 @@ use std::path::PathBuf;
 use clap::Args;
 
 use cim_backup_contracts::files::NixosBackup;
-use cim_backup_contracts::replies::Accepted;
-use cim_backup_contracts::subjects::files_commands;
 
 use super::Ctx;
-use super::args::{idempotency_key, location};
+use super::args::location;
 use super::client::CliError;
-use super::follow::after_accept;
-use super::models::{InstanceArgs, JobArgs, pick_for_path};
+use super::models::{InstanceArgs, JobArgs, start_tar_job};
 
 #[derive(Debug, Args)]
 pub struct BackupNixosArgs {
@@ -35,26 +32,20 @@ pub struct BackupNixosArgs {
 }
 
 pub async fn backup(ctx: &Ctx, a: &BackupNixosArgs) -> Result<(), CliError> {
-    let output = std::path::absolute(&a.output)
-        .map_err(|e| CliError::Usage(format!("--output {}: {e}", a.output.display())))?;
-    let instance = pick_for_path(ctx, &a.instance, "--output", &output).await?;
-    let body = NixosBackup {
-        output: output.display().to_string(),
-        include_secrets: a.include_secrets,
-        destination: a.destination.as_deref().map(location),
-        idempotency_key: Some(idempotency_key(a.job.idempotency_key.as_deref())),
-        correlation_id: None,
-    };
-    let accepted: Accepted = ctx
-        .client
-        .start(&format!("{}.nixos", files_commands(&instance.name)), &body)
-        .await
-        .map_err(|e| {
-            e.with_flags(&[
-                ("output", "--output"),
-                ("include_secrets", "--include-secrets"),
-                ("destination", "--destination"),
-            ])
-        })?;
-    after_accept(ctx, accepted, !a.job.no_wait).await
+    start_tar_job(
+        ctx,
+        &a.instance,
+        &a.job,
+        &a.output,
+        "nixos",
+        &[("include_secrets", "--include-secrets")],
+        |output, key| NixosBackup {
+            output,
+            include_secrets: a.include_secrets,
+            destination: a.destination.as_deref().map(location),
+            idempotency_key: Some(key),
+            correlation_id: None,
+        },
+    )
+    .await
 }
