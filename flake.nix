@@ -52,6 +52,10 @@
           "restore-prometheus"
           "backup-nixos-config"
           "backup-grafana"
+          "list-domains"
+          "snapshot-projections"
+          "list-projection-snapshots"
+          "restore-projection-snapshot"
         ];
         app = command: {
           type = "app";

@@ -552,6 +552,24 @@ pub struct BackupCompleted {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Projection aggregates (`projection-snapshot`, `projection-restore`): one event set
+
+event_enum!(
+    /// Events of the projection jobs: snapshots of a domain's read models, and restores of one.
+    ProjectionEvent {
+        ProjectionJobAccepted(crate::projections::ProjectionJobAccepted) = 1,
+        ProjectionJobStarted(crate::projections::ProjectionJobStarted) = 1,
+        ProjectionJobProgressed(crate::projections::ProjectionJobProgressed) = 1,
+        ProjectionSnapshotTaken(crate::projections::SnapshotSummary) = 1,
+        ProjectionModelRestored(crate::projections::ModelRestored) = 1,
+        ProjectionJobCompleted(crate::projections::ProjectionJobCompleted) = 1,
+        ProjectionJobFailed(JobFailed) = 1,
+        ProjectionJobCancelRequested(CancelRequested) = 1,
+        ProjectionJobCancelled(JobCancelled) = 1,
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
 // Tree restore aggregate
 
 event_enum!(

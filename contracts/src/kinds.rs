@@ -10,8 +10,8 @@ use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    BackupEvent, CheckEvent, EventDecodeError, RepairEvent, RestoreEvent, TreeRestoreEvent,
-    VerifyEvent,
+    BackupEvent, CheckEvent, EventDecodeError, ProjectionEvent, RepairEvent, RestoreEvent,
+    TreeRestoreEvent, VerifyEvent,
 };
 
 macro_rules! job_kinds {
@@ -87,6 +87,10 @@ job_kinds! {
     Repair = "repair", RepairEvent;
     /// File trees of a backup put back on a host (models, checkpoints, configuration).
     TreeRestore = "tree-restore", TreeRestoreEvent;
+    /// A domain's read models captured at one pinned point each.
+    ProjectionSnapshot = "projection-snapshot", ProjectionEvent;
+    /// A projection snapshot put back into the live buckets, after a safety snapshot.
+    ProjectionRestore = "projection-restore", ProjectionEvent;
 }
 
 impl fmt::Display for JobKind {

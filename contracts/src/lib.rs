@@ -43,6 +43,7 @@ pub mod headers;
 pub mod ids;
 pub mod integrity;
 pub mod kinds;
+pub mod projections;
 pub mod replies;
 pub mod subjects;
 pub mod text;

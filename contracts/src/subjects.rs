@@ -2,8 +2,8 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel}` | command, request/reply |
-//! | `cim.backup.qry.{job,jobs,backups}` | query, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections}` | command, request/reply |
+//! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots}` | query, request/reply |
 //! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
 //! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
 //! | `cim.backup.evt.<aggregate-type>.<aggregate-id>.<event-type>` | events, JetStream |
@@ -24,10 +24,18 @@ pub const CMD_VERIFY: &str = "cim.backup.cmd.verify";
 pub const CMD_CHECK: &str = "cim.backup.cmd.check";
 pub const CMD_REPAIR: &str = "cim.backup.cmd.repair";
 pub const CMD_CANCEL: &str = "cim.backup.cmd.cancel";
+/// A snapshot of domains' read models (`SnapshotProjections`).
+pub const CMD_SNAPSHOT_PROJECTIONS: &str = "cim.backup.cmd.snapshot-projections";
+/// A projection snapshot restored into the live buckets (`RestoreProjectionSnapshot`).
+pub const CMD_RESTORE_PROJECTIONS: &str = "cim.backup.cmd.restore-projections";
 
 pub const QRY_JOB: &str = "cim.backup.qry.job";
 pub const QRY_JOBS: &str = "cim.backup.qry.jobs";
 pub const QRY_BACKUPS: &str = "cim.backup.qry.backups";
+/// Every domain and its parts (`DomainsQuery` → `[Domain]`).
+pub const QRY_DOMAINS: &str = "cim.backup.qry.domains";
+/// Projection snapshots in a destination (`ProjectionSnapshotsQuery` → `[SnapshotSummary]`).
+pub const QRY_PROJECTION_SNAPSHOTS: &str = "cim.backup.qry.projection-snapshots";
 
 /// JetStream stream that holds every event of the service.
 pub const EVENTS_STREAM: &str = "CIM_BACKUP_EVENTS";

@@ -113,6 +113,15 @@ pub struct JobView {
     /// limits relaxed, the safety copy kept, messages replaced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Projection snapshots the job wrote (a projection restore: its safety snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<crate::projections::SnapshotSummary>,
+    /// A finished projection restore, per read model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<crate::projections::ModelRestored>,
+    /// A finished projection restore with verify: whether every model matched its snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 /// One stored backup (`cim.backup.qry.backups`).

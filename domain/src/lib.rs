@@ -20,6 +20,7 @@ pub mod chain;
 pub mod check;
 pub mod error;
 pub mod lifecycle;
+pub mod projection;
 pub mod repair;
 pub mod restore;
 pub mod tree_restore;

@@ -2,8 +2,8 @@
 
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
-    BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, RepairEvent,
-    RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, ProjectionEvent,
+    RepairEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
@@ -276,8 +276,49 @@ pub fn fold(
                 finish(&mut next, JobState::Cancelled, time)
             }
         },
+        // Messages are keys, objects are snapshots written.
+        JobEvent::ProjectionSnapshot(e) | JobEvent::ProjectionRestore(e) => {
+            fold_projection(&mut next, e, time)
+        }
     }
     Ok(Fold::Updated(next))
+}
+
+fn fold_projection(next: &mut JobView, e: &ProjectionEvent, time: time::OffsetDateTime) {
+    let p = &mut next.progress;
+    match e {
+        ProjectionEvent::ProjectionJobAccepted(_) => {}
+        ProjectionEvent::ProjectionJobStarted(s) => {
+            next.state = JobState::Running;
+            next.started_at = Some(time);
+            p.messages_total = s.keys;
+        }
+        ProjectionEvent::ProjectionJobProgressed(s) => {
+            p.messages_done = p.messages_done.max(s.keys_done);
+            p.bytes_done = p.bytes_done.max(s.bytes_done);
+            keep_ahead(p);
+        }
+        ProjectionEvent::ProjectionSnapshotTaken(s) => {
+            p.objects_done += 1;
+            next.snapshots.push(s.clone());
+        }
+        ProjectionEvent::ProjectionModelRestored(m) => {
+            next.notes.push(format!(
+                "{} ({}): {} restored, {} unchanged, {} removed",
+                m.name, m.bucket, m.restored, m.unchanged, m.removed
+            ));
+        }
+        ProjectionEvent::ProjectionJobCompleted(c) => {
+            p.objects_total = p.objects_done;
+            settle(p);
+            next.restored = c.restored.clone();
+            next.verified = c.verified;
+            finish(next, JobState::Completed, time);
+        }
+        ProjectionEvent::ProjectionJobFailed(f) => fail(next, f, time),
+        ProjectionEvent::ProjectionJobCancelRequested(_) => next.cancel_requested = true,
+        ProjectionEvent::ProjectionJobCancelled(_) => finish(next, JobState::Cancelled, time),
+    }
 }
 
 /// Folds a whole history (for example one job's events read straight from the stream).
@@ -370,6 +411,13 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
             a.admission.instance.clone(),
             Some(BackupId(a.backup)),
         ),
+        JobEvent::ProjectionSnapshot(ProjectionEvent::ProjectionJobAccepted(a))
+        | JobEvent::ProjectionRestore(ProjectionEvent::ProjectionJobAccepted(a)) => (
+            projection_subject(a),
+            a.destination_url.clone(),
+            a.admission.instance.clone(),
+            None,
+        ),
         _ => return None,
     };
     Some(JobView {
@@ -395,5 +443,22 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         reports: None,
         replayed: Vec::new(),
         notes: Vec::new(),
+        snapshots: Vec::new(),
+        restored: Vec::new(),
+        verified: None,
     })
+}
+
+/// `graph,billing` for a snapshot; `graph <- <snapshot id>` for a restore.
+fn projection_subject(a: &cim_backup_contracts::projections::ProjectionJobAccepted) -> String {
+    let domains = a
+        .domains
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    match a.snapshot {
+        Some(snapshot) => format!("{domains} <- {snapshot}"),
+        None => domains,
+    }
 }

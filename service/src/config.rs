@@ -98,6 +98,46 @@ pub struct Config {
     pub nixos: NixosConfig,
     #[serde(default)]
     pub grafana: Option<GrafanaConfig>,
+    /// `[domains.<name>]`: parts of domains that the CIM conventions do not find, or that are
+    /// named differently (docs/PROJECTIONS.md §1).
+    #[serde(default)]
+    pub domains: BTreeMap<String, DomainConfig>,
+}
+
+/// `[domains.<name>]`: a domain's parts, in addition to what discovery finds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// Its event streams (besides `DOMAIN_<NAME>_EVENTS`, `_COMMANDS`, `_SNAPSHOTS`).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Its read models by name: `Name = { bucket = "B" }` or `{ bucket = "B", prefix = "p." }`.
+    #[serde(default)]
+    pub projections: BTreeMap<String, KeyRangeConfig>,
+    /// Its projectors: durable consumers `{ stream = "S", consumer = "C" }`.
+    #[serde(default)]
+    pub projectors: Vec<ProjectorConfig>,
+    /// Where its configuration entries are (default: `CIM_DOMAIN_CONFIG`, prefix `<name>.`).
+    #[serde(default)]
+    pub config: Option<KeyRangeConfig>,
+    /// Where its agent definitions are (default: `CIM_AGENTS`, prefix `<name>.`).
+    #[serde(default)]
+    pub agents: Option<KeyRangeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRangeConfig {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorConfig {
+    pub stream: String,
+    pub consumer: String,
 }
 
 /// `[grafana]`: the server `backup-grafana` exports. Requests never name a URL, so they cannot
@@ -443,6 +483,9 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "defaults.destination {default:?} is not a URL nor one of [destinations.*]"
             )));
+        }
+        for (name, domain) in &self.domains {
+            crate::domains::check_config(name, domain).map_err(ConfigError::Invalid)?;
         }
         if self.defaults.segment_bytes < 4096 {
             return Err(ConfigError::Invalid(

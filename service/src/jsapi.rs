@@ -309,6 +309,65 @@ impl JsApi {
         &self.client
     }
 
+    /// Names of every stream, paged.
+    pub async fn stream_names(&self) -> Result<Vec<String>, JsApiError> {
+        let mut names = Vec::new();
+        loop {
+            let reply = self
+                .request(
+                    "$JS.API.STREAM.NAMES".to_owned(),
+                    json!({ "offset": names.len() }),
+                )
+                .await?;
+            let page: Vec<String> = reply
+                .get("streams")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let empty = page.is_empty();
+            names.extend(page);
+            if empty || names.len() >= total {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// The subjects of a stream that match `filter` (with their message counts), paged; at
+    /// most `limit` of them.
+    pub async fn subjects(
+        &self,
+        stream: &str,
+        filter: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, JsApiError> {
+        let mut subjects = Vec::new();
+        loop {
+            let reply = self
+                .request(
+                    format!("$JS.API.STREAM.INFO.{stream}"),
+                    json!({ "subjects_filter": filter, "offset": subjects.len() }),
+                )
+                .await?;
+            let page: Vec<String> = reply
+                .pointer("/state/subjects")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let empty = page.is_empty();
+            subjects.extend(page);
+            if empty || subjects.len() >= total || subjects.len() >= limit {
+                subjects.truncate(limit);
+                return Ok(subjects);
+            }
+        }
+    }
+
     /// Names of the streams whose subjects overlap `subject`.
     pub async fn streams_for_subject(&self, subject: &str) -> Result<Vec<String>, JsApiError> {
         let reply = self

@@ -21,6 +21,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod destination;
+pub mod domains;
 pub mod embedded;
 pub mod engine;
 pub mod event_store;

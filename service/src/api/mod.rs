@@ -15,6 +15,7 @@
 pub mod commands;
 pub mod files;
 pub mod host_services;
+pub mod projections;
 pub mod queries;
 pub mod repair;
 pub mod reply;
@@ -167,6 +168,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         prometheus: config.prometheus.clone(),
         nixos: config.nixos.clone(),
         grafana: config.grafana.clone(),
+        domains: config.domains.clone(),
     });
     let runner = Runner::new(ctx);
     runner
@@ -359,10 +361,18 @@ enum Endpoint {
     FilesNixos,
     /// `cim.backup.files.<instance>.cmd.grafana`: Grafana through its HTTP API, and a tar.gz.
     FilesGrafana,
+    /// `cim.backup.qry.domains`: every domain and its parts.
+    Domains,
+    /// `cim.backup.qry.projection-snapshots`: snapshots in the catalog or a destination.
+    ProjectionSnapshots,
+    /// `cim.backup.cmd.snapshot-projections`.
+    SnapshotProjections,
+    /// `cim.backup.cmd.restore-projections`.
+    RestoreProjections,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 16] = [
+    const ALL: [Endpoint; 20] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -379,6 +389,10 @@ impl Endpoint {
         Endpoint::FilesPrometheus,
         Endpoint::FilesNixos,
         Endpoint::FilesGrafana,
+        Endpoint::Domains,
+        Endpoint::ProjectionSnapshots,
+        Endpoint::SnapshotProjections,
+        Endpoint::RestoreProjections,
     ];
 
     /// The last token of its subject.
@@ -400,13 +414,21 @@ impl Endpoint {
             Endpoint::FilesPrometheus => "prometheus",
             Endpoint::FilesNixos => "nixos",
             Endpoint::FilesGrafana => "grafana",
+            Endpoint::Domains => "domains",
+            Endpoint::ProjectionSnapshots => "projection-snapshots",
+            Endpoint::SnapshotProjections => "snapshot-projections",
+            Endpoint::RestoreProjections => "restore-projections",
         }
     }
 
     /// The group its subject is in: shared by all instances, or this instance's own.
     fn prefix(self, instance: &str) -> String {
         match self {
-            Endpoint::Job | Endpoint::Jobs | Endpoint::Backups => QUERY_PREFIX.to_owned(),
+            Endpoint::Job
+            | Endpoint::Jobs
+            | Endpoint::Backups
+            | Endpoint::Domains
+            | Endpoint::ProjectionSnapshots => QUERY_PREFIX.to_owned(),
             Endpoint::FilesStart
             | Endpoint::FilesRestore
             | Endpoint::FilesPrometheus
@@ -525,6 +547,22 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
                 files::models(api, &request).await,
             )
             .await
+        }
+        Endpoint::Domains => {
+            let reply = projections::list_domains(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::ProjectionSnapshots => {
+            let reply = projections::list_snapshots_query(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::SnapshotProjections => {
+            let reply = projections::snapshot(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::RestoreProjections => {
+            let reply = projections::restore(api, &request).await;
+            send(&request, errors, subject, reply).await
         }
         Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,
         Endpoint::Jobs => {

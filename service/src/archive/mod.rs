@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod manifest;
 pub mod part;
+pub mod projections;
 pub mod record;
 pub mod segment;
 pub mod store;

@@ -15,7 +15,8 @@
 //!   verify-model-backup, restore-gpu-model, restore-all-models, verify-model);
 //!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
 //!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config); [`grafana`]
-//!   (backup-grafana).
+//!   (backup-grafana); [`projections`] (list-domains, snapshot-projections,
+//!   list-projection-snapshots, restore-projection-snapshot).
 
 pub mod args;
 pub mod backups;
@@ -28,6 +29,7 @@ pub mod jobs;
 pub mod models;
 pub mod nixos;
 pub mod output;
+pub mod projections;
 pub mod prometheus;
 pub mod repair;
 pub mod restore;
@@ -152,6 +154,18 @@ pub enum Command {
     /// --include-datasources its datasources) into the archive and as a tar.gz (runbook:
     /// `backup-grafana --include-datasources --output FILE.tar.gz`).
     BackupGrafana(grafana::BackupGrafanaArgs),
+    /// List every domain (configured in [domains.<name>] or found by the CIM conventions) with
+    /// its streams, read models, projectors, configuration and agent definitions, each marked
+    /// configured or discovered.
+    ListDomains(projections::ListDomainsArgs),
+    /// Snapshot domains' read models, each at one pinned point, with the projectors' positions
+    /// (runbook: `snapshot-projections --domains all --output DIR`).
+    SnapshotProjections(projections::SnapshotArgs),
+    /// List projection snapshots: id, time, read models, keys, bytes, event positions.
+    ListProjectionSnapshots(projections::ListSnapshotsArgs),
+    /// Put a projection snapshot back into the live buckets, after a safety snapshot of what is
+    /// there (runbook: `restore-projection-snapshot --snapshot DIR|ID --domain D --verify`).
+    RestoreProjectionSnapshot(projections::RestoreSnapshotArgs),
 }
 
 /// What every client command works with.
@@ -220,6 +234,10 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::RestorePrometheus(a) => prometheus::restore(&ctx, a).await,
         Command::BackupNixosConfig(a) => nixos::backup(&ctx, a).await,
         Command::BackupGrafana(a) => grafana::backup(&ctx, a).await,
+        Command::ListDomains(a) => projections::list_domains(&ctx, a).await,
+        Command::SnapshotProjections(a) => projections::snapshot(&ctx, a).await,
+        Command::ListProjectionSnapshots(a) => projections::list_snapshots(&ctx, a).await,
+        Command::RestoreProjectionSnapshot(a) => projections::restore(&ctx, a).await,
     }
 }
 

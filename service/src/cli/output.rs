@@ -101,6 +101,7 @@ fn objects_word(kind: JobKind) -> &'static str {
         JobKind::Check => "streams",
         JobKind::Repair => "steps",
         JobKind::TreeRestore => "trees",
+        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore => "snapshots",
     }
 }
 
@@ -110,6 +111,15 @@ fn counts(view: &JobView) -> String {
     let p = &view.progress;
     if view.kind == JobKind::Backup && p.messages_total == 0 && p.messages_done == 0 {
         return format!("{}/{} objects", p.objects_done, p.objects_total);
+    }
+    if matches!(
+        view.kind,
+        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore
+    ) {
+        return format!(
+            "{}/{} keys, {} snapshots",
+            p.messages_done, p.messages_total, p.objects_done
+        );
     }
     format!(
         "{}/{} messages, {}/{} {}",
@@ -217,6 +227,36 @@ pub fn summary(view: &JobView) -> Option<String> {
             bytes(p.bytes_done),
             mb_per_s(p.bytes_done, seconds)
         ),
+        (JobState::Completed, JobKind::ProjectionSnapshot) => format!(
+            "snapshot of {} keys ({}) in {seconds:.1} s: {}",
+            view.snapshots.iter().map(|s| s.keys()).sum::<u64>(),
+            bytes(view.snapshots.iter().map(|s| s.bytes()).sum()),
+            view.snapshots
+                .iter()
+                .map(|s| format!("{} = {}", s.domain, s.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (JobState::Completed, JobKind::ProjectionRestore) => {
+            let sum = |f: fn(&cim_backup_contracts::projections::ModelRestored) -> u64| {
+                view.restored.iter().map(f).sum::<u64>()
+            };
+            format!(
+                "restored {} keys, {} unchanged, {} removed in {seconds:.1} s{}; safety snapshot {}",
+                sum(|m| m.restored),
+                sum(|m| m.unchanged),
+                sum(|m| m.removed),
+                if view.verified == Some(true) {
+                    ", verified against the snapshot's digests"
+                } else {
+                    ""
+                },
+                view.snapshots
+                    .first()
+                    .map(|s| s.id.to_string())
+                    .unwrap_or_default()
+            )
+        }
         (JobState::Completed, _) => format!(
             "{} completed in {seconds:.1} s: {} messages, {per_second}",
             view.kind, p.messages_done

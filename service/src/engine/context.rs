@@ -33,6 +33,8 @@ pub struct Context {
     pub nixos: crate::config::NixosConfig,
     /// The Grafana `backup-grafana` exports (`[grafana]`).
     pub grafana: Option<crate::config::GrafanaConfig>,
+    /// The domains' configured parts (`[domains.<name>]`); discovery adds the rest.
+    pub domains: std::collections::BTreeMap<String, crate::config::DomainConfig>,
 }
 
 impl Context {

@@ -16,6 +16,7 @@ pub mod backup;
 pub mod check;
 pub mod context;
 pub mod error;
+pub mod projections;
 pub mod reader;
 pub mod repair;
 pub mod restore;

@@ -122,6 +122,16 @@ impl Runs for CheckJob {
     const WORK: Work<Self> = |ctx, job, cancel| Box::pin(check::run(ctx, job, cancel));
 }
 
+impl Runs for cim_backup_domain::projection::SnapshotJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::snapshot::run(ctx, job, cancel));
+}
+
+impl Runs for cim_backup_domain::projection::RestoreJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::restore::run(ctx, job, cancel));
+}
+
 /// A repair is not resumed in place after NATS went away: its own failure path has given the
 /// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
 impl Runs for RepairJob {
@@ -164,6 +174,14 @@ macro_rules! with_job_type {
             }
             K::TreeRestore => {
                 type $J = cim_backup_domain::tree_restore::TreeRestoreJob;
+                $body
+            }
+            K::ProjectionSnapshot => {
+                type $J = cim_backup_domain::projection::SnapshotJob;
+                $body
+            }
+            K::ProjectionRestore => {
+                type $J = cim_backup_domain::projection::RestoreJob;
                 $body
             }
         }

@@ -1,0 +1,340 @@
+//! Domain and projection endpoints: `qry.domains`, `qry.projection-snapshots`,
+//! `cmd.snapshot-projections`, `cmd.restore-projections`. Every check that can fail is made
+//! before anything is recorded: a domain, read model, bucket or snapshot that does not exist is
+//! a 4xx naming the field, and no job.
+
+use std::collections::BTreeMap;
+
+use async_nats::service::Request;
+use cim_backup_contracts::cid::Cid;
+use cim_backup_contracts::projections::{
+    Domain, DomainsQuery, ProjectionJobAccepted, ProjectionOperation, ProjectionSnapshotsQuery,
+    ReadModel, RestoreProjectionSnapshot, SnapshotProjections, SnapshotSummary,
+};
+use cim_backup_contracts::text;
+use cim_backup_contracts::views::{JobKind, JobState};
+use cim_backup_domain::projection::{ProjectionCommand, RestoreJob, SnapshotJob};
+
+use super::Api;
+use super::commands::{Intake, accept, parse};
+use super::reply::ApiError;
+use crate::archive::projections::{get_snapshot, list_snapshots};
+use crate::domains;
+
+/// `cim.backup.qry.domains`.
+pub async fn list_domains(api: &Api, request: &Request) -> Result<Vec<Domain>, ApiError> {
+    let query: DomainsQuery = parse(request)?;
+    let all = all_domains(api).await?;
+    let selected = domains::select(&all, &query.domains).map_err(ApiError::bad_request)?;
+    Ok(selected.into_iter().cloned().collect())
+}
+
+async fn all_domains(api: &Api) -> Result<Vec<Domain>, ApiError> {
+    let ctx = api.runner.context();
+    Ok(domains::list(&ctx.api, &ctx.domains).await?)
+}
+
+/// `cim.backup.qry.projection-snapshots`: from a destination when `source` is given, else the
+/// catalog (every snapshot a completed job recorded, wherever it was written).
+pub async fn list_snapshots_query(
+    api: &Api,
+    request: &Request,
+) -> Result<Vec<SnapshotSummary>, ApiError> {
+    let query: ProjectionSnapshotsQuery = parse(request)?;
+    let mut found = match &query.source {
+        Some(source) => in_destination(api, source).await?,
+        None => in_catalog(api).await?,
+    };
+    found.retain(|s| {
+        query.domain.as_ref().is_none_or(|d| &s.domain == d)
+            && (query.safety || s.safety_for.is_none())
+    });
+    found.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(a.id.cmp(&b.id)));
+    found.dedup_by(|a, b| a.id == b.id && a.location == b.location);
+    Ok(found)
+}
+
+async fn in_destination(api: &Api, source: &str) -> Result<Vec<SnapshotSummary>, ApiError> {
+    let ctx = api.runner.context();
+    let location = ctx.destinations.resolve(Some(source))?;
+    let store = ctx.destinations.open(&location.url)?;
+    let mut out = Vec::new();
+    for id in list_snapshots(&store).await? {
+        let manifest = get_snapshot(&store, &id).await?;
+        out.push(manifest.summary(id, &location.url));
+    }
+    Ok(out)
+}
+
+async fn in_catalog(api: &Api) -> Result<Vec<SnapshotSummary>, ApiError> {
+    Ok(api
+        .views
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|v| {
+            v.state == JobState::Completed
+                && matches!(
+                    v.kind,
+                    JobKind::ProjectionSnapshot | JobKind::ProjectionRestore
+                )
+        })
+        .flat_map(|v| v.snapshots)
+        .collect())
+}
+
+/// `cim.backup.cmd.snapshot-projections`.
+pub async fn snapshot(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError> {
+    let cmd: SnapshotProjections = parse(request)?;
+    let ctx = api.runner.context();
+    let all = all_domains(api).await?;
+    let explicit = !(cmd.domains.is_empty() || cmd.domains.iter().any(|d| d == "all"));
+    let selected = domains::select(&all, &cmd.domains).map_err(ApiError::bad_request)?;
+    let mut planned = Vec::new();
+    for d in selected {
+        let mut d = d.clone();
+        if !cmd.include.is_empty() {
+            d.projections.retain(|m| cmd.include.contains(&m.name));
+        }
+        if d.projections.is_empty() {
+            if explicit && cmd.include.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "domains: {} has no read models (configure [domains.{}.projections] or keep keys {}.<id> in {})",
+                    d.name,
+                    d.name,
+                    d.name,
+                    domains::PROJECTIONS_BUCKET
+                )));
+            }
+            continue;
+        }
+        planned.push(d);
+    }
+    for name in &cmd.include {
+        if !planned
+            .iter()
+            .any(|d| d.projections.iter().any(|m| &m.name == name))
+        {
+            return Err(ApiError::bad_request(format!(
+                "include: no read model {} in the domains named",
+                text::echo(name)
+            )));
+        }
+    }
+    if planned.is_empty() {
+        return Err(ApiError::bad_request(
+            "domains: none has read models to snapshot (see list-domains)",
+        ));
+    }
+    require_buckets(api, planned.iter().flat_map(|d| &d.projections)).await?;
+    let location = ctx.destinations.resolve(cmd.destination.as_deref())?;
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(api, &(&planned, &location.url));
+    let digest = admission.request_digest.clone();
+    let spec = ProjectionJobAccepted {
+        operation: ProjectionOperation::Snapshot,
+        domains: planned,
+        destination: location.given,
+        destination_url: location.url,
+        snapshot: None,
+        verify: false,
+        r#as: BTreeMap::new(),
+        admission,
+    };
+    let (reply, job) = accept::<SnapshotJob>(
+        api,
+        &intake,
+        ProjectionCommand::Accept(spec),
+        |s| s.spec.as_ref().map(|s| &s.admission),
+        &digest,
+    )
+    .await?;
+    if let Some(job) = job {
+        api.runner.start(job);
+    }
+    Ok(reply)
+}
+
+/// Every model's bucket must exist: a typo is a 404 now, not a failed job later.
+async fn require_buckets<'a>(
+    api: &Api,
+    models: impl Iterator<Item = &'a ReadModel>,
+) -> Result<(), ApiError> {
+    let ctx = api.runner.context();
+    for m in models {
+        if ctx
+            .api
+            .stream_info(&format!("KV_{}", m.bucket))
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found(format!(
+                "read model {}: KV bucket {} does not exist",
+                m.name, m.bucket
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `cim.backup.cmd.restore-projections`.
+pub async fn restore(
+    api: &Api,
+    request: &Request,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError> {
+    let cmd: RestoreProjectionSnapshot = parse(request)?;
+    let ctx = api.runner.context();
+    let all = all_domains(api).await?;
+    domains::select(&all, std::slice::from_ref(&cmd.domain))
+        .map_err(|e| ApiError::bad_request(e.replacen("domains:", "domain:", 1)))?;
+    let (id, location) = locate_snapshot(api, &cmd).await?;
+    let store = ctx.destinations.open(&location.url)?;
+    let snapshot = get_snapshot(&store, &id).await?;
+    if snapshot.domain != cmd.domain {
+        return Err(ApiError::bad_request(format!(
+            "snapshot: {id} is of domain {}, not {}",
+            snapshot.domain, cmd.domain
+        )));
+    }
+    for name in cmd.r#as.keys() {
+        if !snapshot.models.iter().any(|m| &m.name == name) {
+            return Err(ApiError::bad_request(format!(
+                "as: the snapshot holds no read model {}; it holds {}",
+                text::echo(name),
+                snapshot
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    for bucket in cmd.r#as.values() {
+        if !domains::is_bucket_name(bucket) {
+            return Err(ApiError::bad_request(format!(
+                "as: {} is not a bucket name",
+                text::echo(bucket)
+            )));
+        }
+    }
+    let targets: Vec<ReadModel> = snapshot
+        .models
+        .iter()
+        .map(|m| ReadModel {
+            name: m.name.clone(),
+            bucket: cmd.r#as.get(&m.name).unwrap_or(&m.bucket).clone(),
+            prefix: m.prefix.clone(),
+            origin: cim_backup_contracts::projections::Origin::Configured,
+        })
+        .collect();
+    for (i, a) in targets.iter().enumerate() {
+        for b in &targets[i + 1..] {
+            if a.bucket == b.bucket
+                && (a.prefix.starts_with(&b.prefix) || b.prefix.starts_with(&a.prefix))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "as: read models {} and {} would both be restored to keys {}* of bucket {}; restoring one would delete the other's keys (give one of them another bucket)",
+                    a.name,
+                    b.name,
+                    if a.prefix.len() < b.prefix.len() {
+                        &a.prefix
+                    } else {
+                        &b.prefix
+                    },
+                    a.bucket
+                )));
+            }
+        }
+    }
+    require_buckets(api, targets.iter()).await?;
+    let domain = Domain {
+        name: cmd.domain.clone(),
+        streams: Vec::new(),
+        projections: targets,
+        projectors: Vec::new(),
+        config: None,
+        agents: None,
+    };
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let admission = intake.admission(api, &(id.to_string(), &location.url, &cmd));
+    let digest = admission.request_digest.clone();
+    let spec = ProjectionJobAccepted {
+        operation: ProjectionOperation::Restore,
+        domains: vec![domain],
+        destination: location.given,
+        destination_url: location.url,
+        snapshot: Some(id),
+        verify: cmd.verify,
+        r#as: cmd.r#as.clone(),
+        admission,
+    };
+    let (reply, job) = accept::<RestoreJob>(
+        api,
+        &intake,
+        ProjectionCommand::Accept(spec),
+        |s| s.spec.as_ref().map(|s| &s.admission),
+        &digest,
+    )
+    .await?;
+    if let Some(job) = job {
+        api.runner.start(job);
+    }
+    Ok(reply)
+}
+
+/// The snapshot a restore names: an id (looked up in `source`, else in the catalog), or
+/// `latest` (the domain's newest in `source`, else in the catalog).
+async fn locate_snapshot(
+    api: &Api,
+    cmd: &RestoreProjectionSnapshot,
+) -> Result<(Cid, crate::destination::Resolved), ApiError> {
+    let ctx = api.runner.context();
+    let wanted = if cmd.snapshot == "latest" {
+        None
+    } else {
+        Some(Cid::try_from(cmd.snapshot.as_str()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "snapshot: {} is neither a snapshot id nor \"latest\": {e}",
+                text::echo(&cmd.snapshot)
+            ))
+        })?)
+    };
+    let candidates = match &cmd.source {
+        Some(source) => in_destination(api, source).await?,
+        None => in_catalog(api).await?,
+    };
+    let mut fitting: Vec<&SnapshotSummary> = candidates
+        .iter()
+        .filter(|s| match wanted {
+            Some(id) => s.id == id,
+            None => s.domain == cmd.domain && s.safety_for.is_none(),
+        })
+        .collect();
+    fitting.sort_by_key(|s| std::cmp::Reverse(s.taken_at));
+    let Some(found) = fitting.first() else {
+        let place = cmd
+            .source
+            .as_deref()
+            .map(|s| format!("in {}", text::echo(s)))
+            .unwrap_or_else(|| "in the catalog (pass source to look in a destination)".into());
+        return Err(ApiError::not_found(match wanted {
+            Some(id) => format!("snapshot: no snapshot {id} {place}"),
+            None => format!("snapshot: no snapshot of domain {} {place}", cmd.domain),
+        }));
+    };
+    let given = cmd.source.clone().unwrap_or_else(|| found.location.clone());
+    let location = ctx.destinations.resolve(Some(&given))?;
+    Ok((found.id, location))
+}

@@ -1,0 +1,21 @@
+//! The projection engines: snapshots of a domain's read models, and restores of one.
+//!
+//! # Layout
+//! - [`read`] — one read model at one pinned point (base and overlay), into blocks or only
+//!   into an index and digest.
+//! - [`take`] — one domain's snapshot: projector positions, then every model, then the manifest.
+//! - [`snapshot`] — the `projection-snapshot` job: one snapshot per domain.
+//! - [`write`] — puts and deletes into a live bucket, acknowledged in a pipeline.
+//! - [`restore`] — the `projection-restore` job: safety snapshot, then each model made equal
+//!   to the snapshot's, then the optional verification.
+
+pub mod read;
+pub mod restore;
+pub mod snapshot;
+pub mod take;
+pub mod write;
+
+use std::time::Duration;
+
+/// How often a projection job records its progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
