@@ -33,6 +33,12 @@
 //! recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]  # to write
 //! identity_files = ["/etc/cim/backup.agekey"]                                  # to read
 //!
+//! [domains.graph]                     # parts the CIM conventions do not find (docs/PROJECTIONS.md)
+//! projectors = [{ stream = "DOMAIN_GRAPH_EVENTS", consumer = "graph-projector" }]
+//! [domains.graph.projections]         # read models by name (what --include takes)
+//! GraphReadModel = { bucket = "GRAPH_READ_MODEL" }
+//! NodeIndex = { bucket = "CIM_PROJECTIONS", prefix = "graph.node." }
+//!
 //! [files.roots]                       # trees this instance backs up and restores (its host's)
 //! models = "/var/lib/cim/models"
 //! checkpoints = "/var/lib/cim/checkpoints"
@@ -572,6 +578,9 @@ mod tests {
         );
         assert_eq!(events.projections[0].key_prefix, "order.");
         assert_eq!(events.projectors, ["orders-projector"]);
+        let graph = &config.domains["graph"];
+        assert_eq!(graph.projections["NodeIndex"].prefix, "graph.node.");
+        assert_eq!(graph.projectors[0].consumer, "graph-projector");
     }
 
     #[test]

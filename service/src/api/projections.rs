@@ -131,6 +131,7 @@ pub async fn snapshot(
     }
     require_buckets(api, planned.iter().flat_map(|d| &d.projections)).await?;
     let location = ctx.destinations.resolve(cmd.destination.as_deref())?;
+    require_keys_if_encrypted(api, &location.url)?;
     let intake = Intake::new(
         request,
         cmd.idempotency_key.clone(),
@@ -160,6 +161,14 @@ pub async fn snapshot(
         api.runner.start(job);
     }
     Ok(reply)
+}
+
+/// Snapshots to a destination that encrypts need recipients (a restore writes its safety
+/// snapshot there too): refused now rather than failed later.
+fn require_keys_if_encrypted(api: &Api, url: &str) -> Result<(), ApiError> {
+    crate::engine::projections::take::recipients_for(api.runner.context(), url)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Every model's bucket must exist: a typo is a 404 now, not a failed job later.
@@ -255,6 +264,7 @@ pub async fn restore(
         }
     }
     require_buckets(api, targets.iter()).await?;
+    require_keys_if_encrypted(api, &location.url)?;
     let domain = Domain {
         name: cmd.domain.clone(),
         streams: Vec::new(),
