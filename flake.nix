@@ -56,6 +56,7 @@
           "snapshot-projections"
           "list-projection-snapshots"
           "restore-projection-snapshot"
+          "clear-projections"
         ];
         app = command: {
           type = "app";

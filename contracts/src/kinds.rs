@@ -91,6 +91,8 @@ job_kinds! {
     ProjectionSnapshot = "projection-snapshot", ProjectionEvent;
     /// A projection snapshot put back into the live buckets, after a safety snapshot.
     ProjectionRestore = "projection-restore", ProjectionEvent;
+    /// Every key of a domain's read models deleted, after a safety snapshot.
+    ProjectionClear = "projection-clear", ProjectionEvent;
 }
 
 impl fmt::Display for JobKind {

@@ -126,6 +126,51 @@ pub struct RestoreProjectionSnapshot {
     pub correlation_id: Option<String>,
 }
 
+/// `cim.backup.cmd.clear-projections`: every key of a domain's read models deleted, after a
+/// safety snapshot. With `dry_run` the reply is a [`ClearPlan`] and nothing is done; otherwise
+/// `confirm` must be set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearProjections {
+    pub domain: String,
+    /// Only these read models (default: all of the domain's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub confirm: bool,
+    /// Delete without taking a safety snapshot first.
+    #[serde(default)]
+    pub no_safety_snapshot: bool,
+    /// Where the safety snapshot goes (default: the service's default destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// What a clear would delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearPlan {
+    pub domain: String,
+    pub models: Vec<PlannedClear>,
+    /// Where the safety snapshot would be written; empty with `no_safety_snapshot`.
+    pub safety_destination: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedClear {
+    pub name: String,
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Live keys now.
+    pub keys: u64,
+}
+
 /// `cim.backup.qry.projection-snapshots`: the snapshots stored in a destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +245,7 @@ impl SnapshotSummary {
 pub enum ProjectionOperation {
     Snapshot,
     Restore,
+    Clear,
 }
 
 /// The first event of a projection job: everything it will do, decided at accept.
@@ -224,6 +270,9 @@ pub struct ProjectionJobAccepted {
     /// A restore's read models written to other buckets (`name → bucket`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub r#as: std::collections::BTreeMap<String, String>,
+    /// A clear asked to go without its safety snapshot (`--no-safety-snapshot`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_safety_snapshot: bool,
     pub admission: Admission,
 }
 
@@ -249,7 +298,7 @@ pub struct ModelRestored {
     pub restored: u64,
     /// Keys whose live value already was the snapshot's.
     pub unchanged: u64,
-    /// Live keys the snapshot does not hold, deleted (a KV delete: history is kept).
+    /// Live keys the snapshot does not hold, deleted (a KV delete marker, not a purge).
     pub removed: u64,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections}` | command, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections}` | command, request/reply |
 //! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots}` | query, request/reply |
 //! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
 //! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
@@ -26,6 +26,8 @@ pub const CMD_REPAIR: &str = "cim.backup.cmd.repair";
 pub const CMD_CANCEL: &str = "cim.backup.cmd.cancel";
 /// A snapshot of domains' read models (`SnapshotProjections`).
 pub const CMD_SNAPSHOT_PROJECTIONS: &str = "cim.backup.cmd.snapshot-projections";
+/// A domain's read models cleared (`ClearProjections`).
+pub const CMD_CLEAR_PROJECTIONS: &str = "cim.backup.cmd.clear-projections";
 /// A projection snapshot restored into the live buckets (`RestoreProjectionSnapshot`).
 pub const CMD_RESTORE_PROJECTIONS: &str = "cim.backup.cmd.restore-projections";
 

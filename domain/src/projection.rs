@@ -41,6 +41,23 @@ pub struct Snapshot;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Restore;
 
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clear;
+
+impl Kind for Clear {
+    const KIND: JobKind = JobKind::ProjectionClear;
+    const OPERATION: ProjectionOperation = ProjectionOperation::Clear;
+    fn wrap(event: ProjectionEvent) -> JobEvent {
+        JobEvent::ProjectionClear(event)
+    }
+    fn unwrap(event: &JobEvent) -> Option<&ProjectionEvent> {
+        match event {
+            JobEvent::ProjectionClear(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl Kind for Snapshot {
     const KIND: JobKind = JobKind::ProjectionSnapshot;
     const OPERATION: ProjectionOperation = ProjectionOperation::Snapshot;
@@ -71,6 +88,7 @@ impl Kind for Restore {
 
 pub type SnapshotJob = ProjectionJob<Snapshot>;
 pub type RestoreJob = ProjectionJob<Restore>;
+pub type ClearJob = ProjectionJob<Clear>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProjectionCommand {
@@ -171,9 +189,12 @@ impl<K: Kind> ProjectionJob<K> {
             (ProjectionOperation::Restore, Some(_)) if spec.domains.len() != 1 => Err(
                 DomainError::invalid("domains: a restore puts back exactly one domain"),
             ),
-            (ProjectionOperation::Snapshot, Some(_)) => Err(DomainError::invalid(
-                "snapshot: a snapshot job does not read one",
-            )),
+            (ProjectionOperation::Snapshot | ProjectionOperation::Clear, Some(_)) => {
+                Err(DomainError::invalid("snapshot: only a restore reads one"))
+            }
+            (ProjectionOperation::Clear, None) if spec.domains.len() != 1 => Err(
+                DomainError::invalid("domains: a clear empties exactly one domain"),
+            ),
             _ => Ok(()),
         }
     }
@@ -191,10 +212,15 @@ impl<K: Kind> ProjectionJob<K> {
                     )));
                 }
             }
-            ProjectionOperation::Restore => {
+            ProjectionOperation::Restore | ProjectionOperation::Clear => {
                 if self.safety_snapshot().is_some() || s.safety_for.is_none() {
                     return Err(DomainError::invalid(
-                        "snapshot: a restore records one safety snapshot",
+                        "snapshot: a restore or clear records one safety snapshot",
+                    ));
+                }
+                if self.skips_safety_snapshot() {
+                    return Err(DomainError::invalid(
+                        "snapshot: this clear was asked to go without a safety snapshot",
                     ));
                 }
             }
@@ -202,11 +228,22 @@ impl<K: Kind> ProjectionJob<K> {
         Ok(())
     }
 
+    /// A clear asked to go without its safety snapshot.
+    pub fn skips_safety_snapshot(&self) -> bool {
+        K::OPERATION == ProjectionOperation::Clear
+            && self.spec.as_ref().is_some_and(|s| s.no_safety_snapshot)
+    }
+
     fn validate_model(&self, m: &ModelRestored) -> Result<(), DomainError> {
-        if K::OPERATION != ProjectionOperation::Restore {
-            return Err(DomainError::invalid("model: only a restore restores"));
+        if K::OPERATION == ProjectionOperation::Snapshot {
+            return Err(DomainError::invalid(
+                "model: a snapshot job writes no model",
+            ));
         }
-        if self.safety_snapshot().is_none() {
+        if K::OPERATION == ProjectionOperation::Clear && (m.restored != 0 || m.unchanged != 0) {
+            return Err(DomainError::invalid("model: a clear only removes keys"));
+        }
+        if self.safety_snapshot().is_none() && !self.skips_safety_snapshot() {
             return Err(DomainError::invalid(
                 "model: restored before the safety snapshot was recorded",
             ));
@@ -232,7 +269,7 @@ impl<K: Kind> ProjectionJob<K> {
                 "completion: its snapshots differ from the recorded ones",
             ));
         }
-        if K::OPERATION == ProjectionOperation::Restore {
+        if K::OPERATION != ProjectionOperation::Snapshot {
             if let Some(left) = self.models_left().first() {
                 return Err(DomainError::invalid(format!(
                     "completion: {} is not restored",
@@ -244,7 +281,8 @@ impl<K: Kind> ProjectionJob<K> {
                     "completion: its models differ from the restored ones",
                 ));
             }
-            let asked = self.spec.as_ref().is_some_and(|s| s.verify);
+            let asked = K::OPERATION == ProjectionOperation::Restore
+                && self.spec.as_ref().is_some_and(|s| s.verify);
             if asked && done.verified != Some(true) {
                 return Err(DomainError::invalid(
                     "completion: verification was asked for and did not pass",
@@ -397,8 +435,9 @@ mod tests {
             destination: "local".into(),
             destination_url: "file:///b".into(),
             snapshot: (op == ProjectionOperation::Restore).then(manifest_cid),
-            verify: true,
+            verify: op == ProjectionOperation::Restore,
             r#as: Default::default(),
+            no_safety_snapshot: false,
             admission: admission(),
         }
     }
@@ -465,6 +504,39 @@ mod tests {
         given::<SnapshotJob>(one)
             .when(ProjectionCommand::Complete(done.clone()))
             .then_expect(vec![ProjectionEvent::ProjectionJobCompleted(done)]);
+    }
+
+    /// A clear deletes nothing before its safety snapshot unless asked to go without one, and
+    /// then records none.
+    #[test]
+    fn a_clear_needs_its_safety_snapshot_unless_told_otherwise() {
+        let spec = accepted(ProjectionOperation::Clear, vec![domain("g", &["M"])]);
+        let started = ProjectionEvent::ProjectionJobStarted(ProjectionJobStarted::default());
+        let removed = ModelRestored {
+            restored: 0,
+            removed: 3,
+            ..restored("M")
+        };
+        given::<ClearJob>(vec![
+            ProjectionEvent::ProjectionJobAccepted(spec.clone()),
+            started.clone(),
+        ])
+        .when(ProjectionCommand::RecordModel(removed.clone()))
+        .then_reject_containing("before the safety snapshot");
+        let bare = ProjectionJobAccepted {
+            no_safety_snapshot: true,
+            ..spec
+        };
+        let history = vec![ProjectionEvent::ProjectionJobAccepted(bare), started];
+        given::<ClearJob>(history.clone())
+            .when(ProjectionCommand::RecordSnapshot(summary("g", true)))
+            .then_reject_containing("without a safety snapshot");
+        given::<ClearJob>(history.clone())
+            .when(ProjectionCommand::RecordModel(restored("M")))
+            .then_reject_containing("only removes");
+        given::<ClearJob>(history)
+            .when(ProjectionCommand::RecordModel(removed.clone()))
+            .then_expect(vec![ProjectionEvent::ProjectionModelRestored(removed)]);
     }
 
     /// A restore writes nothing before its safety snapshot, restores each model once, and

@@ -277,9 +277,9 @@ pub fn fold(
             }
         },
         // Messages are keys, objects are snapshots written.
-        JobEvent::ProjectionSnapshot(e) | JobEvent::ProjectionRestore(e) => {
-            fold_projection(&mut next, e, time)
-        }
+        JobEvent::ProjectionSnapshot(e)
+        | JobEvent::ProjectionRestore(e)
+        | JobEvent::ProjectionClear(e) => fold_projection(&mut next, e, time),
     }
     Ok(Fold::Updated(next))
 }
@@ -412,7 +412,8 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
             Some(BackupId(a.backup)),
         ),
         JobEvent::ProjectionSnapshot(ProjectionEvent::ProjectionJobAccepted(a))
-        | JobEvent::ProjectionRestore(ProjectionEvent::ProjectionJobAccepted(a)) => (
+        | JobEvent::ProjectionRestore(ProjectionEvent::ProjectionJobAccepted(a))
+        | JobEvent::ProjectionClear(ProjectionEvent::ProjectionJobAccepted(a)) => (
             projection_subject(a),
             a.destination_url.clone(),
             a.admission.instance.clone(),

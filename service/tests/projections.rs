@@ -460,6 +460,85 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
     assert_eq!(view["state"], "completed", "{view}");
     assert_eq!(contents(&shared, "graph.").await, damaged);
 
+    // clear-projections: without --confirm it shows what it would delete and deletes nothing;
+    // with it, the keys go (delete markers), the other domain's stay, and its safety snapshot
+    // puts them back.
+    let text = ok(&cli(
+        &url,
+        &[
+            "clear-projections",
+            "--domain",
+            "graph",
+            "--include",
+            "CIM_PROJECTIONS",
+        ],
+    )
+    .await);
+    assert!(
+        text.contains(&format!(
+            "would delete {} keys of domain graph",
+            damaged.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("nothing was deleted"), "{text}");
+    assert_eq!(contents(&shared, "graph.").await, damaged);
+    let view = json(
+        &cli(
+            &url,
+            &[
+                "--json",
+                "clear-projections",
+                "--domain",
+                "graph",
+                "--include",
+                "CIM_PROJECTIONS",
+                "--confirm",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(view["state"], "completed", "{view}");
+    assert_eq!(view["restored"][0]["removed"], damaged.len() as u64);
+    assert!(contents(&shared, "graph.").await.is_empty());
+    assert_eq!(contents(&shared, "billing.").await, billing);
+    // A delete marker, not a purge: the bucket keeps whatever history it keeps (here 1).
+    let mut history = shared.history("graph.node20").await.unwrap();
+    let last = history.next().await.unwrap().unwrap();
+    assert_eq!(last.operation, kv::Operation::Delete);
+    let cleared_safety = view["snapshots"][0]["id"].as_str().unwrap().to_owned();
+    let view = json(
+        &cli(
+            &url,
+            &[
+                "--json",
+                "restore-projection-snapshot",
+                "--snapshot",
+                &cleared_safety,
+                "--domain",
+                "graph",
+                "--verify",
+                "--wait",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(view["state"], "completed", "{view}");
+    assert_eq!(contents(&shared, "graph.").await, damaged);
+    let out = cli(
+        &url,
+        &[
+            "clear-projections",
+            "--domain",
+            "graph",
+            "--include",
+            "Nope",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--include"));
+
     // A snapshot of another domain is refused for this one; a bad id names --snapshot.
     let out = cli(
         &url,

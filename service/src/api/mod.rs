@@ -369,10 +369,12 @@ enum Endpoint {
     SnapshotProjections,
     /// `cim.backup.cmd.restore-projections`.
     RestoreProjections,
+    /// `cim.backup.cmd.clear-projections`.
+    ClearProjections,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 20] = [
+    const ALL: [Endpoint; 21] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -393,6 +395,7 @@ impl Endpoint {
         Endpoint::ProjectionSnapshots,
         Endpoint::SnapshotProjections,
         Endpoint::RestoreProjections,
+        Endpoint::ClearProjections,
     ];
 
     /// The last token of its subject.
@@ -418,6 +421,7 @@ impl Endpoint {
             Endpoint::ProjectionSnapshots => "projection-snapshots",
             Endpoint::SnapshotProjections => "snapshot-projections",
             Endpoint::RestoreProjections => "restore-projections",
+            Endpoint::ClearProjections => "clear-projections",
         }
     }
 
@@ -562,6 +566,10 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
         }
         Endpoint::RestoreProjections => {
             let reply = projections::restore(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::ClearProjections => {
+            let reply = projections::clear(api, &request).await;
             send(&request, errors, subject, reply).await
         }
         Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,

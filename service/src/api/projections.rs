@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use async_nats::service::Request;
 use cim_backup_contracts::cid::Cid;
 use cim_backup_contracts::projections::{
-    Domain, DomainsQuery, ProjectionJobAccepted, ProjectionOperation, ProjectionSnapshotsQuery,
-    ReadModel, RestoreProjectionSnapshot, SnapshotProjections, SnapshotSummary,
+    ClearPlan, ClearProjections, Domain, DomainsQuery, PlannedClear, ProjectionJobAccepted,
+    ProjectionOperation, ProjectionSnapshotsQuery, ReadModel, RestoreProjectionSnapshot,
+    SnapshotProjections, SnapshotSummary,
 };
 use cim_backup_contracts::text;
 use cim_backup_contracts::views::{JobKind, JobState};
-use cim_backup_domain::projection::{ProjectionCommand, RestoreJob, SnapshotJob};
+use cim_backup_domain::projection::{ClearJob, ProjectionCommand, RestoreJob, SnapshotJob};
 
 use super::Api;
 use super::commands::{Intake, accept, parse};
@@ -76,7 +77,9 @@ async fn in_catalog(api: &Api) -> Result<Vec<SnapshotSummary>, ApiError> {
             v.state == JobState::Completed
                 && matches!(
                     v.kind,
-                    JobKind::ProjectionSnapshot | JobKind::ProjectionRestore
+                    JobKind::ProjectionSnapshot
+                        | JobKind::ProjectionRestore
+                        | JobKind::ProjectionClear
                 )
         })
         .flat_map(|v| v.snapshots)
@@ -147,6 +150,7 @@ pub async fn snapshot(
         snapshot: None,
         verify: false,
         r#as: BTreeMap::new(),
+        no_safety_snapshot: false,
         admission,
     };
     let (reply, job) = accept::<SnapshotJob>(
@@ -288,6 +292,7 @@ pub async fn restore(
         snapshot: Some(id),
         verify: cmd.verify,
         r#as: cmd.r#as.clone(),
+        no_safety_snapshot: false,
         admission,
     };
     let (reply, job) = accept::<RestoreJob>(
@@ -347,4 +352,117 @@ async fn locate_snapshot(
     let given = cmd.source.clone().unwrap_or_else(|| found.location.clone());
     let location = ctx.destinations.resolve(Some(&given))?;
     Ok((found.id, location))
+}
+
+/// What `cmd.clear-projections` answers: the plan (`dry_run`), or the accepted job.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum ClearReply {
+    Plan(ClearPlan),
+    Accepted(cim_backup_contracts::replies::Accepted),
+}
+
+/// `cim.backup.cmd.clear-projections`: with `dry_run`, what would be deleted (nothing is);
+/// with `confirm`, a `projection-clear` job; with neither, a 400 that says so.
+pub async fn clear(api: &Api, request: &Request) -> Result<ClearReply, ApiError> {
+    let cmd: ClearProjections = parse(request)?;
+    let ctx = api.runner.context();
+    if cmd.dry_run == cmd.confirm {
+        return Err(ApiError::bad_request(
+            "confirm: a clear deletes every key of the domain's read models; send dry_run to see what, or confirm to do it (one of them)",
+        ));
+    }
+    let all = all_domains(api).await?;
+    let domain = domains::select(&all, std::slice::from_ref(&cmd.domain))
+        .map_err(|e| ApiError::bad_request(e.replacen("domains:", "domain:", 1)))?[0]
+        .clone();
+    let mut models = domain.projections.clone();
+    if !cmd.include.is_empty() {
+        models.retain(|m| cmd.include.contains(&m.name));
+        if let Some(missing) = cmd
+            .include
+            .iter()
+            .find(|n| !models.iter().any(|m| &m.name == *n))
+        {
+            return Err(ApiError::bad_request(format!(
+                "include: domain {} has no read model {}",
+                domain.name,
+                text::echo(missing)
+            )));
+        }
+    }
+    if models.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "domain: {} has no read models to clear",
+            domain.name
+        )));
+    }
+    require_buckets(api, models.iter()).await?;
+    let location = if cmd.no_safety_snapshot {
+        None
+    } else {
+        let location = ctx.destinations.resolve(cmd.destination.as_deref())?;
+        require_keys_if_encrypted(api, &location.url)?;
+        Some(location)
+    };
+    if cmd.dry_run {
+        let mut planned = Vec::new();
+        for m in &models {
+            let mut keys = 0u64;
+            crate::engine::projections::read::scan_keys(
+                &ctx.js,
+                &m.bucket,
+                &m.prefix,
+                &Default::default(),
+                |_| keys += 1,
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("counting the keys of {}: {e}", m.name)))?;
+            planned.push(PlannedClear {
+                name: m.name.clone(),
+                bucket: m.bucket.clone(),
+                prefix: m.prefix.clone(),
+                keys,
+            });
+        }
+        return Ok(ClearReply::Plan(ClearPlan {
+            domain: domain.name,
+            models: planned,
+            safety_destination: location.map(|l| l.url).unwrap_or_default(),
+        }));
+    }
+    let intake = Intake::new(
+        request,
+        cmd.idempotency_key.clone(),
+        cmd.correlation_id.clone(),
+    )?;
+    let (given, url) = location.map(|l| (l.given, l.url)).unwrap_or_default();
+    let admission = intake.admission(api, &(&domain.name, &models, &url, cmd.no_safety_snapshot));
+    let digest = admission.request_digest.clone();
+    let spec = ProjectionJobAccepted {
+        operation: ProjectionOperation::Clear,
+        domains: vec![Domain {
+            projections: models,
+            ..domain
+        }],
+        destination: given,
+        destination_url: url,
+        snapshot: None,
+        verify: false,
+        r#as: BTreeMap::new(),
+        no_safety_snapshot: cmd.no_safety_snapshot,
+        admission,
+    };
+    let (reply, job) = accept::<ClearJob>(
+        api,
+        &intake,
+        ProjectionCommand::Accept(spec),
+        |s| s.spec.as_ref().map(|s| &s.admission),
+        &digest,
+    )
+    .await?;
+    if let Some(job) = job {
+        api.runner.start(job);
+    }
+    Ok(ClearReply::Accepted(reply))
 }

@@ -16,7 +16,7 @@
 //!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
 //!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config); [`grafana`]
 //!   (backup-grafana); [`projections`] (list-domains, snapshot-projections,
-//!   list-projection-snapshots, restore-projection-snapshot).
+//!   list-projection-snapshots, restore-projection-snapshot, clear-projections).
 
 pub mod args;
 pub mod backups;
@@ -166,6 +166,9 @@ pub enum Command {
     /// Put a projection snapshot back into the live buckets, after a safety snapshot of what is
     /// there (runbook: `restore-projection-snapshot --snapshot DIR|ID --domain D --verify`).
     RestoreProjectionSnapshot(projections::RestoreSnapshotArgs),
+    /// Delete every key of a domain's read models, after a safety snapshot (runbook:
+    /// `clear-projections --domain D --confirm`); without --confirm shows what it would delete.
+    ClearProjections(projections::ClearArgs),
 }
 
 /// What every client command works with.
@@ -238,6 +241,7 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::SnapshotProjections(a) => projections::snapshot(&ctx, a).await,
         Command::ListProjectionSnapshots(a) => projections::list_snapshots(&ctx, a).await,
         Command::RestoreProjectionSnapshot(a) => projections::restore(&ctx, a).await,
+        Command::ClearProjections(a) => projections::clear(&ctx, a).await,
     }
 }
 

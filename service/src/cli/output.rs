@@ -101,7 +101,9 @@ fn objects_word(kind: JobKind) -> &'static str {
         JobKind::Check => "streams",
         JobKind::Repair => "steps",
         JobKind::TreeRestore => "trees",
-        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore => "snapshots",
+        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore | JobKind::ProjectionClear => {
+            "snapshots"
+        }
     }
 }
 
@@ -114,7 +116,7 @@ fn counts(view: &JobView) -> String {
     }
     if matches!(
         view.kind,
-        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore
+        JobKind::ProjectionSnapshot | JobKind::ProjectionRestore | JobKind::ProjectionClear
     ) {
         return format!(
             "{}/{} keys, {} snapshots",
@@ -257,6 +259,15 @@ pub fn summary(view: &JobView) -> Option<String> {
                     .unwrap_or_default()
             )
         }
+        (JobState::Completed, JobKind::ProjectionClear) => format!(
+            "cleared {} keys of {} read models in {seconds:.1} s; {}",
+            view.restored.iter().map(|m| m.removed).sum::<u64>(),
+            view.restored.len(),
+            match view.snapshots.first() {
+                Some(s) => format!("safety snapshot {}", s.id),
+                None => "no safety snapshot (as asked)".to_owned(),
+            }
+        ),
         (JobState::Completed, _) => format!(
             "{} completed in {seconds:.1} s: {} messages, {per_second}",
             view.kind, p.messages_done

@@ -1,17 +1,19 @@
 //! `list-domains`, `snapshot-projections`, `list-projection-snapshots`,
-//! `restore-projection-snapshot`: domains and snapshots of their read models.
+//! `restore-projection-snapshot`, `clear-projections`: domains and snapshots of their read
+//! models.
 
 use std::collections::BTreeMap;
 
 use clap::Args;
 
 use cim_backup_contracts::projections::{
-    Domain, DomainsQuery, Origin, ProjectionSnapshotsQuery, RestoreProjectionSnapshot,
-    SnapshotProjections, SnapshotSummary,
+    ClearPlan, ClearProjections, Domain, DomainsQuery, Origin, ProjectionSnapshotsQuery,
+    RestoreProjectionSnapshot, SnapshotProjections, SnapshotSummary,
 };
 use cim_backup_contracts::replies::Accepted;
 use cim_backup_contracts::subjects::{
-    CMD_RESTORE_PROJECTIONS, CMD_SNAPSHOT_PROJECTIONS, QRY_DOMAINS, QRY_PROJECTION_SNAPSHOTS,
+    CMD_CLEAR_PROJECTIONS, CMD_RESTORE_PROJECTIONS, CMD_SNAPSHOT_PROJECTIONS, QRY_DOMAINS,
+    QRY_PROJECTION_SNAPSHOTS,
 };
 
 use super::args::{idempotency_key, location};
@@ -273,4 +275,102 @@ pub async fn restore(ctx: &Ctx, a: &RestoreSnapshotArgs) -> Result<(), CliError>
             ])
         })?;
     after_accept(ctx, accepted, a.wait).await
+}
+
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// The domain whose read models are emptied.
+    #[arg(long)]
+    pub domain: String,
+    /// Only these read models, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// Delete. Without it the command shows what it would delete and deletes nothing.
+    #[arg(long)]
+    pub confirm: bool,
+    /// Do not take a safety snapshot first.
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+    /// Where the safety snapshot goes (default: the service's default destination).
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Repeating a request with the same key starts one job (default: a key for this run).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Return once the job is accepted instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+const CLEAR_FLAGS: &[(&str, &str)] = &[
+    ("domain", "--domain"),
+    ("include", "--include"),
+    ("destination", "--destination"),
+    ("confirm", "--confirm"),
+];
+
+/// Always shows the plan first; deletes only with --confirm.
+pub async fn clear(ctx: &Ctx, a: &ClearArgs) -> Result<(), CliError> {
+    let mut body = ClearProjections {
+        domain: a.domain.clone(),
+        include: a.include.clone(),
+        dry_run: true,
+        confirm: false,
+        no_safety_snapshot: a.no_safety_snapshot,
+        destination: a.destination.as_deref().map(location),
+        idempotency_key: None,
+        correlation_id: None,
+    };
+    let plan: ClearPlan = ctx
+        .client
+        .request(CMD_CLEAR_PROJECTIONS, &body)
+        .await
+        .map_err(|e| e.with_flags(CLEAR_FLAGS))?;
+    if !a.confirm {
+        if ctx.json {
+            output::json(&plan);
+        } else {
+            print_clear_plan(&plan, "would delete");
+            println!("nothing was deleted: run again with --confirm to clear");
+        }
+        return Ok(());
+    }
+    if !ctx.json {
+        print_clear_plan(&plan, "deleting");
+    }
+    body.dry_run = false;
+    body.confirm = true;
+    body.idempotency_key = Some(idempotency_key(a.idempotency_key.as_deref()));
+    let accepted: Accepted = ctx
+        .client
+        .start(CMD_CLEAR_PROJECTIONS, &body)
+        .await
+        .map_err(|e| e.with_flags(CLEAR_FLAGS))?;
+    after_accept(ctx, accepted, !a.no_wait).await
+}
+
+fn print_clear_plan(plan: &ClearPlan, verb: &str) {
+    let total: u64 = plan.models.iter().map(|m| m.keys).sum();
+    println!("{verb} {total} keys of domain {}:", plan.domain);
+    for m in &plan.models {
+        println!(
+            "    {:<24} {:>10} keys  bucket {}{}",
+            m.name,
+            m.keys,
+            m.bucket,
+            if m.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" keys {}*", m.prefix)
+            }
+        );
+    }
+    if plan.safety_destination.is_empty() {
+        println!("no safety snapshot (--no-safety-snapshot)");
+    } else {
+        println!(
+            "a safety snapshot is taken first, into {}",
+            plan.safety_destination
+        );
+    }
 }

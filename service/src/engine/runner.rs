@@ -132,6 +132,11 @@ impl Runs for cim_backup_domain::projection::RestoreJob {
         |ctx, job, cancel| Box::pin(super::projections::restore::run(ctx, job, cancel));
 }
 
+impl Runs for cim_backup_domain::projection::ClearJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::clear::run(ctx, job, cancel));
+}
+
 /// A repair is not resumed in place after NATS went away: its own failure path has given the
 /// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
 impl Runs for RepairJob {
@@ -182,6 +187,10 @@ macro_rules! with_job_type {
             }
             K::ProjectionRestore => {
                 type $J = cim_backup_domain::projection::RestoreJob;
+                $body
+            }
+            K::ProjectionClear => {
+                type $J = cim_backup_domain::projection::ClearJob;
                 $body
             }
         }

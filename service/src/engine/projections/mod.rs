@@ -8,7 +8,10 @@
 //! - [`write`] — puts and deletes into a live bucket, acknowledged in a pipeline.
 //! - [`restore`] — the `projection-restore` job: safety snapshot, then each model made equal
 //!   to the snapshot's, then the optional verification.
+//! - [`clear`] — the `projection-clear` job: safety snapshot (unless declined), then every key
+//!   of each model deleted.
 
+pub mod clear;
 pub mod read;
 pub mod restore;
 pub mod snapshot;

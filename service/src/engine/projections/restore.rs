@@ -4,7 +4,7 @@
 //!    written; it stays in the destination, and the job names it);
 //! 2. for each read model, the live state made equal to the snapshot's: a key whose live value
 //!    differs (or is missing) is written, one whose value is the snapshot's is left alone, and a
-//!    live key the snapshot does not hold is deleted (a KV delete: its history stays);
+//!    live key the snapshot does not hold is deleted (a KV delete marker, not a purge: the bucket keeps what its history setting keeps);
 //! 3. with `verify`, every model read back at a pinned point and its digest compared with the
 //!    snapshot's. A mismatch fails the job, naming the model and the safety snapshot to go
 //!    back to.
@@ -50,29 +50,7 @@ pub async fn run(
         execute(&ctx.events, job, start, None).await?;
     }
     let domain = spec.domains[0].clone();
-    if job.state.safety_snapshot().is_none() {
-        let recipients = recipients_for(ctx, &spec.destination_url)?;
-        let counter = Counter::default();
-        let safety = take(
-            ctx,
-            &store,
-            &domain,
-            recipients,
-            Some(job.id.to_string()),
-            cancel,
-            &counter,
-        )
-        .await?;
-        let summary = safety.manifest.summary(safety.id, &spec.destination_url);
-        tracing::info!(job = %job.id, safety = %safety.id, keys = summary.keys(), "safety snapshot of the live read models stored");
-        execute(
-            &ctx.events,
-            job,
-            ProjectionCommand::RecordSnapshot(summary),
-            None,
-        )
-        .await?;
-    }
+    take_safety_snapshot(ctx, job, &store, cancel).await?;
     let mut keys_done = job.state.progress.keys_done;
     for target in job
         .state
@@ -114,6 +92,67 @@ pub async fn run(
     };
     execute(&ctx.events, job, ProjectionCommand::Complete(done), None).await?;
     Ok(())
+}
+
+/// Takes and records the safety snapshot of what a restore or clear will write, once: the
+/// live keys of every bucket (and prefix) of the job's domain.
+pub async fn take_safety_snapshot<K: cim_backup_domain::projection::Kind>(
+    ctx: &Context,
+    job: &mut Job<cim_backup_domain::projection::ProjectionJob<K>>,
+    store: &ArchiveStore,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    if job.state.safety_snapshot().is_some() || job.state.skips_safety_snapshot() {
+        return Ok(());
+    }
+    let spec = job.state.spec.clone().ok_or(EngineError::Rejected(
+        cim_backup_domain::DomainError::NotCreated,
+    ))?;
+    let recipients = recipients_for(ctx, &spec.destination_url)?;
+    let safety = take(
+        ctx,
+        store,
+        &spec.domains[0],
+        recipients,
+        Some(job.id.to_string()),
+        cancel,
+        &Counter::default(),
+    )
+    .await?;
+    let summary = safety.manifest.summary(safety.id, &spec.destination_url);
+    tracing::info!(job = %job.id, safety = %safety.id, keys = summary.keys(), "safety snapshot of the live read models stored");
+    execute(
+        &ctx.events,
+        job,
+        ProjectionCommand::RecordSnapshot(summary),
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes every live key under `prefix` of `bucket` that `keep` does not keep (KV delete
+/// markers, not purges: the bucket keeps what its history setting keeps); returns how many.
+pub async fn delete_keys(
+    ctx: &Context,
+    bucket: &str,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+    cancel: &CancellationToken,
+) -> Result<u64, EngineError> {
+    let mut gone = Vec::new();
+    scan_keys(&ctx.js, bucket, prefix, cancel, |key| {
+        if !keep(key) {
+            gone.push(key.to_owned());
+        }
+    })
+    .await?;
+    let mut writer = BucketWriter::new(&ctx.js, bucket);
+    for key in &gone {
+        writer.delete(key).await?;
+    }
+    writer.finish().await?;
+    Ok(gone.len() as u64)
 }
 
 fn model_of<'a>(
@@ -179,19 +218,8 @@ async fn restore_model(
     let mut removed = 0u64;
     let matched = held.iter().filter(|k| live.find(**k).is_some()).count() as u64;
     if live.keys > matched {
-        let mut gone = Vec::new();
-        scan_keys(&ctx.js, &target.bucket, &model.prefix, cancel, |key| {
-            if held.binary_search(&key_hash(key)).is_err() {
-                gone.push(key.to_owned());
-            }
-        })
-        .await?;
-        let mut writer = BucketWriter::new(&ctx.js, &target.bucket);
-        for key in &gone {
-            writer.delete(key).await?;
-        }
-        writer.finish().await?;
-        removed = gone.len() as u64;
+        let keep = |key: &str| held.binary_search(&key_hash(key)).is_ok();
+        removed = delete_keys(ctx, &target.bucket, &model.prefix, keep, cancel).await?;
     }
     Ok(ModelRestored {
         name: model.name.clone(),
