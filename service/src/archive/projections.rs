@@ -61,10 +61,14 @@ pub fn entry_hash(key: &str, value: &[u8]) -> u128 {
     u128::from_le_bytes(out.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
-/// A 64-bit name of a key (for sorted in-memory indexes of many keys).
+/// A 64-bit name of a key, for the in-memory indexes of a read (never stored, so the
+/// standard library's SipHash with its fixed keys is enough, and cheaper than BLAKE3 on
+/// short keys).
 pub fn key_hash(key: &str) -> u64 {
-    let out = blake3::hash(key.as_bytes());
-    u64::from_le_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 pub fn digest_hex(digest: u128) -> String {

@@ -29,8 +29,8 @@ use crate::engine::error::EngineError;
 /// The KV header naming a delete or purge.
 const KV_OPERATION: &str = "KV-Operation";
 
-/// How long the read waits for the next message before it calls the server gone.
-const IDLE: Duration = Duration::from_secs(20);
+/// Messages asked for per pull request.
+const BATCH: usize = 4096;
 
 /// One live key as an index holds it: its key hash, entry hash and value length. Sorted by key
 /// hash; 32 bytes per key.
@@ -164,17 +164,13 @@ impl Pinned {
     }
 }
 
-/// The next message of a pinned read, or why there is none.
+/// The next message of a pinned read, or why there is none. A server that stops sending is
+/// found by the pull's idle heartbeat (two missed: an error), not by a timer per message.
 async fn next_message(
     messages: &mut consumer::pull::Stream,
     subjects: &str,
 ) -> Result<jetstream::Message, EngineError> {
-    let next = tokio::time::timeout(IDLE, messages.next())
-        .await
-        .map_err(|_| {
-            EngineError::nats(format!("no message for {IDLE:?} while reading {subjects}>"))
-        })?;
-    match next {
+    match messages.next().await {
         Some(Ok(m)) => Ok(m),
         Some(Err(e)) => Err(EngineError::nats(format!("reading {subjects}>: {e}"))),
         None => Err(EngineError::nats(format!(
@@ -236,7 +232,7 @@ async fn messages_of(
 ) -> Result<consumer::pull::Stream, EngineError> {
     consumer
         .stream()
-        .max_messages_per_batch(1024)
+        .max_messages_per_batch(BATCH)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
