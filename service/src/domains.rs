@@ -88,6 +88,17 @@ pub fn check_config(name: &str, domain: &DomainConfig) -> Result<(), String> {
     for (model, r) in &domain.projections {
         range(&format!("projections.{model}"), r)?;
     }
+    let models: Vec<_> = domain.projections.iter().collect();
+    for (i, (a, ra)) in models.iter().enumerate() {
+        for (b, rb) in &models[i + 1..] {
+            if ra.bucket == rb.bucket && overlap(&ra.prefix, &rb.prefix) {
+                return Err(format!(
+                    "domains.{name}.projections: {a} and {b} share keys of bucket {} (prefixes {:?} and {:?}); a snapshot would hold them twice and a restore could not put both back",
+                    ra.bucket, ra.prefix, rb.prefix
+                ));
+            }
+        }
+    }
     for p in &domain.projectors {
         if !is_stream_name(&p.stream) || !is_stream_name(&p.consumer) {
             return Err(format!(
@@ -161,10 +172,12 @@ pub async fn list(
     for (name, _) in prefixed_domains(api, &streams, PROJECTIONS_BUCKET).await? {
         let d = domains.entry(name.clone()).or_insert_with(|| empty(&name));
         let prefix = format!("{name}.");
+        // A configured model of the same bucket that shares any of these keys takes them
+        // over: the discovered one would hold them twice.
         let covered = d
             .projections
             .iter()
-            .any(|m| m.bucket == PROJECTIONS_BUCKET && prefix.starts_with(&m.prefix));
+            .any(|m| m.bucket == PROJECTIONS_BUCKET && overlap(&prefix, &m.prefix));
         if !covered {
             d.projections.push(ReadModel {
                 name: PROJECTIONS_BUCKET.to_owned(),
@@ -270,6 +283,27 @@ async fn prefixed_domains(
     Ok(found)
 }
 
+/// Whether two key prefixes of one bucket share keys (one is a prefix of the other).
+pub fn overlap(a: &str, b: &str) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// The first read model of a domain other than `domain` whose keys overlap `prefix` of
+/// `bucket`: writing or deleting there would touch another domain's keys.
+pub fn owned_elsewhere<'a>(
+    all: &'a [Domain],
+    domain: &str,
+    bucket: &str,
+    prefix: &str,
+) -> Option<(&'a Domain, &'a ReadModel)> {
+    all.iter().filter(|d| d.name != domain).find_map(|d| {
+        d.projections
+            .iter()
+            .find(|m| m.bucket == bucket && overlap(&m.prefix, prefix))
+            .map(|m| (d, m))
+    })
+}
+
 /// The domains a request names: `all` (or nothing) is every one; a name that is not a domain
 /// is an error that lists the known ones.
 pub fn select<'a>(all: &'a [Domain], names: &[String]) -> Result<Vec<&'a Domain>, String> {
@@ -341,5 +375,38 @@ mod tests {
         assert!(check_config("Graph", &DomainConfig::default()).is_err());
         c.projections.get_mut("NodeIndex").unwrap().prefix = "graph.node.".into();
         assert_eq!(check_config("graph", &c), Ok(()));
+        // Two models over the same keys could not both be put back.
+        c.projections.insert(
+            "All".into(),
+            KeyRangeConfig {
+                bucket: "CIM_PROJECTIONS".into(),
+                prefix: "graph.".into(),
+            },
+        );
+        let e = check_config("graph", &c).unwrap_err();
+        assert!(e.contains("All and NodeIndex share keys"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_another_domain_are_found_in_a_shared_bucket() {
+        let model = |name: &str, prefix: &str| ReadModel {
+            name: name.into(),
+            bucket: PROJECTIONS_BUCKET.into(),
+            prefix: prefix.into(),
+            origin: Origin::Discovered,
+        };
+        let domain = |name: &str, prefix: &str| Domain {
+            name: name.into(),
+            streams: vec![],
+            projections: vec![model(PROJECTIONS_BUCKET, prefix)],
+            projectors: vec![],
+            config: None,
+            agents: None,
+        };
+        let all = [domain("billing", "billing."), domain("graph", "graph.")];
+        assert!(owned_elsewhere(&all, "graph", PROJECTIONS_BUCKET, "graph.node.").is_none());
+        let (d, _) = owned_elsewhere(&all, "graph", PROJECTIONS_BUCKET, "").unwrap();
+        assert_eq!(d.name, "billing");
+        assert!(owned_elsewhere(&all, "graph", "OTHER", "").is_none());
     }
 }

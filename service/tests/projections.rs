@@ -157,6 +157,7 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
             .unwrap();
     }
     bucket(&js, "GRAPH_SCRATCH", 1).await;
+    bucket(&js, "GHOST_MODEL", 1).await;
 
     let host = tempfile::tempdir().unwrap();
     let archive = tempfile::tempdir().unwrap();
@@ -171,6 +172,20 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
         },
     );
     config.domains.insert("graph".into(), graph);
+    // A domain whose configured projector has no consumer.
+    let mut ghost = DomainConfig::default();
+    ghost.projections.insert(
+        "M".into(),
+        KeyRangeConfig {
+            bucket: "GHOST_MODEL".into(),
+            prefix: String::new(),
+        },
+    );
+    ghost.projectors.push(cim_backup::config::ProjectorConfig {
+        stream: "DOMAIN_GRAPH_EVENTS".into(),
+        consumer: "ghost-projector".into(),
+    });
+    config.domains.insert("ghost".into(), ghost);
     let service = TestService::start(config).await;
     let url = nats.url();
 
@@ -182,8 +197,8 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["billing", "graph"]);
-    let g = &domains[1];
+    assert_eq!(names, ["billing", "ghost", "graph"]);
+    let g = &domains[2];
     assert_eq!(g["streams"][0]["name"], "DOMAIN_GRAPH_EVENTS");
     assert_eq!(g["streams"][0]["origin"], "discovered");
     let models: Vec<(&str, &str, &str)> = g["projections"]
@@ -221,7 +236,7 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--domains") && err.contains("known: billing, graph"),
+        err.contains("--domains") && err.contains("known: billing, ghost, graph"),
         "{err}"
     );
     let out = cli(
@@ -346,6 +361,43 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
     .await;
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("would both be restored"));
+    // Into the shared bucket, a whole-bucket model would write over (and delete) another
+    // domain's keys: refused, nothing done.
+    let out = cli(
+        &url,
+        &[
+            "restore-projection-snapshot",
+            "--snapshot",
+            &snapshot_id,
+            "--domain",
+            "graph",
+            "--as",
+            "GraphReadModel=CIM_PROJECTIONS",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--as") && err.contains("of domain billing"),
+        "{err}"
+    );
+    // A projector without its consumer is refused at accept: no job, no directory.
+    let ghost_dir = host.path().join("projections/ghost");
+    let out = cli(
+        &url,
+        &[
+            "snapshot-projections",
+            "--domains",
+            "ghost",
+            "--output",
+            ghost_dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost-projector"));
+    assert!(!ghost_dir.exists());
     let scratch = js.get_key_value("GRAPH_SCRATCH").await.unwrap();
     assert_eq!(contents(&scratch, "n.").await, expected_at_pin);
 
@@ -566,6 +618,81 @@ async fn domains_are_listed_snapshotted_and_restored_with_verification() {
     .await;
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is of domain graph"));
+
+    // A damaged snapshot is found before anything is written: the job fails, the buckets are
+    // as they were, and no safety snapshot was needed.
+    let dir2 = host.path().join("projections/damaged");
+    let view = json(
+        &cli(
+            &url,
+            &[
+                "--json",
+                "snapshot-projections",
+                "--domains",
+                "graph",
+                "--output",
+                dir2.to_str().unwrap(),
+                "--wait",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(view["state"], "completed", "{view}");
+    let mut blocks: Vec<_> = std::fs::read_dir(dir2.join("projections/blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    blocks.sort();
+    let victim = blocks.last().unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(victim, bytes).unwrap();
+    for i in 0..5 {
+        shared
+            .put(format!("graph.node{i}"), "{\"v\":3}".into())
+            .await
+            .unwrap();
+    }
+    let before_restore = (
+        contents(&shared, "graph.").await,
+        contents(&model, "").await,
+    );
+    let out = cli(
+        &url,
+        &[
+            "--json",
+            "restore-projection-snapshot",
+            "--snapshot",
+            dir2.to_str().unwrap(),
+            "--domain",
+            "graph",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["state"], "failed", "{view}");
+    assert!(
+        view["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt"),
+        "{view}"
+    );
+    assert!(
+        view["snapshots"].is_null(),
+        "no safety snapshot was taken: {view}"
+    );
+    assert_eq!(
+        (
+            contents(&shared, "graph.").await,
+            contents(&model, "").await
+        ),
+        before_restore,
+        "nothing was written"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     service.stop().await;
 }

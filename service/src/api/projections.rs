@@ -133,6 +133,7 @@ pub async fn snapshot(
         ));
     }
     require_buckets(api, planned.iter().flat_map(|d| &d.projections)).await?;
+    require_projectors(api, &planned).await?;
     let location = ctx.destinations.resolve(cmd.destination.as_deref())?;
     require_keys_if_encrypted(api, &location.url)?;
     let intake = Intake::new(
@@ -175,12 +176,53 @@ fn require_keys_if_encrypted(api: &Api, url: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// A restore or clear writes and deletes keys under each model's prefix: refused when those
+/// keys hold another domain's read model (a shared bucket, a whole-bucket model).
+fn refuse_other_domains_keys(
+    all: &[Domain],
+    domain: &str,
+    model: &ReadModel,
+    field: &str,
+) -> Result<(), ApiError> {
+    match domains::owned_elsewhere(all, domain, &model.bucket, &model.prefix) {
+        Some((other, theirs)) => Err(ApiError::bad_request(format!(
+            "{field}: read model {} would be written to keys {}* of bucket {}, which hold read model {} of domain {} (keys {}*); nothing was done",
+            model.name, model.prefix, model.bucket, theirs.name, other.name, theirs.prefix
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Every projector must have its consumer: the snapshot records where each one is.
+async fn require_projectors(api: &Api, planned: &[Domain]) -> Result<(), ApiError> {
+    let ctx = api.runner.context();
+    for d in planned {
+        for p in &d.projectors {
+            let exists = ctx.api.stream_info(&p.stream).await?.is_some()
+                && ctx
+                    .api
+                    .durable_consumers(&p.stream)
+                    .await?
+                    .iter()
+                    .any(|c| c.name == p.consumer);
+            if !exists {
+                return Err(ApiError::not_found(format!(
+                    "domains: projector {} of domain {} has no consumer on stream {} (fix [domains.{}] projectors)",
+                    p.consumer, d.name, p.stream, d.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every model's bucket must exist: a typo is a 404 now, not a failed job later.
 async fn require_buckets<'a>(
     api: &Api,
     models: impl Iterator<Item = &'a ReadModel>,
 ) -> Result<(), ApiError> {
     let ctx = api.runner.context();
+    let mut missing = Vec::new();
     for m in models {
         if ctx
             .api
@@ -188,13 +230,16 @@ async fn require_buckets<'a>(
             .await?
             .is_none()
         {
-            return Err(ApiError::not_found(format!(
-                "read model {}: KV bucket {} does not exist",
-                m.name, m.bucket
-            )));
+            missing.push(format!("read model {}: KV bucket {}", m.name, m.bucket));
         }
     }
-    Ok(())
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::not_found(format!(
+        "{} does not exist; nothing was done (name the domains to cover with --domains, or fix [domains])",
+        missing.join(", ")
+    )))
 }
 
 /// `cim.backup.cmd.restore-projections`.
@@ -248,6 +293,14 @@ pub async fn restore(
             origin: cim_backup_contracts::projections::Origin::Configured,
         })
         .collect();
+    for t in &targets {
+        let field = if cmd.r#as.contains_key(&t.name) {
+            "as"
+        } else {
+            "domain"
+        };
+        refuse_other_domains_keys(&all, &cmd.domain, t, field)?;
+    }
     for (i, a) in targets.iter().enumerate() {
         for b in &targets[i + 1..] {
             if a.bucket == b.bucket
@@ -396,6 +449,9 @@ pub async fn clear(api: &Api, request: &Request) -> Result<ClearReply, ApiError>
             "domain: {} has no read models to clear",
             domain.name
         )));
+    }
+    for m in &models {
+        refuse_other_domains_keys(&all, &domain.name, m, "domain")?;
     }
     require_buckets(api, models.iter()).await?;
     let location = if cmd.no_safety_snapshot {

@@ -164,7 +164,7 @@ pub async fn list_snapshots(ctx: &Ctx, a: &ListSnapshotsArgs) -> Result<(), CliE
         let safety = s
             .safety_for
             .as_ref()
-            .map(|j| format!("  (safety snapshot of restore {j})"))
+            .map(|j| format!("  (safety snapshot taken by job {j})"))
             .unwrap_or_default();
         println!(
             "{}  {}  {}  {} keys  {}  {}{safety}",

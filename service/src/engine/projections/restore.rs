@@ -50,6 +50,11 @@ pub async fn run(
         execute(&ctx.events, job, start, None).await?;
     }
     let domain = spec.domains[0].clone();
+    if job.state.safety_snapshot().is_none() {
+        // The whole snapshot is checked before anything is written: a damaged or missing block
+        // found halfway would leave the buckets part old, part new.
+        check_snapshot(ctx, &store, &snapshot, cancel).await?;
+    }
     take_safety_snapshot(ctx, job, &store, cancel).await?;
     let mut keys_done = job.state.progress.keys_done;
     for target in job
@@ -153,6 +158,42 @@ pub async fn delete_keys(
     }
     writer.finish().await?;
     Ok(gone.len() as u64)
+}
+
+/// Reads every block of every model of the snapshot (each checked against its CID, opened,
+/// its entry count checked) and compares each model's entries with its key count and digest.
+async fn check_snapshot(
+    ctx: &Context,
+    store: &ArchiveStore,
+    snapshot: &SnapshotManifest,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    for model in &snapshot.models {
+        let mut entries = ModelEntries::open(store, &ctx.keys, model, snapshot.encrypted).await?;
+        let (mut keys, mut digest) = (0u64, crate::archive::projections::Digest::default());
+        while let Some(batch) = entries.next_batch().await? {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            for e in batch {
+                keys += 1;
+                digest.add(e.hash());
+            }
+        }
+        if keys != model.keys || digest.hex() != model.digest {
+            return Err(EngineError::precondition(
+                ErrorCode::Corrupt,
+                format!(
+                    "the snapshot's read model {} holds {keys} keys with digest {} where its manifest records {} keys with digest {}; nothing was written",
+                    model.name,
+                    digest.hex(),
+                    model.keys,
+                    model.digest
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn model_of<'a>(

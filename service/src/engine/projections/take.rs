@@ -4,7 +4,7 @@
 //! Projector positions are read *before* the models: a model then reflects at least every
 //! event up to its projector's ack floor (and perhaps some after it), so catch-up from the
 //! position replays nothing too late. Projectors must be idempotent for the events replayed
-//! twice (the `last_event_seq` convention of docs/PROJECTIONS.md §4 makes them so).
+//! twice (keeping `last_event_seq` per key and skipping older events makes them so; docs/PROJECTIONS.md §2).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
