@@ -235,12 +235,16 @@ fn unframe(object: &str, bytes: &Bytes) -> Result<Vec<Entry>, ArchiveError> {
     Ok(entries)
 }
 
-/// Builds the blocks of one model as entries arrive, storing each as it fills.
+/// Builds the blocks of one model as entries arrive, storing each as it fills. A full block
+/// is compressed, encrypted and stored on its own task while the next one fills (one at a
+/// time, so blocks stay in order and memory stays at two blocks): reading never waits for
+/// zstd.
 pub struct BlockWriter<'a> {
     store: &'a ArchiveStore,
     recipients: Option<Vec<String>>,
     buffer: Vec<u8>,
     entries: u64,
+    sealing: Option<tokio::task::JoinHandle<Result<BlockRef, ArchiveError>>>,
     pub written: Vec<BlockRef>,
     /// Bytes stored so far (compressed, encrypted).
     pub stored_bytes: u64,
@@ -253,6 +257,7 @@ impl<'a> BlockWriter<'a> {
             recipients,
             buffer: Vec::with_capacity(BLOCK_BYTES + (64 << 10)),
             entries: 0,
+            sealing: None,
             written: Vec::new(),
             stored_bytes: 0,
         }
@@ -267,42 +272,65 @@ impl<'a> BlockWriter<'a> {
         Ok(())
     }
 
-    /// Stores what is buffered as one block (nothing if empty).
+    /// Hands what is buffered to the sealing task as one block (nothing if empty), after the
+    /// previous block is stored.
     pub async fn seal(&mut self) -> Result<(), ArchiveError> {
         if self.entries == 0 {
             return Ok(());
         }
-        let plain = std::mem::take(&mut self.buffer);
-        let recipients = self.recipients.clone();
-        let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let compressed = zstd::bulk::compress(&plain, 1).map_err(|e| e.to_string())?;
-            match recipients {
-                Some(r) => Keys::encrypt(&r, &compressed).map_err(|e| e.to_string()),
-                None => Ok(compressed),
-            }
-        })
-        .await
-        .map_err(|e| ArchiveError::corrupt(BLOCKS, format!("sealing task failed: {e}")))?
-        .map_err(|e| ArchiveError::corrupt(BLOCKS, format!("cannot seal a block: {e}")))?;
-        let cid = raw_cid(&sealed);
-        let size = sealed.len() as u64;
-        self.store
-            .put_if_absent(&block_key(&cid), Bytes::from(sealed))
-            .await?;
-        self.written.push(BlockRef {
-            cid,
-            entries: self.entries,
-            size,
-        });
-        self.stored_bytes += size;
-        self.entries = 0;
-        self.buffer = Vec::with_capacity(BLOCK_BYTES + (64 << 10));
+        self.settle().await?;
+        let plain = std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(BLOCK_BYTES + (64 << 10)),
+        );
+        let entries = std::mem::take(&mut self.entries);
+        let (store, recipients) = (self.store.clone(), self.recipients.clone());
+        self.sealing = Some(tokio::spawn(async move {
+            let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                let compressed = zstd::bulk::compress(&plain, 1).map_err(|e| e.to_string())?;
+                match recipients {
+                    Some(r) => Keys::encrypt(&r, &compressed).map_err(|e| e.to_string()),
+                    None => Ok(compressed),
+                }
+            })
+            .await
+            .map_err(|e| ArchiveError::corrupt(BLOCKS, format!("sealing task failed: {e}")))?
+            .map_err(|e| ArchiveError::corrupt(BLOCKS, format!("cannot seal a block: {e}")))?;
+            let cid = raw_cid(&sealed);
+            let size = sealed.len() as u64;
+            store
+                .put_if_absent(&block_key(&cid), Bytes::from(sealed))
+                .await?;
+            Ok(BlockRef { cid, entries, size })
+        }));
+        Ok(())
+    }
+
+    /// Waits for the block being sealed, and records it.
+    async fn settle(&mut self) -> Result<(), ArchiveError> {
+        if let Some(task) = self.sealing.take() {
+            let block = task.await.map_err(|e| {
+                ArchiveError::corrupt(BLOCKS, format!("sealing task failed: {e}"))
+            })??;
+            self.stored_bytes += block.size;
+            self.written.push(block);
+        }
         Ok(())
     }
 
     pub async fn finish(mut self) -> Result<(Vec<BlockRef>, u64), ArchiveError> {
         self.seal().await?;
-        Ok((self.written, self.stored_bytes))
+        self.settle().await?;
+        Ok((std::mem::take(&mut self.written), self.stored_bytes))
+    }
+}
+
+impl Drop for BlockWriter<'_> {
+    /// A writer dropped mid-way (a failed read) stops its sealing task.
+    fn drop(&mut self) {
+        if let Some(task) = self.sealing.take() {
+            task.abort();
+        }
     }
 }
 
