@@ -251,16 +251,20 @@ impl JsApi {
 
     /// The names of a stream's consumers (durable and ephemeral).
     pub async fn consumer_names(&self, stream: &str) -> Result<Vec<String>, JsApiError> {
+        self.paged_names(format!("$JS.API.CONSUMER.NAMES.{stream}"), "consumers")
+            .await
+    }
+
+    /// Every name a `*.NAMES` request lists under `field`, asking page after page (by
+    /// `offset`) until `total` are in or a page comes back empty.
+    async fn paged_names(&self, subject: String, field: &str) -> Result<Vec<String>, JsApiError> {
         let mut names = Vec::new();
         loop {
             let reply = self
-                .request(
-                    format!("$JS.API.CONSUMER.NAMES.{stream}"),
-                    json!({ "offset": names.len() }),
-                )
+                .request(subject.clone(), json!({ "offset": names.len() }))
                 .await?;
             let page: Vec<String> = reply
-                .get("consumers")
+                .get(field)
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
@@ -311,30 +315,8 @@ impl JsApi {
 
     /// Names of every stream, paged.
     pub async fn stream_names(&self) -> Result<Vec<String>, JsApiError> {
-        let mut names = Vec::new();
-        loop {
-            let reply = self
-                .request(
-                    "$JS.API.STREAM.NAMES".to_owned(),
-                    json!({ "offset": names.len() }),
-                )
-                .await?;
-            let page: Vec<String> = reply
-                .get("streams")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|n| n.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let total = reply.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let empty = page.is_empty();
-            names.extend(page);
-            if empty || names.len() >= total {
-                return Ok(names);
-            }
-        }
+        self.paged_names("$JS.API.STREAM.NAMES".to_owned(), "streams")
+            .await
     }
 
     /// The subjects of a stream that match `filter` (with their message counts), paged; at
