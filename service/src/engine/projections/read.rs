@@ -120,8 +120,9 @@ impl Pinned {
         prefix: &str,
         headers_only: bool,
     ) -> Result<Pinned, EngineError> {
+        // A read model's caller has the stream's info already: no second round trip.
         let stream = js
-            .get_stream(stream_name)
+            .get_stream_no_info(stream_name)
             .await
             .map_err(EngineError::nats)?;
         let subjects = key_subject_prefix(bucket);
