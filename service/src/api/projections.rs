@@ -14,7 +14,9 @@ use cim_backup_contracts::projections::{
 };
 use cim_backup_contracts::text;
 use cim_backup_contracts::views::{JobKind, JobState};
-use cim_backup_domain::projection::{ClearJob, ProjectionCommand, RestoreJob, SnapshotJob};
+use cim_backup_domain::projection::{
+    Clear, Kind, ProjectionCommand, ProjectionJob, Restore, Snapshot,
+};
 
 use super::Api;
 use super::commands::{Intake, accept, parse};
@@ -154,12 +156,31 @@ pub async fn snapshot(
         no_safety_snapshot: false,
         admission,
     };
-    let (reply, job) = accept::<SnapshotJob>(
+    let reply = accept_and_start::<Snapshot>(api, &intake, spec, &digest).await?;
+    Ok(reply)
+}
+
+/// Records a projection job's accept (or finds the job its idempotency key names) and starts
+/// it when this instance is to run it.
+async fn accept_and_start<K: Kind>(
+    api: &Api,
+    intake: &Intake,
+    spec: ProjectionJobAccepted,
+    digest: &str,
+) -> Result<cim_backup_contracts::replies::Accepted, ApiError>
+where
+    ProjectionJob<K>: crate::engine::runner::Runs
+        + cim_backup_domain::Aggregate<
+            Command = ProjectionCommand,
+            Event = cim_backup_contracts::events::ProjectionEvent,
+        >,
+{
+    let (reply, job) = accept::<ProjectionJob<K>>(
         api,
-        &intake,
+        intake,
         ProjectionCommand::Accept(spec),
         |s| s.spec.as_ref().map(|s| &s.admission),
-        &digest,
+        digest,
     )
     .await?;
     if let Some(job) = job {
@@ -195,23 +216,10 @@ fn refuse_other_domains_keys(
 
 /// Every projector must have its consumer: the snapshot records where each one is.
 async fn require_projectors(api: &Api, planned: &[Domain]) -> Result<(), ApiError> {
-    let ctx = api.runner.context();
     for d in planned {
-        for p in &d.projectors {
-            let exists = ctx.api.stream_info(&p.stream).await?.is_some()
-                && ctx
-                    .api
-                    .durable_consumers(&p.stream)
-                    .await?
-                    .iter()
-                    .any(|c| c.name == p.consumer);
-            if !exists {
-                return Err(ApiError::not_found(format!(
-                    "domains: projector {} of domain {} has no consumer on stream {} (fix [domains.{}] projectors)",
-                    p.consumer, d.name, p.stream, d.name
-                )));
-            }
-        }
+        crate::engine::projections::take::positions(api.runner.context(), d)
+            .await
+            .map_err(super::commands::engine_error)?;
     }
     Ok(())
 }
@@ -348,17 +356,7 @@ pub async fn restore(
         no_safety_snapshot: false,
         admission,
     };
-    let (reply, job) = accept::<RestoreJob>(
-        api,
-        &intake,
-        ProjectionCommand::Accept(spec),
-        |s| s.spec.as_ref().map(|s| &s.admission),
-        &digest,
-    )
-    .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
+    let reply = accept_and_start::<Restore>(api, &intake, spec, &digest).await?;
     Ok(reply)
 }
 
@@ -509,16 +507,6 @@ pub async fn clear(api: &Api, request: &Request) -> Result<ClearReply, ApiError>
         no_safety_snapshot: cmd.no_safety_snapshot,
         admission,
     };
-    let (reply, job) = accept::<ClearJob>(
-        api,
-        &intake,
-        ProjectionCommand::Accept(spec),
-        |s| s.spec.as_ref().map(|s| &s.admission),
-        &digest,
-    )
-    .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
+    let reply = accept_and_start::<Clear>(api, &intake, spec, &digest).await?;
     Ok(ClearReply::Accepted(reply))
 }

@@ -113,18 +113,26 @@ pub async fn take(
     })
 }
 
-/// Each projector's ack floor. A configured projector whose consumer is missing is an error
-/// (the snapshot could not say where catch-up starts); a stream without consumers has none.
-async fn positions(ctx: &Context, domain: &Domain) -> Result<Vec<ProjectorPosition>, EngineError> {
+/// Each projector's ack floor. A projector whose consumer (or stream) is missing is an error
+/// (the snapshot could not say where catch-up starts). Also the check at accept.
+pub async fn positions(
+    ctx: &Context,
+    domain: &Domain,
+) -> Result<Vec<ProjectorPosition>, EngineError> {
     let mut out = Vec::new();
     let mut streams: Vec<&str> = domain
         .projectors
         .iter()
         .map(|p| p.stream.as_str())
         .collect();
+    streams.sort_unstable();
     streams.dedup();
     for stream in streams {
-        let consumers = ctx.api.durable_consumers(stream).await?;
+        let consumers = match ctx.api.durable_consumers(stream).await {
+            Ok(consumers) => consumers,
+            Err(e) if e.err_code() == Some(crate::jsapi::STREAM_NOT_FOUND) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         for p in domain.projectors.iter().filter(|p| p.stream == stream) {
             match consumers.iter().find(|c| c.name == p.consumer) {
                 Some(c) => out.push(ProjectorPosition {
@@ -136,8 +144,8 @@ async fn positions(ctx: &Context, domain: &Domain) -> Result<Vec<ProjectorPositi
                     return Err(EngineError::precondition(
                         cim_backup_contracts::ErrorCode::NotFound,
                         format!(
-                            "projector {} of domain {} has no consumer on {} (any more)",
-                            p.consumer, domain.name, p.stream
+                            "domains: projector {} of domain {} has no consumer on stream {} (see [domains.{}] projectors)",
+                            p.consumer, domain.name, p.stream, domain.name
                         ),
                     ));
                 }
