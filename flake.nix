@@ -57,6 +57,10 @@
           "list-projection-snapshots"
           "restore-projection-snapshot"
           "clear-projections"
+          "replay-events"
+          "replay-all-events"
+          "rebuild-projections"
+          "rebuild-all-projections"
         ];
         app = command: {
           type = "app";

@@ -570,6 +570,28 @@ event_enum!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Replay aggregates (`projection-replay`, `projection-rebuild`): one event set
+
+event_enum!(
+    /// Events of the replay jobs: projectors moved back and followed until caught up, after
+    /// their read models were cleared (a rebuild).
+    ReplayEvent {
+        ReplayJobAccepted(crate::replay::ReplayJobAccepted) = 1,
+        ReplayJobStarted(crate::replay::ReplayJobStarted) = 1,
+        ReplaySafetySnapshotTaken(crate::projections::SnapshotSummary) = 1,
+        ReplayDomainCleared(crate::replay::DomainCleared) = 1,
+        ReplayProjectorReset(crate::replay::ProjectorReset) = 1,
+        ReplayCheckpointRecorded(crate::replay::ReplayCheckpoint) = 1,
+        ReplayProjectorCaughtUp(crate::replay::ProjectorCaughtUp) = 1,
+        ReplayJobProgressed(crate::replay::ReplayJobProgressed) = 1,
+        ReplayJobCompleted(crate::replay::ReplayJobCompleted) = 1,
+        ReplayJobFailed(JobFailed) = 1,
+        ReplayJobCancelRequested(CancelRequested) = 1,
+        ReplayJobCancelled(JobCancelled) = 1,
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
 // Tree restore aggregate
 
 event_enum!(

@@ -10,8 +10,8 @@ use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    BackupEvent, CheckEvent, EventDecodeError, ProjectionEvent, RepairEvent, RestoreEvent,
-    TreeRestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, EventDecodeError, ProjectionEvent, RepairEvent, ReplayEvent,
+    RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 
 macro_rules! job_kinds {
@@ -93,6 +93,10 @@ job_kinds! {
     ProjectionRestore = "projection-restore", ProjectionEvent;
     /// Every key of a domain's read models deleted, after a safety snapshot.
     ProjectionClear = "projection-clear", ProjectionEvent;
+    /// A domain's projectors moved back to an earlier event and followed until caught up.
+    ProjectionReplay = "projection-replay", ReplayEvent;
+    /// A domain's projectors stopped, its read models cleared, then replayed from the start.
+    ProjectionRebuild = "projection-rebuild", ReplayEvent;
 }
 
 impl fmt::Display for JobKind {

@@ -44,6 +44,7 @@ pub mod ids;
 pub mod integrity;
 pub mod kinds;
 pub mod projections;
+pub mod replay;
 pub mod replies;
 pub mod subjects;
 pub mod text;

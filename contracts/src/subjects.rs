@@ -2,7 +2,7 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections}` | command, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections,replay-events,rebuild-projections}` | command, request/reply |
 //! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots}` | query, request/reply |
 //! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
 //! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
@@ -30,6 +30,10 @@ pub const CMD_SNAPSHOT_PROJECTIONS: &str = "cim.backup.cmd.snapshot-projections"
 pub const CMD_CLEAR_PROJECTIONS: &str = "cim.backup.cmd.clear-projections";
 /// A projection snapshot restored into the live buckets (`RestoreProjectionSnapshot`).
 pub const CMD_RESTORE_PROJECTIONS: &str = "cim.backup.cmd.restore-projections";
+/// A domain's projectors moved back and followed until caught up (`ReplayEvents`).
+pub const CMD_REPLAY_EVENTS: &str = "cim.backup.cmd.replay-events";
+/// A domain's read models rebuilt from its first event (`RebuildProjections`).
+pub const CMD_REBUILD_PROJECTIONS: &str = "cim.backup.cmd.rebuild-projections";
 
 pub const QRY_JOB: &str = "cim.backup.qry.job";
 pub const QRY_JOBS: &str = "cim.backup.qry.jobs";

@@ -22,6 +22,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod projection;
 pub mod repair;
+pub mod replay;
 pub mod restore;
 pub mod tree_restore;
 pub mod verify;

@@ -3,8 +3,9 @@
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
     BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, ProjectionEvent,
-    RepairEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
+use cim_backup_contracts::replay::ResetMethod;
 use cim_backup_contracts::views::{JobState, JobView, Progress};
 use cim_backup_contracts::{BackupId, EventCid};
 
@@ -280,8 +281,69 @@ pub fn fold(
         JobEvent::ProjectionSnapshot(e)
         | JobEvent::ProjectionRestore(e)
         | JobEvent::ProjectionClear(e) => fold_projection(&mut next, e, time),
+        // Messages are events the projectors acknowledged; objects are projectors caught up.
+        JobEvent::ProjectionReplay(e) | JobEvent::ProjectionRebuild(e) => {
+            fold_replay(&mut next, e, time)
+        }
     }
     Ok(Fold::Updated(next))
+}
+
+fn fold_replay(next: &mut JobView, e: &ReplayEvent, time: time::OffsetDateTime) {
+    let p = &mut next.progress;
+    match e {
+        ReplayEvent::ReplayJobAccepted(a) => p.objects_total = a.projectors.len() as u64,
+        ReplayEvent::ReplayJobStarted(_) => {
+            next.state = JobState::Running;
+            next.started_at = Some(time);
+        }
+        ReplayEvent::ReplaySafetySnapshotTaken(s) => next.snapshots.push(s.clone()),
+        ReplayEvent::ReplayDomainCleared(c) => {
+            for m in &c.models {
+                next.notes.push(format!(
+                    "{} ({}): {} keys cleared",
+                    m.name, m.bucket, m.removed
+                ));
+            }
+            next.restored.extend(c.models.iter().cloned());
+        }
+        ReplayEvent::ReplayProjectorReset(r) => next.notes.push(format!(
+            "{} on {}: moved to seq {} ({}, {} events to deliver)",
+            r.consumer,
+            r.stream,
+            r.from_seq,
+            match r.method {
+                ResetMethod::Reset => "consumer reset",
+                ResetMethod::Recreated => "consumer recreated",
+            },
+            r.pending
+        )),
+        ReplayEvent::ReplayCheckpointRecorded(_) => {}
+        ReplayEvent::ReplayJobProgressed(s) => {
+            p.messages_done = p.messages_done.max(s.events_done);
+            p.messages_total = p.messages_total.max(s.events_total);
+            keep_ahead(p);
+        }
+        ReplayEvent::ReplayProjectorCaughtUp(c) => {
+            p.objects_done += 1;
+            next.notes.push(format!(
+                "{} on {}: caught up at seq {} after {} events in {:.1} s",
+                c.consumer,
+                c.stream,
+                c.stream_seq,
+                c.events,
+                c.millis as f64 / 1000.0
+            ));
+        }
+        ReplayEvent::ReplayJobCompleted(c) => {
+            p.messages_done = p.messages_done.max(c.events());
+            settle(p);
+            finish(next, JobState::Completed, time);
+        }
+        ReplayEvent::ReplayJobFailed(f) => fail(next, f, time),
+        ReplayEvent::ReplayJobCancelRequested(_) => next.cancel_requested = true,
+        ReplayEvent::ReplayJobCancelled(_) => finish(next, JobState::Cancelled, time),
+    }
 }
 
 fn fold_projection(next: &mut JobView, e: &ProjectionEvent, time: time::OffsetDateTime) {
@@ -415,6 +477,21 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         | JobEvent::ProjectionRestore(ProjectionEvent::ProjectionJobAccepted(a))
         | JobEvent::ProjectionClear(ProjectionEvent::ProjectionJobAccepted(a)) => (
             projection_subject(a),
+            a.destination_url.clone(),
+            a.admission.instance.clone(),
+            None,
+        ),
+        JobEvent::ProjectionReplay(ReplayEvent::ReplayJobAccepted(a))
+        | JobEvent::ProjectionRebuild(ReplayEvent::ReplayJobAccepted(a)) => (
+            format!(
+                "{} from {}",
+                a.domains
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.from
+            ),
             a.destination_url.clone(),
             a.admission.instance.clone(),
             None,

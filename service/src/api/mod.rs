@@ -18,6 +18,7 @@ pub mod host_services;
 pub mod projections;
 pub mod queries;
 pub mod repair;
+pub mod replay;
 pub mod reply;
 pub mod resolve;
 
@@ -371,10 +372,14 @@ enum Endpoint {
     RestoreProjections,
     /// `cim.backup.cmd.clear-projections`.
     ClearProjections,
+    /// `cim.backup.cmd.replay-events`.
+    ReplayEvents,
+    /// `cim.backup.cmd.rebuild-projections`.
+    RebuildProjections,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 21] = [
+    const ALL: [Endpoint; 23] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -396,6 +401,8 @@ impl Endpoint {
         Endpoint::SnapshotProjections,
         Endpoint::RestoreProjections,
         Endpoint::ClearProjections,
+        Endpoint::ReplayEvents,
+        Endpoint::RebuildProjections,
     ];
 
     /// The last token of its subject.
@@ -422,6 +429,8 @@ impl Endpoint {
             Endpoint::SnapshotProjections => "snapshot-projections",
             Endpoint::RestoreProjections => "restore-projections",
             Endpoint::ClearProjections => "clear-projections",
+            Endpoint::ReplayEvents => "replay-events",
+            Endpoint::RebuildProjections => "rebuild-projections",
         }
     }
 
@@ -570,6 +579,14 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
         }
         Endpoint::ClearProjections => {
             let reply = projections::clear(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::ReplayEvents => {
+            let reply = replay::replay(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::RebuildProjections => {
+            let reply = replay::rebuild(api, &request).await;
             send(&request, errors, subject, reply).await
         }
         Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,

@@ -32,7 +32,7 @@ pub async fn list_domains(api: &Api, request: &Request) -> Result<Vec<Domain>, A
     Ok(selected.into_iter().cloned().collect())
 }
 
-async fn all_domains(api: &Api) -> Result<Vec<Domain>, ApiError> {
+pub(super) async fn all_domains(api: &Api) -> Result<Vec<Domain>, ApiError> {
     let ctx = api.runner.context();
     Ok(domains::list(&ctx.api, &ctx.domains).await?)
 }
@@ -57,7 +57,10 @@ pub async fn list_snapshots_query(
     Ok(found)
 }
 
-async fn in_destination(api: &Api, source: &str) -> Result<Vec<SnapshotSummary>, ApiError> {
+pub(super) async fn in_destination(
+    api: &Api,
+    source: &str,
+) -> Result<Vec<SnapshotSummary>, ApiError> {
     let ctx = api.runner.context();
     let location = ctx.destinations.resolve(Some(source))?;
     let store = ctx.destinations.open(&location.url)?;
@@ -69,7 +72,7 @@ async fn in_destination(api: &Api, source: &str) -> Result<Vec<SnapshotSummary>,
     Ok(out)
 }
 
-async fn in_catalog(api: &Api) -> Result<Vec<SnapshotSummary>, ApiError> {
+pub(super) async fn in_catalog(api: &Api) -> Result<Vec<SnapshotSummary>, ApiError> {
     Ok(api
         .views
         .jobs()
@@ -191,7 +194,7 @@ where
 
 /// Snapshots to a destination that encrypts need recipients (a restore writes its safety
 /// snapshot there too): refused now rather than failed later.
-fn require_keys_if_encrypted(api: &Api, url: &str) -> Result<(), ApiError> {
+pub(super) fn require_keys_if_encrypted(api: &Api, url: &str) -> Result<(), ApiError> {
     crate::engine::projections::take::recipients_for(api.runner.context(), url)
         .map(|_| ())
         .map_err(|e| ApiError::bad_request(e.to_string()))
@@ -199,7 +202,7 @@ fn require_keys_if_encrypted(api: &Api, url: &str) -> Result<(), ApiError> {
 
 /// A restore or clear writes and deletes keys under each model's prefix: refused when those
 /// keys hold another domain's read model (a shared bucket, a whole-bucket model).
-fn refuse_other_domains_keys(
+pub(super) fn refuse_other_domains_keys(
     all: &[Domain],
     domain: &str,
     model: &ReadModel,
@@ -215,7 +218,7 @@ fn refuse_other_domains_keys(
 }
 
 /// Every projector must have its consumer: the snapshot records where each one is.
-async fn require_projectors(api: &Api, planned: &[Domain]) -> Result<(), ApiError> {
+pub(super) async fn require_projectors(api: &Api, planned: &[Domain]) -> Result<(), ApiError> {
     for d in planned {
         crate::engine::projections::take::positions(api.runner.context(), d)
             .await
@@ -225,7 +228,7 @@ async fn require_projectors(api: &Api, planned: &[Domain]) -> Result<(), ApiErro
 }
 
 /// Every model's bucket must exist: a typo is a 404 now, not a failed job later.
-async fn require_buckets<'a>(
+pub(super) async fn require_buckets<'a>(
     api: &Api,
     models: impl Iterator<Item = &'a ReadModel>,
 ) -> Result<(), ApiError> {
@@ -362,7 +365,7 @@ pub async fn restore(
 
 /// The snapshot a restore names: an id (looked up in `source`, else in the catalog), or
 /// `latest` (the domain's newest in `source`, else in the catalog).
-async fn locate_snapshot(
+pub(super) async fn locate_snapshot(
     api: &Api,
     cmd: &RestoreProjectionSnapshot,
 ) -> Result<(Cid, crate::destination::Resolved), ApiError> {

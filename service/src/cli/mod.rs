@@ -16,7 +16,8 @@
 //!   [`checkpoints`] (backup-checkpoint, restore-checkpoint); [`prometheus`]
 //!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config); [`grafana`]
 //!   (backup-grafana); [`projections`] (list-domains, snapshot-projections,
-//!   list-projection-snapshots, restore-projection-snapshot, clear-projections).
+//!   list-projection-snapshots, restore-projection-snapshot, clear-projections); [`replay`]
+//!   (replay-events, replay-all-events, rebuild-projections, rebuild-all-projections).
 
 pub mod args;
 pub mod backups;
@@ -32,6 +33,7 @@ pub mod output;
 pub mod projections;
 pub mod prometheus;
 pub mod repair;
+pub mod replay;
 pub mod restore;
 pub mod serve;
 
@@ -169,6 +171,19 @@ pub enum Command {
     /// Delete every key of a domain's read models, after a safety snapshot (runbook:
     /// `clear-projections --domain D --confirm`); without --confirm shows what it would delete.
     ClearProjections(projections::ClearArgs),
+    /// Catch a domain's projectors up: move their consumers back to the first event at or
+    /// after a time (or after a snapshot's positions) and follow until caught up (runbook:
+    /// `replay-events --domain D --from-timestamp T`).
+    ReplayEvents(replay::ReplayArgs),
+    /// Replay every domain's events to its projectors, from the beginning unless told
+    /// otherwise, at most --parallel domains at once (runbook: `replay-all-events --parallel 8`).
+    ReplayAllEvents(replay::ReplayAllArgs),
+    /// Rebuild a domain's read models: stop its projectors, clear the read models after a
+    /// safety snapshot, replay from the first event and follow until caught up (runbook:
+    /// `rebuild-projections --domain D --from-beginning`).
+    RebuildProjections(replay::RebuildOneArgs),
+    /// Rebuild every domain's read models (runbook: `rebuild-all-projections --parallel`).
+    RebuildAllProjections(replay::RebuildAllArgs),
 }
 
 /// What every client command works with.
@@ -242,6 +257,10 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::ListProjectionSnapshots(a) => projections::list_snapshots(&ctx, a).await,
         Command::RestoreProjectionSnapshot(a) => projections::restore(&ctx, a).await,
         Command::ClearProjections(a) => projections::clear(&ctx, a).await,
+        Command::ReplayEvents(a) => replay::replay_events(&ctx, a).await,
+        Command::ReplayAllEvents(a) => replay::replay_all_events(&ctx, a).await,
+        Command::RebuildProjections(a) => replay::rebuild_projections(&ctx, a).await,
+        Command::RebuildAllProjections(a) => replay::rebuild_all_projections(&ctx, a).await,
     }
 }
 

@@ -104,6 +104,7 @@ fn objects_word(kind: JobKind) -> &'static str {
         JobKind::ProjectionSnapshot | JobKind::ProjectionRestore | JobKind::ProjectionClear => {
             "snapshots"
         }
+        JobKind::ProjectionReplay | JobKind::ProjectionRebuild => "projectors caught up",
     }
 }
 
@@ -121,6 +122,15 @@ fn counts(view: &JobView) -> String {
         return format!(
             "{}/{} keys, {} snapshots",
             p.messages_done, p.messages_total, p.objects_done
+        );
+    }
+    if matches!(
+        view.kind,
+        JobKind::ProjectionReplay | JobKind::ProjectionRebuild
+    ) {
+        return format!(
+            "{}/{} events, {}/{} projectors caught up",
+            p.messages_done, p.messages_total, p.objects_done, p.objects_total
         );
     }
     format!(
@@ -268,6 +278,34 @@ pub fn summary(view: &JobView) -> Option<String> {
                 None => "no safety snapshot (as asked)".to_owned(),
             }
         ),
+        (JobState::Completed, JobKind::ProjectionReplay | JobKind::ProjectionRebuild) => {
+            let cleared: u64 = view.restored.iter().map(|m| m.removed).sum();
+            format!(
+                "{}{} projectors caught up after {} events in {seconds:.1} s ({:.0} events/s){}",
+                if view.kind == JobKind::ProjectionRebuild {
+                    format!("cleared {cleared} keys, then ")
+                } else {
+                    String::new()
+                },
+                p.objects_done,
+                p.messages_done,
+                p.messages_done as f64 / seconds.max(1e-9),
+                match view.snapshots.first() {
+                    Some(_) => format!(
+                        "; safety snapshots {}",
+                        view.snapshots
+                            .iter()
+                            .map(|s| s.id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None if view.kind == JobKind::ProjectionRebuild => {
+                        "; no safety snapshot (as asked)".to_owned()
+                    }
+                    None => String::new(),
+                }
+            )
+        }
         (JobState::Completed, _) => format!(
             "{} completed in {seconds:.1} s: {} messages, {per_second}",
             view.kind, p.messages_done
@@ -282,12 +320,12 @@ pub fn summary(view: &JobView) -> Option<String> {
 
 pub fn jobs(views: &[JobView]) {
     println!(
-        "{:<42} {:<8} {:<10} {:>12}  SUBJECT",
+        "{:<42} {:<19} {:<10} {:>12}  SUBJECT",
         "JOB", "KIND", "STATE", "MESSAGES"
     );
     for v in views {
         println!(
-            "{:<42} {:<8} {:<10} {:>12}  {}",
+            "{:<42} {:<19} {:<10} {:>12}  {}",
             v.job_id, v.kind, v.state, v.progress.messages_done, v.subject
         );
     }

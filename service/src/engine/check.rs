@@ -416,39 +416,39 @@ async fn walk_live(
     Ok(())
 }
 
-/// Replays a stream to a projector from `from`: its durable consumer is recreated with the same
-/// configuration, delivering from `from` on. (The events are not republished: the log keeps one
-/// copy of each event, and the projector reads them where it always does.)
+/// Replays a stream to a projector from `from`: its durable consumer is moved so that `from`
+/// is the next event it delivers (the consumer-reset call, or recreated with the same config
+/// on servers before 2.14; `engine::projections::replay::consumer`). The events are not
+/// republished: the log keeps one copy of each event, and the projector reads them where it
+/// always does.
 async fn reset_consumer(
     ctx: &Context,
     stream: &str,
     name: &str,
     from: u64,
 ) -> Result<(), EngineError> {
-    let consumers = ctx.api.durable_consumers(stream).await?;
-    let consumer = consumers
-        .into_iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| {
-            EngineError::precondition(
-                ErrorCode::NotFound,
-                format!("stream {stream} has no durable consumer {name}"),
-            )
-        })?;
-    let mut config = consumer.config;
-    config["deliver_policy"] = serde_json::json!("by_start_sequence");
-    config["opt_start_seq"] = serde_json::json!(from);
-    if let Some(map) = config.as_object_mut() {
-        map.remove("opt_start_time");
-    }
-    ctx.api
-        .raw(
-            format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"),
-            serde_json::json!({}),
-        )
+    use super::projections::replay::consumer::{Consumer, has_reset};
+    let consumer = Consumer {
+        api: &ctx.api,
+        stream,
+        name,
+    };
+    let Some((config, _)) = consumer.info().await? else {
+        return Err(EngineError::precondition(
+            ErrorCode::NotFound,
+            format!("stream {stream} has no durable consumer {name}"),
+        ));
+    };
+    let method = consumer
+        .move_to(from, &config, has_reset(&ctx.client.server_info().version))
         .await?;
-    ctx.api.create_consumer(stream, name, &config).await?;
-    tracing::info!(stream, consumer = name, from, "consumer reset for replay");
+    tracing::info!(
+        stream,
+        consumer = name,
+        from,
+        ?method,
+        "consumer reset for replay"
+    );
     Ok(())
 }
 

@@ -137,6 +137,16 @@ impl Runs for cim_backup_domain::projection::ClearJob {
         |ctx, job, cancel| Box::pin(super::projections::clear::run(ctx, job, cancel));
 }
 
+impl Runs for cim_backup_domain::replay::ReplayJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::replay::run(ctx, job, cancel));
+}
+
+impl Runs for cim_backup_domain::replay::RebuildJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::replay::run(ctx, job, cancel));
+}
+
 /// A repair is not resumed in place after NATS went away: its own failure path has given the
 /// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
 impl Runs for RepairJob {
@@ -191,6 +201,14 @@ macro_rules! with_job_type {
             }
             K::ProjectionClear => {
                 type $J = cim_backup_domain::projection::ClearJob;
+                $body
+            }
+            K::ProjectionReplay => {
+                type $J = cim_backup_domain::replay::ReplayJob;
+                $body
+            }
+            K::ProjectionRebuild => {
+                type $J = cim_backup_domain::replay::RebuildJob;
                 $body
             }
         }

@@ -10,9 +10,12 @@
 //!   to the snapshot's, then the optional verification.
 //! - [`clear`] — the `projection-clear` job: safety snapshot (unless declined), then every key
 //!   of each model deleted.
+//! - [`replay`] — the `projection-replay` and `projection-rebuild` jobs: projectors moved back
+//!   (after their read models were cleared, for a rebuild) and followed until caught up.
 
 pub mod clear;
 pub mod read;
+pub mod replay;
 pub mod restore;
 pub mod snapshot;
 pub mod take;
