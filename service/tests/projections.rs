@@ -822,3 +822,169 @@ async fn a_pinned_read_is_the_state_at_one_sequence_while_the_bucket_is_written(
         "no read saw a write land while it ran in 20 attempts"
     );
 }
+
+/// replay-events and rebuild-projections through the CLI, with no projector running: flags
+/// named in refusals, a rebuild of read models with keys only shows its plan without
+/// --confirm, and a replay or rebuild nobody consumes fails within --stall-timeout and says
+/// so (the rebuild after its safety snapshot, leaving the projector unpaused). The runs with a
+/// real projector are in tests/tests/replay.rs.
+#[tokio::test]
+async fn replays_and_rebuilds_refuse_bad_flags_and_fail_when_no_projector_consumes() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "DOMAIN_GRAPH_EVENTS".into(),
+        subjects: vec!["graph.events.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..10 {
+        js.publish(format!("graph.events.n{i}"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.get_stream("DOMAIN_GRAPH_EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("graph-projector".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let shared = bucket(&js, "CIM_PROJECTIONS", 1).await;
+    for i in 0..5 {
+        shared
+            .put(format!("graph.n{i}"), "{\"v\":1}".into())
+            .await
+            .unwrap();
+    }
+    shared.put("billing.a", "{}".into()).await.unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let service = TestService::start(test_config(&nats.url(), host.path(), "replay-cli")).await;
+    let url = nats.url();
+
+    for (args, flag) in [
+        (
+            vec![
+                "replay-events",
+                "--domain",
+                "graph",
+                "--from-timestamp",
+                "yesterday",
+            ],
+            "--from-timestamp",
+        ),
+        (
+            vec!["replay-events", "--domain", "graph"],
+            "--from-beginning, --from-timestamp or --from-snapshot",
+        ),
+        (
+            vec!["replay-events", "--domain", "nope", "--from-beginning"],
+            "--domain",
+        ),
+        (
+            vec![
+                "rebuild-projections",
+                "--domain",
+                "graph",
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
+    ] {
+        let out = cli(&url, &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+
+    let text = ok(&cli(
+        &url,
+        &[
+            "rebuild-projections",
+            "--domain",
+            "graph",
+            "--from-beginning",
+        ],
+    )
+    .await);
+    assert!(text.contains("domain graph: would delete 5 keys"), "{text}");
+    assert!(
+        text.contains("projector graph-projector on DOMAIN_GRAPH_EVENTS from seq 1"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was done"), "{text}");
+    assert_eq!(contents(&shared, "graph.").await.len(), 5);
+
+    let out = cli(
+        &url,
+        &[
+            "replay-events",
+            "--domain",
+            "graph",
+            "--from-beginning",
+            "--stall-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("no projector is consuming graph-projector on stream DOMAIN_GRAPH_EVENTS")
+            && said.contains("10 events to deliver"),
+        "{said}"
+    );
+
+    let out = cli(
+        &url,
+        &[
+            "--json",
+            "rebuild-projections",
+            "--domain",
+            "graph",
+            "--confirm",
+            "--stall-timeout",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["state"], "failed", "{view}");
+    assert_eq!(
+        view["snapshots"][0]["models"][0]["keys"], 5,
+        "safety snapshot first: {view}"
+    );
+    assert!(contents(&shared, "graph.").await.is_empty(), "cleared");
+    assert_eq!(
+        contents(&shared, "billing.").await.len(),
+        1,
+        "another domain's key stays"
+    );
+    let info = client
+        .request(
+            "$JS.API.CONSUMER.INFO.DOMAIN_GRAPH_EVENTS.graph-projector",
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    assert!(
+        info.get("paused").is_none_or(|p| p == false),
+        "not left paused: {info}"
+    );
+    assert_eq!(info["num_pending"], 10, "moved to the first event: {info}");
+    service.stop().await;
+}
