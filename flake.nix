@@ -61,6 +61,9 @@
           "replay-all-events"
           "rebuild-projections"
           "rebuild-all-projections"
+          "export-domain-configs"
+          "import-domain-configs"
+          "restore-all-configs"
         ];
         app = command: {
           type = "app";

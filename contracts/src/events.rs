@@ -592,6 +592,22 @@ event_enum!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Config import aggregate
+
+event_enum!(
+    /// Events of the `config-import` aggregate: a planned import of domain configuration.
+    ConfigImportEvent {
+        ConfigImportAccepted(crate::domain_configs::ConfigImportAccepted) = 1,
+        ConfigImportStarted(crate::domain_configs::ConfigImportStarted) = 1,
+        ConfigResourceApplied(crate::domain_configs::ResourceApplied) = 1,
+        ConfigImportCompleted(crate::domain_configs::ConfigImportCompleted) = 1,
+        ConfigImportFailed(JobFailed) = 1,
+        ConfigImportCancelRequested(CancelRequested) = 1,
+        ConfigImportCancelled(JobCancelled) = 1,
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
 // Tree restore aggregate
 
 event_enum!(

@@ -10,8 +10,8 @@ use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    BackupEvent, CheckEvent, EventDecodeError, ProjectionEvent, RepairEvent, ReplayEvent,
-    RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, ConfigImportEvent, EventDecodeError, ProjectionEvent, RepairEvent,
+    ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 
 macro_rules! job_kinds {
@@ -97,6 +97,8 @@ job_kinds! {
     ProjectionReplay = "projection-replay", ReplayEvent;
     /// A domain's projectors stopped, its read models cleared, then replayed from the start.
     ProjectionRebuild = "projection-rebuild", ReplayEvent;
+    /// Domain configuration (streams, consumers, buckets, entries) imported from an export.
+    ConfigImport = "config-import", ConfigImportEvent;
 }
 
 impl fmt::Display for JobKind {

@@ -36,6 +36,7 @@ pub(crate) use display_as_wire_name;
 
 pub mod cid;
 pub mod commands;
+pub mod domain_configs;
 pub mod errors;
 pub mod events;
 pub mod files;

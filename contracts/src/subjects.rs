@@ -2,8 +2,8 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections,replay-events,rebuild-projections}` | command, request/reply |
-//! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots}` | query, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections,replay-events,rebuild-projections,import-domain-configs}` | command, request/reply |
+//! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots,domain-configs}` | query, request/reply |
 //! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
 //! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
 //! | `cim.backup.evt.<aggregate-type>.<aggregate-id>.<event-type>` | events, JetStream |
@@ -34,6 +34,8 @@ pub const CMD_RESTORE_PROJECTIONS: &str = "cim.backup.cmd.restore-projections";
 pub const CMD_REPLAY_EVENTS: &str = "cim.backup.cmd.replay-events";
 /// A domain's read models rebuilt from its first event (`RebuildProjections`).
 pub const CMD_REBUILD_PROJECTIONS: &str = "cim.backup.cmd.rebuild-projections";
+/// Domain configuration planned against the server, and applied (`ImportDomainConfigs`).
+pub const CMD_IMPORT_DOMAIN_CONFIGS: &str = "cim.backup.cmd.import-domain-configs";
 
 pub const QRY_JOB: &str = "cim.backup.qry.job";
 pub const QRY_JOBS: &str = "cim.backup.qry.jobs";
@@ -42,6 +44,8 @@ pub const QRY_BACKUPS: &str = "cim.backup.qry.backups";
 pub const QRY_DOMAINS: &str = "cim.backup.qry.domains";
 /// Projection snapshots in a destination (`ProjectionSnapshotsQuery` → `[SnapshotSummary]`).
 pub const QRY_PROJECTION_SNAPSHOTS: &str = "cim.backup.qry.projection-snapshots";
+/// The export document of domains' configuration (`DomainConfigsQuery` → `ConfigsDocument`).
+pub const QRY_DOMAIN_CONFIGS: &str = "cim.backup.qry.domain-configs";
 
 /// JetStream stream that holds every event of the service.
 pub const EVENTS_STREAM: &str = "CIM_BACKUP_EVENTS";

@@ -18,6 +18,7 @@ pub mod aggregate;
 pub mod backup;
 pub mod chain;
 pub mod check;
+pub mod config_import;
 pub mod error;
 pub mod lifecycle;
 pub mod projection;

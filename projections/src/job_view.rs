@@ -2,8 +2,8 @@
 
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
-    BackupEvent, CheckEvent, Estimate, EventEnvelope, JobEvent, JobFailed, ProjectionEvent,
-    RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, ConfigImportEvent, Estimate, EventEnvelope, JobEvent, JobFailed,
+    ProjectionEvent, RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 use cim_backup_contracts::replay::ResetMethod;
 use cim_backup_contracts::views::{JobState, JobView, Progress};
@@ -285,6 +285,43 @@ pub fn fold(
         JobEvent::ProjectionReplay(e) | JobEvent::ProjectionRebuild(e) => {
             fold_replay(&mut next, e, time)
         }
+        // Objects are resources applied.
+        JobEvent::ConfigImport(e) => {
+            let p = &mut next.progress;
+            match e {
+                ConfigImportEvent::ConfigImportAccepted(a) => {
+                    p.objects_total = a.resources.len() as u64
+                }
+                ConfigImportEvent::ConfigImportStarted(_) => {
+                    next.state = JobState::Running;
+                    next.started_at = Some(time);
+                }
+                ConfigImportEvent::ConfigResourceApplied(a) => {
+                    p.objects_done += 1;
+                    next.notes.push(format!(
+                        "{} {}: {}",
+                        serde_json::to_value(a.kind)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or(""),
+                        a.name,
+                        serde_json::to_value(a.action)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or(""),
+                    ));
+                }
+                ConfigImportEvent::ConfigImportCompleted(_) => {
+                    settle(p);
+                    finish(&mut next, JobState::Completed, time);
+                }
+                ConfigImportEvent::ConfigImportFailed(f) => fail(&mut next, f, time),
+                ConfigImportEvent::ConfigImportCancelRequested(_) => next.cancel_requested = true,
+                ConfigImportEvent::ConfigImportCancelled(_) => {
+                    finish(&mut next, JobState::Cancelled, time)
+                }
+            }
+        }
     }
     Ok(Fold::Updated(next))
 }
@@ -478,6 +515,12 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         | JobEvent::ProjectionClear(ProjectionEvent::ProjectionJobAccepted(a)) => (
             projection_subject(a),
             a.destination_url.clone(),
+            a.admission.instance.clone(),
+            None,
+        ),
+        JobEvent::ConfigImport(ConfigImportEvent::ConfigImportAccepted(a)) => (
+            a.source.clone(),
+            String::new(),
             a.admission.instance.clone(),
             None,
         ),

@@ -35,6 +35,7 @@
 //!
 //! [domains.graph]                     # parts the CIM conventions do not find (docs/PROJECTIONS.md)
 //! projectors = [{ stream = "DOMAIN_GRAPH_EVENTS", consumer = "graph-projector" }]
+//! object_stores = ["cim-graphs"]       # exported by export-domain-configs (docs/DOMAIN-CONFIGS.md)
 //! [domains.graph.projections]         # read models by name (what --include takes)
 //! GraphReadModel = { bucket = "GRAPH_READ_MODEL" }
 //! NodeIndex = { bucket = "CIM_PROJECTIONS", prefix = "graph.node." }
@@ -129,6 +130,10 @@ pub struct DomainConfig {
     /// Where its agent definitions are (default: `CIM_AGENTS`, prefix `<name>.`).
     #[serde(default)]
     pub agents: Option<KeyRangeConfig>,
+    /// Object stores of the domain that `export-domain-configs` includes (there is no naming
+    /// convention to discover them by).
+    #[serde(default)]
+    pub object_stores: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod destination;
+pub mod domain_configs;
 pub mod domains;
 pub mod embedded;
 pub mod engine;

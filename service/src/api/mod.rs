@@ -13,6 +13,7 @@
 //! - [`reply`] — [`reply::ApiError`] and error replies with headers and JSON body.
 
 pub mod commands;
+pub mod domain_configs;
 pub mod files;
 pub mod host_services;
 pub mod projections;
@@ -376,10 +377,14 @@ enum Endpoint {
     ReplayEvents,
     /// `cim.backup.cmd.rebuild-projections`.
     RebuildProjections,
+    /// `cim.backup.qry.domain-configs`: the export document.
+    DomainConfigs,
+    /// `cim.backup.cmd.import-domain-configs`.
+    ImportDomainConfigs,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 23] = [
+    const ALL: [Endpoint; 25] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -403,6 +408,8 @@ impl Endpoint {
         Endpoint::ClearProjections,
         Endpoint::ReplayEvents,
         Endpoint::RebuildProjections,
+        Endpoint::DomainConfigs,
+        Endpoint::ImportDomainConfigs,
     ];
 
     /// The last token of its subject.
@@ -431,6 +438,8 @@ impl Endpoint {
             Endpoint::ClearProjections => "clear-projections",
             Endpoint::ReplayEvents => "replay-events",
             Endpoint::RebuildProjections => "rebuild-projections",
+            Endpoint::DomainConfigs => "domain-configs",
+            Endpoint::ImportDomainConfigs => "import-domain-configs",
         }
     }
 
@@ -441,7 +450,8 @@ impl Endpoint {
             | Endpoint::Jobs
             | Endpoint::Backups
             | Endpoint::Domains
-            | Endpoint::ProjectionSnapshots => QUERY_PREFIX.to_owned(),
+            | Endpoint::ProjectionSnapshots
+            | Endpoint::DomainConfigs => QUERY_PREFIX.to_owned(),
             Endpoint::FilesStart
             | Endpoint::FilesRestore
             | Endpoint::FilesPrometheus
@@ -587,6 +597,14 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
         }
         Endpoint::RebuildProjections => {
             let reply = replay::rebuild(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::DomainConfigs => {
+            let reply = domain_configs::export(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::ImportDomainConfigs => {
+            let reply = domain_configs::import(api, &request).await;
             send(&request, errors, subject, reply).await
         }
         Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,

@@ -48,6 +48,10 @@ pub enum CliError {
         "stopped following job {job_id}; it goes on: cim-backup backup-status --job-id {job_id} --watch"
     )]
     StoppedFollowing { job_id: String },
+    /// `import-domain-configs` printed its plan or its error; Terraform's exit codes say the
+    /// rest (0 no change, 2 changes, 1 error).
+    #[error("")]
+    Planned { code: u8 },
 }
 
 impl CliError {
@@ -63,6 +67,7 @@ impl CliError {
             CliError::Rejected { status, .. } if *status < 500 => 3,
             CliError::Rejected { .. } | CliError::Unavailable(_) => 4,
             CliError::StoppedFollowing { .. } => 130,
+            CliError::Planned { code } => *code,
         }
     }
 
@@ -76,6 +81,9 @@ impl CliError {
             CliError::Corrupted(_) => (422, "corrupt".to_owned()),
             CliError::NothingChecked(_) => (422, "nothing_checked".to_owned()),
             CliError::StoppedFollowing { .. } => (499, "stopped_following".to_owned()),
+            CliError::Planned { code } => {
+                (if *code == 1 { 400 } else { 200 }, "planned".to_owned())
+            }
         };
         let message = match self {
             CliError::Rejected { message, .. } => message.clone(),

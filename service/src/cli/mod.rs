@@ -17,12 +17,14 @@
 //!   (backup-prometheus, restore-prometheus); [`nixos`] (backup-nixos-config); [`grafana`]
 //!   (backup-grafana); [`projections`] (list-domains, snapshot-projections,
 //!   list-projection-snapshots, restore-projection-snapshot, clear-projections); [`replay`]
-//!   (replay-events, replay-all-events, rebuild-projections, rebuild-all-projections).
+//!   (replay-events, replay-all-events, rebuild-projections, rebuild-all-projections);
+//!   [`domain_configs`] (export-domain-configs, import-domain-configs, restore-all-configs).
 
 pub mod args;
 pub mod backups;
 pub mod checkpoints;
 pub mod client;
+pub mod domain_configs;
 pub mod follow;
 pub mod grafana;
 pub mod integrity;
@@ -184,6 +186,15 @@ pub enum Command {
     RebuildProjections(replay::RebuildOneArgs),
     /// Rebuild every domain's read models (runbook: `rebuild-all-projections --parallel`).
     RebuildAllProjections(replay::RebuildAllArgs),
+    /// Write every domain's NATS topology, configuration entries and agent definitions to a
+    /// deterministic YAML or JSON file (runbook: `export-domain-configs --format yaml --output F`).
+    ExportDomainConfigs(domain_configs::ExportArgs),
+    /// Plan an export against the server (create, update, unchanged, conflict) and, with
+    /// --apply, carry it out; exit 0 no change, 2 changes, 1 error (runbook:
+    /// `import-domain-configs --source F --validate --dry-run`, then `--apply`).
+    ImportDomainConfigs(domain_configs::ImportArgs),
+    /// Import and apply the newest export in a directory (runbook: `restore-all-configs`).
+    RestoreAllConfigs(domain_configs::RestoreAllArgs),
 }
 
 /// What every client command works with.
@@ -206,7 +217,7 @@ pub async fn run(cli: Cli) -> u8 {
                 if !output::printed() {
                     output::json(&e.to_json());
                 }
-            } else {
+            } else if !e.to_string().is_empty() {
                 eprintln!("cim-backup: {e}");
             }
             e.exit_code()
@@ -261,6 +272,9 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::ReplayAllEvents(a) => replay::replay_all_events(&ctx, a).await,
         Command::RebuildProjections(a) => replay::rebuild_projections(&ctx, a).await,
         Command::RebuildAllProjections(a) => replay::rebuild_all_projections(&ctx, a).await,
+        Command::ExportDomainConfigs(a) => domain_configs::export(&ctx, a).await,
+        Command::ImportDomainConfigs(a) => domain_configs::import(&ctx, a).await,
+        Command::RestoreAllConfigs(a) => domain_configs::restore_all(&ctx, a).await,
     }
 }
 

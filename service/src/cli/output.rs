@@ -105,6 +105,7 @@ fn objects_word(kind: JobKind) -> &'static str {
             "snapshots"
         }
         JobKind::ProjectionReplay | JobKind::ProjectionRebuild => "projectors caught up",
+        JobKind::ConfigImport => "resources",
     }
 }
 

@@ -147,6 +147,11 @@ impl Runs for cim_backup_domain::replay::RebuildJob {
         |ctx, job, cancel| Box::pin(super::projections::replay::run(ctx, job, cancel));
 }
 
+impl Runs for cim_backup_domain::config_import::ConfigImportJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(crate::domain_configs::apply::run(ctx, job, cancel));
+}
+
 /// A repair is not resumed in place after NATS went away: its own failure path has given the
 /// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
 impl Runs for RepairJob {
@@ -209,6 +214,10 @@ macro_rules! with_job_type {
             }
             K::ProjectionRebuild => {
                 type $J = cim_backup_domain::replay::RebuildJob;
+                $body
+            }
+            K::ConfigImport => {
+                type $J = cim_backup_domain::config_import::ConfigImportJob;
                 $body
             }
         }
