@@ -64,6 +64,7 @@
           "export-domain-configs"
           "import-domain-configs"
           "restore-all-configs"
+          "restore-deleted"
         ];
         app = command: {
           type = "app";

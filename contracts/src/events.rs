@@ -608,6 +608,21 @@ event_enum!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Key restore aggregate
+
+event_enum!(
+    /// Events of the `key-restore` aggregate: one read-model key brought back as of a time.
+    KeyRestoreEvent {
+        KeyRestoreAccepted(crate::key_restore::KeyRestoreAccepted) = 1,
+        KeyRestoreStarted(crate::key_restore::KeyRestoreStarted) = 1,
+        KeyRestoreCompleted(crate::key_restore::KeyRestoreCompleted) = 1,
+        KeyRestoreFailed(JobFailed) = 1,
+        KeyRestoreCancelRequested(CancelRequested) = 1,
+        KeyRestoreCancelled(JobCancelled) = 1,
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
 // Tree restore aggregate
 
 event_enum!(

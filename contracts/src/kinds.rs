@@ -10,8 +10,8 @@ use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    BackupEvent, CheckEvent, ConfigImportEvent, EventDecodeError, ProjectionEvent, RepairEvent,
-    ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    BackupEvent, CheckEvent, ConfigImportEvent, EventDecodeError, KeyRestoreEvent, ProjectionEvent,
+    RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
 };
 
 macro_rules! job_kinds {
@@ -99,6 +99,8 @@ job_kinds! {
     ProjectionRebuild = "projection-rebuild", ReplayEvent;
     /// Domain configuration (streams, consumers, buckets, entries) imported from an export.
     ConfigImport = "config-import", ConfigImportEvent;
+    /// One read-model key brought back to its value as of a time.
+    KeyRestore = "key-restore", KeyRestoreEvent;
 }
 
 impl fmt::Display for JobKind {

@@ -43,6 +43,7 @@ pub mod files;
 pub mod headers;
 pub mod ids;
 pub mod integrity;
+pub mod key_restore;
 pub mod kinds;
 pub mod projections;
 pub mod replay;

@@ -2,7 +2,7 @@
 //!
 //! | subject | kind |
 //! |---|---|
-//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections,replay-events,rebuild-projections,import-domain-configs}` | command, request/reply |
+//! | `cim.backup.cmd.{start,restore,verify,check,repair,cancel,snapshot-projections,restore-projections,clear-projections,replay-events,rebuild-projections,import-domain-configs,restore-deleted}` | command, request/reply |
 //! | `cim.backup.qry.{job,jobs,backups,domains,projection-snapshots,domain-configs}` | query, request/reply |
 //! | `cim.backup.files.<instance>.cmd.{start,restore}` | one instance's file commands |
 //! | `cim.backup.files.<instance>.qry.{models,check}` | one instance's file queries |
@@ -35,6 +35,8 @@ pub const CMD_REPLAY_EVENTS: &str = "cim.backup.cmd.replay-events";
 /// A domain's read models rebuilt from its first event (`RebuildProjections`).
 pub const CMD_REBUILD_PROJECTIONS: &str = "cim.backup.cmd.rebuild-projections";
 /// Domain configuration planned against the server, and applied (`ImportDomainConfigs`).
+/// A read-model key brought back as of a time (`RestoreDeleted`).
+pub const CMD_RESTORE_DELETED: &str = "cim.backup.cmd.restore-deleted";
 pub const CMD_IMPORT_DOMAIN_CONFIGS: &str = "cim.backup.cmd.import-domain-configs";
 
 pub const QRY_JOB: &str = "cim.backup.qry.job";

@@ -20,6 +20,7 @@ pub mod chain;
 pub mod check;
 pub mod config_import;
 pub mod error;
+pub mod key_restore;
 pub mod lifecycle;
 pub mod projection;
 pub mod repair;

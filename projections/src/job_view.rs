@@ -3,7 +3,8 @@
 use cim_backup_contracts::events::RepairStep;
 use cim_backup_contracts::events::{
     BackupEvent, CheckEvent, ConfigImportEvent, Estimate, EventEnvelope, JobEvent, JobFailed,
-    ProjectionEvent, RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent, VerifyEvent,
+    KeyRestoreEvent, ProjectionEvent, RepairEvent, ReplayEvent, RestoreEvent, TreeRestoreEvent,
+    VerifyEvent,
 };
 use cim_backup_contracts::replay::ResetMethod;
 use cim_backup_contracts::views::{JobState, JobView, Progress};
@@ -285,6 +286,29 @@ pub fn fold(
         JobEvent::ProjectionReplay(e) | JobEvent::ProjectionRebuild(e) => {
             fold_replay(&mut next, e, time)
         }
+        // One object: the key.
+        JobEvent::KeyRestore(e) => {
+            let p = &mut next.progress;
+            match e {
+                KeyRestoreEvent::KeyRestoreAccepted(_) => p.objects_total = 1,
+                KeyRestoreEvent::KeyRestoreStarted(_) => {
+                    next.state = JobState::Running;
+                    next.started_at = Some(time);
+                }
+                KeyRestoreEvent::KeyRestoreCompleted(c) => {
+                    p.objects_done = 1;
+                    next.notes
+                        .push(format!("written as revision {}", c.revision));
+                    settle(p);
+                    finish(&mut next, JobState::Completed, time);
+                }
+                KeyRestoreEvent::KeyRestoreFailed(f) => fail(&mut next, f, time),
+                KeyRestoreEvent::KeyRestoreCancelRequested(_) => next.cancel_requested = true,
+                KeyRestoreEvent::KeyRestoreCancelled(_) => {
+                    finish(&mut next, JobState::Cancelled, time)
+                }
+            }
+        }
         // Objects are resources applied.
         JobEvent::ConfigImport(e) => {
             let p = &mut next.progress;
@@ -515,6 +539,12 @@ fn new_view(envelope: &EventEnvelope, cid: EventCid) -> Option<JobView> {
         | JobEvent::ProjectionClear(ProjectionEvent::ProjectionJobAccepted(a)) => (
             projection_subject(a),
             a.destination_url.clone(),
+            a.admission.instance.clone(),
+            None,
+        ),
+        JobEvent::KeyRestore(KeyRestoreEvent::KeyRestoreAccepted(a)) => (
+            format!("{}/{} as of {}", a.plan.bucket, a.plan.key, a.plan.as_of),
+            String::new(),
             a.admission.instance.clone(),
             None,
         ),

@@ -988,3 +988,176 @@ async fn replays_and_rebuilds_refuse_bad_flags_and_fail_when_no_projector_consum
     assert_eq!(info["num_pending"], 10, "moved to the first event: {info}");
     service.stop().await;
 }
+
+/// restore-deleted --type projection: a deleted key's value as of a time comes back from the
+/// bucket's history; a purged one from the newest snapshot before the time; a key deleted
+/// before the time, a live key that differs (without --confirm), a wrong type or time are
+/// refused naming the flag; the write names where the value came from.
+#[tokio::test]
+async fn restore_deleted_brings_back_a_key_from_history_or_the_newest_snapshot() {
+    init_tracing();
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let shared = bucket(&js, "CIM_PROJECTIONS", 5).await;
+    let host = tempfile::tempdir().unwrap();
+    let service = TestService::start(test_config(&nats.url(), host.path(), "undelete")).await;
+    let url = nats.url();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let tick = || tokio::time::sleep(Duration::from_millis(1100));
+
+    let before_all = rfc(time::OffsetDateTime::now_utc());
+    tick().await;
+    shared.put("graph.n2", "{\"v\":1}".into()).await.unwrap();
+    shared.put("graph.n1", "{\"v\":1}".into()).await.unwrap();
+    shared.put("graph.n3", "{\"v\":1}".into()).await.unwrap();
+    tick().await;
+    let as_of = rfc(time::OffsetDateTime::now_utc());
+    let view = json(
+        &cli(
+            &url,
+            &[
+                "--json",
+                "snapshot-projections",
+                "--domains",
+                "graph",
+                "--wait",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(view["state"], "completed", "{view}");
+    tick().await;
+    let after_snapshot = rfc(time::OffsetDateTime::now_utc());
+    tick().await;
+    shared.put("graph.n1", "{\"v\":2}".into()).await.unwrap();
+    shared.delete("graph.n1").await.unwrap();
+    shared.purge("graph.n3").await.unwrap();
+    shared.put("graph.n2", "{\"v\":2}".into()).await.unwrap();
+
+    // From the bucket's history: shown, then written.
+    let text = ok(&cli(
+        &url,
+        &[
+            "restore-deleted",
+            "--type",
+            "projection",
+            "--id",
+            "graph.n1",
+            "--timestamp",
+            &as_of,
+        ],
+    )
+    .await);
+    assert!(
+        text.contains(
+            "graph.n1 of bucket CIM_PROJECTIONS (read model CIM_PROJECTIONS of domain graph)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("from   the bucket's history: revision 2"),
+        "{text}"
+    );
+    assert!(text.contains("value  7 bytes: {\"v\":1}"), "{text}");
+    assert!(text.contains("now    deleted"), "{text}");
+    assert_eq!(shared.get("graph.n1").await.unwrap().unwrap(), "{\"v\":1}");
+
+    // Purged: only the snapshot before the time has it.
+    let text = ok(&cli(
+        &url,
+        &[
+            "restore-deleted",
+            "--type",
+            "projection",
+            "--id",
+            "graph.n3",
+            "--timestamp",
+            &after_snapshot,
+        ],
+    )
+    .await);
+    assert!(text.contains("from   projection snapshot "), "{text}");
+    assert_eq!(shared.get("graph.n3").await.unwrap().unwrap(), "{\"v\":1}");
+
+    // A live key with another value is replaced only with --confirm; --dry-run writes nothing.
+    let args = [
+        "restore-deleted",
+        "--type",
+        "projection",
+        "--id",
+        "graph.n2",
+        "--timestamp",
+        &as_of,
+    ];
+    let out = cli(&url, &args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm"));
+    let text = ok(&cli(&url, &[&args[..], &["--dry-run", "--confirm"]].concat()).await);
+    assert!(text.contains("nothing was written"), "{text}");
+    assert_eq!(shared.get("graph.n2").await.unwrap().unwrap(), "{\"v\":2}");
+    ok(&cli(&url, &[&args[..], &["--confirm"]].concat()).await);
+    assert_eq!(shared.get("graph.n2").await.unwrap().unwrap(), "{\"v\":1}");
+
+    // Refusals name the flag; nothing is written.
+    for (args, flag) in [
+        (
+            vec![
+                "--type",
+                "stream",
+                "--id",
+                "graph.n1",
+                "--timestamp",
+                &as_of,
+            ],
+            "--type",
+        ),
+        (
+            vec![
+                "--type",
+                "projection",
+                "--id",
+                "graph.n1",
+                "--timestamp",
+                "noon",
+            ],
+            "--timestamp",
+        ),
+        (
+            vec![
+                "--type",
+                "projection",
+                "--id",
+                "other.x",
+                "--timestamp",
+                &as_of,
+            ],
+            "--id",
+        ),
+        (
+            vec![
+                "--type",
+                "projection",
+                "--id",
+                "graph.n1",
+                "--timestamp",
+                &before_all,
+            ],
+            "--id",
+        ),
+    ] {
+        let out = cli(&url, &[&["restore-deleted"][..], &args].concat()).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    service.stop().await;
+}

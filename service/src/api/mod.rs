@@ -16,6 +16,7 @@ pub mod commands;
 pub mod domain_configs;
 pub mod files;
 pub mod host_services;
+pub mod key_restore;
 pub mod projections;
 pub mod queries;
 pub mod repair;
@@ -381,10 +382,12 @@ enum Endpoint {
     DomainConfigs,
     /// `cim.backup.cmd.import-domain-configs`.
     ImportDomainConfigs,
+    /// `cim.backup.cmd.restore-deleted`.
+    RestoreDeleted,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 25] = [
+    const ALL: [Endpoint; 26] = [
         Endpoint::Start,
         Endpoint::Restore,
         Endpoint::Verify,
@@ -410,6 +413,7 @@ impl Endpoint {
         Endpoint::RebuildProjections,
         Endpoint::DomainConfigs,
         Endpoint::ImportDomainConfigs,
+        Endpoint::RestoreDeleted,
     ];
 
     /// The last token of its subject.
@@ -440,6 +444,7 @@ impl Endpoint {
             Endpoint::RebuildProjections => "rebuild-projections",
             Endpoint::DomainConfigs => "domain-configs",
             Endpoint::ImportDomainConfigs => "import-domain-configs",
+            Endpoint::RestoreDeleted => "restore-deleted",
         }
     }
 
@@ -605,6 +610,10 @@ async fn dispatch(api: &Api, endpoint: Endpoint, subject: &str, request: Request
         }
         Endpoint::ImportDomainConfigs => {
             let reply = domain_configs::import(api, &request).await;
+            send(&request, errors, subject, reply).await
+        }
+        Endpoint::RestoreDeleted => {
+            let reply = key_restore::restore_deleted(api, &request).await;
             send(&request, errors, subject, reply).await
         }
         Endpoint::Job => send(&request, errors, subject, queries::job(api, &request).await).await,

@@ -18,7 +18,8 @@
 //!   (backup-grafana); [`projections`] (list-domains, snapshot-projections,
 //!   list-projection-snapshots, restore-projection-snapshot, clear-projections); [`replay`]
 //!   (replay-events, replay-all-events, rebuild-projections, rebuild-all-projections);
-//!   [`domain_configs`] (export-domain-configs, import-domain-configs, restore-all-configs).
+//!   [`domain_configs`] (export-domain-configs, import-domain-configs, restore-all-configs);
+//!   [`key_restore`] (restore-deleted).
 
 pub mod args;
 pub mod backups;
@@ -29,6 +30,7 @@ pub mod follow;
 pub mod grafana;
 pub mod integrity;
 pub mod jobs;
+pub mod key_restore;
 pub mod models;
 pub mod nixos;
 pub mod output;
@@ -195,6 +197,10 @@ pub enum Command {
     ImportDomainConfigs(domain_configs::ImportArgs),
     /// Import and apply the newest export in a directory (runbook: `restore-all-configs`).
     RestoreAllConfigs(domain_configs::RestoreAllArgs),
+    /// Bring back a read-model key's value as of a time, from the bucket's history or the
+    /// newest snapshot before it; shows what it writes, then writes it (runbook:
+    /// `restore-deleted --type projection --id KEY --timestamp T`).
+    RestoreDeleted(key_restore::RestoreDeletedArgs),
 }
 
 /// What every client command works with.
@@ -275,6 +281,7 @@ async fn client_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
         Command::ExportDomainConfigs(a) => domain_configs::export(&ctx, a).await,
         Command::ImportDomainConfigs(a) => domain_configs::import(&ctx, a).await,
         Command::RestoreAllConfigs(a) => domain_configs::restore_all(&ctx, a).await,
+        Command::RestoreDeleted(a) => key_restore::restore_deleted(&ctx, a).await,
     }
 }
 

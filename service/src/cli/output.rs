@@ -106,6 +106,7 @@ fn objects_word(kind: JobKind) -> &'static str {
         }
         JobKind::ProjectionReplay | JobKind::ProjectionRebuild => "projectors caught up",
         JobKind::ConfigImport => "resources",
+        JobKind::KeyRestore => "keys",
     }
 }
 

@@ -152,6 +152,11 @@ impl Runs for cim_backup_domain::config_import::ConfigImportJob {
         |ctx, job, cancel| Box::pin(crate::domain_configs::apply::run(ctx, job, cancel));
 }
 
+impl Runs for cim_backup_domain::key_restore::KeyRestoreJob {
+    const WORK: Work<Self> =
+        |ctx, job, cancel| Box::pin(super::projections::key_restore::run(ctx, job, cancel));
+}
+
 /// A repair is not resumed in place after NATS went away: its own failure path has given the
 /// live stream back by then (docs/INTEGRITY.md §5), so it ends failed.
 impl Runs for RepairJob {
@@ -218,6 +223,10 @@ macro_rules! with_job_type {
             }
             K::ConfigImport => {
                 type $J = cim_backup_domain::config_import::ConfigImportJob;
+                $body
+            }
+            K::KeyRestore => {
+                type $J = cim_backup_domain::key_restore::KeyRestoreJob;
                 $body
             }
         }

@@ -10,10 +10,13 @@
 //!   to the snapshot's, then the optional verification.
 //! - [`clear`] — the `projection-clear` job: safety snapshot (unless declined), then every key
 //!   of each model deleted.
+//! - [`key_restore`] — `restore-deleted --type projection`: a key's value as of a time, from the
+//!   bucket's history or the newest snapshot before it, and the `key-restore` job.
 //! - [`replay`] — the `projection-replay` and `projection-rebuild` jobs: projectors moved back
 //!   (after their read models were cleared, for a rebuild) and followed until caught up.
 
 pub mod clear;
+pub mod key_restore;
 pub mod read;
 pub mod replay;
 pub mod restore;
