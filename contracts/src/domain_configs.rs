@@ -127,12 +127,14 @@ pub enum ResourceKind {
     Entry,
 }
 
-/// One field that differs: document's value against the live one (`null` when absent).
+/// One field that differs: the live value against the document's, each as JSON text (`null`
+/// when absent). Text, not JSON values: events are DAG-CBOR, which has no `null` to carry an
+/// absent value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub field: String,
-    pub live: Value,
-    pub document: Value,
+    pub live: String,
+    pub document: String,
 }
 
 /// One resource in the plan, in the order an apply takes them.

@@ -330,6 +330,76 @@ async fn configs_export_deterministically_and_import_by_plan_idempotently() {
         "nothing applied"
     );
 
+    // Field checks: a typo, a value of the wrong type, and two new streams of the file that
+    // overlap each other are conflicts; a field the server's config lacks but knows is an
+    // update that applies; a stream of the domain the file lacks is listed, and kept.
+    js.create_stream(jetstream::stream::Config {
+        name: "DOMAIN_GRAPH_SNAPSHOTS".into(),
+        subjects: vec!["graph.snapshots.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut odd = doc.clone();
+    let projector = &mut odd["domains"]["graph"]["streams"]["DOMAIN_GRAPH_EVENTS"]["consumers"]["graph-projector"];
+    projector["ack_polcy"] = "explicit".into();
+    projector["max_ack_pending"] = "lots".into();
+    odd["domains"]["graph"]["streams"]["DOMAIN_GRAPH_A"] =
+        serde_json::json!({ "config": { "subjects": ["graphcmd.>"] } });
+    odd["domains"]["graph"]["streams"]["DOMAIN_GRAPH_B"] =
+        serde_json::json!({ "config": { "subjects": ["graphcmd.a"] } });
+    let odd_file = work.path().join("odd.json");
+    std::fs::write(&odd_file, serde_json::to_string(&odd).unwrap()).unwrap();
+    let out = cli(
+        &url,
+        &[
+            "import-domain-configs",
+            "--source",
+            odd_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in [
+        "ack_polcy is not a field of a consumer config",
+        "max_ack_pending: the server holds a number, the file a string",
+        "subject graphcmd.a overlaps subject graphcmd.> of stream DOMAIN_GRAPH_A in the same file",
+        "  ? extra stream DOMAIN_GRAPH_SNAPSHOTS",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let mut described = doc.clone();
+    described["domains"]["graph"]["streams"]["DOMAIN_GRAPH_EVENTS"]["config"]["description"] =
+        "graph events".into();
+    let described_file = work.path().join("described.json");
+    std::fs::write(&described_file, serde_json::to_string(&described).unwrap()).unwrap();
+    let out = cli(
+        &url,
+        &[
+            "import-domain-configs",
+            "--source",
+            described_file.to_str().unwrap(),
+            "--apply",
+        ],
+    )
+    .await;
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("      description: null → \"graph events\""),
+        "{text}"
+    );
+    let mut stream = js.get_stream("DOMAIN_GRAPH_EVENTS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.description.as_deref(),
+        Some("graph events")
+    );
+    assert!(
+        js.get_stream("DOMAIN_GRAPH_SNAPSHOTS").await.is_ok(),
+        "never deleted"
+    );
+
     // A schema error names its line and column: exit 1.
     let typo = work.path().join("typo.yaml");
     std::fs::write(

@@ -410,6 +410,28 @@ async fn a_replay_catches_up_from_a_time_and_fails_when_no_projector_consumes() 
         "events folded twice change nothing (last_event_seq)"
     );
 
+    // A catch-up from a time after the projector's ack floor starts at its ack floor: the
+    // events it has not folded are not skipped.
+    drop(projector);
+    publish(&js, 140, 10, 10).await;
+    let accepted = caller
+        .ok(
+            CMD_REPLAY_EVENTS,
+            json!({ "domains": ["graph"], "from_timestamp": "2099-01-01T00:00:00Z" }),
+        )
+        .await;
+    let projector = Projector::start(&nats.url(), &[]);
+    let job = accepted["job_id"].as_str().unwrap();
+    let view = caller.wait_job(job, Duration::from_secs(60)).await;
+    assert_eq!(view.state, JobState::Completed, "{view:?}");
+    let events = job_events(&js, "projection-replay", job).await;
+    assert_eq!(
+        events_of(&events, "ReplayProjectorReset")[0]["from_seq"],
+        141,
+        "not past the ack floor"
+    );
+    assert_eq!(view.progress.messages_done, 10, "{view:?}");
+
     // Nobody consuming: the job fails within its stall bound and says why.
     drop(projector);
     let started = Instant::now();
@@ -429,7 +451,7 @@ async fn a_replay_catches_up_from_a_time_and_fails_when_no_projector_consumes() 
     let error = view.error.unwrap().message;
     assert!(
         error.contains("no projector is consuming graph-projector on stream DOMAIN_GRAPH_EVENTS")
-            && error.contains("140 events to deliver"),
+            && error.contains("150 events to deliver"),
         "{error}"
     );
     assert!(

@@ -80,7 +80,18 @@ pub async fn import(api: &Api, request: &Request) -> Result<ImportPlan, ApiError
         }
     }
     let ctx = api.runner.context();
-    let planned = plan::plan(ctx, &doc, cmd.prune)
+    let live = all_domains(api).await?;
+    let mut extra_streams = Vec::new();
+    for d in live.iter().filter(|d| doc.domains.contains_key(&d.name)) {
+        for s in &d.streams {
+            if !doc.domains[&d.name].streams.contains_key(&s.name)
+                && ctx.api.stream_info(&s.name).await?.is_some()
+            {
+                extra_streams.push((d.name.clone(), s.name.clone()));
+            }
+        }
+    }
+    let planned = plan::plan(ctx, &doc, &extra_streams, cmd.prune)
         .await
         .map_err(engine_error)?;
     let mut reply = ImportPlan {

@@ -13,7 +13,7 @@ use cim_backup_contracts::projections::{
     SnapshotProjections, SnapshotSummary,
 };
 use cim_backup_contracts::text;
-use cim_backup_contracts::views::{JobKind, JobState};
+use cim_backup_contracts::views::JobKind;
 use cim_backup_domain::projection::{
     Clear, Kind, ProjectionCommand, ProjectionJob, Restore, Snapshot,
 };
@@ -38,7 +38,8 @@ pub(super) async fn all_domains(api: &Api) -> Result<Vec<Domain>, ApiError> {
 }
 
 /// `cim.backup.qry.projection-snapshots`: from a destination when `source` is given, else the
-/// catalog (every snapshot a completed job recorded, wherever it was written).
+/// catalog (every snapshot a job recorded, wherever it was written, whether the job then
+/// completed or not).
 pub async fn list_snapshots_query(
     api: &Api,
     request: &Request,
@@ -78,14 +79,16 @@ pub(super) async fn in_catalog(api: &Api) -> Result<Vec<SnapshotSummary>, ApiErr
         .jobs()
         .await?
         .into_iter()
+        // Whatever state the job ended in: a snapshot is recorded only once it is stored, and
+        // the safety snapshot of a failed restore, clear or rebuild is the one most needed.
         .filter(|v| {
-            v.state == JobState::Completed
-                && matches!(
-                    v.kind,
-                    JobKind::ProjectionSnapshot
-                        | JobKind::ProjectionRestore
-                        | JobKind::ProjectionClear
-                )
+            matches!(
+                v.kind,
+                JobKind::ProjectionSnapshot
+                    | JobKind::ProjectionRestore
+                    | JobKind::ProjectionClear
+                    | JobKind::ProjectionRebuild
+            )
         })
         .flat_map(|v| v.snapshots)
         .collect())

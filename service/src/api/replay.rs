@@ -153,6 +153,9 @@ async fn plan_starts(
             }
             _ => None,
         };
+        let floors = crate::engine::projections::take::positions(ctx, d)
+            .await
+            .map_err(super::commands::engine_error)?;
         for p in &d.projectors {
             let from_seq = match (start, &positions) {
                 (Start::Snapshot(..), Some((id, positions))) => positions
@@ -173,6 +176,13 @@ async fn plan_starts(
                     .map(|s| s.state.first_seq.max(1))
                     .unwrap_or(1),
             };
+            // Never past the first event the projector has not acknowledged: a catch-up
+            // from a later time must not skip what it has not folded.
+            let unacked = floors
+                .iter()
+                .find(|f| f.stream == p.stream && f.consumer == p.consumer)
+                .map_or(u64::MAX, |f| f.stream_seq + 1);
+            let from_seq = from_seq.min(unacked);
             planned.push(PlannedReplay {
                 domain: d.name.clone(),
                 stream: p.stream.clone(),

@@ -27,9 +27,9 @@ pub struct ExportArgs {
     /// Only these domains, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub domains: Vec<String>,
-    /// yaml or json.
-    #[arg(long, value_enum, default_value = "yaml")]
-    pub format: Format,
+    /// yaml or json (default: json for a file ending in .json, else yaml).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
     /// The file to write (replaced if it exists: the runbook commits it to git); `-` for
     /// standard output.
     #[arg(long)]
@@ -47,7 +47,16 @@ pub async fn export(ctx: &Ctx, a: &ExportArgs) -> Result<(), CliError> {
         )
         .await
         .map_err(|e| e.with_flags(&[("domains", "--domains")]))?;
-    let text = render(&doc, a.format).map_err(|e| CliError::Usage(format!("--format: {e}")))?;
+    let format = a
+        .format
+        .unwrap_or_else(|| Format::of_path(Path::new(&a.output)));
+    if a.output != "-" && format != Format::of_path(Path::new(&a.output)) {
+        return Err(CliError::Usage(format!(
+            "--format {format:?} does not fit --output {}: import-domain-configs reads a file ending in .json as JSON and any other as YAML",
+            a.output
+        )));
+    }
+    let text = render(&doc, format).map_err(|e| CliError::Usage(format!("--format: {e}")))?;
     if a.output == "-" {
         print!("{text}");
         return Ok(());
@@ -129,6 +138,10 @@ pub struct ImportArgs {
 
 /// Terraform's exit codes: 0 no change, 2 changes (or applied), 1 error.
 pub async fn import(ctx: &Ctx, a: &ImportArgs) -> Result<(), CliError> {
+    import_with_hint(ctx, a, "run again with --apply to apply").await
+}
+
+async fn import_with_hint(ctx: &Ctx, a: &ImportArgs, hint: &str) -> Result<(), CliError> {
     match import_inner(
         ctx,
         &a.source,
@@ -136,6 +149,7 @@ pub async fn import(ctx: &Ctx, a: &ImportArgs) -> Result<(), CliError> {
         a.apply,
         a.prune,
         a.idempotency_key.as_deref(),
+        hint,
     )
     .await
     {
@@ -161,6 +175,7 @@ async fn import_inner(
     apply: bool,
     prune: bool,
     key: Option<&str>,
+    hint: &str,
 ) -> Result<u8, CliError> {
     let text = std::fs::read_to_string(source)
         .map_err(|e| CliError::Usage(format!("--source {}: {e}", source.display())))?;
@@ -198,7 +213,7 @@ async fn import_inner(
     }
     if !apply {
         if !ctx.json {
-            println!("nothing was changed: run again with --apply to apply");
+            println!("nothing was changed: {hint}");
         }
         return Ok(2);
     }
@@ -287,11 +302,21 @@ pub struct RestoreAllArgs {
 
 /// The newest export in a directory, imported and applied (never pruned).
 pub async fn restore_all(ctx: &Ctx, a: &RestoreAllArgs) -> Result<(), CliError> {
-    let file = newest_export(&a.source)?;
+    let file = match newest_export(&a.source) {
+        Ok(file) => file,
+        Err(e) => {
+            if ctx.json {
+                output::json(&e.to_json());
+            } else {
+                eprintln!("cim-backup: {e}");
+            }
+            return Err(CliError::Planned { code: 1 });
+        }
+    };
     if !ctx.json {
         println!("importing {}", file.display());
     }
-    import(
+    import_with_hint(
         ctx,
         &ImportArgs {
             source: file,
@@ -302,6 +327,7 @@ pub async fn restore_all(ctx: &Ctx, a: &RestoreAllArgs) -> Result<(), CliError> 
             prune: false,
             idempotency_key: a.idempotency_key.clone(),
         },
+        "run again without --dry-run to apply",
     )
     .await
 }

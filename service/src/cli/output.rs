@@ -126,6 +126,14 @@ fn counts(view: &JobView) -> String {
             p.messages_done, p.messages_total, p.objects_done
         );
     }
+    if matches!(view.kind, JobKind::ConfigImport | JobKind::KeyRestore) {
+        return format!(
+            "{}/{} {}",
+            p.objects_done,
+            p.objects_total,
+            objects_word(view.kind)
+        );
+    }
     if matches!(
         view.kind,
         JobKind::ProjectionReplay | JobKind::ProjectionRebuild
@@ -149,7 +157,9 @@ pub fn job(view: &JobView) {
     println!("job       {} ({})", view.job_id, view.kind);
     println!("state     {}", view.state);
     println!("subject   {}", view.subject);
-    println!("location  {}", view.location);
+    if !view.location.is_empty() {
+        println!("location  {}", view.location);
+    }
     let p = &view.progress;
     let mut progress = counts(view);
     if p.bytes_total > 0 || p.bytes_done > 0 {
@@ -308,14 +318,18 @@ pub fn summary(view: &JobView) -> Option<String> {
                 }
             )
         }
+        (JobState::Completed, JobKind::ConfigImport) => {
+            format!("applied {} resources in {seconds:.1} s", p.objects_done)
+        }
+        (JobState::Completed, JobKind::KeyRestore) => format!(
+            "restored 1 key in {seconds:.1} s; {}",
+            view.notes.last().cloned().unwrap_or_default()
+        ),
         (JobState::Completed, _) => format!(
             "{} completed in {seconds:.1} s: {} messages, {per_second}",
             view.kind, p.messages_done
         ),
-        (state, kind) => format!(
-            "{kind} {state} after {seconds:.1} s: {}/{} messages",
-            p.messages_done, p.messages_total
-        ),
+        (state, kind) => format!("{kind} {state} after {seconds:.1} s: {}", counts(view)),
     };
     Some(line)
 }

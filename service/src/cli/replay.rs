@@ -114,6 +114,7 @@ pub struct RebuildAllArgs {
 
 const FLAGS: &[(&str, &str)] = &[
     ("domains", "--domain"),
+    ("from_beginning", "--from-beginning"),
     ("from_timestamp", "--from-timestamp"),
     ("from_snapshot", "--from-snapshot"),
     (

@@ -41,6 +41,122 @@ const CONSUMER_FIXED: &[&str] = &[
     "deliver_group",
     "durable_name",
 ];
+/// Stream config fields of nats-server (2.15): a field the file gives that is neither here nor
+/// in the live config is a typo, not an update.
+const STREAM_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "subjects",
+    "retention",
+    "max_consumers",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "max_msgs_per_subject",
+    "max_msg_size",
+    "discard",
+    "storage",
+    "num_replicas",
+    "no_ack",
+    "template_owner",
+    "duplicate_window",
+    "placement",
+    "mirror",
+    "sources",
+    "compression",
+    "first_seq",
+    "subject_transform",
+    "republish",
+    "allow_direct",
+    "mirror_direct",
+    "consumer_limits",
+    "sealed",
+    "deny_delete",
+    "deny_purge",
+    "allow_rollup_hdrs",
+    "discard_new_per_subject",
+    "metadata",
+    "allow_msg_ttl",
+    "subject_delete_marker_ttl",
+    "allow_msg_counter",
+    "allow_atomic",
+    "allow_msg_schedules",
+    "persist_mode",
+];
+/// Consumer config fields of nats-server (2.15).
+const CONSUMER_FIELDS: &[&str] = &[
+    "durable_name",
+    "name",
+    "description",
+    "deliver_policy",
+    "opt_start_seq",
+    "opt_start_time",
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "backoff",
+    "filter_subject",
+    "filter_subjects",
+    "replay_policy",
+    "rate_limit_bps",
+    "sample_freq",
+    "max_waiting",
+    "max_ack_pending",
+    "flow_control",
+    "idle_heartbeat",
+    "headers_only",
+    "max_batch",
+    "max_expires",
+    "max_bytes",
+    "inactive_threshold",
+    "num_replicas",
+    "mem_storage",
+    "metadata",
+    "deliver_subject",
+    "deliver_group",
+    "direct",
+    "pause_until",
+    "priority_groups",
+    "priority_policy",
+    "priority_timeout",
+    "pinned_ttl",
+];
+
+/// What is wrong with the fields the file gives: a field no config of this kind has (unless
+/// the live one has it: a newer server's field), or a value of another JSON type than the
+/// live one.
+fn field_problems(doc: &Value, live: Option<&Value>, known: &[&str], what: &str) -> Vec<String> {
+    let kind_of = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "map",
+    };
+    let Some(doc) = doc.as_object() else {
+        return vec![format!("the {what} config is not a map")];
+    };
+    let mut out = Vec::new();
+    for (k, v) in doc {
+        match live.and_then(|l| l.get(k.as_str())) {
+            Some(l) if !l.is_null() && !v.is_null() && kind_of(l) != kind_of(v) => {
+                out.push(format!(
+                    "{k}: the server holds a {}, the file a {}",
+                    kind_of(l),
+                    kind_of(v)
+                ))
+            }
+            Some(_) => {}
+            None if !known.contains(&k.as_str()) => {
+                out.push(format!("{k} is not a field of a {what} config"))
+            }
+            None => {}
+        }
+    }
+    out
+}
+
 /// Flags that, once true, can never be set back.
 const ONE_WAY: &[&str] = &["sealed", "deny_delete", "deny_purge"];
 
@@ -61,7 +177,14 @@ struct StreamLike<'a> {
     config: Value,
 }
 
-pub async fn plan(ctx: &Context, doc: &ConfigsDocument, prune: bool) -> Result<Plan, EngineError> {
+/// `live_streams_not_in_file`: streams the server has for the document's domains that the
+/// document lacks (planned as `extra`).
+pub async fn plan(
+    ctx: &Context,
+    doc: &ConfigsDocument,
+    live_streams_not_in_file: &[(String, String)],
+    prune: bool,
+) -> Result<Plan, EngineError> {
     let mut plan = Plan {
         resources: Vec::new(),
         payloads: BTreeMap::new(),
@@ -117,9 +240,23 @@ pub async fn plan(ctx: &Context, doc: &ConfigsDocument, prune: bool) -> Result<P
         }
     }
     let mut creatable = BTreeSet::new();
-    for s in &streams {
+    for (i, s) in streams.iter().enumerate() {
         let live = ctx.api.stream_info(&s.stream).await?;
         let mut r = stream_resource(s, live.as_ref().map(|i| &i.config), &mut plan.payloads);
+        for earlier in &streams[..i] {
+            for mine in subjects_of(&s.config) {
+                if let Some(theirs) = subjects_of(&earlier.config)
+                    .into_iter()
+                    .find(|t| subjects_overlap(&mine, t))
+                {
+                    r.action = Action::Conflict;
+                    r.notes.push(format!(
+                        "subject {mine} overlaps subject {theirs} of stream {} in the same file",
+                        earlier.stream
+                    ));
+                }
+            }
+        }
         for (other, subjects) in &live_subjects {
             if *other == s.stream {
                 continue;
@@ -137,6 +274,19 @@ pub async fn plan(ctx: &Context, doc: &ConfigsDocument, prune: bool) -> Result<P
             creatable.insert(s.name.clone());
         }
         plan.resources.push(r);
+    }
+    for (domain, stream) in live_streams_not_in_file {
+        plan.resources.push(PlannedResource {
+            kind: ResourceKind::Stream,
+            name: stream.clone(),
+            domain: domain.clone(),
+            action: Action::Extra,
+            changes: Vec::new(),
+            notes: vec![
+                "on the server, not in the document: kept (streams hold data and are never deleted)"
+                    .to_owned(),
+            ],
+        });
     }
     for (domain, t) in &doc.domains {
         for (stream, s) in &t.streams {
@@ -219,6 +369,12 @@ fn stream_resource(
         changes: Vec::new(),
         notes: Vec::new(),
     };
+    let problems = field_problems(&s.config, live, STREAM_FIELDS, "stream");
+    if !problems.is_empty() {
+        r.action = Action::Conflict;
+        r.notes = problems;
+        return r;
+    }
     let Some(live) = live else {
         one_way_notes(&s.config, &Value::Null, &mut r.notes);
         payloads.insert(payload_key(s.kind, &s.name), s.config.to_string());
@@ -239,7 +395,7 @@ fn stream_resource(
                 c.field, c.live, c.document
             ));
         }
-        if ONE_WAY.contains(&c.field.as_str()) && c.live == json!(true) {
+        if ONE_WAY.contains(&c.field.as_str()) && c.live == "true" {
             r.action = Action::Conflict;
             r.notes
                 .push(format!("{} is set and can never be unset", c.field));
@@ -265,8 +421,8 @@ fn diff(live: &Value, doc: &Value) -> Vec<FieldChange> {
         .filter(|(k, v)| live.get(k.as_str()) != Some(v))
         .map(|(k, v)| FieldChange {
             field: k.clone(),
-            live: live.get(k.as_str()).cloned().unwrap_or(Value::Null),
-            document: v.clone(),
+            live: live.get(k.as_str()).unwrap_or(&Value::Null).to_string(),
+            document: v.to_string(),
         })
         .collect()
 }
@@ -330,6 +486,13 @@ async fn consumers(
             changes: Vec::new(),
             notes: Vec::new(),
         };
+        let problems = field_problems(&config, live.get(name), CONSUMER_FIELDS, "consumer");
+        if !problems.is_empty() {
+            r.action = Action::Conflict;
+            r.notes = problems;
+            plan.resources.push(r);
+            continue;
+        }
         match live.get(name) {
             None => {
                 plan.payloads
@@ -442,8 +605,8 @@ async fn entry_resources(
         let changes = match (action, live.get(key)) {
             (Action::Update, Some(v)) => vec![FieldChange {
                 field: "value".into(),
-                live: serde_json::to_value(v).expect("entries serialize"),
-                document: doc.clone(),
+                live: serde_json::to_string(v).expect("entries serialize"),
+                document: doc.to_string(),
             }],
             _ => Vec::new(),
         };

@@ -61,7 +61,7 @@ pub fn parse(text: &str, format: Format) -> Result<ConfigsDocument, TextError> {
             Some(at) => TextError::At {
                 line: at.line(),
                 column: at.column(),
-                message: strip_location(&e.to_string()),
+                message: yaml_message(&e.to_string()),
             },
             None => TextError::Other(e.to_string()),
         })?,
@@ -73,6 +73,17 @@ pub fn parse(text: &str, format: Format) -> Result<ConfigsDocument, TextError> {
         )));
     }
     Ok(doc)
+}
+
+/// serde-saphyr's message without its `error: line L column C: ` lead and the source excerpt
+/// it draws below (the location is given apart).
+fn yaml_message(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or(rendered);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.split_once(": ") {
+        Some((lead, rest)) if lead.starts_with("line ") => rest.to_owned(),
+        _ => first.to_owned(),
+    }
 }
 
 /// A parser's message without the location it appends (given apart).

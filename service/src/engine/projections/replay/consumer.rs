@@ -28,6 +28,8 @@ pub struct Position {
     /// Pull requests waiting (0 for a push consumer).
     pub num_waiting: u64,
     pub paused: bool,
+    /// A push consumer with a subscriber on its deliver subject.
+    pub push_bound: bool,
 }
 
 impl Position {
@@ -40,7 +42,17 @@ impl Position {
             num_ack_pending: n("/num_ack_pending"),
             num_waiting: n("/num_waiting"),
             paused: info.get("paused").and_then(Value::as_bool).unwrap_or(false),
+            push_bound: info
+                .get("push_bound")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
+    }
+
+    /// Someone is there to receive events: a pull request waits, or a push consumer's deliver
+    /// subject has a subscriber.
+    pub fn has_reader(&self) -> bool {
+        self.num_waiting > 0 || self.push_bound
     }
 
     /// Nothing left to deliver and nothing delivered unacknowledged.

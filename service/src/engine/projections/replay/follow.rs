@@ -76,40 +76,52 @@ pub async fn follow<K: Kind>(
     let mut next_checkpoint = (reset.events_before / interval + 1) * interval;
     let mut last = (u64::MAX, Instant::now());
     let total = reset.events_before + reset.pending;
-    let pos = loop {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let Some((_, pos)) = c.info().await? else {
-            return Err(missing(&c));
-        };
-        let events = reset.events_before + pos.ack_floor_consumer_seq;
-        tally.set(c.stream, c.name, events, total);
-        if pos.caught_up() {
-            break pos;
-        }
-        if events >= next_checkpoint {
-            let checkpoint = ReplayCheckpoint {
-                stream: planned.stream.clone(),
-                consumer: planned.consumer.clone(),
-                stream_seq: pos.ack_floor_stream_seq,
-                events,
+    let followed = async {
+        let pos = loop {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let Some((_, pos)) = c.info().await? else {
+                return Err(missing(&c));
             };
-            recorder
-                .record(ReplayCommand::RecordCheckpoint(checkpoint))
-                .await?;
-            next_checkpoint = (events / interval + 1) * interval;
-        }
-        if events != last.0 {
-            last = (events, Instant::now());
-        } else if last.1.elapsed() >= stall {
-            return Err(stalled(&c, &pos, stall));
-        }
-        tokio::time::sleep(POLL_EVERY).await;
+            let events = reset.events_before + pos.ack_floor_consumer_seq;
+            tally.set(c.stream, c.name, events, total);
+            if pos.caught_up() {
+                break pos;
+            }
+            if events >= next_checkpoint {
+                let checkpoint = ReplayCheckpoint {
+                    stream: planned.stream.clone(),
+                    consumer: planned.consumer.clone(),
+                    stream_seq: pos.ack_floor_stream_seq,
+                    events,
+                };
+                recorder
+                    .record(ReplayCommand::RecordCheckpoint(checkpoint))
+                    .await?;
+                next_checkpoint = (events / interval + 1) * interval;
+            }
+            if events != last.0 {
+                last = (events, Instant::now());
+            } else if last.1.elapsed() >= stall {
+                return Err(stalled(&c, &pos, stall));
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        };
+        Ok::<_, EngineError>(pos)
     };
+    let followed = followed.await;
     if spec.batch_size.is_some() {
-        put_back_max_ack_pending(&c, &reset).await?;
+        // Put back on every way out: a failed rebuild must not leave its limit behind.
+        let put_back = put_back_max_ack_pending(&c, &reset).await;
+        if let (Err(e), Err(_)) = (&put_back, &followed) {
+            tracing::warn!(stream = c.stream, consumer = c.name, error = %e, "could not put max_ack_pending back after a failed replay");
+        }
+        if followed.is_ok() {
+            put_back?;
+        }
     }
+    let pos = followed?;
     let events = reset.events_before + pos.ack_floor_consumer_seq;
     tally.set(c.stream, c.name, events, events);
     let caught = ProjectorCaughtUp {
@@ -229,7 +241,7 @@ fn stalled(c: &Consumer<'_>, pos: &Position, stall: Duration) -> EngineError {
     EngineError::precondition(
         ErrorCode::Unavailable,
         format!(
-            "no projector is consuming {} on stream {}: {who} for {} s, with {} events to deliver and {} unacknowledged (start the projector, then run the replay again; its consumer stays where it was moved)",
+            "no projector is consuming {} on stream {}: {who} for {} s, with {} events to deliver and {} unacknowledged (start the projector, then run the same command again; its consumer stays where it was moved)",
             c.name,
             c.stream,
             stall.as_secs(),

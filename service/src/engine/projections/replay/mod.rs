@@ -218,11 +218,14 @@ async fn clear_domain<K: Kind>(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let spec = before.spec.as_ref().expect("a running job has its spec");
+    let stall = Duration::from_secs(spec.stall_timeout_secs);
+    for c in consumers {
+        await_reader(c, stall, cancel).await?;
+    }
     let until = time::OffsetDateTime::now_utc() + PAUSE_FOR;
     for c in consumers {
         c.pause(until).await?;
     }
-    let stall = Duration::from_secs(spec.stall_timeout_secs);
     for c in consumers {
         drain(c, stall, cancel).await?;
     }
@@ -263,6 +266,40 @@ async fn clear_domain<K: Kind>(
             models,
         }))
         .await
+}
+
+/// Waits, at most `stall`, until a projector is there to fold what the rebuild replays (a
+/// pull request waiting, or a bound push consumer): a rebuild with nobody to rebuild would
+/// leave the read models empty, so it fails before clearing anything.
+async fn await_reader(
+    c: &Consumer<'_>,
+    stall: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let deadline = tokio::time::Instant::now() + stall;
+    loop {
+        let Some((_, pos)) = c.info().await? else {
+            return Err(missing(c));
+        };
+        if pos.has_reader() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(EngineError::precondition(
+                ErrorCode::Unavailable,
+                format!(
+                    "no projector is consuming {} on stream {}: no pull request or subscriber for {} s; nothing was cleared (start the projector, then run the rebuild again)",
+                    c.name,
+                    c.stream,
+                    stall.as_secs()
+                ),
+            ));
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        tokio::time::sleep(follow::POLL_EVERY).await;
+    }
 }
 
 /// Waits until a paused projector has acknowledged everything it was given.
