@@ -312,6 +312,20 @@ async fn a_rebuild_produces_exactly_the_bucket_that_existed_before() {
         "not left paused: {info}"
     );
 
+    let listed = caller
+        .ok(
+            "cim.backup.qry.projection-snapshots",
+            json!({ "domain": "graph", "safety": true }),
+        )
+        .await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == json!(view.snapshots[0].id.to_string())),
+        "the rebuild's safety snapshot is in the catalog: {listed}"
+    );
     let events = job_events(&js, "projection-rebuild", job).await;
     let order: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     let at = |t: &str| {
