@@ -318,6 +318,13 @@ pub fn select<'a>(all: &'a [Domain], names: &[String]) -> Result<Vec<&'a Domain>
         match all.iter().find(|d| &d.name == name) {
             Some(d) if !out.iter().any(|o: &&Domain| o.name == d.name) => out.push(d),
             Some(_) => return Err(format!("domains: {name} is named twice")),
+            None if all.iter().any(|d| d.name.eq_ignore_ascii_case(name)) => {
+                return Err(format!(
+                    "domains: no domain {}; domain names are lower case: {}",
+                    cim_backup_contracts::text::echo(name),
+                    name.to_ascii_lowercase()
+                ));
+            }
             None => {
                 return Err(format!(
                     "domains: no domain {}; known: {}",
@@ -408,5 +415,9 @@ mod tests {
         let (d, _) = owned_elsewhere(&all, "graph", PROJECTIONS_BUCKET, "").unwrap();
         assert_eq!(d.name, "billing");
         assert!(owned_elsewhere(&all, "graph", "OTHER", "").is_none());
+        let upper = select(&all, &["GRAPH".to_owned()]).unwrap_err();
+        assert!(upper.contains("lower case: graph"), "{upper}");
+        let unknown = select(&all, &["nope".to_owned()]).unwrap_err();
+        assert!(unknown.contains("known: billing, graph"), "{unknown}");
     }
 }
