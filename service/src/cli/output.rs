@@ -293,13 +293,14 @@ pub fn summary(view: &JobView) -> Option<String> {
         (JobState::Completed, JobKind::ProjectionReplay | JobKind::ProjectionRebuild) => {
             let cleared: u64 = view.restored.iter().map(|m| m.removed).sum();
             format!(
-                "{}{} projectors caught up after {} events in {seconds:.1} s ({:.0} events/s){}",
+                "{}{} projector{} caught up after {} events in {seconds:.1} s ({:.0} events/s){}",
                 if view.kind == JobKind::ProjectionRebuild {
                     format!("cleared {cleared} keys, then ")
                 } else {
                     String::new()
                 },
                 p.objects_done,
+                if p.objects_done == 1 { "" } else { "s" },
                 p.messages_done,
                 p.messages_done as f64 / seconds.max(1e-9),
                 match view.snapshots.first() {
