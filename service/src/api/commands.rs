@@ -104,6 +104,26 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// [`accept`], then runs the job here when this instance is to run it.
+pub(super) async fn accept_and_start<A>(
+    api: &Api,
+    intake: &Intake,
+    command: A::Command,
+    admission_of: fn(&A) -> Option<&Admission>,
+    digest: &str,
+) -> Result<Accepted, ApiError>
+where
+    A: crate::engine::runner::Runs,
+    A::Command: Clone + Send,
+    A::Event: Send,
+{
+    let (reply, job) = accept::<A>(api, intake, command, admission_of, digest).await?;
+    if let Some(job) = job {
+        api.runner.start(job);
+    }
+    Ok(reply)
+}
+
 /// Records the accept command of a new job; for a repeated idempotency key returns the
 /// existing job instead (or a conflict if the key was used for a different request).
 ///

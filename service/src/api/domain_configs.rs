@@ -12,7 +12,7 @@ use cim_backup_contracts::text;
 use cim_backup_domain::config_import::{ConfigImportCommand, ConfigImportJob};
 
 use super::Api;
-use super::commands::{Intake, accept, engine_error, parse};
+use super::commands::{Intake, accept_and_start, engine_error, parse};
 use super::projections::all_domains;
 use super::reply::ApiError;
 use crate::domain_configs::{export, plan};
@@ -133,7 +133,7 @@ pub async fn import(api: &Api, request: &Request) -> Result<ImportPlan, ApiError
         payloads: planned.payloads,
         admission,
     };
-    let (accepted, job) = accept::<ConfigImportJob>(
+    let accepted = accept_and_start::<ConfigImportJob>(
         api,
         &intake,
         ConfigImportCommand::Accept(spec),
@@ -141,9 +141,6 @@ pub async fn import(api: &Api, request: &Request) -> Result<ImportPlan, ApiError
         &digest,
     )
     .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
     reply.job_id = Some(accepted.job_id.to_string());
     Ok(reply)
 }

@@ -12,7 +12,7 @@ use cim_backup_contracts::text;
 use cim_backup_domain::key_restore::{KeyRestoreCommand, KeyRestoreJob};
 
 use super::Api;
-use super::commands::{Intake, accept, engine_error, parse};
+use super::commands::{Intake, accept_and_start, engine_error, parse};
 use super::projections::{all_domains, in_catalog};
 use super::reply::ApiError;
 use crate::engine::projections::key_restore::{model_of, plan};
@@ -61,7 +61,7 @@ pub async fn restore_deleted(
         value: base64::engine::general_purpose::STANDARD.encode(&value),
         admission,
     };
-    let (accepted, job) = accept::<KeyRestoreJob>(
+    let accepted = accept_and_start::<KeyRestoreJob>(
         api,
         &intake,
         KeyRestoreCommand::Accept(spec),
@@ -69,9 +69,6 @@ pub async fn restore_deleted(
         &digest,
     )
     .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
     Ok(RestoreDeletedReply {
         plan,
         job_id: Some(accepted.job_id.to_string()),

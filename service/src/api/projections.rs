@@ -19,7 +19,7 @@ use cim_backup_domain::projection::{
 };
 
 use super::Api;
-use super::commands::{Intake, accept, parse};
+use super::commands::{Intake, parse};
 use super::reply::ApiError;
 use crate::archive::projections::{get_snapshot, list_snapshots};
 use crate::domains;
@@ -181,18 +181,14 @@ where
             Event = cim_backup_contracts::events::ProjectionEvent,
         >,
 {
-    let (reply, job) = accept::<ProjectionJob<K>>(
+    super::commands::accept_and_start::<ProjectionJob<K>>(
         api,
         intake,
         ProjectionCommand::Accept(spec),
         |s| s.spec.as_ref().map(|s| &s.admission),
         digest,
     )
-    .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
-    Ok(reply)
+    .await
 }
 
 /// Snapshots to a destination that encrypts need recipients (a restore writes its safety

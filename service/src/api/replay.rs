@@ -16,7 +16,7 @@ use cim_backup_contracts::replies::Accepted;
 use cim_backup_domain::replay::{Job as ReplayState, Kind, Rebuild, Replay, ReplayCommand};
 
 use super::Api;
-use super::commands::{Intake, accept, parse};
+use super::commands::{Intake, parse};
 use super::projections::{
     all_domains, locate_snapshot, refuse_other_domains_keys, require_buckets,
     require_keys_if_encrypted, require_projectors,
@@ -379,16 +379,12 @@ where
             Event = cim_backup_contracts::events::ReplayEvent,
         >,
 {
-    let (reply, job) = accept::<ReplayState<K>>(
+    super::commands::accept_and_start::<ReplayState<K>>(
         api,
         intake,
         ReplayCommand::Accept(spec),
         |s| s.spec.as_ref().map(|s| &s.admission),
         digest,
     )
-    .await?;
-    if let Some(job) = job {
-        api.runner.start(job);
-    }
-    Ok(reply)
+    .await
 }
