@@ -276,30 +276,15 @@ async fn await_reader(
     stall: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let deadline = tokio::time::Instant::now() + stall;
-    loop {
-        let Some((_, pos)) = c.info().await? else {
-            return Err(missing(c));
-        };
-        if pos.has_reader() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(EngineError::precondition(
-                ErrorCode::Unavailable,
-                format!(
-                    "no projector is consuming {} on stream {}: no pull request or subscriber for {} s; nothing was cleared (start the projector, then run the rebuild again)",
-                    c.name,
-                    c.stream,
-                    stall.as_secs()
-                ),
-            ));
-        }
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        tokio::time::sleep(follow::POLL_EVERY).await;
-    }
+    wait_until(c, stall, cancel, consumer::Position::has_reader, |_| {
+        format!(
+            "no projector is consuming {} on stream {}: no pull request or subscriber for {} s; nothing was cleared (start the projector, then run the rebuild again)",
+            c.name,
+            c.stream,
+            stall.as_secs()
+        )
+    })
+    .await
 }
 
 /// Waits until a paused projector has acknowledged everything it was given.
@@ -308,24 +293,39 @@ async fn drain(
     stall: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    wait_until(c, stall, cancel, |pos| pos.num_ack_pending == 0, |pos| {
+        format!(
+            "projector {} on {} still holds {} unacknowledged events {} s after it was paused; nothing was cleared (stop or fix the projector, or raise stall_timeout_secs)",
+            c.name,
+            c.stream,
+            pos.num_ack_pending,
+            stall.as_secs()
+        )
+    })
+    .await
+}
+
+/// Reads the consumer every [`follow::POLL_EVERY`] until `ready` holds, failing with
+/// `unavailable` and `why_not` of its last position after `stall`.
+async fn wait_until(
+    c: &Consumer<'_>,
+    stall: Duration,
+    cancel: &CancellationToken,
+    ready: impl Fn(&consumer::Position) -> bool,
+    why_not: impl Fn(&consumer::Position) -> String,
+) -> Result<(), EngineError> {
     let deadline = tokio::time::Instant::now() + stall;
     loop {
         let Some((_, pos)) = c.info().await? else {
             return Err(missing(c));
         };
-        if pos.num_ack_pending == 0 {
+        if ready(&pos) {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(EngineError::precondition(
                 ErrorCode::Unavailable,
-                format!(
-                    "projector {} on {} still holds {} unacknowledged events {} s after it was paused; nothing was cleared (stop or fix the projector, or raise stall_timeout_secs)",
-                    c.name,
-                    c.stream,
-                    pos.num_ack_pending,
-                    stall.as_secs()
-                ),
+                why_not(&pos),
             ));
         }
         if cancel.is_cancelled() {
