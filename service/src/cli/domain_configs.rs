@@ -12,13 +12,12 @@ use clap::Args;
 use cim_backup_contracts::domain_configs::{
     Action, ConfigsDocument, DomainConfigsQuery, ImportDomainConfigs, ImportPlan, ResourceKind,
 };
-use cim_backup_contracts::replies::Accepted;
 use cim_backup_contracts::subjects::{CMD_IMPORT_DOMAIN_CONFIGS, QRY_DOMAIN_CONFIGS};
-use cim_backup_contracts::views::{JobKind, JobState};
+use cim_backup_contracts::views::JobKind;
 
 use super::args::idempotency_key;
 use super::client::CliError;
-use super::follow::after_accept;
+use super::follow::after_job_id;
 use super::{Ctx, output};
 use crate::domain_configs::text::{Format, parse, render};
 
@@ -227,15 +226,7 @@ async fn import_inner(
     let Some(job_id) = applied.job_id else {
         return Ok(0);
     };
-    let accepted = Accepted {
-        job_id: job_id.parse().map_err(|e| {
-            CliError::Unavailable(format!("the service sent job id {job_id:?}: {e}"))
-        })?,
-        kind: JobKind::ConfigImport,
-        state: JobState::Accepted,
-        duplicate: false,
-    };
-    after_accept(ctx, accepted, true).await?;
+    after_job_id(ctx, &job_id, JobKind::ConfigImport, true).await?;
     Ok(0)
 }
 

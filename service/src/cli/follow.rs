@@ -17,6 +17,24 @@ use super::{Ctx, output};
 const POLL: Duration = Duration::from_millis(250);
 
 /// What a command does once its job is accepted: say so and return, or follow it to its end.
+/// [`after_accept`] for a reply that names only its job's id (a plan with the job it started).
+pub async fn after_job_id(
+    ctx: &Ctx,
+    job_id: &str,
+    kind: cim_backup_contracts::views::JobKind,
+    wait: bool,
+) -> Result<(), CliError> {
+    let accepted = Accepted {
+        job_id: job_id.parse().map_err(|e| {
+            CliError::Unavailable(format!("the service sent job id {job_id:?}: {e}"))
+        })?,
+        kind,
+        state: cim_backup_contracts::views::JobState::Accepted,
+        duplicate: false,
+    };
+    after_accept(ctx, accepted, wait).await
+}
+
 pub async fn after_accept(ctx: &Ctx, accepted: Accepted, wait: bool) -> Result<(), CliError> {
     let note = if accepted.duplicate {
         " (same idempotency key: the existing job)"

@@ -6,13 +6,12 @@ use clap::Args;
 use cim_backup_contracts::key_restore::{
     KeyRestorePlan, LiveState, RestoreDeleted, RestoreDeletedReply, ValueOrigin,
 };
-use cim_backup_contracts::replies::Accepted;
 use cim_backup_contracts::subjects::CMD_RESTORE_DELETED;
-use cim_backup_contracts::views::{JobKind, JobState};
+use cim_backup_contracts::views::JobKind;
 
 use super::args::idempotency_key;
 use super::client::CliError;
-use super::follow::after_accept;
+use super::follow::after_job_id;
 use super::{Ctx, output};
 
 #[derive(Debug, Args)]
@@ -95,15 +94,7 @@ pub async fn restore_deleted(ctx: &Ctx, a: &RestoreDeletedArgs) -> Result<(), Cl
     let Some(job_id) = reply.job_id else {
         return Ok(());
     };
-    let accepted = Accepted {
-        job_id: job_id.parse().map_err(|e| {
-            CliError::Unavailable(format!("the service sent job id {job_id:?}: {e}"))
-        })?,
-        kind: JobKind::KeyRestore,
-        state: JobState::Accepted,
-        duplicate: false,
-    };
-    after_accept(ctx, accepted, !a.no_wait).await
+    after_job_id(ctx, &job_id, JobKind::KeyRestore, !a.no_wait).await
 }
 
 fn print_plan(plan: &KeyRestorePlan) {

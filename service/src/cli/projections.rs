@@ -353,24 +353,31 @@ fn print_clear_plan(plan: &ClearPlan, verb: &str) {
     let total: u64 = plan.models.iter().map(|m| m.keys).sum();
     println!("{verb} {total} keys of domain {}:", plan.domain);
     for m in &plan.models {
-        println!(
-            "    {:<24} {:>10} keys  bucket {}{}",
-            m.name,
-            m.keys,
-            m.bucket,
-            if m.prefix.is_empty() {
-                String::new()
-            } else {
-                format!(" keys {}*", m.prefix)
-            }
-        );
+        print_planned_model(m);
     }
-    if plan.safety_destination.is_empty() {
+    print_safety_destination(&plan.safety_destination, "a safety snapshot is taken first");
+}
+
+/// One read model of a clear or rebuild plan: its live keys and where they are.
+pub fn print_planned_model(m: &cim_backup_contracts::projections::PlannedClear) {
+    println!(
+        "    {:<24} {:>10} keys  bucket {}{}",
+        m.name,
+        m.keys,
+        m.bucket,
+        if m.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(" keys {}*", m.prefix)
+        }
+    );
+}
+
+/// Where a plan's safety snapshot goes, or that it was declined.
+pub fn print_safety_destination(destination: &str, taken: &str) {
+    if destination.is_empty() {
         println!("no safety snapshot (--no-safety-snapshot)");
     } else {
-        println!(
-            "a safety snapshot is taken first, into {}",
-            plan.safety_destination
-        );
+        println!("{taken}, into {destination}");
     }
 }

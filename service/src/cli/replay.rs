@@ -11,6 +11,7 @@ use cim_backup_contracts::subjects::{CMD_REBUILD_PROJECTIONS, CMD_REPLAY_EVENTS}
 use super::args::{idempotency_key, location};
 use super::client::CliError;
 use super::follow::after_accept;
+use super::projections::{print_planned_model, print_safety_destination};
 use super::{Ctx, output};
 
 /// What every replay and rebuild shares.
@@ -247,17 +248,7 @@ fn print_plan(plan: &RebuildPlan, verb: &str) {
             d.domain
         );
         for m in &d.models {
-            println!(
-                "    {:<24} {:>10} keys  bucket {}{}",
-                m.name,
-                m.keys,
-                m.bucket,
-                if m.prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!(" keys {}*", m.prefix)
-                }
-            );
+            print_planned_model(m);
         }
         for p in &d.projectors {
             println!(
@@ -266,12 +257,8 @@ fn print_plan(plan: &RebuildPlan, verb: &str) {
             );
         }
     }
-    if plan.safety_destination.is_empty() {
-        println!("no safety snapshot (--no-safety-snapshot)");
-    } else {
-        println!(
-            "a safety snapshot of each domain is taken first, into {}",
-            plan.safety_destination
-        );
-    }
+    print_safety_destination(
+        &plan.safety_destination,
+        "a safety snapshot of each domain is taken first",
+    );
 }
