@@ -233,16 +233,16 @@ pub async fn plan(
     }
     order_by_sources(&mut streams);
     let live_streams = ctx.api.stream_names().await?;
-    let mut live_subjects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Every live stream's config, read once: for the overlap checks and the comparisons.
+    let mut live_configs: BTreeMap<String, Value> = BTreeMap::new();
     for name in &live_streams {
         if let Some(info) = ctx.api.stream_info(name).await? {
-            live_subjects.insert(name.clone(), subjects_of(&info.config));
+            live_configs.insert(name.clone(), info.config);
         }
     }
     let mut creatable = BTreeSet::new();
     for (i, s) in streams.iter().enumerate() {
-        let live = ctx.api.stream_info(&s.stream).await?;
-        let mut r = stream_resource(s, live.as_ref().map(|i| &i.config), &mut plan.payloads);
+        let mut r = stream_resource(s, live_configs.get(&s.stream), &mut plan.payloads);
         for earlier in &streams[..i] {
             for mine in subjects_of(&s.config) {
                 if let Some(theirs) = subjects_of(&earlier.config)
@@ -257,10 +257,11 @@ pub async fn plan(
                 }
             }
         }
-        for (other, subjects) in &live_subjects {
+        for (other, config) in &live_configs {
             if *other == s.stream {
                 continue;
             }
+            let subjects = subjects_of(config);
             for mine in subjects_of(&s.config) {
                 if let Some(theirs) = subjects.iter().find(|t| subjects_overlap(&mine, t)) {
                     r.action = Action::Conflict;
