@@ -38,18 +38,7 @@ async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> kv::Store 
 
 /// Every live key and value of a bucket (under `prefix`).
 async fn contents(store: &kv::Store, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut keys = store.keys().await.expect("keys");
-    while let Some(key) = keys.next().await {
-        let key = key.expect("key");
-        if !key.starts_with(prefix) {
-            continue;
-        }
-        if let Some(value) = store.get(&key).await.expect("get") {
-            out.insert(key, value.to_vec());
-        }
-    }
-    out
+    cim_backup_tests::kv_contents(store, prefix).await
 }
 
 /// The state of a bucket as of stream sequence `pin`, folded from its stream (the bucket keeps

@@ -63,3 +63,22 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Every live key under `prefix` of a KV bucket with its value: what tests compare buckets by.
+pub async fn kv_contents(
+    store: &async_nats::jetstream::kv::Store,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use futures::StreamExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut keys = store.keys().await.expect("keys");
+    while let Some(key) = keys.next().await {
+        let key = key.expect("key");
+        if key.starts_with(prefix)
+            && let Some(value) = store.get(&key).await.expect("get")
+        {
+            out.insert(key, value.to_vec());
+        }
+    }
+    out
+}

@@ -129,17 +129,7 @@ async fn publish(js: &jetstream::Context, from: u64, count: u64, aggregates: u64
 
 /// Every live key and value under `prefix`.
 async fn contents(store: &kv::Store, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut keys = store.keys().await.expect("keys");
-    while let Some(key) = keys.next().await {
-        let key = key.expect("key");
-        if key.starts_with(prefix)
-            && let Some(value) = store.get(&key).await.expect("get")
-        {
-            out.insert(key, value.to_vec());
-        }
-    }
-    out
+    cim_backup_tests::kv_contents(store, prefix).await
 }
 
 async fn consumer_info(client: &async_nats::Client) -> Option<Value> {

@@ -10,7 +10,6 @@
 //! target/release/bench_rebuild --events 1000000 --aggregates 10000
 //! ```
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,6 @@ use cim_backup_tests::bench::{
     ServiceProcess, machine, peak_rss_kib, run_job, spawn_service, wait_ready,
 };
 use cim_backup_tests::service::Caller;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -49,20 +47,6 @@ async fn consumer_info(client: &async_nats::Client) -> anyhow::Result<Value> {
         )
         .await?;
     Ok(serde_json::from_slice(&reply.payload)?)
-}
-
-async fn contents(store: &kv::Store) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut keys = store.keys().await?;
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        if key.starts_with("bench.")
-            && let Some(v) = store.get(&key).await?
-        {
-            out.insert(key, v.to_vec());
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::main]
@@ -145,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fold_s = t.elapsed().as_secs_f64();
-    let before = contents(&store).await?;
+    let before = cim_backup_tests::kv_contents(&store, "bench.").await;
     anyhow::ensure!(before.len() as u64 == aggregates.min(events));
 
     let archive = tempfile::tempdir()?;
@@ -160,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     anyhow::ensure!(view["progress"]["messages_done"] == events, "{view}");
-    let after = contents(&store).await?;
+    let after = cim_backup_tests::kv_contents(&store, "bench.").await;
     anyhow::ensure!(
         after == before,
         "the rebuilt bucket differs from the one before"
